@@ -1,0 +1,7 @@
+"""Allow ``python -m mpibench``."""
+
+import sys
+
+from mpibench.cli import main
+
+sys.exit(main())

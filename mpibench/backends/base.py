@@ -1,0 +1,120 @@
+"""The one seam between the driver and the storage: a small Backend protocol.
+
+The driver never knows which storage it talks to. A backend resolves keys (paths
+relative to the storage root, always inside the run directory or dataset folder) and
+moves bytes between page-aligned buffers and storage, returning the bytes it really
+moved. Errors are raised as BenchIOError carrying the path, offset and errno.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import os
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from mpibench.config import StorageConfig
+from mpibench.errors import BenchIOError
+
+
+def io_error(op: str, path: str, exc: BaseException, offset: int | None = None) -> BenchIOError:
+    """A BenchIOError for a failed operation, naming path, offset and errno."""
+    code = getattr(exc, "errno", None)
+    reason = os.strerror(code) if isinstance(code, int) else str(exc)
+    where = f" at offset {offset}" if offset is not None else ""
+    hint = None
+    if code == errno_mod.ENOSPC:
+        hint = "free space on the filesystem or lower the sizes"
+    elif code in (errno_mod.EACCES, errno_mod.EPERM, errno_mod.EROFS):
+        hint = "check the permissions of storage.root"
+    elif code == errno_mod.ENOENT:
+        hint = "was the file removed by another process?"
+    name = errno_mod.errorcode.get(code, "") if isinstance(code, int) else ""
+    label = f" [{name}]" if name else ""
+    return BenchIOError(f"{op} {path}{where} failed: {reason}{label}", hint, path=path,
+                        errno=code if isinstance(code, int) else None)
+
+
+class Backend(ABC):
+    """How bytes move between buffers and one kind of storage."""
+
+    name: ClassVar[str] = "abstract"
+    #: True when reads bypass any client cache (O_DIRECT, object GETs).
+    direct: ClassVar[bool] = False
+    #: True when write_at may be called at any offset (false: sequential appends only).
+    random_write: ClassVar[bool] = True
+
+    def __init__(self, storage: StorageConfig) -> None:
+        self.storage = storage
+        #: required alignment of buffers, offsets and lengths (1: none)
+        self.alignment = 1
+
+    # -- files --------------------------------------------------------------------------
+    @abstractmethod
+    def open(self, key: str, mode: str) -> Any:
+        """Open `key` for writing ('w': create or truncate) or reading ('r')."""
+
+    @abstractmethod
+    def write_at(self, handle: Any, buf: memoryview, offset: int) -> int:
+        """Write all of `buf` at `offset`; return the bytes written."""
+
+    @abstractmethod
+    def read_at(self, handle: Any, buf: memoryview, offset: int) -> int:
+        """Read up to len(buf) bytes at `offset`; return the bytes read (fewer at end of file)."""
+
+    def fsync(self, handle: Any) -> None:
+        """Make the written data durable."""
+
+    @abstractmethod
+    def close(self, handle: Any) -> None:
+        """Close (for object stores: commit) the handle."""
+
+    def truncate(self, handle: Any, size: int) -> None:
+        """Cut the file to `size` bytes (after padded O_DIRECT writes)."""
+
+    # -- namespace ----------------------------------------------------------------------
+    @abstractmethod
+    def remove(self, key: str) -> None:
+        """Delete `key` (not following symlinks); a missing key is not an error."""
+
+    @abstractmethod
+    def size_of(self, key: str) -> int:
+        """Size of `key` in bytes."""
+
+    def makedirs(self, key: str) -> None:
+        """Create directory `key` and its parents (no-op where there are no directories)."""
+
+    def remove_dir(self, key: str) -> None:
+        """Remove directory `key` if it is empty (no-op where there are no directories)."""
+
+    def evict(self, key: str) -> bool:
+        """Drop `key` from the client cache; True when the eviction is known to have worked."""
+        return self.direct
+
+    def path_of(self, key: str) -> str:
+        """A human-readable location of `key` for messages."""
+        return key
+
+    def describe(self) -> dict[str, Any]:
+        """What results record about this backend."""
+        return {"backend": self.name, "direct": self.direct, "alignment": self.alignment}
+
+    # -- whole objects --------------------------------------------------------------------
+    def put(self, key: str, buf: memoryview, fsync: bool = False) -> int:
+        """Write a whole file from one buffer."""
+        handle = self.open(key, "w")
+        try:
+            written = self.write_at(handle, buf, 0)
+            if fsync:
+                self.fsync(handle)
+        finally:
+            self.close(handle)
+        return written
+
+    def get(self, key: str, buf: memoryview) -> int:
+        """Read a whole file into a buffer large enough to hold it; return its size."""
+        handle = self.open(key, "r")
+        try:
+            return self.read_at(handle, buf, 0)
+        finally:
+            self.close(handle)

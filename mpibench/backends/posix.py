@@ -1,0 +1,323 @@
+"""POSIX files: buffered through the page cache (local_fs) or with O_DIRECT (direct_fs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import warnings
+from typing import Any
+
+from mpibench import environment
+from mpibench.backends.base import Backend, io_error
+from mpibench.buffers import aligned_buffer
+from mpibench.config import StorageConfig
+from mpibench.errors import PreflightError
+from mpibench.plan import RUN_MARKER
+from mpibench.units import format_size
+
+O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+class _PosixHandle:
+    __slots__ = ("fd", "path")
+
+    def __init__(self, fd: int, path: str) -> None:
+        self.fd = fd
+        self.path = path
+
+
+class PosixBackend(Backend):
+    """Files below a root directory, moved with os.pwritev/os.preadv."""
+
+    name = "posix"
+    open_flags = 0
+
+    def __init__(self, storage: StorageConfig, alignment: int = 1) -> None:
+        super().__init__(storage)
+        root = storage.root
+        for scheme in ("file://", "direct://"):
+            if root.startswith(scheme):
+                root = root[len(scheme):]
+        self.root = os.path.abspath(root)
+        self.alignment = alignment
+
+    def path_of(self, key: str) -> str:
+        return os.path.join(self.root, key)
+
+    # -- preflight (rank 0 only) -------------------------------------------------------------
+    @classmethod
+    def preflight_root(cls, storage: StorageConfig, planned_bytes: int) -> dict[str, Any]:
+        """Check storage.root: create its leaf if needed, then directory, writable, free space."""
+        root = cls(storage).root
+        checks: list[str] = []
+        created_root = False
+        if not os.path.lexists(root):
+            missing = root
+            parent = os.path.dirname(root)
+            while parent and not os.path.lexists(parent):
+                missing = parent
+                parent = os.path.dirname(parent)
+            if missing != root and not storage.create_parents:
+                raise PreflightError(
+                    f"storage.root {root} cannot be created: directory {missing} does not exist",
+                    "create it first, or set storage.create_parents=true",
+                )
+            if not os.path.isdir(parent):
+                raise PreflightError(f"storage.root {root} cannot be created: {parent} is not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise PreflightError(f"storage.root {root} cannot be created: {parent} is not writable",
+                                     "choose a writable storage.root")
+            try:
+                os.makedirs(root)
+            except OSError as exc:
+                raise PreflightError(f"cannot create storage.root {root}: {exc.strerror}") from None
+            created_root = True
+            checks.append(f"created storage.root {root}")
+        if not os.path.isdir(root):
+            raise PreflightError(f"storage.root {root} is not a directory", "give a directory path")
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise PreflightError(f"storage.root {root} is not writable", "choose a directory you can write to")
+        checks.append(f"storage.root {root} is a writable directory")
+        stats = os.statvfs(root)
+        free = stats.f_bavail * stats.f_frsize
+        if planned_bytes > free:
+            raise PreflightError(
+                f"not enough free space in {root}: the run writes {format_size(planned_bytes)} "
+                f"({planned_bytes} bytes), {format_size(free)} ({free} bytes) are free",
+                "lower the sizes or choose another storage.root",
+            )
+        checks.append(f"free space {format_size(free)} covers the planned {format_size(planned_bytes)}")
+        return {"root": root, "created_root": created_root, "free_bytes": free,
+                "filesystem": environment.filesystem_of(root), "checks": checks}
+
+    @classmethod
+    def preflight_storage(cls, config: Any, run_key: str, planned_bytes: int, layout: Any) -> dict[str, Any]:
+        """Rank 0: check the root, create the run directory and its marker, probe O_DIRECT."""
+        found = cls.preflight_root(config.storage, planned_bytes)
+        run_dir = os.path.join(found["root"], run_key)
+        try:
+            os.mkdir(run_dir, 0o755)
+        except FileExistsError:
+            raise PreflightError(
+                f"run directory {run_dir} already exists",
+                "choose another run_id: mpibench writes only into a directory it created itself",
+            ) from None
+        except OSError as exc:
+            raise PreflightError(f"cannot create run directory {run_dir}: {exc.strerror}") from None
+        try:
+            with open(os.path.join(run_dir, RUN_MARKER), "x", encoding="utf-8") as marker:
+                json.dump({"run_id": run_key[len("mpibench-"):], "created": time.time(),
+                           "host": socket.gethostname(), "pid": os.getpid()}, marker)
+            found["checks"].append(f"created run directory {run_dir}")
+            if cls.direct:
+                alignment, source = cls.probe_alignment(run_dir)
+                found["alignment"], found["alignment_source"] = alignment, source
+                found["checks"].append(f"O_DIRECT works in {run_dir}; alignment {alignment} bytes ({source})")
+            else:
+                found["alignment"], found["alignment_source"] = 1, "buffered I/O"
+        except BaseException:
+            cls.undo_preflight(config, run_key, found["created_root"])
+            raise
+        return found
+
+    @classmethod
+    def undo_preflight(cls, config: Any, run_key: str, created_root: bool) -> None:
+        """Remove the run directory's empty folders and marker, and the root leaf if we made it.
+
+        Only empty directories are removed (rmdir) and nothing is followed: a file or
+        link that is not the run's own keeps its directory, and a warning says so.
+        """
+        root = cls(config.storage).root
+        run_dir = os.path.join(root, run_key)
+        marker = os.path.join(run_dir, RUN_MARKER)
+        if os.path.isdir(run_dir) and not os.path.islink(run_dir):
+            for current, dirs, _files in os.walk(run_dir, topdown=False, followlinks=False):
+                for name in dirs:
+                    path = os.path.join(current, name)
+                    if not os.path.islink(path):
+                        try:
+                            os.rmdir(path)
+                        except OSError:
+                            pass
+            try:
+                os.unlink(marker)
+            except FileNotFoundError:
+                pass
+            try:
+                os.rmdir(run_dir)
+            except OSError:
+                leftovers = sorted(os.listdir(run_dir))[:5]
+                if not os.path.exists(marker):
+                    with open(marker, "w", encoding="utf-8") as handle:
+                        json.dump({"run_id": run_key[len("mpibench-"):], "left": leftovers}, handle)
+                warnings.warn(f"run directory {run_dir} kept: it holds entries the run did not create: {leftovers}",
+                              stacklevel=2)
+        if created_root:
+            try:
+                os.rmdir(root)
+            except OSError:
+                pass
+
+    @classmethod
+    def probe_alignment(cls, directory: str) -> tuple[int, str]:
+        """Direct-I/O alignment for files in `directory`, and how it was found.
+
+        Opens a probe file with O_DIRECT (a filesystem that refuses it is an error, never
+        a silent fallback), asks statx for STATX_DIOALIGN, else the block device's
+        logical block size, else assumes 4096; then proves it with an aligned write and
+        read of the probe file.
+        """
+        probe = os.path.join(directory, ".mpibench-odirect-probe")
+        fstype = environment.filesystem_of(directory)["fstype"]
+        try:
+            fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_EXCL | O_DIRECT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise PreflightError(
+                f"the filesystem at {directory} ({fstype}) refuses O_DIRECT: {exc.strerror}",
+                "use storage.type=local_fs for buffered I/O on it",
+            ) from None
+        try:
+            found = environment.statx_dio_alignment(probe)
+            if found:
+                alignment, source = max(found[1], 1), "statx STATX_DIOALIGN"
+            else:
+                lbs = environment.logical_block_size(directory)
+                alignment, source = (lbs, "block device logical block size") if lbs else (4096, "default 4096")
+            for size in (alignment, 4096):
+                buf = aligned_buffer(size)
+                try:
+                    os.pwritev(fd, [memoryview(buf)[:size]], 0)
+                    os.preadv(fd, [memoryview(buf)[:size]], 0)
+                except OSError as exc:
+                    if size == 4096:
+                        raise PreflightError(
+                            f"O_DIRECT I/O fails on {directory} ({fstype}): {exc.strerror}",
+                            "use storage.type=local_fs",
+                        ) from None
+                    continue
+                return size, source if size == alignment else "probe (4096)"
+            raise AssertionError("unreachable")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+
+    def open(self, key: str, mode: str) -> _PosixHandle:
+        path = self.path_of(key)
+        flags = (os.O_WRONLY | os.O_CREAT) if mode == "w" else os.O_RDONLY
+        try:
+            fd = os.open(path, flags | self.open_flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise io_error("open", path, exc) from None
+        return _PosixHandle(fd, path)
+
+    def write_at(self, handle: _PosixHandle, buf: memoryview, offset: int) -> int:
+        total = len(buf)
+        done = 0
+        try:
+            while done < total:
+                n = os.pwritev(handle.fd, [buf[done:]], offset + done)
+                if n <= 0:
+                    raise OSError(28, "short write")  # ENOSPC is what a 0-byte write means here
+                done += n
+        except OSError as exc:
+            raise io_error("write", handle.path, exc, offset + done) from None
+        return done
+
+    def read_at(self, handle: _PosixHandle, buf: memoryview, offset: int) -> int:
+        total = len(buf)
+        done = 0
+        try:
+            while done < total:
+                n = os.preadv(handle.fd, [buf[done:]], offset + done)
+                if n == 0:
+                    break
+                done += n
+        except OSError as exc:
+            raise io_error("read", handle.path, exc, offset + done) from None
+        return done
+
+    def fsync(self, handle: _PosixHandle) -> None:
+        try:
+            os.fsync(handle.fd)
+        except OSError as exc:
+            raise io_error("fsync", handle.path, exc) from None
+
+    def close(self, handle: _PosixHandle) -> None:
+        try:
+            os.close(handle.fd)
+        except OSError as exc:
+            raise io_error("close", handle.path, exc) from None
+
+    def truncate(self, handle: _PosixHandle, size: int) -> None:
+        try:
+            os.ftruncate(handle.fd, size)
+        except OSError as exc:
+            raise io_error("truncate", handle.path, exc) from None
+
+    def remove(self, key: str) -> None:
+        path = self.path_of(key)
+        try:
+            os.unlink(path)  # unlink never follows a symlink: a planted link goes, its target stays
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise io_error("remove", path, exc) from None
+
+    def size_of(self, key: str) -> int:
+        path = self.path_of(key)
+        try:
+            return os.lstat(path).st_size
+        except OSError as exc:
+            raise io_error("stat", path, exc) from None
+
+    def makedirs(self, key: str) -> None:
+        path = self.path_of(key)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise io_error("mkdir", path, exc) from None
+
+    def remove_dir(self, key: str) -> None:
+        try:
+            os.rmdir(self.path_of(key))
+        except OSError:
+            pass  # not empty (something not ours is inside) or already gone: leave it
+
+    def evict(self, key: str) -> bool:
+        """posix_fadvise(DONTNEED) on the file; confirmed when mincore-free reads follow."""
+        path = self.path_of(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            os.fdatasync(fd)  # dirty pages cannot be dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+
+
+class LocalFsBackend(PosixBackend):
+    """Ordinary buffered POSIX I/O through the page cache."""
+
+    name = "local_fs"
+    direct = False
+
+
+class DirectFsBackend(PosixBackend):
+    """O_DIRECT I/O: aligned buffers, offsets and lengths; no page cache."""
+
+    name = "direct_fs"
+    direct = True
+    open_flags = O_DIRECT
+
+    def evict(self, key: str) -> bool:
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "o_direct": True}

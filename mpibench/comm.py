@@ -1,0 +1,242 @@
+"""The only module that imports mpi4py; a one-process stand-in where MPI is absent.
+
+Everything the rest of mpibench needs from MPI goes through :class:`Comm`, so the driver
+and the workloads run unchanged as one plain process, under ``mpiexec`` or under ``srun``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+try:  # mpi4py is a dependency, but a broken MPI must not stop `mpibench plan` on a laptop
+    import mpi4py
+
+    mpi4py.rc.recv_mprobe = False
+    from mpi4py import MPI
+
+    _MPI_IMPORT_ERROR: str | None = None
+except Exception as exc:  # pragma: no cover - depends on the installation
+    MPI = None  # type: ignore[assignment]
+    _MPI_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True)
+class NodeLayout:
+    """Where this rank sits: its host, its node-local rank and the shape of the job."""
+
+    host: str
+    node_index: int
+    num_nodes: int
+    local_rank: int
+    local_size: int
+    ranks_per_node: list[int]
+    hosts: list[str]
+
+
+class Comm:
+    """A thin wrapper over COMM_WORLD (or a single process when MPI is not in use)."""
+
+    def __init__(self, comm: Any | None = None) -> None:
+        if comm is None and MPI is not None:
+            comm = MPI.COMM_WORLD
+        self._comm = comm
+        self.rank: int = comm.Get_rank() if comm is not None else 0
+        self.size: int = comm.Get_size() if comm is not None else 1
+        self._layout: NodeLayout | None = None
+        self._clock_offset = 0.0
+
+    @property
+    def is_root(self) -> bool:
+        """True on rank 0."""
+        return self.rank == 0
+
+    @property
+    def mpi_available(self) -> bool:
+        """True when mpi4py imported and a communicator is in use."""
+        return self._comm is not None
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        if self._comm is not None and self.size > 1:
+            self._comm.Barrier()
+
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        """Send a picklable object from root to every rank."""
+        if self._comm is None or self.size == 1:
+            return obj
+        return self._comm.bcast(obj, root=root)
+
+    def gather(self, obj: Any, root: int = 0) -> list[Any] | None:
+        """Collect one object per rank on root (None elsewhere)."""
+        if self._comm is None or self.size == 1:
+            return [obj]
+        return self._comm.gather(obj, root=root)
+
+    def allgather(self, obj: Any) -> list[Any]:
+        """Collect one object per rank on every rank."""
+        if self._comm is None or self.size == 1:
+            return [obj]
+        return self._comm.allgather(obj)
+
+    def allreduce_max(self, value: float) -> float:
+        """The largest value over all ranks."""
+        if self._comm is None or self.size == 1:
+            return value
+        return self._comm.allreduce(value, op=MPI.MAX)
+
+    def allreduce_min(self, value: float) -> float:
+        """The smallest value over all ranks."""
+        if self._comm is None or self.size == 1:
+            return value
+        return self._comm.allreduce(value, op=MPI.MIN)
+
+    def allreduce_sum(self, value: float) -> float:
+        """The sum over all ranks."""
+        if self._comm is None or self.size == 1:
+            return value
+        return self._comm.allreduce(value, op=MPI.SUM)
+
+    def reduce_array_sum(self, array: np.ndarray, root: int = 0) -> np.ndarray | None:
+        """Element-wise sum of equally shaped numpy arrays on root (None elsewhere)."""
+        if self._comm is None or self.size == 1:
+            return array.copy()
+        out = np.zeros_like(array) if self.rank == root else None
+        self._comm.Reduce(np.ascontiguousarray(array), out, op=MPI.SUM, root=root)
+        return out
+
+    def wtime(self) -> float:
+        """Seconds on this rank's clock, shifted to agree with rank 0's (see sync_clocks)."""
+        now = MPI.Wtime() if MPI is not None else time.monotonic()
+        return now + self._clock_offset
+
+    def sync_clocks(self) -> float:
+        """Estimate this rank's clock offset to rank 0 so start and end times compare.
+
+        MPI_Wtime is not guaranteed global across nodes. After a barrier rank 0 sends its
+        time; each rank takes the difference to its own. The error is the broadcast
+        latency (microseconds), far below any phase's duration.
+        """
+        self._clock_offset = 0.0
+        if self._comm is None or self.size == 1:
+            return 0.0
+        best = None
+        for _ in range(3):
+            self.barrier()
+            root_time = self.bcast(self.wtime() if self.is_root else None)
+            offset = root_time - self.wtime()
+            # The smallest forward difference bounds the offset most tightly.
+            if best is None or offset > best:
+                best = offset
+        self._clock_offset = 0.0 if self.is_root else float(best or 0.0)
+        return self._clock_offset
+
+    def abort(self, code: int) -> None:
+        """End every rank of the job at once (after a rank failed mid-phase)."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if self._comm is not None and self.size > 1:
+            self._comm.Abort(code)
+        os._exit(code)
+
+    def layout(self) -> NodeLayout:
+        """This rank's node, found with a node-local (shared-memory) communicator split."""
+        if self._layout is not None:
+            return self._layout
+        host = socket.gethostname()
+        if self._comm is None or self.size == 1:
+            self._layout = NodeLayout(host, 0, 1, 0, 1, [1], [host])
+            return self._layout
+        local = self._comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        local_rank, local_size = local.Get_rank(), local.Get_size()
+        # Node leaders number the nodes; each rank learns its node's index from its leader.
+        leader = self._comm.Split(0 if local_rank == 0 else MPI.UNDEFINED, key=self.rank)
+        node_index = leader.Get_rank() if leader != MPI.COMM_NULL else -1
+        num_nodes = leader.Get_size() if leader != MPI.COMM_NULL else 0
+        if leader != MPI.COMM_NULL:
+            leader.Free()
+        node_index, num_nodes = local.bcast((node_index, num_nodes), root=0)
+        local.Free()
+        everyone = self._comm.allgather((node_index, host))
+        ranks_per_node = [0] * num_nodes
+        hosts = [""] * num_nodes
+        for idx, name in everyone:
+            ranks_per_node[idx] += 1
+            hosts[idx] = name
+        self._layout = NodeLayout(host, node_index, num_nodes, local_rank, local_size,
+                                  ranks_per_node, hosts)
+        return self._layout
+
+
+class CancelChannel:
+    """Lets a rank that failed mid-phase tell every other rank to stop issuing I/O.
+
+    Each rank keeps one receive posted on a private duplicate of the communicator; a
+    failing rank sends a short notice to all others. Ranks test for it between
+    operations (at most every few milliseconds), leave the phase, and meet the others at
+    the phase-end agreement, so nobody is left blocked in a collective.
+    """
+
+    TAG = 77
+
+    def __init__(self, comm: Comm) -> None:
+        self.rank = comm.rank
+        self.size = comm.size
+        self._dup = comm._comm.Dup() if comm._comm is not None and comm.size > 1 else None
+        self._request = None
+        self._buf = bytearray(4096)
+        self.notice: str | None = None
+        self._sent = False
+        if self._dup is not None:
+            self._request = self._dup.Irecv([self._buf, MPI.BYTE], source=MPI.ANY_SOURCE, tag=self.TAG)
+
+    def poll(self) -> str | None:
+        """The notice another rank sent, if one arrived (cheap: one MPI_Test)."""
+        if self.notice is None and self._request is not None and self._request.Test():
+            self._request = None
+            self.notice = self._buf.split(b"\0", 1)[0].decode("utf-8", "replace")
+        return self.notice
+
+    def notify(self, message: str) -> None:
+        """Tell every other rank to stop (once; never blocks on slow receivers)."""
+        if self._dup is None or self._sent:
+            return
+        self._sent = True
+        payload = message.encode("utf-8")[: len(self._buf) - 1] + b"\0"
+        self._pending = [self._dup.Isend([payload, MPI.BYTE], dest=r, tag=self.TAG)
+                         for r in range(self.size) if r != self.rank]
+
+    def close(self) -> None:
+        """Cancel the posted receive and free the private communicator."""
+        if self._request is not None:
+            self._request.Cancel()
+            self._request.Wait()
+            self._request = None
+        # Notices are a few bytes, sent eagerly: waiting for them completes at once.
+        pending = getattr(self, "_pending", [])
+        if pending:
+            MPI.Request.Waitall(pending)
+        if self._dup is not None:
+            self._dup.Free()
+            self._dup = None
+
+
+def mpi_library_version() -> str:
+    """The MPI library's own version line, or why MPI is not in use."""
+    if MPI is None:
+        return f"none ({_MPI_IMPORT_ERROR})"
+    try:
+        return MPI.Get_library_version().strip().splitlines()[0].strip()
+    except Exception:  # pragma: no cover
+        return "unknown"
+
+
+def mpi4py_version() -> str:
+    """The mpi4py version, or 'none'."""
+    return getattr(mpi4py, "__version__", "none") if MPI is not None else "none"

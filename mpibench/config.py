@@ -1,0 +1,404 @@
+"""Configuration: frozen dataclasses with a closed key set, loaded from YAML plus overrides.
+
+Pure: no MPI and no storage I/O. Every rule that can be checked without looking at the
+storage is checked here; rules that need the storage (alignment, free space) belong to
+preflight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from mpibench.errors import ConfigError
+from mpibench.units import parse_size
+
+AUTO = "auto"
+WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint")
+STORAGE_TYPES = ("local_fs", "direct_fs", "s3")
+LOCAL_SCHEMES = ("file://", "direct://")
+
+
+def _opt(default: Any, kind: str, *, choices: tuple[str, ...] = (), minimum: float | None = None,
+         doc: str = "") -> Any:
+    """Declare a config key: its default, how its value is read, and its allowed range."""
+    meta = {"kind": kind, "choices": choices, "minimum": minimum, "doc": doc}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where the benchmark does its I/O and through which library."""
+
+    type: str = _opt("local_fs", "enum", choices=STORAGE_TYPES,
+                     doc="local_fs (buffered POSIX), direct_fs (O_DIRECT) or s3")
+    root: str = _opt("", "str", doc="directory, or s3://bucket/prefix for s3")
+    library: str = _opt("native", "enum", choices=("native", "s3dlio"),
+                        doc="direct_fs through native os.pwritev/preadv or s3dlio's direct://")
+    create_parents: bool = _opt(False, "bool", doc="create missing parent directories of root")
+    endpoint: str | None = _opt(None, "optional_str", doc="S3 endpoint URL (else AWS_ENDPOINT_URL)")
+    endpoints: list[str] = _opt([], "str_list", doc="several S3 endpoints, spread over ranks")
+    create_bucket: bool = _opt(False, "bool", doc="create the bucket when it is missing")
+    timeout: float = _opt(30.0, "float", minimum=0.1,
+                          doc="S3 request timeout in seconds (connect timeout is min(5, this))")
+    retries: int = _opt(3, "int", minimum=0, doc="S3 retries of a failed request")
+    threads: int | str = _opt(AUTO, "int_or_auto", minimum=1,
+                              doc="s3dlio runtime threads per rank (auto: cores per node / ranks per node)")
+
+
+@dataclass(frozen=True)
+class BandwidthConfig:
+    """IOR-like write-then-read test."""
+
+    transfer_size: int = _opt(1024**2, "size", minimum=1, doc="bytes per I/O operation")
+    block_size: int = _opt(256 * 1024**2, "size", minimum=1, doc="bytes each rank writes per iteration")
+    file_mode: str = _opt("per_rank", "enum", choices=("per_rank", "shared"),
+                          doc="one file per rank, or one shared file of rank slices")
+    iterations: int = _opt(3, "int", minimum=1, doc="repetitions of the write and read phases")
+    fsync: bool = _opt(True, "bool", doc="fsync before close in the write phase")
+    reorder_reads: bool = _opt(True, "bool", doc="read data another rank wrote (IOR -C)")
+    io_depth: int | str = _opt(AUTO, "int_or_auto", minimum=1,
+                               doc="concurrent I/Os in flight per rank (auto: 1 for local_fs)")
+    access: str = _opt("sequential", "enum", choices=("sequential", "random"),
+                       doc="transfer order within a rank's block")
+    object_size: int | None = _opt(None, "optional_size", minimum=1,
+                                   doc="s3: bytes per object (default: one object per rank per iteration)")
+    deadline: float = _opt(0.0, "float", minimum=0.0,
+                           doc="stonewall: seconds after which ranks stop issuing I/O (0: off)")
+    stonewall_mode: str = _opt("stop", "enum", choices=("stop", "wearout"),
+                               doc="at the deadline, stop or let every rank finish the slowest's amount")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """The synthetic training dataset written by datagen and read by train."""
+
+    name: str = _opt("dataset", "str", doc="folder under storage.root holding the dataset")
+    num_files: int = _opt(64, "int", minimum=1, doc="number of files (objects)")
+    samples_per_file: int = _opt(1, "int", minimum=1, doc="samples (records) per file")
+    record_size: int = _opt(1024**2, "size", minimum=1, doc="mean bytes per sample")
+    record_size_stdev: int = _opt(0, "size", minimum=0, doc="standard deviation of sample bytes")
+    format: str = _opt("npz", "enum", choices=("npz", "hdf5", "raw"), doc="file format")
+    num_subfolders: int = _opt(0, "int", minimum=0, doc="spread files over this many subfolders")
+    seed: int = _opt(1234, "int", minimum=0, doc="seed of sizes and content")
+    hdf5_chunk_size: int | None = _opt(None, "optional_size", minimum=1,
+                                       doc="hdf5: chunk bytes (default contiguous)")
+    compression: str = _opt("none", "enum", choices=("none", "gzip", "lzf"),
+                            doc="hdf5: dataset compression")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the training workload reads the dataset."""
+
+    epochs: int = _opt(1, "int", minimum=1, doc="passes over the dataset")
+    batch_size: int = _opt(4, "int", minimum=1, doc="samples per batch per rank")
+    read_threads: int = _opt(4, "int", minimum=1, doc="reader threads per rank")
+    shuffle: str = _opt("file", "enum", choices=("off", "file", "sample"),
+                        doc="seeded order, new each epoch")
+    computation_time: float = _opt(0.0, "float", minimum=0.0, doc="emulated compute seconds per batch")
+    prefetch: int = _opt(2, "int", minimum=0, doc="batches read ahead of the compute")
+    decode: bool = _opt(True, "bool", doc="parse npz/hdf5/raw from the bytes read")
+    cache: str = _opt("cold", "enum", choices=("cold", "warm"),
+                      doc="local_fs: evict the files before each epoch (cold) or not (warm)")
+    seed: int = _opt(0, "int", minimum=0, doc="seed of the shuffle")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """LLM checkpoint write and read."""
+
+    model: str = _opt("llama3-8b", "str", doc="preset name, or 'custom' with the sizes below")
+    num_checkpoints_write: int = _opt(10, "int", minimum=0, doc="checkpoints written")
+    num_checkpoints_read: int = _opt(10, "int", minimum=0, doc="checkpoints read back")
+    fsync: bool = _opt(True, "bool", doc="fsync each shard before close")
+    interval: float = _opt(0.0, "float", minimum=0.0, doc="seconds between checkpoints")
+    scale: float = _opt(1.0, "float", minimum=0.0, doc="factor in (0, 1] shrinking every shard")
+    verify: bool = _opt(False, "bool", doc="check the content read back")
+    ranks: int | None = _opt(None, "optional_int", minimum=1,
+                             doc="the preset's rank count to emulate (default: the preset's)")
+    transfer_size: int = _opt(16 * 1024**2, "size", minimum=1, doc="bytes per I/O operation")
+    model_bytes: int | None = _opt(None, "optional_size", minimum=1, doc="custom: model bytes")
+    optimizer_bytes: int | None = _opt(None, "optional_size", minimum=1, doc="custom: optimizer bytes")
+    tp: int = _opt(1, "int", minimum=1, doc="custom: tensor parallel size")
+    pp: int = _opt(1, "int", minimum=1, doc="custom: pipeline parallel size")
+    zero_stage: int = _opt(3, "int", minimum=0, doc="custom: ZeRO stage (1 or 3)")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """What is recorded beside bytes and times."""
+
+    interval: float = _opt(0.5, "float", minimum=0.01, doc="time-series interval in seconds")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole, validated configuration of one run."""
+
+    workload: str = _opt("bandwidth", "enum", choices=WORKLOADS, doc="what to run")
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    bandwidth: BandwidthConfig = field(default_factory=BandwidthConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    run_id: str | None = _opt(None, "optional_str", doc="name of the run (default: time + random)")
+    keep_files: bool = _opt(False, "bool", doc="keep the files the run wrote")
+    verify: bool = _opt(False, "bool", doc="check every byte read against the seeded content")
+    seed: int = _opt(42, "int", minimum=0, doc="seed of the data written")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved configuration as plain data (for results and plan output)."""
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = {
+    "storage": StorageConfig,
+    "bandwidth": BandwidthConfig,
+    "dataset": DatasetConfig,
+    "train": TrainConfig,
+    "checkpoint": CheckpointConfig,
+    "metrics": MetricsConfig,
+}
+
+
+def _keys_of(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return ConfigError(
+        f"unknown configuration key '{where}{key}'",
+        f"{hint}valid keys{' of ' + where.rstrip('.') if where else ''}: {', '.join(valid)}",
+    )
+
+
+def _coerce(value: Any, meta: dict[str, Any], key: str) -> Any:
+    """Turn one YAML value into the declared kind, or raise a ConfigError naming the key."""
+    kind = meta["kind"]
+    choices = meta["choices"]
+    minimum = meta["minimum"]
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"configuration key '{key}' must be {expected}, got {value!r}")
+
+    if kind in ("optional_str", "optional_size", "optional_int") and value is None:
+        return None
+    if kind in ("int_or_auto",) and isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    result: Any
+    if kind == "enum":
+        if not isinstance(value, str) or value not in choices:
+            close = difflib.get_close_matches(str(value), list(choices), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(
+                f"configuration key '{key}' must be one of {', '.join(choices)}, got {value!r}{hint}"
+            )
+        return value
+    if kind in ("str", "optional_str"):
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if kind == "str_list":
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad("a list of strings")
+        return list(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if kind in ("int", "optional_int", "int_or_auto"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer" + (" or 'auto'" if kind == "int_or_auto" else ""))
+        result = value
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        result = float(value)
+    elif kind in ("size", "optional_size"):
+        try:
+            result = parse_size(value)
+        except ValueError as exc:
+            raise ConfigError(f"configuration key '{key}': {exc}") from None
+    else:  # pragma: no cover - a declaration error, not user input
+        raise AssertionError(f"unknown kind {kind}")
+    if minimum is not None and result < minimum:
+        if minimum == 1 and kind in ("size", "optional_size"):
+            raise ConfigError(f"configuration key '{key}' must be a positive size, got {value!r}")
+        raise ConfigError(f"configuration key '{key}' must be at least {minimum}, got {value!r}")
+    return result
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"configuration section '{where.rstrip('.')}' must be a mapping of keys, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"configuration key {key!r} in '{where or 'top level'}' is not a name")
+        if key not in fields:
+            raise _unknown_key(key, list(fields), where)
+        if where == "" and key in SECTIONS:
+            kwargs[key] = _build(SECTIONS[key], value, f"{key}.")
+        else:
+            kwargs[key] = _coerce(value, dict(fields[key].metadata), f"{where}{key}")
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    if any(not p for p in parts):
+        raise ConfigError(f"override '{dotted}' is not a dotted key", "write e.g. storage.root=/scratch/x")
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        if parts[0] not in SECTIONS or depth > 0:
+            valid = [k for k in _keys_of(Config)]
+            if depth == 0:
+                raise _unknown_key(part, valid, "")
+            raise ConfigError(f"override '{dotted}' is nested too deeply", "keys have at most two levels")
+        child = node.get(part)
+        if child is None:
+            child = {}
+            node[part] = child
+        if not isinstance(child, dict):
+            raise ConfigError(f"configuration section '{part}' must be a mapping of keys")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split 'a.b=value' and read value as YAML (so 3, true, [x, y] keep their types)."""
+    if "=" not in text:
+        raise ConfigError(f"cannot read override '{text}'", "write KEY=VALUE, e.g. storage.root=/scratch/x")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, (dict,)) or (value is None and raw.strip() not in ("null", "~", "None")):
+        value = raw
+    return key, value
+
+
+def load_mapping(path: str) -> dict[str, Any]:
+    """Read a YAML config file into a mapping, with a one-line error for any problem."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist", "give the path of a YAML file, e.g. configs/quickstart.yaml") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys (workload:, storage:, ...)")
+    return data
+
+
+def build_config(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Apply overrides to a mapping and turn it into a validated Config."""
+    merged: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(merged, key, value)
+    config = _build(Config, merged, "")
+    validate(config)
+    return config
+
+
+def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML file, apply KEY=VALUE overrides and validate."""
+    return build_config(load_mapping(path), overrides)
+
+
+def validate(config: Config) -> None:
+    """Check the rules that span several keys (the storage-dependent ones are preflight's)."""
+    storage = config.storage
+    root = storage.root.strip()
+    if not root:
+        raise ConfigError("storage.root is not set", "give a directory, e.g. storage.root=/scratch/$USER/bench, or s3://bucket/prefix for s3")
+    is_s3_root = root.startswith("s3://")
+    if storage.type == "s3":
+        if not is_s3_root:
+            raise ConfigError(
+                "storage.type=s3 needs an s3://bucket/prefix root",
+                "for a local directory use local_fs or direct_fs",
+            )
+        bucket = root[len("s3://"):].split("/", 1)[0]
+        if not bucket:
+            raise ConfigError(f"storage.root {root} names no bucket", "write s3://bucket/prefix")
+    else:
+        if is_s3_root:
+            raise ConfigError(
+                f"storage.type={storage.type} needs a local directory, got {root}",
+                "for a bucket use storage.type=s3",
+            )
+        if "://" in root and not root.startswith(LOCAL_SCHEMES):
+            raise ConfigError(f"storage.root {root} has an unknown scheme", "give a directory path")
+        if storage.library == "s3dlio" and storage.type != "direct_fs":
+            raise ConfigError(
+                f"storage.library=s3dlio applies to direct_fs only, not {storage.type}",
+                "use storage.type=direct_fs, or storage.library=native",
+            )
+    if storage.endpoints and storage.endpoint:
+        raise ConfigError("set storage.endpoint or storage.endpoints, not both")
+    if config.run_id is not None:
+        rid = config.run_id
+        if not rid or "/" in rid or rid in (".", "..") or os.sep in rid:
+            raise ConfigError(f"run_id {rid!r} is not a plain name", "use letters, digits, '-' and '_'")
+    bw = config.bandwidth
+    if config.workload == "bandwidth":
+        if bw.block_size % bw.transfer_size:
+            raise ConfigError(
+                f"bandwidth.block_size ({bw.block_size}) is not a multiple of bandwidth.transfer_size ({bw.transfer_size})",
+                f"use block_size={(bw.block_size // bw.transfer_size or 1) * bw.transfer_size}",
+            )
+        if bw.object_size is not None:
+            if storage.type != "s3":
+                raise ConfigError("bandwidth.object_size applies to storage.type=s3 only")
+            if bw.block_size % bw.object_size or bw.object_size % bw.transfer_size:
+                raise ConfigError(
+                    "bandwidth.object_size must divide block_size and be a multiple of transfer_size",
+                    f"e.g. object_size={bw.transfer_size} (one object per transfer) or {bw.block_size} (one per block)",
+                )
+    if config.workload == "checkpoint":
+        ck = config.checkpoint
+        if not 0 < ck.scale <= 1:
+            raise ConfigError(f"checkpoint.scale must be in (0, 1], got {ck.scale}")
+
+
+def describe_keys() -> list[tuple[str, str, str]]:
+    """Every key with its default and description, for the configuration reference."""
+    rows: list[tuple[str, str, str]] = []
+    for f in dataclasses.fields(Config):
+        if f.name in SECTIONS:
+            for sub in dataclasses.fields(SECTIONS[f.name]):
+                default = sub.default_factory() if sub.default_factory is not dataclasses.MISSING else sub.default  # type: ignore[misc]
+                rows.append((f"{f.name}.{sub.name}", repr(default), sub.metadata.get("doc", "")))
+        else:
+            rows.append((f.name, repr(f.default), f.metadata.get("doc", "")))
+    return rows

@@ -1,0 +1,33 @@
+"""CSV export: one row per phase and iteration."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from typing import Any
+
+from mpibench.results import write_text_atomic
+
+COLUMNS = ["run_id", "workload", "phase", "iteration", "ranks", "bytes", "seconds", "bandwidth_MiBps",
+           "bandwidth_GBps", "ops", "ops_per_s", "latency_mean_s", "latency_p50_s", "latency_p99_s",
+           "latency_max_s", "slowest_rank", "slowest_over_median", "cache", "stonewalled"]
+
+
+def write_csv(path: str, document: dict[str, Any]) -> None:
+    """Write the phases of a results document as CSV (atomically)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(COLUMNS)
+    for p in document.get("phases", []):
+        lat = p.get("latency", {})
+        writer.writerow([
+            document.get("run_id"), document.get("config", {}).get("workload"), p["name"], p["iteration"],
+            len(p.get("ranks", [])), p["bytes"], f"{p['seconds']:.6f}", f"{p['bandwidth_MiBps']:.3f}",
+            f"{p['bandwidth_GBps']:.6f}", p["ops"], f"{p['ops_per_s']:.3f}", lat.get("mean_s", ""),
+            lat.get("p50_s", ""), lat.get("p99_s", ""), lat.get("max_s", ""),
+            p.get("spread", {}).get("slowest_rank", ""), p.get("spread", {}).get("slowest_over_median", ""),
+            (p.get("cache") or {}).get("state", ""), p.get("stonewalled", False),
+        ])
+    write_text_atomic(path, out.getvalue())
+    assert os.path.exists(path)

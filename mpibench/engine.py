@@ -1,0 +1,118 @@
+"""The transfer loop shared by the workloads: aligned I/Os over one file region, at a
+given queue depth, timed per operation, stoppable between operations."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mpibench.buffers import DataPattern, aligned_buffer
+from mpibench.errors import BenchIOError, VerifyError
+from mpibench.metrics import PhaseRecorder
+
+if TYPE_CHECKING:
+    from mpibench.run import RunContext
+
+
+def transfer_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, path: str,
+                    base: int, offsets: np.ndarray, transfer_size: int, pattern: DataPattern,
+                    *, verify: bool = False, deadline_ns: int = 0) -> int:
+    """Write or read `transfer_size` bytes at base + each offset; return the bytes moved.
+
+    With ctx.io_depth > 1, that many threads each keep one I/O in flight (os.preadv and
+    os.pwritev release the GIL); the main thread keeps polling for a stop notice.
+    """
+    depth = max(1, min(ctx.io_depth, len(offsets)))
+    if depth == 1:
+        return _loop(ctx, rec, handle, op, path, base, offsets, transfer_size, pattern,
+                     verify, deadline_ns, None, None)
+    counter = itertools.count()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    moved = [0] * depth
+
+    def worker(slot: int) -> None:
+        try:
+            moved[slot] = _loop(ctx, rec, handle, op, path, base, offsets, transfer_size,
+                                pattern, verify, deadline_ns, counter, stop)
+        except BaseException as exc:  # handed to the main thread
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(depth)]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(timeout=0.005)
+                ctx.check_stop()
+    except BaseException:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        raise
+    if errors:
+        raise errors[0]
+    return sum(moved)
+
+
+def _loop(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, path: str, base: int,
+          offsets: np.ndarray, transfer_size: int, pattern: DataPattern, verify: bool,
+          deadline_ns: int, counter: Any, stop: threading.Event | None) -> int:
+    backend = ctx.backend
+    writing = op == "write"
+    call = backend.write_at if writing else backend.read_at
+    buf = pattern.new_buffer()
+    view = memoryview(buf)[:transfer_size]
+    scratch = aligned_buffer(transfer_size) if verify and not writing else None
+    log = rec.new_log()
+    record = log.record
+    clock = time.perf_counter_ns
+    threaded = counter is not None
+    check_stop = ctx.check_stop
+    offs = offsets.tolist()
+    total = len(offs)
+    index = -1
+    moved = 0
+    while True:
+        if threaded:
+            index = next(counter)
+            if stop.is_set():  # type: ignore[union-attr]
+                break
+        else:
+            index += 1
+        if index >= total:
+            break
+        offset = base + offs[index]
+        if writing:
+            pattern.stamp(buf, offset)
+        start = clock()
+        n = call(handle, view, offset)
+        end = clock()
+        record(n, start, end)
+        moved += n
+        if not writing:
+            if n < transfer_size:
+                raise BenchIOError(
+                    f"read {path} at offset {offset}: expected {transfer_size} bytes, got {n}",
+                    "the file is shorter than written: was it truncated or replaced by another process?",
+                    path=path)
+            if verify:
+                bad = pattern.first_mismatch(view, offset, transfer_size, scratch)  # type: ignore[arg-type]
+                if bad >= 0:
+                    raise VerifyError(
+                        f"data verification failed: {path} differs from what was written at offset {bad}",
+                        "the storage returned wrong data", path=path)
+        if deadline_ns and end >= deadline_ns:
+            rec.stonewalled = True
+            if stop is not None:
+                stop.set()
+            break
+        if not threaded:
+            check_stop(end)
+    return moved

@@ -1,0 +1,72 @@
+"""Text tables of a results document (what rank 0 prints at the end of a run)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mpibench.units import format_size
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f}"
+
+
+def phase_table(document: dict[str, Any]) -> str:
+    """One row per phase and iteration, then median/min/max over iterations."""
+    lines = []
+    header = (f"{'phase':<10}{'iter':>5}{'bytes':>14}{'seconds':>10}{'MiB/s':>11}{'GB/s':>8}"
+              f"{'ops/s':>11}{'lat mean ms':>12}{'p50 ms':>9}{'p99 ms':>9}  {'slowest rank':<14}{'cache':<8}")
+    lines.append(header)
+    lines.append("-" * len(header))
+    warnings = []
+    for phase in document.get("phases", []):
+        lat = phase.get("latency", {})
+        spread = phase.get("spread", {})
+        cache = phase.get("cache") or {}
+        slow = f"{spread.get('slowest_rank', '-')} ({spread.get('slowest_over_median', 0):.2f}x)"
+        flag = "*" if phase.get("stonewalled") else ""
+        lines.append(
+            f"{phase['name'] + flag:<10}{phase['iteration']:>5}{phase['bytes']:>14}{phase['seconds']:>10.3f}"
+            f"{phase['bandwidth_MiBps']:>11.1f}{phase['bandwidth_GBps']:>8.3f}{phase['ops_per_s']:>11.0f}"
+            f"{_ms(lat.get('mean_s', 0)):>12}{_ms(lat.get('p50_s', 0)):>9}{_ms(lat.get('p99_s', 0)):>9}  "
+            f"{slow:<14}{cache.get('state', '-'):<8}"
+        )
+        if cache.get("warning"):
+            warnings.append(f"warning: {phase['name']} iteration {phase['iteration']}: {cache['warning']}")
+    summary = document.get("summary", [])
+    if summary:
+        lines.append("")
+        lines.append(f"{'phase':<10}{'iters':>6}{'median MiB/s':>14}{'min MiB/s':>11}{'max MiB/s':>11}{'spread %':>10}")
+        for row in summary:
+            lines.append(f"{row['name']:<10}{row['iterations']:>6}{row['median_MiBps']:>14.1f}"
+                         f"{row['min_MiBps']:>11.1f}{row['max_MiBps']:>11.1f}{row['spread_pct']:>10.1f}")
+    if any(p.get("stonewalled") for p in document.get("phases", [])):
+        lines.append("* stonewalled: ranks stopped at the deadline; bytes are those moved by then")
+    lines.extend(warnings)
+    return "\n".join(lines)
+
+
+def run_header(document: dict[str, Any]) -> str:
+    """Who ran what, where: the lines printed before the table."""
+    env = document.get("environment", {})
+    cfg = document.get("config", {})
+    storage = cfg.get("storage", {})
+    fs = env.get("filesystem", {})
+    backend = env.get("backend", {})
+    parts = [
+        f"mpibench {env.get('versions', {}).get('mpibench', '?')}  run {document.get('run_id')}  "
+        f"workload {cfg.get('workload')}",
+        f"ranks {env.get('world_size')} on {env.get('num_nodes')} node(s) "
+        f"({', '.join(map(str, env.get('ranks_per_node', [])))} per node), launcher {env.get('launcher', {}).get('kind')}",
+        f"storage {storage.get('type')} ({backend.get('backend')}) at {storage.get('root')}"
+        + (f", {fs.get('fstype')} on {fs.get('device')}" if fs.get("fstype") else "")
+        + (f", direct-I/O alignment {env.get('direct_io_alignment')} B" if backend.get("direct") else ""),
+    ]
+    if cfg.get("workload") == "bandwidth":
+        bw = cfg.get("bandwidth", {})
+        parts.append(
+            f"transfer {format_size(bw.get('transfer_size', 0))}, block {format_size(bw.get('block_size', 0))} per rank, "
+            f"{bw.get('file_mode')}, io_depth {env.get('io_depth')}, {bw.get('access')}, fsync {bw.get('fsync')}, "
+            f"reorder_reads {bw.get('reorder_reads')}"
+        )
+    return "\n".join(parts)

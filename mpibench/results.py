@@ -1,0 +1,187 @@
+"""Reduction of per-rank values into phase figures, and the versioned results document.
+
+Every figure in a results file is recomputable from the per-rank values it holds:
+phase bandwidth = sum of rank bytes / (latest rank end - earliest rank start), as IOR
+defines it (MPI_MIN over starts, MPI_MAX over ends).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+from typing import Any
+
+from mpibench.errors import ResultsError
+from mpibench.metrics import LatencyHistogram
+from mpibench.units import GiB, MiB
+
+SCHEMA_VERSION = 1
+KNOWN_SCHEMA_VERSIONS = (1,)
+
+
+def phase_bandwidth(ranks: list[dict[str, Any]]) -> tuple[int, float, float, float]:
+    """(total bytes, earliest start, latest end, MiB/s) over the per-rank records."""
+    total = sum(int(r["bytes"]) for r in ranks)
+    start = min(float(r["start"]) for r in ranks)
+    end = max(float(r["end"]) for r in ranks)
+    seconds = end - start
+    return total, start, end, (total / MiB / seconds if seconds > 0 else 0.0)
+
+
+def rank_spread(ranks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-rank bandwidth spread and the straggler (the rank that finished last)."""
+    bws = sorted(float(r["bandwidth_MiBps"]) for r in ranks)
+    median = statistics.median(bws)
+    slowest = min(ranks, key=lambda r: float(r["bandwidth_MiBps"]))
+    last = max(ranks, key=lambda r: float(r["end"]))
+    first_end = min(float(r["end"]) for r in ranks)
+    return {
+        "min_MiBps": bws[0],
+        "median_MiBps": median,
+        "max_MiBps": bws[-1],
+        "slowest_rank": int(slowest["rank"]),
+        "slowest_host": slowest.get("host", ""),
+        "slowest_over_median": (float(slowest["bandwidth_MiBps"]) / median) if median > 0 else 0.0,
+        "last_rank": int(last["rank"]),
+        "last_host": last.get("host", ""),
+        "last_behind_first_s": float(last["end"]) - first_end,
+    }
+
+
+def summarize_phase(name: str, iteration: int, ranks: list[dict[str, Any]],
+                    hist: LatencyHistogram, **meta: Any) -> dict[str, Any]:
+    """One phase's record: totals, IOR bandwidth, latency, spread and the raw rank values."""
+    total, start, end, bw = phase_bandwidth(ranks)
+    seconds = end - start
+    ops = sum(int(r["ops"]) for r in ranks)
+    io_read = sum(int(r.get("proc_io", {}).get("read_bytes", 0)) for r in ranks)
+    io_write = sum(int(r.get("proc_io", {}).get("write_bytes", 0)) for r in ranks)
+    return {
+        "name": name,
+        "iteration": iteration,
+        "bytes": total,
+        "start": start,
+        "end": end,
+        "seconds": seconds,
+        "bandwidth_MiBps": bw,
+        "bandwidth_GiBps": total / GiB / seconds if seconds > 0 else 0.0,
+        "bandwidth_GBps": total / 1e9 / seconds if seconds > 0 else 0.0,
+        "ops": ops,
+        "ops_per_s": ops / seconds if seconds > 0 else 0.0,
+        "latency": hist.summary(),
+        "latency_histogram": hist.to_sparse(),
+        "spread": rank_spread(ranks),
+        "storage_bytes": {"read_bytes": io_read, "write_bytes": io_write},
+        "stonewalled": any(r.get("stonewalled") for r in ranks),
+        **meta,
+        "ranks": ranks,
+    }
+
+
+def summarize_repetitions(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Median, min, max and spread of bandwidth for each phase name over its iterations."""
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for phase in phases:
+        by_name.setdefault(phase["name"], []).append(phase)
+    rows = []
+    for name, group in by_name.items():
+        bws = [p["bandwidth_MiBps"] for p in group]
+        med = statistics.median(bws)
+        rows.append({
+            "name": name,
+            "iterations": len(group),
+            "median_MiBps": med,
+            "min_MiBps": min(bws),
+            "max_MiBps": max(bws),
+            "spread_pct": (max(bws) - min(bws)) / med * 100 if med > 0 else 0.0,
+            "mean_MiBps": statistics.fmean(bws),
+            "stdev_MiBps": statistics.stdev(bws) if len(bws) > 1 else 0.0,
+            "bytes": sum(p["bytes"] for p in group),
+        })
+    return rows
+
+
+def write_json_atomic(path: str, document: dict[str, Any], force: bool = False) -> None:
+    """Write a JSON document via a temporary file and rename, never overwriting silently."""
+    if os.path.exists(path) and not force:
+        raise ResultsError(f"results file {path} already exists", "choose another --output or pass --force")
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".mpibench-", suffix=".json.tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=1, sort_keys=False, default=_json_default)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write a text file via a temporary file and rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".mpibench-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _json_default(value: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def check_output_path(path: str, force: bool) -> None:
+    """Fail before any I/O when the results file could not be written at the end."""
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        raise ResultsError(f"results path {path} is a directory", "give a file name, e.g. --output result.json")
+    if os.path.exists(path) and not force:
+        raise ResultsError(f"results file {path} already exists", "choose another --output or pass --force")
+    if not os.path.isdir(directory):
+        raise ResultsError(f"directory of results file {path} does not exist", f"create {directory} first")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ResultsError(f"cannot write results file {path}: directory {directory} is not writable",
+                           "choose a writable --output")
+
+
+def load_results(path: str) -> dict[str, Any]:
+    """Read a results file, refusing schema versions this mpibench does not know."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except FileNotFoundError:
+        raise ResultsError(f"results file {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise ResultsError(f"cannot read results file {path}: {exc}") from None
+    if not isinstance(document, dict) or "schema_version" not in document:
+        raise ResultsError(f"{path} is not an mpibench results file (no schema_version)")
+    version = document["schema_version"]
+    if version not in KNOWN_SCHEMA_VERSIONS:
+        raise ResultsError(
+            f"{path} has results schema version {version}, this mpibench reads {', '.join(map(str, KNOWN_SCHEMA_VERSIONS))}",
+            "use the mpibench version that wrote it",
+        )
+    return document

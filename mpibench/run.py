@@ -1,0 +1,373 @@
+"""The driver: rank-0 preflight, broadcast, measured phases, agreement on errors, results.
+
+Error protocol: rank 0 validates and runs the preflight, then broadcasts the checked
+information or the error; every rank raises the same error. During a phase a failing
+rank tells the others to stop (CancelChannel) and every rank meets at the phase-end
+agreement, so no rank is left waiting in a collective; the first error is raised
+everywhere, cleanup runs, and rank 0 writes a partial result marked incomplete.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mpibench import environment
+from mpibench.backends import backend_class, make_backend
+from mpibench.backends.base import Backend
+from mpibench.comm import CancelChannel, Comm, NodeLayout
+from mpibench.config import AUTO, Config
+from mpibench.errors import (
+    BenchIOError,
+    ConfigError,
+    Interrupted,
+    MpibenchError,
+    PreflightError,
+)
+from mpibench.metrics import LatencyHistogram, PhaseRecorder
+from mpibench.plan import RUN_DIR_PREFIX, RUN_MARKER
+from mpibench.results import SCHEMA_VERSION, summarize_phase, summarize_repetitions, write_json_atomic
+from mpibench.workloads import Workload, get_workload
+
+POLL_INTERVAL_NS = 5_000_000  # test for another rank's stop notice at most every 5 ms
+
+
+class Stopped(Exception):
+    """This rank left a phase because another rank failed or the job was interrupted."""
+
+
+@dataclass
+class PreflightInfo:
+    """What rank 0 checked and decided; broadcast to every rank."""
+
+    run_id: str
+    run_key: str
+    alignment: int = 1
+    alignment_source: str = "none"
+    planned_bytes: int = 0
+    free_bytes: int | None = None
+    filesystem: dict[str, str] = field(default_factory=dict)
+    created_root: bool = False
+    checks: list[str] = field(default_factory=list)
+    backend: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def new_run_id() -> str:
+    """A run name that sorts by time and does not collide: 20261122-031500-3fa9c1."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def resolve_io_depth(config: Config, layout: NodeLayout) -> int:
+    """bandwidth.io_depth, with 'auto' sized from the cores per node over the ranks per node."""
+    depth = config.bandwidth.io_depth
+    if depth != AUTO:
+        return int(depth)
+    if config.storage.type == "local_fs":
+        return 1
+    cores = os.cpu_count() or 1
+    return max(1, min(16, cores // max(1, layout.local_size)))
+
+
+def resolve_threads(config: Config, layout: NodeLayout) -> int:
+    """s3dlio runtime threads per rank: cores of the node divided by the ranks on it."""
+    if config.storage.threads != AUTO:
+        return int(config.storage.threads)
+    return max(1, (os.cpu_count() or 1) // max(1, layout.local_size))
+
+
+def preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
+    """Rank 0's checks of the configuration and the storage, before any benchmark I/O."""
+    workload = get_workload(config.workload)
+    run_id = config.run_id or new_run_id()
+    info = PreflightInfo(run_id=run_id, run_key=RUN_DIR_PREFIX + run_id)
+    info.planned_bytes = workload.planned_bytes(config, size)
+    workload.check(config, size, 1)
+    cls = backend_class(config.storage.type, config.storage.library)
+    info.checks.append(f"configuration valid: workload {config.workload} on {config.storage.type} "
+                       f"({cls.name}), {size} rank(s) on {layout.num_nodes} node(s)")
+    backend_pre = getattr(cls, "preflight_storage", None)
+    if backend_pre is not None:
+        found = backend_pre(config, info.run_key, info.planned_bytes, layout)
+        info.backend = found.get("backend", {})
+        info.checks.extend(found.get("checks", []))
+        info.alignment = found.get("alignment", 1)
+        info.alignment_source = found.get("alignment_source", "none")
+        info.created_root = found.get("created_root", False)
+        info.free_bytes = found.get("free_bytes")
+        info.filesystem = found.get("filesystem", {})
+        info.warnings.extend(found.get("warnings", []))
+    try:
+        workload.check(config, size, info.alignment)
+        backend = make_backend(config.storage, **_backend_kwargs(config, info))
+        workload.prepare(config, size, backend, info)
+    except BaseException:
+        _remove_run_dir(config, info)
+        raise
+    return info
+
+
+def _backend_kwargs(config: Config, info: PreflightInfo) -> dict[str, Any]:
+    return {"alignment": info.alignment} if config.storage.type in ("local_fs", "direct_fs") else {}
+
+
+def _remove_run_dir(config: Config, info: PreflightInfo) -> None:
+    """Undo what preflight created (the run directory, the root leaf) after a failure."""
+    cls = backend_class(config.storage.type, config.storage.library)
+    undo = getattr(cls, "undo_preflight", None)
+    if undo is not None:
+        undo(config, info.run_key, info.created_root)
+
+
+class RunContext:
+    """What a workload needs on every rank: config, comm, backend, and the phase runner."""
+
+    def __init__(self, config: Config, comm: Comm, info: PreflightInfo, backend: Backend,
+                 progress: Any = None) -> None:
+        self.config = config
+        self.comm = comm
+        self.info = info
+        self.backend = backend
+        self.layout = comm.layout()
+        self.phases: list[dict[str, Any]] = []
+        self.cancel = CancelChannel(comm)
+        self.interrupted: str | None = None
+        self.progress = progress
+        self.io_depth = resolve_io_depth(config, self.layout)
+        self._next_poll = 0
+        self.failure: MpibenchError | None = None
+
+    def key(self, relative: str) -> str:
+        """The storage key of a file inside this run's directory."""
+        return f"{self.info.run_key}/{relative}"
+
+    def check_stop(self, now_ns: int | None = None) -> None:
+        """Raise Stopped when the job is interrupted or another rank failed (cheap)."""
+        if self.interrupted is not None:
+            raise Stopped(self.interrupted)
+        now = time.perf_counter_ns() if now_ns is None else now_ns
+        if now >= self._next_poll:
+            self._next_poll = now + POLL_INTERVAL_NS
+            notice = self.cancel.poll()
+            if notice is not None:
+                raise Stopped(notice)
+
+    def phase(self, name: str, iteration: int, body: Callable[[PhaseRecorder], None],
+              expected_bytes: int | None = None, **meta: Any) -> dict[str, Any] | None:
+        """Run one measured phase on every rank and reduce it (the record on rank 0).
+
+        All ranks barrier, take their start time, run `body`, take their end time, then
+        agree on errors; bandwidth = total bytes / (max end - min start).
+        """
+        rec = PhaseRecorder(name, iteration, self.config.metrics.interval)
+        self.comm.barrier()
+        rec.begin(self.comm.wtime())
+        if self.progress is not None:
+            self.progress.start(f"{name} {iteration}", rec, self.comm.size, expected_bytes)
+        error: MpibenchError | None = None
+        try:
+            body(rec)
+        except Stopped:
+            pass
+        except MpibenchError as exc:
+            error = exc
+        except Exception as exc:  # a bug must still end every rank cleanly
+            error = BenchIOError(f"internal error in phase {name}: {type(exc).__name__}: {exc}",
+                                 "rerun with --debug and report it")
+            error.__cause__ = exc
+        if error is not None:
+            if isinstance(error, BenchIOError) and error.rank is None:
+                error.rank = self.comm.rank
+            self.cancel.notify(_rank_line(self.comm.rank, error))
+        rec.finish(self.comm.wtime())
+        if self.progress is not None:
+            self.progress.stop()
+        self._agree(error)
+        return self._reduce(rec, meta)
+
+    def _agree(self, error: MpibenchError | None) -> None:
+        """Every rank learns whether any rank failed or was interrupted in the phase."""
+        status = 2 if error is not None else (1 if self.interrupted else 0)
+        worst = int(self.comm.allreduce_max(status))
+        if worst == 0:
+            return
+        lines = self.comm.gather(_rank_line(self.comm.rank, error) if error else None)
+        first = None
+        if lines is not None:
+            first = next((line for line in lines if line), None)
+        first = self.comm.bcast(first)
+        if worst == 2:
+            if error is not None and self.comm.rank == 0:
+                raise error
+            exc = BenchIOError(first or "another rank failed")
+            exc.rank = -1
+            exc.__cause__ = error
+            raise exc
+        raise Interrupted(f"interrupted by {self.interrupted or 'a signal on another rank'}",
+                          "the partial result is marked incomplete")
+
+    def _reduce(self, rec: PhaseRecorder, meta: dict[str, Any]) -> dict[str, Any] | None:
+        record = rec.rank_record(self.comm.rank, self.layout.host)
+        hist = rec.histogram()
+        merged = self.comm.reduce_array_sum(hist.counts)
+        extremes = self.comm.gather((hist.count, hist.total_ns, hist.min_ns, hist.max_ns))
+        ranks = self.comm.gather(record)
+        if not self.comm.is_root:
+            return None
+        total_hist = LatencyHistogram()
+        assert merged is not None and extremes is not None and ranks is not None
+        total_hist.counts = merged
+        nonempty = [e for e in extremes if e[0] > 0]
+        total_hist.count = sum(e[0] for e in nonempty)
+        total_hist.total_ns = sum(e[1] for e in nonempty)
+        total_hist.min_ns = min((e[2] for e in nonempty), default=0)
+        total_hist.max_ns = max((e[3] for e in nonempty), default=0)
+        phase = summarize_phase(rec.name, rec.iteration, ranks, total_hist,
+                                interval_s=self.config.metrics.interval, **meta)
+        self.phases.append(phase)
+        return phase
+
+
+def _rank_line(rank: int, error: MpibenchError | None) -> str:
+    if error is None:
+        return ""
+    line = error.line()
+    return line if line.startswith("rank ") else f"rank {rank}: {line}"
+
+
+def broadcast_outcome(comm: Comm, produce: Callable[[], Any]) -> Any:
+    """Run `produce` on rank 0 and give every rank its value, or raise its error everywhere."""
+    outcome: tuple[str, Any] | None = None
+    if comm.is_root:
+        try:
+            outcome = ("ok", produce())
+        except MpibenchError as exc:
+            outcome = ("error", exc)
+        except Exception as exc:
+            err = PreflightError(f"internal error: {type(exc).__name__}: {exc}", "rerun with --debug and report it")
+            err.__cause__ = exc
+            outcome = ("error", err)
+    kind, value = comm.bcast(outcome)
+    if kind == "error":
+        raise value
+    return value
+
+
+def install_signal_handlers(ctx_holder: dict[str, RunContext | None]) -> None:
+    """SIGINT/SIGTERM stop the run gracefully: current phase ends, cleanup runs, exit 130."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        ctx = ctx_holder.get("ctx")
+        name = signal.Signals(signum).name
+        if ctx is None:
+            raise Interrupted(f"interrupted by {name} before the run started")
+        if ctx.interrupted is not None:
+            return
+        ctx.interrupted = name
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def execute(config: Config, comm: Comm, *, output: str | None, force: bool = False,
+            progress: Any = None, printer: Callable[[str], None] = print,
+            preflight_only: bool = False) -> dict[str, Any] | None:
+    """Run the configured workload on every rank; return the results document on rank 0."""
+    layout = comm.layout()
+    comm.sync_clocks()
+    env = environment.collect(comm)
+    info: PreflightInfo = broadcast_outcome(comm, lambda: preflight(config, comm.size, layout))
+    if preflight_only:
+        if comm.is_root:
+            _remove_run_dir(config, info)
+        comm.barrier()
+        return {"preflight": info.__dict__}
+    workload: Workload = get_workload(config.workload)
+    holder: dict[str, RunContext | None] = {"ctx": None}
+    install_signal_handlers(holder)
+    backend = _make_rank_backend(config, info, layout)
+    ctx = RunContext(config, comm, info, backend, progress=progress)
+    holder["ctx"] = ctx
+    failure: MpibenchError | None = None
+    started = time.time()
+    try:
+        workload.run(ctx)
+    except MpibenchError as exc:
+        failure = exc
+    finally:
+        cleanup_error = _cleanup(ctx, workload)
+        ctx.cancel.close()
+    if failure is None and cleanup_error is not None:
+        failure = cleanup_error
+    document = None
+    if comm.is_root:
+        document = {
+            "schema_version": SCHEMA_VERSION,
+            "tool": "mpibench",
+            "run_id": info.run_id,
+            "complete": failure is None,
+            "incomplete_reason": None if failure is None else failure.line(),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+            "config": config.to_dict(),
+            "environment": {
+                **env,
+                "filesystem": info.filesystem,
+                "direct_io_alignment": info.alignment,
+                "alignment_source": info.alignment_source,
+                "io_depth": ctx.io_depth,
+                "backend": {**backend.describe(), **info.backend},
+            },
+            "preflight": {"checks": info.checks, "warnings": info.warnings,
+                          "planned_bytes": info.planned_bytes, "free_bytes": info.free_bytes},
+            "phases": ctx.phases,
+            "summary": summarize_repetitions(ctx.phases),
+        }
+        document.update(workload.summarize(ctx))
+        if output:
+            write_json_atomic(output, document, force=force)
+    if failure is not None:
+        failure.partial_result = document  # type: ignore[attr-defined]
+        raise failure
+    return document
+
+
+def _make_rank_backend(config: Config, info: PreflightInfo, layout: NodeLayout) -> Backend:
+    kwargs = _backend_kwargs(config, info)
+    cls = backend_class(config.storage.type, config.storage.library)
+    if hasattr(cls, "rank_options"):
+        kwargs.update(cls.rank_options(config, info.backend, layout, resolve_threads(config, layout)))
+    return make_backend(config.storage, **kwargs)
+
+
+def _cleanup(ctx: RunContext, workload: Workload) -> MpibenchError | None:
+    """Every rank removes what it created; rank 0 then removes the directories and marker."""
+    if ctx.config.keep_files:
+        return None
+    error: MpibenchError | None = None
+    try:
+        workload.cleanup(ctx)
+    except MpibenchError as exc:
+        error = exc
+    ctx.comm.barrier()
+    if ctx.comm.is_root:
+        try:
+            workload.cleanup_shared(ctx)
+            _remove_run_dir(ctx.config, ctx.info)
+        except MpibenchError as exc:
+            error = error or exc
+    ctx.comm.barrier()
+    return error
+
+
+def format_traceback(exc: BaseException) -> str:
+    """The traceback of an exception and its causes (for --debug)."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+__all__ = ["ConfigError", "PreflightInfo", "RunContext", "execute", "preflight", "broadcast_outcome"]

@@ -1,0 +1,67 @@
+"""Workloads say WHAT to move; backends say HOW. Looked up by name, imported lazily."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from mpibench.config import Config
+from mpibench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mpibench.backends.base import Backend
+    from mpibench.run import PreflightInfo, RunContext
+
+
+class Workload:
+    """The steps every workload provides to the driver (defaults do nothing)."""
+
+    name = "abstract"
+
+    def planned_bytes(self, config: Config, size: int) -> int:
+        """Bytes the run will have on storage at its peak (checked against free space)."""
+        return 0
+
+    def check(self, config: Config, size: int, alignment: int) -> None:
+        """Rank 0: rules that depend on the rank count or the storage's alignment."""
+
+    def prepare(self, config: Config, size: int, backend: Backend, info: PreflightInfo) -> None:
+        """Rank 0, in preflight: create the directories the ranks will write into."""
+
+    def run(self, ctx: RunContext) -> None:
+        """Every rank: the measured phases (each through ctx.phase)."""
+        raise NotImplementedError
+
+    def cleanup(self, ctx: RunContext) -> None:
+        """Every rank: remove the files this rank created."""
+
+    def cleanup_shared(self, ctx: RunContext) -> None:
+        """Rank 0, after every rank's cleanup: remove shared files."""
+
+    def summarize(self, ctx: RunContext) -> dict[str, Any]:
+        """Rank 0: workload-specific figures added to the results document."""
+        return {}
+
+    def describe_plan(self, config: Config, size: int, rank: int, ranks_per_node: int,
+                      num_nodes: int) -> dict[str, Any]:
+        """What `rank` would do, without I/O (for `mpibench plan`)."""
+        return {}
+
+
+_WORKLOADS = {
+    "bandwidth": "mpibench.workloads.bandwidth",
+    "datagen": "mpibench.workloads.datagen",
+    "train": "mpibench.workloads.train",
+    "checkpoint": "mpibench.workloads.checkpoint",
+}
+
+
+def get_workload(name: str) -> Workload:
+    """The workload registered under `name`."""
+    try:
+        module = importlib.import_module(_WORKLOADS[name])
+    except KeyError:
+        raise ConfigError(f"unknown workload {name!r}", f"choose one of {', '.join(_WORKLOADS)}") from None
+    except ImportError as exc:
+        raise ConfigError(f"workload {name} is not available: {exc}") from None
+    return module.WORKLOAD

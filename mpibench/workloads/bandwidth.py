@@ -1,0 +1,160 @@
+"""IOR-like bandwidth test: every rank writes its block, then reads another rank's back."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from mpibench.buffers import DataPattern
+from mpibench.config import Config
+from mpibench.engine import transfer_region
+from mpibench.errors import ConfigError
+from mpibench.metrics import PhaseRecorder
+from mpibench.plan import (
+    bandwidth_file,
+    nearest_aligned,
+    reorder_partner,
+    transfer_offsets,
+)
+from mpibench.units import format_exact_size
+from mpibench.workloads import Workload
+
+if TYPE_CHECKING:
+    from mpibench.backends.base import Backend
+    from mpibench.run import PreflightInfo, RunContext
+
+
+def check_alignment(key: str, value: int, alignment: int, fstype: str = "") -> None:
+    """A ConfigError naming the alignment and the nearest valid sizes when misaligned."""
+    if alignment > 1 and value % alignment:
+        low, high = nearest_aligned(value, alignment)
+        raise ConfigError(
+            f"{key}={value} is not a multiple of the direct-I/O alignment {alignment} bytes"
+            + (f" of this {fstype} filesystem" if fstype else ""),
+            f"use {format_exact_size(low)} or {format_exact_size(high)}",
+        )
+
+
+class BandwidthWorkload(Workload):
+    """Sequential (or random) write then read of block_size bytes per rank per iteration."""
+
+    name = "bandwidth"
+
+    def planned_bytes(self, config: Config, size: int) -> int:
+        return config.bandwidth.block_size * size
+
+    def check(self, config: Config, size: int, alignment: int) -> None:
+        bw = config.bandwidth
+        check_alignment("bandwidth.transfer_size", bw.transfer_size, alignment)
+        check_alignment("bandwidth.block_size", bw.block_size, alignment)
+
+    def prepare(self, config: Config, size: int, backend: Backend, info: PreflightInfo) -> None:
+        backend.makedirs(f"{info.run_key}/bandwidth")
+
+    def describe_plan(self, config: Config, size: int, rank: int, ranks_per_node: int,
+                      num_nodes: int) -> dict[str, Any]:
+        bw = config.bandwidth
+        mine = bandwidth_file(bw.file_mode, rank, bw.block_size)
+        partner = reorder_partner(rank, size, ranks_per_node, num_nodes) if bw.reorder_reads else rank
+        theirs = bandwidth_file(bw.file_mode, partner, bw.block_size)
+        return {
+            "rank": rank,
+            "write": {"file": mine.key, "offset": mine.offset, "bytes": mine.length,
+                      "transfers": mine.length // bw.transfer_size},
+            "read": {"file": theirs.key, "offset": theirs.offset, "bytes": theirs.length,
+                     "written_by": partner},
+        }
+
+    def run(self, ctx: RunContext) -> None:
+        config = ctx.config
+        bw = config.bandwidth
+        comm = ctx.comm
+        layout = ctx.layout
+        mine = bandwidth_file(bw.file_mode, comm.rank, bw.block_size)
+        partner = comm.rank
+        if bw.reorder_reads:
+            partner = reorder_partner(comm.rank, comm.size, max(layout.ranks_per_node), layout.num_nodes)
+        theirs = bandwidth_file(bw.file_mode, partner, bw.block_size)
+        write_pattern = DataPattern(config.seed, mine.owner, bw.transfer_size)
+        read_pattern = DataPattern(config.seed, theirs.owner, bw.transfer_size)
+        write_offsets = transfer_offsets(mine.length, bw.transfer_size, bw.access, config.seed + comm.rank)
+        read_offsets = transfer_offsets(theirs.length, bw.transfer_size, bw.access, config.seed + 7919 * comm.rank + 1)
+        cache = self._cache_state(ctx)
+        for iteration in range(bw.iterations):
+            ctx.phase("write", iteration,
+                      lambda rec: self._one_file(ctx, rec, "write", mine.key, mine.offset,
+                                                 write_offsets, write_pattern),
+                      expected_bytes=bw.block_size * comm.size, cache=None, file_mode=bw.file_mode, transfer_size=bw.transfer_size,
+                      block_size=bw.block_size, io_depth=ctx.io_depth, access=bw.access,
+                      fsync=bw.fsync)
+            evicted = None
+            if cache["state"] == "cold":
+                comm.barrier()  # every writer has closed its file before anyone evicts
+                evicted = ctx.backend.evict(ctx.key(theirs.key))
+            phase = ctx.phase("read", iteration,
+                              lambda rec: self._one_file(ctx, rec, "read", theirs.key, theirs.offset,
+                                                         read_offsets, read_pattern),
+                              expected_bytes=bw.block_size * comm.size,
+                              cache=dict(cache, evicted=evicted) if evicted is not None else cache,
+                              file_mode=bw.file_mode, transfer_size=bw.transfer_size,
+                              block_size=bw.block_size, io_depth=ctx.io_depth, access=bw.access,
+                              reorder_reads=bw.reorder_reads, verified=config.verify)
+            if phase is not None:
+                annotate_cache(phase)
+
+    def _cache_state(self, ctx: RunContext) -> dict[str, Any]:
+        if ctx.backend.direct:
+            return {"state": "direct", "method": ctx.backend.name}
+        return {"state": "cold", "method": "posix_fadvise(POSIX_FADV_DONTNEED) by the reading rank before the phase"}
+
+    def _one_file(self, ctx: RunContext, rec: PhaseRecorder, op: str, key: str, base: int,
+                  offsets: Any, pattern: DataPattern) -> None:
+        bw = ctx.config.bandwidth
+        backend = ctx.backend
+        storage_key = ctx.key(key)
+        path = backend.path_of(storage_key)
+        deadline_ns = rec.t0_ns + int(bw.deadline * 1e9) if bw.deadline > 0 else 0
+        t = time.perf_counter()
+        handle = backend.open(storage_key, "w" if op == "write" else "r")
+        rec.open_s += time.perf_counter() - t
+        rec.files += 1
+        try:
+            t = time.perf_counter()
+            transfer_region(ctx, rec, handle, op, path, base, offsets, bw.transfer_size, pattern,
+                            verify=ctx.config.verify and op == "read", deadline_ns=deadline_ns)
+            rec.transfer_s += time.perf_counter() - t
+            if op == "write" and bw.fsync:
+                t = time.perf_counter()
+                backend.fsync(handle)
+                rec.sync_s += time.perf_counter() - t
+        finally:
+            t = time.perf_counter()
+            backend.close(handle)
+            rec.close_s += time.perf_counter() - t
+
+    def cleanup(self, ctx: RunContext) -> None:
+        if ctx.config.bandwidth.file_mode == "per_rank":
+            ctx.backend.remove(ctx.key(bandwidth_file("per_rank", ctx.comm.rank, 0).key))
+
+    def cleanup_shared(self, ctx: RunContext) -> None:
+        if ctx.config.bandwidth.file_mode == "shared":
+            ctx.backend.remove(ctx.key(bandwidth_file("shared", 0, 0).key))
+        ctx.backend.remove_dir(ctx.key("bandwidth"))
+
+
+def annotate_cache(phase: dict[str, Any]) -> None:
+    """Compare bytes requested with bytes the kernel says reached storage, and flag cache hits."""
+    cache = phase.get("cache") or {}
+    requested = phase["bytes"]
+    storage = phase["storage_bytes"]["read_bytes"]
+    if cache.get("state") in ("cold", "warm") and requested > 0:
+        ratio = storage / requested
+        cache["storage_read_ratio"] = ratio
+        cache["confirmed"] = ratio >= 0.9
+        if ratio < 0.5:
+            cache["warning"] = (f"requested {requested} bytes, storage read {storage}: "
+                                f"{(1 - ratio) * 100:.0f}% served from the page cache")
+        phase["cache"] = cache
+
+
+WORKLOAD = BandwidthWorkload()
