@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=PREFLIGHT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     common(pre)
 
-    for name, module in _EXTRA_COMMANDS.items():
+    for module in _EXTRA_COMMANDS.values():
         helper = _import_command(module)
         if helper is not None:
             helper.add_parser(sub)

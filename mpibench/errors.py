@@ -14,13 +14,28 @@ class MpibenchError(Exception):
     exit_code = EXIT_IO
 
     def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, hint)
         self.message = message
         self.hint = hint
 
     def line(self) -> str:
         """The one-line form printed to the user."""
         return f"{self.message}; {self.hint}" if self.hint else self.message
+
+    def __str__(self) -> str:
+        return self.line()
+
+    def __reduce__(self) -> tuple:
+        # Errors travel between ranks by pickle: keep every attribute, not only args.
+        state = {k: v for k, v in self.__dict__.items() if k != "partial_result"}
+        return (_rebuild, (type(self), state))
+
+
+def _rebuild(cls: type, state: dict) -> MpibenchError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, state.get("message"), state.get("hint"))
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigError(MpibenchError):

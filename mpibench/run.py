@@ -31,8 +31,13 @@ from mpibench.errors import (
     PreflightError,
 )
 from mpibench.metrics import LatencyHistogram, PhaseRecorder
-from mpibench.plan import RUN_DIR_PREFIX, RUN_MARKER
-from mpibench.results import SCHEMA_VERSION, summarize_phase, summarize_repetitions, write_json_atomic
+from mpibench.plan import RUN_DIR_PREFIX
+from mpibench.results import (
+    SCHEMA_VERSION,
+    summarize_phase,
+    summarize_repetitions,
+    write_json_atomic,
+)
 from mpibench.workloads import Workload, get_workload
 
 POLL_INTERVAL_NS = 5_000_000  # test for another rank's stop notice at most every 5 ms
@@ -259,8 +264,11 @@ def broadcast_outcome(comm: Comm, produce: Callable[[], Any]) -> Any:
     return value
 
 
-def install_signal_handlers(ctx_holder: dict[str, RunContext | None]) -> None:
-    """SIGINT/SIGTERM stop the run gracefully: current phase ends, cleanup runs, exit 130."""
+def install_signal_handlers(ctx_holder: dict[str, RunContext | None]) -> dict[int, Any]:
+    """SIGINT/SIGTERM stop the run gracefully: current phase ends, cleanup runs, exit 130.
+
+    Returns the previous handlers so the caller can put them back.
+    """
 
     def handler(signum: int, _frame: Any) -> None:
         ctx = ctx_holder.get("ctx")
@@ -271,8 +279,10 @@ def install_signal_handlers(ctx_holder: dict[str, RunContext | None]) -> None:
             return
         ctx.interrupted = name
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, handler)
+    return previous
 
 
 def execute(config: Config, comm: Comm, *, output: str | None, force: bool = False,
@@ -290,19 +300,23 @@ def execute(config: Config, comm: Comm, *, output: str | None, force: bool = Fal
         return {"preflight": info.__dict__}
     workload: Workload = get_workload(config.workload)
     holder: dict[str, RunContext | None] = {"ctx": None}
-    install_signal_handlers(holder)
-    backend = _make_rank_backend(config, info, layout)
-    ctx = RunContext(config, comm, info, backend, progress=progress)
-    holder["ctx"] = ctx
+    previous_handlers = install_signal_handlers(holder)
     failure: MpibenchError | None = None
     started = time.time()
     try:
-        workload.run(ctx)
-    except MpibenchError as exc:
-        failure = exc
+        backend = _make_rank_backend(config, info, layout)
+        ctx = RunContext(config, comm, info, backend, progress=progress)
+        holder["ctx"] = ctx
+        try:
+            workload.run(ctx)
+        except MpibenchError as exc:
+            failure = exc
+        finally:
+            cleanup_error = _cleanup(ctx, workload)
+            ctx.cancel.close()
     finally:
-        cleanup_error = _cleanup(ctx, workload)
-        ctx.cancel.close()
+        for signum, old in previous_handlers.items():
+            signal.signal(signum, old)
     if failure is None and cleanup_error is not None:
         failure = cleanup_error
     document = None

@@ -87,9 +87,22 @@ DEBIAN_PACKAGES: tuple[str, ...] = ("slurm-wlm", "munge")
 _EXTRA_PATH_DIRS: tuple[str, ...] = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 _INSTALL_LOCK = Path(tempfile.gettempdir()) / "onenodeslurm-install.lock"
 _JOB_ID_RE = re.compile(r"^\s*(?:Submitted batch job\s+)?(\d+)(?:;\S*)?\s*$", re.MULTILINE)
-# Slurm variables inherited from an enclosing job would confuse sbatch/srun
-# talking to our private cluster (e.g. SLURM_JOB_ID makes srun try to join it).
-_INHERITED_SLURM_PREFIXES: tuple[str, ...] = ("SLURM_", "SBATCH_", "SALLOC_", "SRUN_")
+# Variables inherited from an enclosing Slurm job or MPI launch would confuse
+# sbatch/srun talking to our private cluster (SLURM_JOB_ID makes srun try to
+# join that job) and the MPI ranks of our jobs (an outer PMI_PORT/PMI_FD or
+# PMIX_* makes MPI_Init talk to the outer launcher instead of srun's PMI).
+_INHERITED_PREFIXES: tuple[str, ...] = (
+    "SLURM_",
+    "SBATCH_",
+    "SALLOC_",
+    "SRUN_",
+    "PMI_",
+    "PMIX_",
+    "HYDRA_",
+    "OMPI_COMM_WORLD_",
+    "MPI_LOCALNRANKS",
+    "MPI_LOCALRANKID",
+)
 
 
 class SlurmUnavailable(RuntimeError):
@@ -432,14 +445,15 @@ class OneNodeSlurm:
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """Environment for Slurm client commands (sbatch, srun, sinfo, ...).
 
-        It is this process's environment without inherited ``SLURM_*`` /
-        ``SBATCH_*`` / ``SALLOC_*`` / ``SRUN_*`` variables, with ``extra``
+        It is this process's environment without variables of an enclosing
+        Slurm job or MPI launch (``SLURM_*``, ``SBATCH_*``, ``PMI_*``,
+        ``PMIX_*``, ``HYDRA_*``, ...; see ``_INHERITED_PREFIXES``), with ``extra``
         applied on top, ``SLURM_CONF`` pointing at the private configuration
         and the system binary directories appended to ``PATH``.
         """
         if self.conf_path is None:
             raise RuntimeError("cluster not started")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED_SLURM_PREFIXES)}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED_PREFIXES)}
         env["PATH"] = _search_path()
         if extra:
             env.update(extra)

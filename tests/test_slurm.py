@@ -27,12 +27,27 @@ RANKS = 4
 pytestmark = pytest.mark.slurm
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[OneNodeSlurm]:
-    """One private cluster for the whole module; stopped (daemons and dir) afterwards."""
+def _mpi_rank() -> int:
+    """This process's rank when pytest itself runs under an MPI launcher, else 0."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def _skip_unless_usable() -> None:
+    if _mpi_rank() != 0:
+        pytest.skip("Slurm tests run on rank 0 only when pytest runs under mpiexec")
     reason = OneNodeSlurm.unavailable_reason()
     if reason is not None:
         pytest.skip(f"cannot run a private Slurm cluster: {reason}")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[OneNodeSlurm]:
+    """One private cluster for the whole module; stopped (daemons and dir) afterwards."""
+    _skip_unless_usable()
     with OneNodeSlurm(cpus=8) as slurm:
         yield slurm
     assert not slurm.running
@@ -180,9 +195,7 @@ def test_bandwidth_sbatch_template(cluster: OneNodeSlurm, tmp_path: Path) -> Non
 @pytest.mark.timeout(120)
 def test_stop_is_idempotent_and_signals_only_its_own_daemons() -> None:
     """stop() ends exactly the daemons start() launched and removes the temp dir."""
-    reason = OneNodeSlurm.unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"cannot run a private Slurm cluster: {reason}")
+    _skip_unless_usable()
     slurm = OneNodeSlurm(cpus=2).start()
     pids = slurm.pids
     root = slurm.root

@@ -75,20 +75,25 @@ class PosixBackend(Backend):
                 raise PreflightError(f"cannot create storage.root {root}: {exc.strerror}") from None
             created_root = True
             checks.append(f"created storage.root {root}")
-        if not os.path.isdir(root):
-            raise PreflightError(f"storage.root {root} is not a directory", "give a directory path")
-        if not os.access(root, os.W_OK | os.X_OK):
-            raise PreflightError(f"storage.root {root} is not writable", "choose a directory you can write to")
-        checks.append(f"storage.root {root} is a writable directory")
-        stats = os.statvfs(root)
-        free = stats.f_bavail * stats.f_frsize
-        if planned_bytes > free:
-            raise PreflightError(
-                f"not enough free space in {root}: the run writes {format_size(planned_bytes)} "
-                f"({planned_bytes} bytes), {format_size(free)} ({free} bytes) are free",
-                "lower the sizes or choose another storage.root",
-            )
-        checks.append(f"free space {format_size(free)} covers the planned {format_size(planned_bytes)}")
+        try:
+            if not os.path.isdir(root):
+                raise PreflightError(f"storage.root {root} is not a directory", "give a directory path")
+            if not os.access(root, os.W_OK | os.X_OK):
+                raise PreflightError(f"storage.root {root} is not writable", "choose a directory you can write to")
+            checks.append(f"storage.root {root} is a writable directory")
+            stats = os.statvfs(root)
+            free = stats.f_bavail * stats.f_frsize
+            if planned_bytes > free:
+                raise PreflightError(
+                    f"not enough free space in {root}: the run writes {format_size(planned_bytes)} "
+                    f"({planned_bytes} bytes), {format_size(free)} ({free} bytes) are free",
+                    "lower the sizes or choose another storage.root",
+                )
+            checks.append(f"free space {format_size(free)} covers the planned {format_size(planned_bytes)}")
+        except BaseException:
+            if created_root:
+                os.rmdir(root)
+            raise
         return {"root": root, "created_root": created_root, "free_bytes": free,
                 "filesystem": environment.filesystem_of(root), "checks": checks}
 

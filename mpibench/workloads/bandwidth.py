@@ -84,7 +84,7 @@ class BandwidthWorkload(Workload):
             ctx.phase("write", iteration,
                       lambda rec: self._one_file(ctx, rec, "write", mine.key, mine.offset,
                                                  write_offsets, write_pattern),
-                      expected_bytes=bw.block_size * comm.size, cache=None, file_mode=bw.file_mode, transfer_size=bw.transfer_size,
+                      expected_bytes=bw.block_size * comm.size, cache=self._write_cache(ctx), file_mode=bw.file_mode, transfer_size=bw.transfer_size,
                       block_size=bw.block_size, io_depth=ctx.io_depth, access=bw.access,
                       fsync=bw.fsync)
             evicted = None
@@ -101,6 +101,11 @@ class BandwidthWorkload(Workload):
                               reorder_reads=bw.reorder_reads, verified=config.verify)
             if phase is not None:
                 annotate_cache(phase)
+
+    def _write_cache(self, ctx: RunContext) -> dict[str, Any]:
+        if ctx.backend.direct:
+            return {"state": "direct", "method": ctx.backend.name}
+        return {"state": "buffered", "method": "page cache" + (", fsync before close" if ctx.config.bandwidth.fsync else "")}
 
     def _cache_state(self, ctx: RunContext) -> dict[str, Any]:
         if ctx.backend.direct:

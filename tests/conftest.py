@@ -1,0 +1,82 @@
+"""Shared fixtures: a temporary directory common to all ranks, and launching the CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs")
+BIN = os.path.dirname(sys.executable)
+
+
+def world():
+    """COMM_WORLD, or None when mpi4py is unavailable."""
+    try:
+        from mpi4py import MPI
+
+        return MPI.COMM_WORLD
+    except ImportError:  # pragma: no cover
+        return None
+
+
+@pytest.fixture
+def shared_tmpdir() -> Iterator[str]:
+    """A fresh directory on the local disk with the same path on every rank."""
+    comm = world()
+    path = tempfile.mkdtemp(prefix="mpibench-test-", dir=os.environ.get("MPIBENCH_TEST_DIR"))
+    if comm is not None and comm.Get_size() > 1:
+        chosen = comm.bcast(path if comm.Get_rank() == 0 else None, root=0)
+        if comm.Get_rank() != 0:
+            os.rmdir(path)
+        path = chosen
+    yield path
+    if comm is not None and comm.Get_size() > 1:
+        comm.Barrier()
+    if comm is None or comm.Get_rank() == 0:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class Completed:
+    """A finished command: exit code, output and how long it took."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def mpibench_cmd(ranks: int, *args: str) -> list[str]:
+    """The command line that runs the CLI on `ranks` ranks (0: no launcher)."""
+    cli = [os.path.join(BIN, "mpibench")]
+    if ranks == 0:
+        return [*cli, *args]
+    return [os.path.join(BIN, "mpiexec"), "-n", str(ranks), *cli, *args]
+
+
+def run_cli(ranks: int, *args: str, timeout: float = 120, cwd: str | None = None,
+            env: dict[str, str] | None = None) -> Completed:
+    """Run `mpibench ARGS` under mpiexec with `ranks` ranks and capture everything."""
+    start = time.monotonic()
+    proc = subprocess.run(mpibench_cmd(ranks, *args), capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd or REPO, env=env, stdin=subprocess.DEVNULL)
+    return Completed(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
+
+
+def tree(path: str) -> dict[str, int]:
+    """Every entry below `path` with its size (links by their own size), for before/after checks."""
+    found: dict[str, int] = {}
+    for current, dirs, files in os.walk(path, followlinks=False):
+        for name in dirs + files:
+            full = os.path.join(current, name)
+            found[os.path.relpath(full, path)] = os.lstat(full).st_size
+    return found

@@ -1,0 +1,102 @@
+"""The bandwidth workload on real files at several ranks (run under mpiexec --with-mpi)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from mpibench.comm import Comm
+from mpibench.config import build_config
+from mpibench.results import load_results, phase_bandwidth
+from mpibench.run import execute
+
+pytestmark = pytest.mark.mpi(min_size=2)
+
+BLOCK = 4 * 2**20
+TRANSFER = 256 * 2**10
+ITERATIONS = 2
+
+
+def bandwidth_config(root: str, kind: str, file_mode: str, **extra: object):
+    data = {
+        "workload": "bandwidth",
+        "storage": {"type": kind, "root": root},
+        "bandwidth": {"transfer_size": TRANSFER, "block_size": BLOCK, "file_mode": file_mode,
+                      "iterations": ITERATIONS, "fsync": True, "reorder_reads": True},
+        "verify": True,
+    }
+    for key, value in extra.items():
+        section, name = key.split("__")
+        data.setdefault(section, {})[name] = value
+    return build_config(data)
+
+
+def check_document(doc: dict, size: int) -> None:
+    assert doc["schema_version"] == 1 and doc["complete"] is True
+    assert doc["environment"]["world_size"] == size
+    phases = doc["phases"]
+    assert [p["name"] for p in phases] == ["write", "read"] * ITERATIONS
+    for phase in phases:
+        assert phase["bytes"] == size * BLOCK
+        assert len(phase["ranks"]) == size
+        assert sorted(r["rank"] for r in phase["ranks"]) == list(range(size))
+        assert all(r["bytes"] == BLOCK and r["ops"] == BLOCK // TRANSFER for r in phase["ranks"])
+        total, start, end, bw = phase_bandwidth(phase["ranks"])
+        assert (total, start, end) == (phase["bytes"], phase["start"], phase["end"])
+        assert bw == pytest.approx(phase["bandwidth_MiBps"])
+        assert phase["latency"]["count"] == size * BLOCK // TRANSFER
+    writes = sum(p["bytes"] for p in phases if p["name"] == "write")
+    reads = sum(p["bytes"] for p in phases if p["name"] == "read")
+    assert writes == reads == size * BLOCK * ITERATIONS
+
+
+@pytest.mark.parametrize("file_mode", ["per_rank", "shared"])
+@pytest.mark.parametrize("kind", ["direct_fs", "local_fs"])
+def test_bandwidth_run_verifies_and_cleans(shared_tmpdir, kind, file_mode):
+    comm = Comm()
+    root = os.path.join(shared_tmpdir, "root")
+    output = os.path.join(shared_tmpdir, "result.json")
+    doc = execute(bandwidth_config(root, kind, file_mode), comm, output=output if comm.is_root else None)
+    comm.barrier()
+    if comm.is_root:
+        check_document(doc, comm.size)
+        assert load_results(output) == json.loads(json.dumps(doc))
+        read = doc["phases"][1]
+        if kind == "direct_fs":
+            assert read["cache"]["state"] == "direct"
+            assert doc["environment"]["direct_io_alignment"] >= 512
+        else:
+            assert read["cache"]["state"] == "cold"
+        assert read["verified"] is True
+    # Nothing is left: the root leaf was created by the run and is removed with it.
+    assert not os.path.exists(root)
+
+
+def test_reads_come_from_another_rank(shared_tmpdir):
+    comm = Comm()
+    root = os.path.join(shared_tmpdir, "root")
+    os.makedirs(root, exist_ok=True)
+    doc = execute(bandwidth_config(root, "direct_fs", "per_rank", bandwidth__iterations=1), comm,
+                  output=None)
+    if comm.is_root:
+        reads = doc["phases"][1]
+        assert reads["reorder_reads"] is True
+        # The kernel saw the data go to and come from the device, not the page cache.
+        storage = reads["storage_bytes"]["read_bytes"]
+        assert storage >= reads["bytes"]
+    comm.barrier()
+    assert os.listdir(root) == []
+
+
+def test_keep_files(shared_tmpdir):
+    comm = Comm()
+    root = os.path.join(shared_tmpdir, "root")
+    doc = execute(bandwidth_config(root, "direct_fs", "per_rank", bandwidth__iterations=1)
+                  .__class__(**{**bandwidth_config(root, "direct_fs", "per_rank").__dict__, "keep_files": True}),
+                  comm, output=None)
+    run_id = comm.bcast(doc["run_id"] if comm.is_root else None)
+    files = sorted(os.listdir(os.path.join(root, f"mpibench-{run_id}", "bandwidth")))
+    assert files == [f"rank-{r:06d}.dat" for r in range(comm.size)]
+    assert all(os.path.getsize(os.path.join(root, f"mpibench-{run_id}", "bandwidth", f)) == BLOCK for f in files)

@@ -1,0 +1,88 @@
+"""Latency histograms and the bandwidth reduction."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mpibench.buffers import DataPattern, aligned_buffer
+from mpibench.metrics import LatencyHistogram, OpLog
+from mpibench.results import phase_bandwidth, rank_spread, summarize_repetitions
+
+
+@settings(max_examples=40)
+@given(st.lists(st.integers(1, 10**11), min_size=1, max_size=400),
+       st.lists(st.integers(1, 10**11), min_size=1, max_size=400))
+def test_histogram_merge_equals_union(a, b):
+    ha, hb, hu = LatencyHistogram(), LatencyHistogram(), LatencyHistogram()
+    ha.add_many(np.array(a))
+    hb.add_many(np.array(b))
+    hu.add_many(np.array(a + b))
+    ha.merge(hb)
+    assert np.array_equal(ha.counts, hu.counts)
+    assert (ha.count, ha.min_ns, ha.max_ns, ha.total_ns) == (hu.count, hu.min_ns, hu.max_ns, hu.total_ns)
+
+
+@settings(max_examples=40)
+@given(st.lists(st.integers(1_000, 10**10), min_size=1, max_size=500), st.sampled_from([50, 90, 99, 99.9]))
+def test_percentiles_within_relative_error(values, pct):
+    hist = LatencyHistogram()
+    hist.add_many(np.array(values))
+    ordered = sorted(values)
+    true = ordered[max(1, int(np.ceil(pct / 100 * len(values)))) - 1]
+    assert abs(hist.percentile(pct) - true) <= true * (LatencyHistogram.RELATIVE_ERROR + 1e-9)
+
+
+def test_sparse_round_trip():
+    hist = LatencyHistogram()
+    hist.add_many(np.array([1000, 2000, 3000, 10**9]))
+    back = LatencyHistogram.from_sparse(hist.to_sparse())
+    assert np.array_equal(back.counts, hist.counts)
+    assert back.summary() == hist.summary()
+
+
+def test_oplog_series_and_flush():
+    log = OpLog(t0_ns=0, interval_ns=100)
+    for i in range(1000):
+        log.record(10, i * 10, i * 10 + 5)
+    log.flush()
+    assert log.bytes == 10_000 and log.ops == 1000
+    assert log.series.sum() == 10_000
+    assert len(log.series) == 100
+
+
+def test_bandwidth_is_total_over_span():
+    ranks = [
+        {"rank": 0, "bytes": 100 * 2**20, "start": 10.0, "end": 11.0, "bandwidth_MiBps": 100.0},
+        {"rank": 1, "bytes": 100 * 2**20, "start": 10.5, "end": 12.0, "bandwidth_MiBps": 66.7},
+    ]
+    total, start, end, bw = phase_bandwidth(ranks)
+    assert (total, start, end) == (200 * 2**20, 10.0, 12.0)
+    assert bw == pytest.approx(100.0)
+    spread = rank_spread(ranks)
+    assert spread["slowest_rank"] == 1 and spread["last_rank"] == 1
+    assert spread["last_behind_first_s"] == pytest.approx(1.0)
+
+
+def test_repetition_summary():
+    phases = [{"name": "write", "bandwidth_MiBps": v, "bytes": 1} for v in (100.0, 200.0, 300.0)]
+    row = summarize_repetitions(phases)[0]
+    assert (row["median_MiBps"], row["min_MiBps"], row["max_MiBps"], row["iterations"]) == (200, 100, 300, 3)
+
+
+def test_data_pattern_is_unique_per_block_and_verifiable():
+    pattern = DataPattern(seed=1, file_id=3, transfer_size=2**20)
+    buf = pattern.new_buffer()
+    pattern.stamp(buf, 0)
+    first = bytes(buf[: 2**20])
+    pattern.stamp(buf, 2**20)
+    second = bytes(buf[: 2**20])
+    assert first != second
+    blocks = {first[i:i + 4096] for i in range(0, 2**20, 4096)} | {second[i:i + 4096] for i in range(0, 2**20, 4096)}
+    assert len(blocks) == 512  # no two 4 KiB blocks alike: deduplication gains nothing
+    scratch = aligned_buffer(2**20)
+    assert pattern.first_mismatch(memoryview(buf), 2**20, 2**20, scratch) == -1
+    buf[12345] ^= 0xFF
+    assert pattern.first_mismatch(memoryview(buf), 2**20, 2**20, scratch) == 2**20 + 12345
+    other = DataPattern(seed=1, file_id=4, transfer_size=2**20)
+    assert bytes(other.base[:4096]) != bytes(pattern.base[:4096])
