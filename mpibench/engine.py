@@ -79,6 +79,7 @@ def _loop(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, path: str, 
     total = len(offs)
     index = -1
     moved = 0
+    fault = ctx.fault
     while True:
         if threaded:
             index = next(counter)
@@ -96,6 +97,9 @@ def _loop(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, path: str, 
         end = clock()
         record(n, start, end)
         moved += n
+        if fault is not None and log.ops >= fault.after_ops:
+            injected, fault, ctx.fault = fault, None, None
+            injected.trigger()
         if not writing:
             if n < transfer_size:
                 raise BenchIOError(

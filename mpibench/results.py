@@ -103,6 +103,13 @@ def summarize_repetitions(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _umask_mode() -> int:
+    """0o666 less the process umask: what open() would have given a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_json_atomic(path: str, document: dict[str, Any], force: bool = False) -> None:
     """Write a JSON document via a temporary file and rename, never overwriting silently."""
     if os.path.exists(path) and not force:
@@ -115,6 +122,7 @@ def write_json_atomic(path: str, document: dict[str, Any], force: bool = False) 
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -131,6 +139,7 @@ def write_text_atomic(path: str, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mpibench import environment
+from mpibench import environment, faults
 from mpibench.backends import backend_class, make_backend
 from mpibench.backends.base import Backend
 from mpibench.comm import CancelChannel, Comm, NodeLayout
@@ -147,6 +147,9 @@ class RunContext:
         self.io_depth = resolve_io_depth(config, self.layout)
         self._next_poll = 0
         self.failure: MpibenchError | None = None
+        self.faults = faults.parse()
+        self.fault: faults.Fault | None = None
+        faults.at_start(self.faults, comm.rank)
 
     def key(self, relative: str) -> str:
         """The storage key of a file inside this run's directory."""
@@ -171,6 +174,9 @@ class RunContext:
         agree on errors; bandwidth = total bytes / (max end - min start).
         """
         rec = PhaseRecorder(name, iteration, self.config.metrics.interval)
+        if self.faults:
+            faults.before_phase(self.faults, self.comm.rank, name)
+            self.fault = faults.mid_phase(self.faults, self.comm.rank, name)
         self.comm.barrier()
         rec.begin(self.comm.wtime())
         if self.progress is not None:
