@@ -24,7 +24,7 @@ def phase_table(document: dict[str, Any]) -> str:
         spread = phase.get("spread", {})
         cache = phase.get("cache") or {}
         slow = f"{spread.get('slowest_rank', '-')} ({spread.get('slowest_over_median', 0):.2f}x)"
-        flag = "*" if phase.get("stonewalled") else ""
+        flag = ("*" if phase.get("stonewalled") else "") + ("!" if phase.get("complete") is False else "")
         lines.append(
             f"{phase['name'] + flag:<10}{phase['iteration']:>5}{phase['bytes']:>14}{phase['seconds']:>10.3f}"
             f"{phase['bandwidth_MiBps']:>11.1f}{phase['bandwidth_GBps']:>8.3f}{phase['ops_per_s']:>11.0f}"
@@ -42,6 +42,8 @@ def phase_table(document: dict[str, Any]) -> str:
                          f"{row['min_MiBps']:>11.1f}{row['max_MiBps']:>11.1f}{row['spread_pct']:>10.1f}")
     if any(p.get("stonewalled") for p in document.get("phases", [])):
         lines.append("* stonewalled: ranks stopped at the deadline; bytes are those moved by then")
+    if any(p.get("complete") is False for p in document.get("phases", [])):
+        lines.append("! incomplete: the phase was stopped by an error or a signal; figures cover what was done")
     lines.extend(warnings)
     return "\n".join(lines)
 

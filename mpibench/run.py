@@ -199,20 +199,9 @@ class RunContext:
         rec.finish(self.comm.wtime())
         if self.progress is not None:
             self.progress.stop()
-        self._agree(error)
-        return self._reduce(rec, meta)
-
-    def _agree(self, error: MpibenchError | None) -> None:
-        """Every rank learns whether any rank failed or was interrupted in the phase."""
-        status = 2 if error is not None else (1 if self.interrupted else 0)
-        worst = int(self.comm.allreduce_max(status))
-        if worst == 0:
-            return
-        lines = self.comm.gather(_rank_line(self.comm.rank, error) if error else None)
-        first = None
-        if lines is not None:
-            first = next((line for line in lines if line), None)
-        first = self.comm.bcast(first)
+        worst, first = self._agree(error)
+        # The phase is reduced even when it failed: the partial result shows how far it got.
+        phase = self._reduce(rec, {**meta, "complete": worst == 0} if worst else meta)
         if worst == 2:
             if error is not None and self.comm.rank == 0:
                 raise error
@@ -220,8 +209,22 @@ class RunContext:
             exc.rank = -1
             exc.__cause__ = error
             raise exc
-        raise Interrupted(f"interrupted by {self.interrupted or 'a signal on another rank'}",
-                          "the partial result is marked incomplete")
+        if worst == 1:
+            raise Interrupted(f"interrupted by {self.interrupted or 'a signal on another rank'}",
+                              "the partial result is marked incomplete")
+        return phase
+
+    def _agree(self, error: MpibenchError | None) -> tuple[int, str | None]:
+        """Every rank learns whether any rank failed (2) or was interrupted (1), and the first error."""
+        status = 2 if error is not None else (1 if self.interrupted else 0)
+        worst = int(self.comm.allreduce_max(status))
+        if worst == 0:
+            return 0, None
+        lines = self.comm.gather(_rank_line(self.comm.rank, error) if error else None)
+        first = None
+        if lines is not None:
+            first = next((line for line in lines if line), None)
+        return worst, self.comm.bcast(first)
 
     def _reduce(self, rec: PhaseRecorder, meta: dict[str, Any]) -> dict[str, Any] | None:
         record = rec.rank_record(self.comm.rank, self.layout.host)
