@@ -51,6 +51,9 @@ class Comm:
         self.size: int = comm.Get_size() if comm is not None else 1
         self._layout: NodeLayout | None = None
         self._clock_offset = 0.0
+        # A private communicator for collectives inside a phase: if one is abandoned
+        # because a rank failed, it cannot be confused with the driver's collectives.
+        self._side = comm.Dup() if comm is not None and self.size > 1 else None
 
     @property
     def is_root(self) -> bool:
@@ -102,6 +105,22 @@ class Comm:
         if self._comm is None or self.size == 1:
             return value
         return self._comm.allreduce(value, op=MPI.SUM)
+
+    def allreduce_max_polled(self, value: float, poll: Any) -> float:
+        """The largest value over all ranks, calling poll() while waiting (it may raise).
+
+        Used inside a phase, where a peer may fail instead of arriving: poll() raises when
+        another rank's stop notice comes, so no rank waits forever.
+        """
+        if self._side is None:
+            return value
+        send = np.array([value], dtype=np.float64)
+        recv = np.empty(1, dtype=np.float64)
+        request = self._side.Iallreduce(send, recv, op=MPI.MAX)
+        while not request.Test():
+            poll()
+            time.sleep(0.0002)
+        return float(recv[0])
 
     def reduce_array_sum(self, array: np.ndarray, root: int = 0) -> np.ndarray | None:
         """Element-wise sum of equally shaped numpy arrays on root (None elsewhere)."""

@@ -45,7 +45,20 @@ def phase_table(document: dict[str, Any]) -> str:
     if any(p.get("complete") is False for p in document.get("phases", [])):
         lines.append("! incomplete: the phase was stopped by an error or a signal; figures cover what was done")
     lines.extend(warnings)
+    lines.extend(_workload_lines(document))
     return "\n".join(lines)
+
+
+def _workload_lines(document: dict[str, Any]) -> list[str]:
+    """The workload's own summary lines (AU%, files/s, checkpoint GiB/s), if it has any."""
+    from mpibench.errors import MpibenchError
+    from mpibench.workloads import get_workload
+
+    try:
+        workload = get_workload(document.get("config", {}).get("workload", ""))
+    except MpibenchError:
+        return []
+    return workload.report_lines(document)
 
 
 def run_header(document: dict[str, Any]) -> str:

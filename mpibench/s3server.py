@@ -217,6 +217,11 @@ class LocalS3Server:
             "-webdav=false",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
+            # Like real S3, a PUT into a missing bucket must fail (NoSuchBucket);
+            # SeaweedFS otherwise creates the bucket silently for admin users.
+            "-s3.autoCreateBucket=false",
+            # The volume server's pre-stop grace period only delays our stop().
+            "-volume.preStopSeconds=0",
             # Default unix sockets are /tmp/seaweedfs-{s3,filer}-PORT.sock and
             # the s3 one outlives the server; keep them in the data dir instead.
             f"-s3.localSocket={self.data_dir / 's3.sock'}",
@@ -270,7 +275,7 @@ class LocalS3Server:
         atexit.unregister(self.stop)
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
-            # weed mini shuts its components down in ~2.5 s on SIGTERM.
+            # weed mini shuts its components down in ~1.3 s on SIGTERM.
             self._signal_group(proc, signal.SIGTERM)
             try:
                 proc.wait(timeout=self.stop_timeout)

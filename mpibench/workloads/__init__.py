@@ -42,6 +42,10 @@ class Workload:
         """Rank 0: workload-specific figures added to the results document."""
         return {}
 
+    def report_lines(self, document: dict[str, Any]) -> list[str]:
+        """Lines printed after the phase table (workload figures such as AU% or files/s)."""
+        return []
+
     def describe_plan(self, config: Config, size: int, rank: int, ranks_per_node: int,
                       num_nodes: int) -> dict[str, Any]:
         """What `rank` would do, without I/O (for `mpibench plan`)."""

@@ -125,8 +125,18 @@ class BandwidthWorkload(Workload):
         rec.files += 1
         try:
             t = time.perf_counter()
+            verify = ctx.config.verify and op == "read"
             transfer_region(ctx, rec, handle, op, path, base, offsets, bw.transfer_size, pattern,
-                            verify=ctx.config.verify and op == "read", deadline_ns=deadline_ns)
+                            verify=verify, deadline_ns=deadline_ns)
+            if deadline_ns and bw.stonewall_mode == "wearout":
+                # IOR's wear-out: after the deadline every rank goes on until it has moved as
+                # many transfers as the rank that moved the most, so all ranks move the same.
+                done = rec.ops
+                target = int(ctx.comm.allreduce_max_polled(done, ctx.check_stop))
+                rec.extra["stonewall_ops_at_deadline"] = done
+                if target > done:
+                    transfer_region(ctx, rec, handle, op, path, base, offsets[done:target],
+                                    bw.transfer_size, pattern, verify=verify)
             rec.transfer_s += time.perf_counter() - t
             if op == "write" and bw.fsync:
                 t = time.perf_counter()

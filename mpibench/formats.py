@@ -1,0 +1,233 @@
+"""Dataset files: deterministic names, seeded sizes and content, npz/hdf5/raw encode and decode.
+
+Pure apart from in-memory encoding: no MPI and no storage I/O. Any rank can recompute the
+name, record size and exact content of any file from the dataset config and the file's
+index, so neither datagen nor train needs a listing or a broadcast, at any scale.
+
+Each file holds `samples_per_file` records of one size, drawn per file from
+normal(record_size, record_size_stdev), rounded and clipped at 1 byte:
+
+- npz: ``numpy.savez`` (uncompressed) of ``x`` (samples x record bytes, uint8) and ``y``
+  (int64 labels), as DLIO writes it;
+- hdf5: one file with the dataset ``records`` (samples x record bytes, uint8, optionally
+  chunked and gzip/lzf compressed) and ``labels`` (int64);
+- raw: the records concatenated, nothing else.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import mmap
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mpibench.buffers import aligned_buffer, file_seed, fill_random
+from mpibench.errors import VerifyError
+from mpibench.plan import file_name, round_up
+
+EXTENSIONS = {"npz": "npz", "hdf5": "hdf5", "raw": "bin"}
+MANIFEST_NAME = ".mpibench-dataset.json"
+MANIFEST_VERSION = 1
+#: the dataset keys a manifest records and train compares with its own config
+MANIFEST_KEYS = ("num_files", "samples_per_file", "record_size", "record_size_stdev", "format",
+                 "num_subfolders", "seed", "hdf5_chunk_size", "compression")
+_SIZE_STREAM = 0  # SeedSequence spawn keys: sizes, content and labels never share a stream
+_CONTENT_STREAM = 1
+_LABEL_STREAM = 2
+LABEL_CLASSES = 1000
+
+
+def file_key(ds: Any, index: int) -> str:
+    """Storage key of dataset file `index` (relative to storage.root)."""
+    return f"{ds.name}/{file_name(index, ds.num_files, EXTENSIONS[ds.format], ds.num_subfolders)}"
+
+
+def manifest_key(ds: Any) -> str:
+    """Storage key of the dataset's manifest."""
+    return f"{ds.name}/{MANIFEST_NAME}"
+
+
+def subfolder_keys(ds: Any) -> list[str]:
+    """The subfolders datagen creates (none without num_subfolders)."""
+    return [f"{ds.name}/{k:05d}" for k in range(ds.num_subfolders)]
+
+
+def record_size_of(ds: Any, index: int) -> int:
+    """Bytes of each record of file `index`: seeded normal(mean, stdev), at least 1."""
+    if ds.record_size_stdev == 0:
+        return int(ds.record_size)
+    rng = np.random.default_rng(np.random.SeedSequence([ds.seed, index, _SIZE_STREAM]))
+    return max(1, int(round(rng.normal(ds.record_size, ds.record_size_stdev))))
+
+
+def file_samples(ds: Any, index: int, record: int | None = None) -> np.ndarray:
+    """The records of file `index` (samples x record bytes): seeded random, distinct per file."""
+    record = record_size_of(ds, index) if record is None else record
+    data = np.empty((ds.samples_per_file, record), dtype=np.uint8)
+    fill_random(memoryview(data.reshape(-1)), file_seed(ds.seed, index, _CONTENT_STREAM))
+    return data
+
+
+def file_labels(ds: Any, index: int) -> np.ndarray:
+    """The int64 labels of the records of file `index` (seeded)."""
+    rng = np.random.default_rng(np.random.SeedSequence([ds.seed, index, _LABEL_STREAM]))
+    return rng.integers(0, LABEL_CLASSES, ds.samples_per_file, dtype=np.int64)
+
+
+def hdf5_chunks(samples: int, record: int, chunk_bytes: int | None) -> tuple[int, int] | None:
+    """The chunk shape of the records dataset for a target chunk size (None: contiguous)."""
+    if chunk_bytes is None:
+        return None
+    if chunk_bytes >= record:
+        return (max(1, min(samples, chunk_bytes // record)), record)
+    return (1, chunk_bytes)
+
+
+def size_bound(ds: Any, index: int, record: int | None = None) -> int:
+    """An upper estimate of file `index`'s size (exact for raw), to size read buffers."""
+    record = record_size_of(ds, index) if record is None else record
+    payload = ds.samples_per_file * record
+    if ds.format == "raw":
+        return payload
+    labels = ds.samples_per_file * 8
+    if ds.format == "npz":
+        return payload + labels + 4096  # two .npy headers and the zip records: < 1 KiB
+    chunks = hdf5_chunks(ds.samples_per_file, record, ds.hdf5_chunk_size)
+    nchunks = 1 if chunks is None else -(-ds.samples_per_file // chunks[0]) * -(-record // chunks[1])
+    slack = payload // 64 if ds.compression != "none" else 0  # random data grows a little
+    return payload + labels + 65536 + 96 * nchunks + slack
+
+
+@dataclass
+class EncodedFile:
+    """The bytes of one dataset file, ready to write."""
+
+    index: int
+    buffer: Any  # an aligned mmap (alignment > 1) or the encoder's own buffer
+    size: int  # true file size
+    padded: int  # bytes to write: size rounded up to the alignment
+    encode_s: float = 0.0
+
+    def view(self) -> memoryview:
+        """The bytes to write (padded with zeros to the alignment)."""
+        return memoryview(self.buffer)[: self.padded]
+
+
+def encode(ds: Any, index: int, alignment: int = 1) -> EncodedFile:
+    """Generate and encode file `index`; on direct I/O, padded to `alignment` in an aligned buffer."""
+    record = record_size_of(ds, index)
+    if ds.format == "raw":
+        size = ds.samples_per_file * record
+        padded = round_up(size, alignment) if alignment > 1 else size
+        buf = aligned_buffer(padded)
+        fill_random(memoryview(buf)[:size], file_seed(ds.seed, index, _CONTENT_STREAM))
+        return EncodedFile(index, buf, size, padded)
+    samples = file_samples(ds, index, record)
+    labels = file_labels(ds, index)
+    out = io.BytesIO()
+    if ds.format == "npz":
+        np.savez(out, x=samples, y=labels)
+    else:
+        import h5py
+
+        compression = None if ds.compression == "none" else ds.compression
+        chunks = hdf5_chunks(ds.samples_per_file, record, ds.hdf5_chunk_size)
+        with h5py.File(out, "w") as h5:
+            h5.create_dataset("records", data=samples, chunks=chunks if chunks or compression is None else True,
+                              compression=compression)
+            h5.create_dataset("labels", data=labels)
+    del samples
+    data = out.getbuffer()
+    size = len(data)
+    if alignment <= 1:
+        return EncodedFile(index, data, size, size)
+    padded = round_up(size, alignment)
+    buf = aligned_buffer(padded)
+    buf[:size] = data
+    return EncodedFile(index, buf, size, padded)
+
+
+def decode(ds: Any, index: int, data: memoryview | mmap.mmap, nbytes: int, path: str,
+           *, verify: bool = False, sample_order: np.ndarray | None = None) -> int:
+    """Parse a file read back as a training data loader would; return its sample count.
+
+    The record shape must be the one the seed gives (else VerifyError naming the path);
+    with `verify` every record is compared with the regenerated content. `sample_order`
+    (shuffle=sample) is the order in which the records are taken from the file.
+    """
+    record = record_size_of(ds, index)
+    want = (ds.samples_per_file, record)
+    view = memoryview(data)[:nbytes]
+    if ds.format == "raw":
+        if nbytes != want[0] * want[1]:
+            raise VerifyError(f"{path}: {nbytes} bytes, expected {want[0]} records of {record} bytes",
+                              "the dataset was changed after datagen: generate it again", path=path)
+        records = np.frombuffer(view, dtype=np.uint8).reshape(want)
+    elif ds.format == "npz":
+        try:
+            with np.load(io.BytesIO(view), allow_pickle=False) as npz:
+                records = npz["x"]
+                labels = npz["y"]
+        except Exception as exc:
+            raise VerifyError(f"{path} is not a readable npz file: {exc}",
+                              "the dataset is damaged: generate it again", path=path) from None
+        if labels.shape != (want[0],):
+            raise VerifyError(f"{path}: {labels.shape[0]} labels, expected {want[0]}", path=path)
+    else:
+        import h5py
+
+        try:
+            with h5py.File(io.BytesIO(view), "r") as h5:
+                records = h5["records"][()]
+                labels = h5["labels"][()]
+        except Exception as exc:
+            raise VerifyError(f"{path} is not a readable hdf5 file: {exc}",
+                              "the dataset is damaged: generate it again", path=path) from None
+    if records.shape != want or records.dtype != np.uint8:
+        raise VerifyError(f"{path}: records of shape {records.shape} ({records.dtype}), expected {want} uint8",
+                          "the dataset was generated with other settings: generate it again", path=path)
+    if sample_order is not None:
+        records = records[sample_order]  # the gather a sample-shuffling loader does
+    # Touch every record, as a model's input pipeline would (one byte per record is enough
+    # once the bytes were parsed: npz and hdf5 decoding already copied all of them).
+    int(records[:, 0].sum())
+    if verify:
+        expected = file_samples(ds, index, record)
+        if sample_order is not None:
+            expected = expected[sample_order]
+        if not np.array_equal(records, expected):
+            bad = int(np.flatnonzero((records != expected).any(axis=1))[0])
+            raise VerifyError(f"data verification failed: {path} record {bad} differs from what datagen wrote",
+                              "the storage returned wrong data", path=path)
+    return want[0]
+
+
+def manifest_of(ds: Any, *, complete: bool, total_bytes: int | None = None,
+                run_id: str | None = None, created: float | None = None) -> dict[str, Any]:
+    """The manifest describing a dataset (its config, and its size once complete)."""
+    doc: dict[str, Any] = {"mpibench_dataset": MANIFEST_VERSION, "name": ds.name, "complete": complete}
+    doc.update({key: getattr(ds, key) for key in MANIFEST_KEYS})
+    doc["total_files"] = ds.num_files
+    doc["total_samples"] = ds.num_files * ds.samples_per_file
+    doc["total_bytes"] = total_bytes
+    doc["run_id"] = run_id
+    doc["created"] = created
+    return doc
+
+
+def encode_manifest(doc: dict[str, Any], alignment: int) -> tuple[mmap.mmap, int, int]:
+    """(aligned buffer, JSON bytes, bytes to write): the manifest padded for O_DIRECT."""
+    text = json.dumps(doc, indent=1, sort_keys=True).encode("utf-8") + b"\n"
+    padded = round_up(len(text), alignment) if alignment > 1 else len(text)
+    buf = aligned_buffer(padded)
+    buf[: len(text)] = text
+    return buf, len(text), padded
+
+
+def manifest_mismatch(found: dict[str, Any], ds: Any) -> list[str]:
+    """'key=found (config says wanted)' for every dataset key that differs."""
+    return [f"{key}={found.get(key)!r} (config says {getattr(ds, key)!r})"
+            for key in MANIFEST_KEYS if found.get(key) != getattr(ds, key)]

@@ -1,0 +1,300 @@
+"""datagen: write the synthetic training dataset, every rank a disjoint share of the files.
+
+The dataset lives in ``<storage.root>/<dataset.name>/`` (not in the run directory: it is
+the product, and `train` reads it later). Rank 0 checks in preflight that the folder
+holds no dataset (a manifest, or the first or last file name) so datagen never
+overwrites what it did not write, and creates the folder and its subfolders. Rank 0 then
+writes the manifest ``.mpibench-dataset.json`` marked incomplete, the ranks write their
+files (rank r: a contiguous run of indices, plan.part_range), and rank 0 finally marks
+the manifest complete with the total bytes. The dataset is never removed by mpibench.
+
+Per rank a producer thread generates and encodes the next file while the main thread
+writes the current one, so the phase measures storage, not numpy, wherever the storage
+is slower than generation (``generation_wait_s`` says how long writing waited for it).
+Each file is written with one call, truncated to its true size after a padded O_DIRECT
+write, fsynced and closed.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from mpibench.config import Config
+from mpibench.errors import BenchIOError, ConfigError, MpibenchError, PreflightError
+from mpibench.formats import (
+    EncodedFile,
+    encode,
+    encode_manifest,
+    file_key,
+    manifest_key,
+    manifest_of,
+    size_bound,
+    subfolder_keys,
+)
+from mpibench.metrics import PhaseRecorder
+from mpibench.plan import RUN_DIR_PREFIX, part_range
+from mpibench.units import format_size
+from mpibench.workloads import Workload
+
+if TYPE_CHECKING:
+    from mpibench.backends.base import Backend
+    from mpibench.run import PreflightInfo, RunContext
+
+MANIFEST_READ_BYTES = 1 << 20
+
+
+def check_dataset_name(name: str) -> None:
+    """dataset.name must be a relative folder below storage.root, outside any run directory."""
+    parts = name.split("/")
+    if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ConfigError(f"dataset.name {name!r} is not a relative folder name",
+                          "use e.g. dataset.name=unet3d (a folder below storage.root)")
+    if parts[0].startswith(RUN_DIR_PREFIX):
+        raise ConfigError(f"dataset.name {name!r} starts with {RUN_DIR_PREFIX!r}, the prefix of run directories",
+                          "choose another name")
+
+
+def key_exists(backend: Backend, key: str) -> bool:
+    """True when `key` (file or folder) exists; any failure to look counts as absent."""
+    try:
+        backend.size_of(key)
+    except MpibenchError:
+        return False
+    return True
+
+
+def read_manifest(backend: Backend, ds: Any) -> dict[str, Any] | None:
+    """The dataset's manifest, or None when there is none."""
+    import json
+
+    from mpibench.buffers import aligned_buffer
+
+    key = manifest_key(ds)
+    if not key_exists(backend, key):
+        return None
+    buf = aligned_buffer(MANIFEST_READ_BYTES)
+    n = backend.get(key, memoryview(buf)[:MANIFEST_READ_BYTES])
+    try:
+        found = json.loads(bytes(buf[:n]).decode("utf-8"))
+    except ValueError:
+        raise PreflightError(f"dataset manifest {backend.path_of(key)} is not valid JSON",
+                             "it was not written by mpibench datagen, or was damaged") from None
+    if not isinstance(found, dict) or "mpibench_dataset" not in found:
+        raise PreflightError(f"{backend.path_of(key)} is not an mpibench dataset manifest")
+    return found
+
+
+def write_manifest(backend: Backend, ds: Any, doc: dict[str, Any]) -> None:
+    """Write (or replace) the manifest: padded, truncated and fsynced."""
+    buf, size, padded = encode_manifest(doc, backend.alignment)
+    key = manifest_key(ds)
+    handle = backend.open(key, "w")
+    try:
+        backend.write_at(handle, memoryview(buf)[:padded], 0)
+        backend.truncate(handle, size)  # also cuts a longer earlier version
+        backend.fsync(handle)
+    finally:
+        backend.close(handle)
+
+
+class DatagenWorkload(Workload):
+    """Generate dataset.num_files files in parallel and record how fast they reach storage."""
+
+    name = "datagen"
+    describe_totals = True
+
+    def planned_bytes(self, config: Config, size: int) -> int:
+        ds = config.dataset
+        return ds.num_files * size_bound(ds, 0, ds.record_size)
+
+    def check(self, config: Config, size: int, alignment: int) -> None:
+        check_dataset_name(config.dataset.name)
+
+    def prepare(self, config: Config, size: int, backend: Backend, info: PreflightInfo) -> None:
+        ds = config.dataset
+        where = backend.path_of(ds.name)
+        found = read_manifest(backend, ds)
+        if found is not None:
+            state = "a complete dataset" if found.get("complete") else "a partial dataset (an interrupted datagen)"
+            raise PreflightError(
+                f"dataset folder {where} already holds {state} "
+                f"({found.get('num_files')} {found.get('format')} files, run {found.get('run_id')})",
+                "choose another dataset.name, or remove the folder first: datagen never overwrites a dataset",
+            )
+        for index in sorted({0, ds.num_files - 1}):
+            if key_exists(backend, file_key(ds, index)):
+                raise PreflightError(
+                    f"dataset folder {where} exists and holds {backend.path_of(file_key(ds, index))}",
+                    "choose another dataset.name or remove it: datagen writes only files it creates",
+                )
+        backend.makedirs(ds.name)
+        for sub in subfolder_keys(ds):
+            backend.makedirs(sub)
+        info.checks.append(f"dataset folder {where} holds no dataset; created it"
+                           + (f" with {ds.num_subfolders} subfolders" if ds.num_subfolders else ""))
+
+    def describe_plan(self, config: Config, size: int, rank: int, ranks_per_node: int,
+                      num_nodes: int) -> dict[str, Any]:
+        ds = config.dataset
+        if rank < 0:
+            return {"totals": {"files": ds.num_files, "samples": ds.num_files * ds.samples_per_file,
+                               "bytes_estimate": self.planned_bytes(config, size),
+                               "folder": ds.name, "format": ds.format}}
+        start, count = part_range(ds.num_files, size, rank)
+        plan: dict[str, Any] = {"rank": rank, "files": count}
+        if count:
+            plan.update(first=file_key(ds, start), last=file_key(ds, start + count - 1),
+                        bytes_estimate=count * size_bound(ds, start, ds.record_size))
+        return plan
+
+    def run(self, ctx: RunContext) -> None:
+        from mpibench.run import broadcast_outcome
+
+        config = ctx.config
+        ds = config.dataset
+        comm = ctx.comm
+        backend = ctx.backend
+        start, count = part_range(ds.num_files, comm.size, comm.rank)
+        created = time.time()
+        broadcast_outcome(comm, lambda: write_manifest(
+            backend, ds, manifest_of(ds, complete=False, run_id=ctx.info.run_id, created=created)))
+        phase = ctx.phase("datagen", 0, lambda rec: self._generate(ctx, rec, start, count),
+                          expected_bytes=ctx.info.planned_bytes, format=ds.format,
+                          dataset=backend.path_of(ds.name), fsync=True, cache=None)
+
+        def finish() -> None:
+            assert phase is not None
+            write_manifest(backend, ds, manifest_of(ds, complete=True, total_bytes=phase["bytes"],
+                                                    run_id=ctx.info.run_id, created=created))
+
+        broadcast_outcome(comm, finish)
+
+    def _generate(self, ctx: RunContext, rec: PhaseRecorder, start: int, count: int) -> None:
+        ds = ctx.config.dataset
+        backend = ctx.backend
+        alignment = backend.alignment
+        ready: queue.Queue[EncodedFile] = queue.Queue(maxsize=1)
+        stop = threading.Event()
+        failed: list[BaseException] = []
+        busy = [0.0]
+
+        def produce() -> None:
+            try:
+                for index in range(start, start + count):
+                    t = time.perf_counter()
+                    item = encode(ds, index, alignment)
+                    busy[0] += time.perf_counter() - t
+                    while not stop.is_set():
+                        try:
+                            ready.put(item, timeout=0.05)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+            except BaseException as exc:  # handed to the writing thread
+                failed.append(exc)
+                stop.set()
+
+        producer = threading.Thread(target=produce, name="datagen-encode", daemon=True)
+        log = rec.new_log()
+        samples = 0
+        waited = 0.0
+        producer.start()
+        try:
+            for _ in range(count):
+                t = time.perf_counter()
+                while True:
+                    try:
+                        item = ready.get(timeout=0.005)
+                        break
+                    except queue.Empty:
+                        if failed:
+                            raise failed[0] from None
+                        ctx.check_stop()
+                waited += time.perf_counter() - t
+                self._write_file(ctx, rec, log, item)
+                samples += ds.samples_per_file
+                del item
+                ctx.check_stop()
+        finally:
+            stop.set()
+            producer.join()
+        if failed:
+            raise failed[0]
+        rec.extra.update(samples=samples, encode_s=busy[0], generation_wait_s=waited)
+
+    def _write_file(self, ctx: RunContext, rec: PhaseRecorder, log: Any, item: EncodedFile) -> None:
+        backend = ctx.backend
+        key = file_key(ctx.config.dataset, item.index)
+        t = time.perf_counter()
+        handle = backend.open(key, "w")
+        rec.open_s += time.perf_counter() - t
+        rec.files += 1
+        try:
+            t0 = time.perf_counter_ns()
+            written = backend.write_at(handle, item.view(), 0)
+            if item.padded != item.size:
+                backend.truncate(handle, item.size)  # O_DIRECT wrote whole blocks: cut the padding
+            t1 = time.perf_counter_ns()
+            if written < item.padded:
+                raise BenchIOError(f"write {backend.path_of(key)}: {written} of {item.padded} bytes written",
+                                   "is the filesystem full?", path=backend.path_of(key))
+            log.record(item.size, t0, t1)
+            rec.transfer_s += (t1 - t0) / 1e9
+            t = time.perf_counter()
+            backend.fsync(handle)
+            rec.sync_s += time.perf_counter() - t
+        finally:
+            t = time.perf_counter()
+            backend.close(handle)
+            rec.close_s += time.perf_counter() - t
+
+    def summarize(self, ctx: RunContext) -> dict[str, Any]:
+        ds = ctx.config.dataset
+        phases = [p for p in ctx.phases if p["name"] == "datagen"]
+        out: dict[str, Any] = {"dataset": ctx.backend.path_of(ds.name), "format": ds.format,
+                               "num_files": ds.num_files, "samples_per_file": ds.samples_per_file,
+                               "record_size": ds.record_size, "record_size_stdev": ds.record_size_stdev,
+                               "manifest": ctx.backend.path_of(manifest_key(ds))}
+        if phases:
+            phase = phases[0]
+            ranks = phase["ranks"]
+            seconds = phase["seconds"]
+            files = sum(r["files"] for r in ranks)
+            out.update(
+                files=files,
+                samples=sum(r.get("samples", 0) for r in ranks),
+                bytes=phase["bytes"],
+                seconds=seconds,
+                files_per_s=files / seconds if seconds > 0 else 0.0,
+                bandwidth_MiBps=phase["bandwidth_MiBps"],
+                bandwidth_GBps=phase["bandwidth_GBps"],
+                encode_s_max=max(r.get("encode_s", 0.0) for r in ranks),
+                generation_wait_s_max=max(r.get("generation_wait_s", 0.0) for r in ranks),
+                spread=phase["spread"],
+            )
+        return {"datagen": out}
+
+    def report_lines(self, document: dict[str, Any]) -> list[str]:
+        d = document.get("datagen") or {}
+        if "files" not in d:
+            return []
+        lines = [
+            "",
+            f"datagen: {d['files']} {d['format']} files, {d['samples']} samples, "
+            f"{format_size(d['bytes'])} ({d['bytes']} bytes) into {d['dataset']}",
+            f"  {d['files_per_s']:.1f} files/s, {d['bandwidth_MiBps']:.1f} MiB/s ({d['bandwidth_GBps']:.3f} GB/s) "
+            f"in {d['seconds']:.3f} s; per rank {d['spread']['min_MiBps']:.1f} / "
+            f"{d['spread']['median_MiBps']:.1f} / {d['spread']['max_MiBps']:.1f} MiB/s (min / median / max)",
+        ]
+        if d["seconds"] > 0 and d["generation_wait_s_max"] > 0.2 * d["seconds"]:
+            lines.append(f"  note: writing waited {d['generation_wait_s_max']:.3f} s for data generation "
+                         "(the CPU, not the storage, limited this run)")
+        return lines
+
+
+WORKLOAD = DatagenWorkload()
