@@ -103,6 +103,42 @@ def logical_block_size(path: str) -> int | None:
     return None
 
 
+BLOCK_STAT_FIELDS = ("reads", "reads_merged", "sectors_read", "read_ms", "writes", "writes_merged",
+                     "sectors_written", "write_ms", "in_flight", "io_ms", "queue_ms")
+
+
+def block_stat_path(path: str) -> str | None:
+    """The /sys stat file of the block device (or partition) holding `path`, if there is one."""
+    try:
+        dev = os.stat(path).st_dev
+    except OSError:
+        return None
+    stat = f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/stat"
+    return stat if os.path.exists(stat) else None
+
+
+def read_block_stat(stat_path: str | None) -> dict[str, int]:
+    """Counters of a block device stat file (sectors are 512 bytes), or {}."""
+    if not stat_path:
+        return {}
+    try:
+        with open(stat_path, encoding="ascii") as handle:
+            values = [int(v) for v in handle.read().split()]
+    except (OSError, ValueError):
+        return {}
+    return dict(zip(BLOCK_STAT_FIELDS, values, strict=False))
+
+
+def block_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """What the device did between two readings, with bytes read and written."""
+    if not before or not after:
+        return {}
+    delta = {k: after[k] - before.get(k, 0) for k in after if k != "in_flight"}
+    delta["read_bytes"] = delta.get("sectors_read", 0) * 512
+    delta["write_bytes"] = delta.get("sectors_written", 0) * 512
+    return delta
+
+
 def memory_total_bytes() -> int:
     """Physical memory of this node."""
     try:

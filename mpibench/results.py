@@ -50,6 +50,20 @@ def rank_spread(ranks: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def host_bandwidth(ranks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Bandwidth of each host (its ranks' bytes over its own span), slowest first."""
+    hosts: dict[str, list[dict[str, Any]]] = {}
+    for record in ranks:
+        hosts.setdefault(str(record.get("host", "")), []).append(record)
+    rows = []
+    for host, group in hosts.items():
+        total, start, end, bw = phase_bandwidth(group)
+        device = next((r["block_device"] for r in group if r.get("block_device")), None)
+        rows.append({"host": host, "ranks": len(group), "bytes": total, "start": start, "end": end,
+                     "bandwidth_MiBps": bw, "block_device": device})
+    return sorted(rows, key=lambda row: row["bandwidth_MiBps"])
+
+
 def summarize_phase(name: str, iteration: int, ranks: list[dict[str, Any]],
                     hist: LatencyHistogram, **meta: Any) -> dict[str, Any]:
     """One phase's record: totals, IOR bandwidth, latency, spread and the raw rank values."""
@@ -73,6 +87,7 @@ def summarize_phase(name: str, iteration: int, ranks: list[dict[str, Any]],
         "latency": hist.summary(),
         "latency_histogram": hist.to_sparse(),
         "spread": rank_spread(ranks),
+        "hosts": host_bandwidth(ranks),
         "storage_bytes": {"read_bytes": io_read, "write_bytes": io_write},
         "stonewalled": any(r.get("stonewalled") for r in ranks),
         **meta,

@@ -147,6 +147,9 @@ class RunContext:
         self.io_depth = resolve_io_depth(config, self.layout)
         self._next_poll = 0
         self.failure: MpibenchError | None = None
+        # The node's first rank reads the block device counters of the root around each phase.
+        self.block_stat = (environment.block_stat_path(getattr(backend, "root", ""))
+                           if self.layout.local_rank == 0 and getattr(backend, "root", None) else None)
         self.faults = faults.parse()
         self.fault: faults.Fault | None = None
         faults.at_start(self.faults, comm.rank)
@@ -178,6 +181,7 @@ class RunContext:
             faults.before_phase(self.faults, self.comm.rank, name)
             self.fault = faults.mid_phase(self.faults, self.comm.rank, name)
         self.comm.barrier()
+        block_before = environment.read_block_stat(self.block_stat)
         rec.begin(self.comm.wtime())
         if self.progress is not None:
             self.progress.start(f"{name} {iteration}", rec, self.comm.size, expected_bytes)
@@ -197,6 +201,9 @@ class RunContext:
                 error.rank = self.comm.rank
             self.cancel.notify(_rank_line(self.comm.rank, error))
         rec.finish(self.comm.wtime())
+        if self.block_stat:
+            rec.extra["block_device"] = {"stat": self.block_stat,
+                                         **environment.block_delta(block_before, environment.read_block_stat(self.block_stat))}
         if self.progress is not None:
             self.progress.stop()
         worst, first = self._agree(error)

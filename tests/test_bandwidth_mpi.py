@@ -100,3 +100,40 @@ def test_keep_files(shared_tmpdir):
     files = sorted(os.listdir(os.path.join(root, f"mpibench-{run_id}", "bandwidth")))
     assert files == [f"rank-{r:06d}.dat" for r in range(comm.size)]
     assert all(os.path.getsize(os.path.join(root, f"mpibench-{run_id}", "bandwidth", f)) == BLOCK for f in files)
+
+
+def test_stonewall_stops_within_one_operation(shared_tmpdir):
+    comm = Comm()
+    root = os.path.join(shared_tmpdir, "root")
+    deadline = 0.3
+    cfg = build_config({
+        "workload": "bandwidth", "storage": {"type": "direct_fs", "root": root},
+        "bandwidth": {"transfer_size": "1MiB", "block_size": "1GiB", "iterations": 1, "deadline": deadline,
+                      "io_depth": 1},
+    })
+    doc = execute(cfg, comm, output=None)
+    if comm.is_root:
+        for phase in doc["phases"]:
+            assert phase["stonewalled"] is True
+            for rank in phase["ranks"]:
+                assert rank["stonewalled"] is True
+                assert 0 < rank["bytes"] < 2**30
+                # The last operation started before the deadline: transfers end within one op of it.
+                assert rank["transfer_s"] <= deadline + rank["latency_max_s"] + 0.05
+                assert rank["transfer_s"] >= deadline - 0.05
+
+
+def test_kernel_counters_match_direct_io(shared_tmpdir):
+    comm = Comm()
+    root = os.path.join(shared_tmpdir, "root")
+    doc = execute(bandwidth_config(root, "direct_fs", "per_rank", bandwidth__iterations=1), comm, output=None)
+    if comm.is_root:
+        write, read = doc["phases"]
+        for rank in write["ranks"]:
+            # O_DIRECT writes reach the storage layer byte for byte (plus a little metadata).
+            assert rank["bytes"] <= rank["proc_io"]["write_bytes"] <= rank["bytes"] + 2**20
+        for rank in read["ranks"]:
+            assert rank["proc_io"]["read_bytes"] == rank["bytes"]
+        device = write["hosts"][0]["block_device"]
+        if device:
+            assert device["write_bytes"] >= write["bytes"]
