@@ -9,13 +9,19 @@ stamps change between transfers, which costs a few microseconds per MiB.
 
 from __future__ import annotations
 
+import copy
 import mmap
+import struct
+from typing import Any
 
 import numpy as np
 
 from mpibench.plan import PAGE
 
 STAMP_STRIDE = 4096
+_WORD = struct.Struct("<Q")
+# Up to this many stamps per transfer, struct.pack_into beats numpy's per-call overhead.
+_PACK_LIMIT = 16
 
 
 def aligned_buffer(size: int) -> mmap.mmap:
@@ -59,6 +65,13 @@ class DataPattern:
         self._block_offsets = np.arange(count, dtype=np.uint64) * np.uint64(stride)
         self._key = np.uint64((file_id & 0xFFFFF) << 44)
 
+    def for_file(self, file_id: int) -> DataPattern:
+        """The same base bytes with another file's stamps (many files, one base in memory)."""
+        other = copy.copy(self)
+        other.file_id = file_id
+        other._key = np.uint64((file_id & 0xFFFFF) << 44)
+        return other
+
     def new_buffer(self) -> mmap.mmap:
         """A page-aligned buffer holding the base content, ready for :meth:`stamp`."""
         buf = aligned_buffer(max(self.transfer_size, PAGE))
@@ -69,8 +82,35 @@ class DataPattern:
         """Write the stamps of the transfer at file `offset` into a buffer from new_buffer."""
         if not self._stamps:
             return
+        key = offset | int(self._key)
+        count = len(self._block_offsets)
+        if count <= _PACK_LIMIT:
+            stride = self._stride_words * 8
+            pack = _WORD.pack_into
+            for i in range(count):
+                pack(buf, i * stride, key + i * stride)
+            return
         words = np.frombuffer(buf, dtype=np.uint64, count=self.transfer_size // 8)
-        np.add(self._block_offsets, np.uint64(offset) | self._key, out=words[:: self._stride_words])
+        np.add(self._block_offsets, np.uint64(key), out=words[:: self._stride_words])
+
+    def stamper(self, buf: mmap.mmap) -> Any:
+        """A function stamping `buf` for a file offset, as cheap as the transfer size allows."""
+        if not self._stamps:
+            return lambda offset: None
+        key = int(self._key)
+        count = len(self._block_offsets)
+        pack = _WORD.pack_into
+        if count == 1:
+            return lambda offset: pack(buf, 0, key | offset)
+        if count <= _PACK_LIMIT:
+            return lambda offset: self.stamp(buf, offset)
+        words = np.frombuffer(buf, dtype=np.uint64, count=self.transfer_size // 8)[:: self._stride_words]
+        block_offsets = self._block_offsets
+
+        def stamp_many(offset: int) -> None:
+            np.add(block_offsets, np.uint64(key | offset), out=words)
+
+        return stamp_many
 
     def expected(self, offset: int, scratch: mmap.mmap) -> memoryview:
         """The exact bytes of the transfer at `offset` (built in `scratch`)."""

@@ -122,47 +122,59 @@ def read_proc_io() -> dict[str, int]:
 
 
 class OpLog:
-    """Operations of one thread: appended cheaply, folded into aggregates in bulk."""
+    """Operations of one thread: appended cheaply, folded into aggregates in bulk.
 
-    __slots__ = ("latency", "ends", "sizes", "hist", "series", "t0_ns", "interval_ns", "bytes", "ops")
+    `record` appends (bytes, start, end) to one flat array; `flush` folds the entries
+    into the histogram and the time series and empties the array in place, so a hot
+    loop may hold on to `entries` and append to it directly.
+    """
+
+    __slots__ = ("entries", "hist", "series", "t0_ns", "interval_ns", "_bytes", "_ops")
 
     def __init__(self, t0_ns: int, interval_ns: int) -> None:
-        self.latency = array("q")
-        self.ends = array("q")
-        self.sizes = array("q")
+        self.entries = array("q")
         self.hist = LatencyHistogram()
         self.series = np.zeros(0, dtype=np.int64)
         self.t0_ns = t0_ns
         self.interval_ns = interval_ns
-        self.bytes = 0
-        self.ops = 0
+        self._bytes = 0
+        self._ops = 0
 
     def record(self, nbytes: int, start_ns: int, end_ns: int) -> None:
         """Log one operation that moved `nbytes` between two perf_counter_ns readings."""
-        self.latency.append(end_ns - start_ns)
-        self.ends.append(end_ns)
-        self.sizes.append(nbytes)
-        self.bytes += nbytes
-        self.ops += 1
-        if len(self.latency) >= FLUSH_EVERY:
+        self.entries.extend((nbytes, start_ns, end_ns))
+        if len(self.entries) >= 3 * FLUSH_EVERY:
             self.flush()
+
+    @property
+    def bytes(self) -> int:
+        """Bytes moved so far (flushed and pending)."""
+        pending = np.frombuffer(self.entries, dtype=np.int64)[0::3]
+        return self._bytes + int(pending.sum())
+
+    @property
+    def ops(self) -> int:
+        """Operations completed so far."""
+        return self._ops + len(self.entries) // 3
 
     def flush(self) -> None:
         """Fold the logged operations into the histogram and the time series."""
-        if not self.latency:
+        if not self.entries:
             return
-        self.hist.add_many(np.frombuffer(self.latency, dtype=np.int64))
-        ends = np.frombuffer(self.ends, dtype=np.int64)
+        table = np.frombuffer(self.entries, dtype=np.int64).reshape(-1, 3)
+        sizes, starts, ends = table[:, 0], table[:, 1], table[:, 2]
+        self.hist.add_many(ends - starts)
         slots = np.maximum((ends - self.t0_ns) // self.interval_ns, 0)
-        binned = np.bincount(slots, weights=np.frombuffer(self.sizes, dtype=np.int64)).astype(np.int64)
+        binned = np.bincount(slots, weights=sizes).astype(np.int64)
         if binned.size > self.series.size:
             binned[: self.series.size] += self.series
             self.series = binned
         else:
             self.series[: binned.size] += binned
-        self.latency = array("q")
-        self.ends = array("q")
-        self.sizes = array("q")
+        self._bytes += int(sizes.sum())
+        self._ops += len(table)
+        del table, sizes, starts, ends
+        del self.entries[:]
 
 
 @dataclass

@@ -62,6 +62,14 @@ class Backend(ABC):
     def read_at(self, handle: Any, buf: memoryview, offset: int) -> int:
         """Read up to len(buf) bytes at `offset`; return the bytes read (fewer at end of file)."""
 
+    def writer(self, handle: Any, view: memoryview) -> Any:
+        """A function offset -> bytes written that writes all of `view` (the engine's hot path)."""
+        return lambda offset: self.write_at(handle, view, offset)
+
+    def reader(self, handle: Any, view: memoryview) -> Any:
+        """A function offset -> bytes read into `view` (fewer only at end of file)."""
+        return lambda offset: self.read_at(handle, view, offset)
+
     def fsync(self, handle: Any) -> None:
         """Make the written data durable."""
 

@@ -243,6 +243,36 @@ class PosixBackend(Backend):
             raise io_error("read", handle.path, exc, offset + done) from None
         return done
 
+    def writer(self, handle: _PosixHandle, view: memoryview) -> Any:
+        """One os.pwrite per call; a short write is finished by write_at."""
+        fd, full, pwrite = handle.fd, len(view), os.pwrite
+
+        def write(offset: int) -> int:
+            try:
+                n = pwrite(fd, view, offset)
+            except OSError as exc:
+                raise io_error("write", handle.path, exc, offset) from None
+            if n != full:
+                n += self.write_at(handle, view[n:], offset + n)
+            return n
+
+        return write
+
+    def reader(self, handle: _PosixHandle, view: memoryview) -> Any:
+        """One os.preadv per call; a short read is continued by read_at until end of file."""
+        fd, full, preadv, buffers = handle.fd, len(view), os.preadv, [view]
+
+        def read(offset: int) -> int:
+            try:
+                n = preadv(fd, buffers, offset)
+            except OSError as exc:
+                raise io_error("read", handle.path, exc, offset) from None
+            if 0 < n < full:
+                n += self.read_at(handle, view[n:], offset + n)
+            return n
+
+        return read
+
     def fsync(self, handle: _PosixHandle) -> None:
         try:
             os.fsync(handle.fd)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from mpibench.buffers import DataPattern
 from mpibench.config import Config
 from mpibench.engine import transfer_region
@@ -80,20 +82,32 @@ class BandwidthWorkload(Workload):
         write_offsets = transfer_offsets(mine.length, bw.transfer_size, bw.access, config.seed + comm.rank)
         read_offsets = transfer_offsets(theirs.length, bw.transfer_size, bw.access, config.seed + 7919 * comm.rank + 1)
         cache = self._cache_state(ctx)
+        written: dict[str, int] = {}
+
+        def write_body(rec: PhaseRecorder) -> None:
+            self._one_file(ctx, rec, "write", mine.key, mine.offset, write_offsets, write_pattern)
+            written["ops"] = rec.ops
+
         for iteration in range(bw.iterations):
-            ctx.phase("write", iteration,
-                      lambda rec: self._one_file(ctx, rec, "write", mine.key, mine.offset,
-                                                 write_offsets, write_pattern),
+            ctx.phase("write", iteration, write_body,
                       expected_bytes=bw.block_size * comm.size, cache=self._write_cache(ctx), file_mode=bw.file_mode, transfer_size=bw.transfer_size,
                       block_size=bw.block_size, io_depth=ctx.io_depth, access=bw.access,
                       fsync=bw.fsync)
+            if bw.deadline > 0:
+                # A stonewalled writer wrote only its first transfers (a prefix of its
+                # order, whatever the io_depth): read back exactly those, as IOR does.
+                counts = comm.allgather(written.get("ops", 0))
+                partner_order = transfer_offsets(theirs.length, bw.transfer_size, bw.access, config.seed + partner)
+                read_offsets = np.sort(partner_order[: counts[partner]])
+                if bw.access == "random":
+                    read_offsets = np.random.default_rng(config.seed + 7919 * comm.rank + 1).permutation(read_offsets)
             evicted = None
             if cache["state"] == "cold":
                 comm.barrier()  # every writer has closed its file before anyone evicts
                 evicted = ctx.backend.evict(ctx.key(theirs.key))
             phase = ctx.phase("read", iteration,
-                              lambda rec: self._one_file(ctx, rec, "read", theirs.key, theirs.offset,
-                                                         read_offsets, read_pattern),
+                              lambda rec, offsets=read_offsets: self._one_file(
+                                  ctx, rec, "read", theirs.key, theirs.offset, offsets, read_pattern),
                               expected_bytes=bw.block_size * comm.size,
                               cache=dict(cache, evicted=evicted) if evicted is not None else cache,
                               file_mode=bw.file_mode, transfer_size=bw.transfer_size,
