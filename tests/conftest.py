@@ -63,10 +63,21 @@ def mpibench_cmd(ranks: int, *args: str) -> list[str]:
     return [os.path.join(BIN, "mpiexec"), "-n", str(ranks), *cli, *args]
 
 
+LAUNCHER_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "MPIR_", "OMPI_", "SLURM_")
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without the variables of an enclosing MPI launch."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCHER_PREFIXES)}
+    env.update(extra or {})
+    return env
+
+
 def run_cli(ranks: int, *args: str, timeout: float = 120, cwd: str | None = None,
             env: dict[str, str] | None = None) -> Completed:
     """Run `mpibench ARGS` under mpiexec with `ranks` ranks and capture everything."""
     start = time.monotonic()
+    env = clean_env(env) if env is not None else clean_env()
     proc = subprocess.run(mpibench_cmd(ranks, *args), capture_output=True, text=True,
                           timeout=timeout, cwd=cwd or REPO, env=env, stdin=subprocess.DEVNULL)
     return Completed(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
