@@ -1,0 +1,210 @@
+"""`mpibench report`: text, figures and HTML from a real run; every figure recomputable."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+import math
+import os
+import re
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import CONFIGS, run_cli
+
+from mpibench.metrics import LatencyHistogram
+from mpibench.reporting import (
+    FIGURES,
+    _check_target,
+    aggregate_series,
+    interval_rates,
+    latency_cdf,
+    merged_histogram,
+    recompute_mismatches,
+    stragglers,
+    summary_text,
+)
+from mpibench.units import MiB
+
+QUICK = os.path.join(CONFIGS, "quickstart.yaml")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def small_run(tmp_path_factory: pytest.TempPathFactory, name: str, *overrides: str) -> Path:
+    """A real 2-rank run of the quickstart with small blocks; the path of its results file."""
+    out = tmp_path_factory.mktemp(name) / "result.json"
+    data = tempfile.mkdtemp(prefix="mpibench-report-", dir=os.environ.get("MPIBENCH_TEST_DIR"))
+    try:
+        done = run_cli(2, "run", QUICK, f"storage.root={data}/d", "bandwidth.block_size=8MiB",
+                       "bandwidth.iterations=4", "metrics.interval=0.01", *overrides, "--output", str(out),
+                       "--quiet")
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def result_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return small_run(tmp_path_factory, "report")
+
+
+@pytest.fixture(scope="module")
+def document(result_path: Path) -> dict[str, Any]:
+    return json.loads(result_path.read_text())
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk (after checking the signature)."""
+    assert data[:8] == PNG_SIGNATURE
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_every_phase_bandwidth_recomputes_from_its_ranks(document):
+    assert document["phases"]
+    for phase in document["phases"]:
+        ranks = phase["ranks"]
+        total = sum(r["bytes"] for r in ranks)
+        seconds = max(r["end"] for r in ranks) - min(r["start"] for r in ranks)
+        assert total == phase["bytes"]
+        assert math.isclose(seconds, phase["seconds"], rel_tol=1e-12)
+        assert math.isclose(total / MiB / seconds, phase["bandwidth_MiBps"], rel_tol=1e-9)
+        assert math.isclose(total / 1e9 / seconds, phase["bandwidth_GBps"], rel_tol=1e-9)
+        assert sum(r["ops"] for r in ranks) == phase["ops"]
+        assert sum(phase["latency_histogram"]["counts"]) == phase["ops"]
+        for rank in ranks:
+            assert sum(rank["series_bytes"]) == rank["bytes"]
+            assert math.isclose(rank["bytes"] / MiB / (rank["end"] - rank["start"]), rank["bandwidth_MiBps"],
+                                rel_tol=1e-9)
+        # The time series integrates to the phase bandwidth: sum of bytes over the summed widths.
+        _, widths, rates = interval_rates(aggregate_series(phase), phase["interval_s"], phase["seconds"])
+        moved = sum(rate * width for rate, width in zip(rates, widths, strict=True))
+        assert math.isclose(moved * MiB, phase["bytes"], rel_tol=1e-9)
+    assert recompute_mismatches(document) == []
+
+
+def test_merged_histogram_gives_the_stored_percentiles(document):
+    for phase in document["phases"]:
+        hist = merged_histogram([phase])
+        assert hist.count == phase["latency"]["count"]
+        for key, pct in (("p50_s", 50), ("p99_s", 99), ("p999_s", 99.9)):
+            assert math.isclose(hist.percentile(pct) / 1e9, phase["latency"][key], rel_tol=1e-12)
+
+
+def test_report_text(result_path, document):
+    done = run_cli(0, "report", str(result_path))
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    for needle in ("MiB/s", "GB/s", "IOPS", "p99.9", "slowest rank", "slowest/median", "requested",
+                   "storage read", "median MiB/s", f"matches ({len(document['phases'])} phases)"):
+        assert needle in out, needle
+    assert document["run_id"] in out
+    assert "Traceback" not in out + done.stderr
+
+
+def test_report_png_and_html(tmp_path, result_path):
+    try:
+        from PIL import Image as pil
+    except ImportError:  # the PNG header checks below still apply
+        pil = None
+    figures = tmp_path / "figs"
+    page = tmp_path / "report.html"
+    done = run_cli(0, "report", str(result_path), "--png", str(figures), "--html", str(page))
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(figures)) == sorted(FIGURES)
+    for name in FIGURES:
+        data = (figures / name).read_bytes()
+        width, height = png_size(data)
+        assert width >= 600 and height >= 300, (name, width, height)
+        if pil is not None:
+            image = pil.open(io.BytesIO(data))
+            image.load()
+            assert image.format == "PNG" and image.size == (width, height)
+    text = page.read_text()
+    embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    assert len(embedded) == len(FIGURES)
+    for data in embedded:
+        png_size(base64.b64decode(data))
+    assert not re.search(r'(src|href)="(https?:|//)', text), "the page must not load anything"
+    for needle in ("Configuration", "Environment", "bandwidth.transfer_size", "world_size", "Preflight"):
+        assert needle in text
+    # Existing files are kept unless --force.
+    again = run_cli(0, "report", str(result_path), "--html", str(page))
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines() == [f"mpibench: error: {page} already exists; "
+                                                 "choose another name or pass --force"]
+    _check_target(str(page), force=True)  # what --force allows, without drawing the figures again
+
+
+def test_unknown_schema_version_exits_2(tmp_path, document):
+    future = dict(document, schema_version=99)
+    path = tmp_path / "future.json"
+    path.write_text(json.dumps(future))
+    for args in (("report", str(path)), ("compare", str(path), str(path))):
+        done = run_cli(0, *args)
+        assert done.returncode == 2
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("mpibench: error: ")
+        assert "schema version 99" in lines[0] and "reads 1" in lines[0]
+        assert "Traceback" not in done.stderr
+
+
+def test_missing_and_malformed_files_exit_2(tmp_path, document):
+    done = run_cli(0, "report", str(tmp_path / "nope.json"))
+    assert done.returncode == 2 and "does not exist" in done.stderr
+    broken = copy.deepcopy(document)
+    broken["phases"][0]["ranks"][0]["bytes"] = "many"
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(broken))
+    done = run_cli(0, "report", str(path))
+    assert done.returncode == 2
+    assert "phases/0/ranks/0/bytes" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_interval_rates_fold_a_short_tail():
+    lefts, widths, rates = interval_rates([10 * MiB, 10 * MiB, MiB], 1.0, 2.1)
+    assert lefts == [0.0, 1.0]
+    assert widths == pytest.approx([1.0, 1.1])
+    assert rates == pytest.approx([10.0, 10.0])
+    _, widths, rates = interval_rates([10 * MiB, 5 * MiB], 1.0, 1.5)
+    assert widths == pytest.approx([1.0, 0.5]) and rates == pytest.approx([10.0, 10.0])
+    assert interval_rates([], 0.5, 1.0) == ([], [], [])
+
+
+def test_latency_cdf_edges():
+    hist = LatencyHistogram()
+    import numpy as np
+
+    values = np.array([1_000_000, 2_000_000, 2_000_000, 9_000_000], dtype=np.int64)
+    hist.add_many(values)
+    xs, fractions = latency_cdf(hist)
+    assert xs[0] == pytest.approx(1.0) and xs[-1] == pytest.approx(9.0)
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert all(b >= a for a, b in zip(xs, xs[1:], strict=False))
+    assert all(b >= a for a, b in zip(fractions, fractions[1:], strict=False))
+    # Bucket edges are within one 2% bucket of the samples they hold.
+    assert xs[1] == pytest.approx(1.0, rel=0.021) and fractions[1] == 0.25
+
+
+def test_stragglers_and_warnings(document):
+    phase = copy.deepcopy(document["phases"][1])
+    phase["ranks"][0]["bandwidth_MiBps"] = phase["ranks"][1]["bandwidth_MiBps"] * 0.5
+    phase["ranks"].append(dict(phase["ranks"][1], rank=2))
+    assert [r["rank"] for r in stragglers(phase["ranks"])] == [0]
+    cached = copy.deepcopy(document)
+    for p in cached["phases"]:
+        if p["name"] == "read":
+            p["cache"] = {"state": "cold", "method": "test"}
+            p["storage_bytes"]["read_bytes"] = 0
+    text = summary_text(cached)
+    assert "served from the page cache" in text
+    edited = copy.deepcopy(document)
+    edited["phases"][0]["bandwidth_MiBps"] *= 2
+    assert "does not match its per-rank values" in summary_text(edited)
