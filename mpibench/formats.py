@@ -19,6 +19,8 @@ from __future__ import annotations
 import io
 import json
 import mmap
+import struct
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,12 +57,36 @@ def subfolder_keys(ds: Any) -> list[str]:
     return [f"{ds.name}/{k:05d}" for k in range(ds.num_subfolders)]
 
 
-def record_size_of(ds: Any, index: int) -> int:
-    """Bytes of each record of file `index`: seeded normal(mean, stdev), at least 1."""
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """A strong 64-bit mix of each value (splitmix64's finaliser), vectorised."""
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def record_sizes(ds: Any, indices: Any) -> np.ndarray:
+    """Bytes of each record of the given files: seeded normal(mean, stdev), at least 1.
+
+    A counter-based draw (two hashed uniforms of (seed, index), Box-Muller), so any rank
+    gets any file's size, and a rank all of its files' sizes in one vectorised step.
+    """
+    index = np.atleast_1d(np.asarray(indices, dtype=np.uint64))
     if ds.record_size_stdev == 0:
-        return int(ds.record_size)
-    rng = np.random.default_rng(np.random.SeedSequence([ds.seed, index, _SIZE_STREAM]))
-    return max(1, int(round(rng.normal(ds.record_size, ds.record_size_stdev))))
+        return np.full(index.shape, int(ds.record_size), dtype=np.int64)
+    key = _splitmix64(_splitmix64(np.array([ds.seed], dtype=np.uint64)) ^ np.uint64(_SIZE_STREAM))
+    with np.errstate(over="ignore"):
+        words = _splitmix64((index * np.uint64(2))[:, None] + np.array([0, 1], dtype=np.uint64) ^ key)
+    uniform = (words >> np.uint64(11)).astype(np.float64) * 2.0**-53  # [0, 1)
+    normal = np.sqrt(-2.0 * np.log1p(-uniform[:, 0])) * np.cos(2.0 * np.pi * uniform[:, 1])
+    sizes = np.rint(ds.record_size + ds.record_size_stdev * normal)
+    return np.maximum(sizes, 1).astype(np.int64)
+
+
+def record_size_of(ds: Any, index: int) -> int:
+    """Bytes of each record of file `index` (see record_sizes)."""
+    return int(record_sizes(ds, [index])[0])
 
 
 def file_samples(ds: Any, index: int, record: int | None = None) -> np.ndarray:
@@ -125,22 +151,24 @@ def encode(ds: Any, index: int, alignment: int = 1) -> EncodedFile:
         buf = aligned_buffer(padded)
         fill_random(memoryview(buf)[:size], file_seed(ds.seed, index, _CONTENT_STREAM))
         return EncodedFile(index, buf, size, padded)
-    samples = file_samples(ds, index, record)
-    labels = file_labels(ds, index)
-    out = io.BytesIO()
     if ds.format == "npz":
-        np.savez(out, x=samples, y=labels)
-    else:
-        import h5py
+        return _encode_npz(ds, index, record, alignment)
+    import h5py
 
-        compression = None if ds.compression == "none" else ds.compression
-        chunks = hdf5_chunks(ds.samples_per_file, record, ds.hdf5_chunk_size)
-        with h5py.File(out, "w") as h5:
-            h5.create_dataset("records", data=samples, chunks=chunks if chunks or compression is None else True,
-                              compression=compression)
-            h5.create_dataset("labels", data=labels)
+    samples = file_samples(ds, index, record)
+    out = io.BytesIO()
+    compression = None if ds.compression == "none" else ds.compression
+    chunks = hdf5_chunks(ds.samples_per_file, record, ds.hdf5_chunk_size)
+    with h5py.File(out, "w") as h5:
+        h5.create_dataset("records", data=samples, chunks=chunks if chunks or compression is None else True,
+                          compression=compression)
+        h5.create_dataset("labels", data=file_labels(ds, index))
     del samples
-    data = out.getbuffer()
+    return _aligned_copy(index, out.getbuffer(), alignment)
+
+
+def _aligned_copy(index: int, data: memoryview, alignment: int) -> EncodedFile:
+    """Encoded bytes as they are (buffered I/O), or copied into an aligned, padded buffer."""
     size = len(data)
     if alignment <= 1:
         return EncodedFile(index, data, size, size)
@@ -148,6 +176,106 @@ def encode(ds: Any, index: int, alignment: int = 1) -> EncodedFile:
     buf = aligned_buffer(padded)
     buf[:size] = data
     return EncodedFile(index, buf, size, padded)
+
+
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+    """The .npy (version 1.0) header numpy writes for an array of this shape and dtype."""
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        out, {"shape": shape, "fortran_order": False, "descr": np.lib.format.dtype_to_descr(dtype)})
+    return out.getvalue()
+
+
+_ZIP_DATE = (1 << 5) | 1  # 1980-01-01, as numpy.savez's entries
+_ZIP_VERSION = 20
+_ZIP_ATTRS = 0o600 << 16
+
+
+def _encode_npz(ds: Any, index: int, record: int, alignment: int) -> EncodedFile:
+    """The npz file numpy.savez(x=records, y=labels) writes, built in place.
+
+    An npz is a zip of stored (uncompressed) .npy members. Writing it directly into the
+    aligned output buffer, with the records generated in place, saves the three copies
+    savez and the alignment would make: generation then keeps up with fast storage.
+    Files over 4 GiB (which need zip64 records) go through numpy.savez itself.
+    """
+    samples = ds.samples_per_file
+    labels = file_labels(ds, index)
+    members = [(b"x.npy", _npy_header((samples, record), np.dtype(np.uint8)), samples * record),
+               (b"y.npy", _npy_header(labels.shape, labels.dtype), labels.nbytes)]
+    size = sum(30 + len(name) + len(header) + nbytes for name, header, nbytes in members)
+    directory_at = size
+    size += sum(46 + len(name) for name, _, _ in members) + 22
+    if size >= 0xFFFFFFFF:
+        out = io.BytesIO()
+        np.savez(out, x=file_samples(ds, index, record), y=labels)
+        return _aligned_copy(index, out.getbuffer(), alignment)
+    padded = round_up(size, alignment) if alignment > 1 else size
+    buf = aligned_buffer(padded)
+    view = memoryview(buf)
+    offset = 0
+    central = []
+    for (name, header, nbytes), payload in zip(members, (None, labels), strict=True):
+        data_at = offset + 30 + len(name) + len(header)
+        body = view[data_at: data_at + nbytes]
+        if payload is None:  # the records, generated where they will be written from
+            fill_random(body, file_seed(ds.seed, index, _CONTENT_STREAM))
+        else:
+            body[:] = payload.tobytes()
+        crc = zlib.crc32(body, zlib.crc32(header))
+        length = len(header) + nbytes
+        buf[offset: data_at - len(header)] = struct.pack(
+            "<IHHHHHIIIHH", 0x04034B50, _ZIP_VERSION, 0, 0, 0, _ZIP_DATE, crc, length, length,
+            len(name), 0) + name
+        buf[data_at - len(header): data_at] = header
+        central.append(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, (3 << 8) | _ZIP_VERSION, _ZIP_VERSION,
+                                   0, 0, 0, _ZIP_DATE, crc, length, length, len(name), 0, 0, 0, 0,
+                                   _ZIP_ATTRS, offset) + name)
+        offset = data_at + nbytes
+    tail = b"".join(central)
+    tail += struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(tail), directory_at, 0)
+    buf[offset: offset + len(tail)] = tail
+    return EncodedFile(index, buf, size, padded)
+
+
+class _MemoryFile(io.RawIOBase):
+    """A read-only file over bytes already in memory, without copying them first.
+
+    io.BytesIO would copy the whole file before numpy or h5py copies it again; parsing
+    from the read buffer directly keeps decoding as cheap as a data loader's.
+    """
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self._view = view
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        chunk = self._view[self._pos: self._pos + len(target)]
+        target[: len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._pos + size)
+        data = bytes(self._view[self._pos: end])
+        self._pos = max(self._pos, end)
+        return data
 
 
 def decode(ds: Any, index: int, data: memoryview | mmap.mmap, nbytes: int, path: str,
@@ -168,7 +296,7 @@ def decode(ds: Any, index: int, data: memoryview | mmap.mmap, nbytes: int, path:
         records = np.frombuffer(view, dtype=np.uint8).reshape(want)
     elif ds.format == "npz":
         try:
-            with np.load(io.BytesIO(view), allow_pickle=False) as npz:
+            with np.load(_MemoryFile(view), allow_pickle=False) as npz:
                 records = npz["x"]
                 labels = npz["y"]
         except Exception as exc:
@@ -180,7 +308,7 @@ def decode(ds: Any, index: int, data: memoryview | mmap.mmap, nbytes: int, path:
         import h5py
 
         try:
-            with h5py.File(io.BytesIO(view), "r") as h5:
+            with h5py.File(_MemoryFile(view), "r") as h5:
                 records = h5["records"][()]
                 labels = h5["labels"][()]
         except Exception as exc:

@@ -19,6 +19,7 @@ apportioned to shards in whole units (largest remainder), so the plan reproduces
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass
 
 from mpibench.errors import ConfigError
@@ -200,7 +201,8 @@ def apportion(total_units: int, weights: list[int]) -> list[int]:
     return shares
 
 
-def all_shards(model: CheckpointModel, unit: int = SHARD_UNIT) -> list[Shard]:
+@functools.lru_cache(maxsize=16)
+def all_shards(model: CheckpointModel, unit: int = SHARD_UNIT) -> tuple[Shard, ...]:
     """Every shard of one full-size checkpoint, ordered by emulated rank (model first)."""
     if model.model_bytes % unit or model.optimizer_bytes % unit:
         raise ConfigError(f"checkpoint sizes must be multiples of {unit} bytes",
@@ -232,7 +234,7 @@ def all_shards(model: CheckpointModel, unit: int = SHARD_UNIT) -> list[Shard]:
             shards.append(Shard("model", r, tp, pp, dp, model_of[r] * unit))
         if r in optim_of:
             shards.append(Shard("optim", r, tp, pp, dp, optim_of[r] * unit))
-    return shards
+    return tuple(shards)
 
 
 def scaled_bytes(nbytes: int, scale: float, unit: int) -> int:

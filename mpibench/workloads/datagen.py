@@ -8,15 +8,16 @@ writes the manifest ``.mpibench-dataset.json`` marked incomplete, the ranks writ
 files (rank r: a contiguous run of indices, plan.part_range), and rank 0 finally marks
 the manifest complete with the total bytes. The dataset is never removed by mpibench.
 
-Per rank a producer thread generates and encodes the next file while the main thread
-writes the current one, so the phase measures storage, not numpy, wherever the storage
-is slower than generation (``generation_wait_s`` says how long writing waited for it).
-Each file is written with one call, truncated to its true size after a padded O_DIRECT
-write, fsynced and closed.
+Per rank, producer threads (the node's cores shared by its ranks, 1 to 4) generate and
+encode the next files while the main thread writes, so the phase measures the storage,
+not numpy, wherever the storage is slower than generation (``generation_wait_s`` says how
+long writing waited for data). Each file is written with one call, truncated to its true
+size after a padded O_DIRECT write, fsynced and closed.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -100,6 +101,11 @@ def write_manifest(backend: Backend, ds: Any, doc: dict[str, Any]) -> None:
         backend.close(handle)
 
 
+def producer_threads(ranks_on_node: int, files: int) -> int:
+    """Threads generating files per rank: the node's cores shared by its ranks, 1 to 4."""
+    return max(1, min(4, (os.cpu_count() or 1) // max(1, ranks_on_node), files))
+
+
 class DatagenWorkload(Workload):
     """Generate dataset.num_files files in parallel and record how fast they reach storage."""
 
@@ -174,36 +180,43 @@ class DatagenWorkload(Workload):
 
     def _generate(self, ctx: RunContext, rec: PhaseRecorder, start: int, count: int) -> None:
         ds = ctx.config.dataset
-        backend = ctx.backend
-        alignment = backend.alignment
-        ready: queue.Queue[EncodedFile] = queue.Queue(maxsize=1)
+        alignment = ctx.backend.alignment
+        producers = producer_threads(ctx.layout.local_size, count)
+        ready: queue.Queue[EncodedFile] = queue.Queue(maxsize=producers)
         stop = threading.Event()
         failed: list[BaseException] = []
-        busy = [0.0]
+        claim = threading.Lock()
+        next_index = [start]
+        busy = [0.0] * producers
 
-        def produce() -> None:
+        def produce(slot: int) -> None:
             try:
-                for index in range(start, start + count):
+                while not stop.is_set():
+                    with claim:
+                        index = next_index[0]
+                        if index >= start + count:
+                            return
+                        next_index[0] += 1
                     t = time.perf_counter()
                     item = encode(ds, index, alignment)
-                    busy[0] += time.perf_counter() - t
+                    busy[slot] += time.perf_counter() - t
                     while not stop.is_set():
                         try:
                             ready.put(item, timeout=0.05)
                             break
                         except queue.Full:
                             continue
-                    if stop.is_set():
-                        return
             except BaseException as exc:  # handed to the writing thread
                 failed.append(exc)
                 stop.set()
 
-        producer = threading.Thread(target=produce, name="datagen-encode", daemon=True)
+        threads = [threading.Thread(target=produce, args=(i,), name=f"datagen-encode-{i}", daemon=True)
+                   for i in range(producers)]
         log = rec.new_log()
-        samples = 0
         waited = 0.0
-        producer.start()
+        written = 0
+        for thread in threads:
+            thread.start()
         try:
             for _ in range(count):
                 t = time.perf_counter()
@@ -217,15 +230,17 @@ class DatagenWorkload(Workload):
                         ctx.check_stop()
                 waited += time.perf_counter() - t
                 self._write_file(ctx, rec, log, item)
-                samples += ds.samples_per_file
+                written += 1
                 del item
                 ctx.check_stop()
         finally:
             stop.set()
-            producer.join()
+            for thread in threads:
+                thread.join()
+            rec.extra.update(samples=written * ds.samples_per_file, encode_s=sum(busy),
+                             encode_threads=producers, generation_wait_s=waited)
         if failed:
             raise failed[0]
-        rec.extra.update(samples=samples, encode_s=busy[0], generation_wait_s=waited)
 
     def _write_file(self, ctx: RunContext, rec: PhaseRecorder, log: Any, item: EncodedFile) -> None:
         backend = ctx.backend

@@ -1,0 +1,274 @@
+"""checkpoint: write sharded LLM checkpoints, then read them back, as MLPerf Storage does.
+
+Each checkpoint is one measured write phase: every rank writes its shard files (model and
+optimizer, sizes from mpibench.presets) into ``checkpoint_<n>/`` of the run directory in
+``checkpoint.transfer_size`` I/Os, fsyncs and closes them. Then each read phase reads one
+checkpoint back. Ranks read the shards another rank wrote (shifted by one node, as IOR -C
+and DLIO's recovery_rank_shift do); on local_fs the reader evicts them from the page
+cache first, and the result records it. With ``verify`` every byte read is checked
+against the seeded content (DataPattern: per checkpoint, shard and offset).
+
+When ``checkpoint.ranks`` emulates more ranks than the job has, actual rank r writes the
+shards of emulated ranks r, r + size, r + 2 size, ... (round robin).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mpibench.buffers import DataPattern
+from mpibench.config import Config
+from mpibench.engine import transfer_region
+from mpibench.errors import ConfigError
+from mpibench.metrics import PhaseRecorder
+from mpibench.plan import reorder_partner
+from mpibench.presets import (
+    CheckpointModel,
+    Shard,
+    check_world_size,
+    checkpoint_bytes,
+    rank_shards,
+    resolve_model,
+    shard_unit,
+)
+from mpibench.units import format_size
+from mpibench.workloads import Workload
+from mpibench.workloads.bandwidth import annotate_cache, check_alignment
+
+if TYPE_CHECKING:
+    from mpibench.backends.base import Backend
+    from mpibench.run import PreflightInfo, RunContext
+
+_CHECKPOINT_ID_SHIFT = 21  # shard ids (2 per emulated rank) stay below 2**21
+
+
+def checkpoint_dir(n: int) -> str:
+    """Folder of checkpoint `n` inside the run directory."""
+    return f"checkpoint_{n}"
+
+
+def shard_patterns(seed: int, n: int, shards: list[Shard], transfer_size: int,
+                   ) -> list[tuple[Shard, DataPattern, DataPattern | None]]:
+    """The content of shards of checkpoint n: a pattern for their full transfers and their tail.
+
+    Shards share one base per transfer size (memory stays small however many shards a rank
+    emulates); every 4 KiB block still carries its own shard and offset stamp.
+    """
+    bases: dict[int, DataPattern] = {}
+    base_id = (n << _CHECKPOINT_ID_SHIFT) | ((1 << _CHECKPOINT_ID_SHIFT) - 1)
+
+    def pattern(size: int, shard: Shard) -> DataPattern:
+        if size not in bases:
+            bases[size] = DataPattern(seed, base_id, size)
+        return bases[size].for_file((n << _CHECKPOINT_ID_SHIFT) + shard.shard_id)
+
+    work = []
+    for shard in shards:
+        size = min(transfer_size, shard.nbytes)
+        tail = shard.nbytes % size
+        work.append((shard, pattern(size, shard), pattern(tail, shard) if tail else None))
+    return work
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    """Mean, median, min and max of a list (empty: {})."""
+    if not values:
+        return {}
+    return {"mean": statistics.fmean(values), "median": statistics.median(values),
+            "min": min(values), "max": max(values)}
+
+
+class CheckpointWorkload(Workload):
+    """num_checkpoints_write checkpoint writes, then num_checkpoints_read reads."""
+
+    name = "checkpoint"
+    describe_totals = True
+
+    def _model(self, config: Config, size: int | None) -> CheckpointModel:
+        return resolve_model(config.checkpoint, size)
+
+    def planned_bytes(self, config: Config, size: int) -> int:
+        ck = config.checkpoint
+        return checkpoint_bytes(self._model(config, size), ck.scale) * ck.num_checkpoints_write
+
+    def check(self, config: Config, size: int, alignment: int) -> None:
+        ck = config.checkpoint
+        model = self._model(config, size)
+        check_world_size(model, ck.ranks, size)
+        if ck.num_checkpoints_write == 0 and ck.num_checkpoints_read == 0:
+            raise ConfigError("checkpoint.num_checkpoints_write and num_checkpoints_read are both 0",
+                              "write at least one checkpoint")
+        if ck.num_checkpoints_read > ck.num_checkpoints_write:
+            raise ConfigError(
+                f"checkpoint.num_checkpoints_read={ck.num_checkpoints_read} is more than the "
+                f"{ck.num_checkpoints_write} checkpoint(s) written",
+                f"set checkpoint.num_checkpoints_read={ck.num_checkpoints_write} or write more")
+        check_alignment("checkpoint.transfer_size", ck.transfer_size, alignment)
+
+    def prepare(self, config: Config, size: int, backend: Backend, info: PreflightInfo) -> None:
+        for n in range(config.checkpoint.num_checkpoints_write):
+            backend.makedirs(f"{info.run_key}/{checkpoint_dir(n)}")
+        info.checks.append(f"created {config.checkpoint.num_checkpoints_write} checkpoint folder(s) "
+                           f"checkpoint_<n>/ in the run directory")
+
+    def describe_plan(self, config: Config, size: int, rank: int, ranks_per_node: int,
+                      num_nodes: int) -> dict[str, Any]:
+        ck = config.checkpoint
+        model = self._model(config, size)
+        if rank < 0:
+            return {"totals": self._totals(config, model, 4096)}
+        shards = rank_shards(model, ck.scale, size, rank)
+        return {"rank": rank, "emulated_ranks": sorted({s.rank for s in shards}),
+                "shards": [{"file": f"{checkpoint_dir(0)}/{s.name}", "bytes": s.nbytes} for s in shards],
+                "bytes_per_checkpoint": sum(s.nbytes for s in shards)}
+
+    def _totals(self, config: Config, model: CheckpointModel, unit: int) -> dict[str, Any]:
+        ck = config.checkpoint
+        return {"model": model.name, "emulated_ranks": model.ranks, "tp": model.tp, "pp": model.pp,
+                "dp": model.dp, "zero_stage": model.zero_stage, "model_bytes": model.model_bytes,
+                "optimizer_bytes": model.optimizer_bytes,
+                "full_checkpoint_bytes": model.model_bytes + model.optimizer_bytes,
+                "scale": ck.scale, "scaled": ck.scale < 1.0,
+                "bytes_per_checkpoint": checkpoint_bytes(model, ck.scale, unit),
+                "checkpoints_written": ck.num_checkpoints_write, "checkpoints_read": ck.num_checkpoints_read}
+
+    def run(self, ctx: RunContext) -> None:
+        config = ctx.config
+        ck = config.checkpoint
+        comm = ctx.comm
+        layout = ctx.layout
+        backend = ctx.backend
+        model = self._model(config, comm.size)
+        unit = shard_unit(backend.alignment)
+        mine = rank_shards(model, ck.scale, comm.size, comm.rank, unit)
+        partner = reorder_partner(comm.rank, comm.size, max(layout.ranks_per_node), layout.num_nodes)
+        theirs = rank_shards(model, ck.scale, comm.size, partner, unit)
+        total = checkpoint_bytes(model, ck.scale, unit)
+        verify = ck.verify or config.verify
+        meta = {"model": model.name, "scaled": ck.scale < 1.0, "scale": ck.scale,
+                "transfer_size": ck.transfer_size, "io_depth": ctx.io_depth}
+        for n in range(ck.num_checkpoints_write):
+            if n and ck.interval > 0:
+                time.sleep(ck.interval)  # the training steps between two checkpoints
+            work = shard_patterns(config.seed, n, mine, ck.transfer_size)
+            ctx.phase("write", n, lambda rec, w=work, c=n: self._shards(ctx, rec, "write", c, w, False),
+                      expected_bytes=total, checkpoint=n, fsync=ck.fsync, cache=None, **meta)
+            del work
+        for n in range(ck.num_checkpoints_read):
+            work = shard_patterns(config.seed, n, theirs, ck.transfer_size)
+            cache = self._evict(ctx, n, theirs)
+            phase = ctx.phase("read", n, lambda rec, w=work, c=n: self._shards(ctx, rec, "read", c, w, verify),
+                              expected_bytes=total, checkpoint=n, cache=cache, written_by=partner,
+                              verified=verify, **meta)
+            if phase is not None:
+                annotate_cache(phase)
+            del work
+
+    def _evict(self, ctx: RunContext, n: int, shards: list[Shard]) -> dict[str, Any]:
+        backend = ctx.backend
+        if backend.direct:
+            return {"state": "direct", "method": backend.name}
+        evicted = all([backend.evict(ctx.key(f"{checkpoint_dir(n)}/{s.name}")) for s in shards])
+        everywhere = bool(ctx.comm.allreduce_min(1 if evicted else 0))
+        return {"state": "cold", "evicted": everywhere,
+                "method": "posix_fadvise(POSIX_FADV_DONTNEED) by the reading rank before the phase"}
+
+    def _shards(self, ctx: RunContext, rec: PhaseRecorder, op: str, n: int,
+                work: list[tuple[Shard, DataPattern, DataPattern | None]], verify: bool) -> None:
+        backend = ctx.backend
+        ck = ctx.config.checkpoint
+        for shard, full, tail in work:
+            key = ctx.key(f"{checkpoint_dir(n)}/{shard.name}")
+            path = backend.path_of(key)
+            t = time.perf_counter()
+            handle = backend.open(key, "w" if op == "write" else "r")
+            rec.open_s += time.perf_counter() - t
+            rec.files += 1
+            try:
+                t = time.perf_counter()
+                size = full.transfer_size
+                count = shard.nbytes // size
+                transfer_region(ctx, rec, handle, op, path, 0, np.arange(count, dtype=np.int64) * size,
+                                size, full, verify=verify)
+                if tail is not None:
+                    transfer_region(ctx, rec, handle, op, path, count * size, np.zeros(1, dtype=np.int64),
+                                    tail.transfer_size, tail, verify=verify)
+                rec.transfer_s += time.perf_counter() - t
+                if op == "write" and ck.fsync:
+                    t = time.perf_counter()
+                    backend.fsync(handle)
+                    rec.sync_s += time.perf_counter() - t
+            finally:
+                t = time.perf_counter()
+                backend.close(handle)
+                rec.close_s += time.perf_counter() - t
+            ctx.check_stop()
+        rec.extra["shards"] = len(work)
+
+    def cleanup(self, ctx: RunContext) -> None:
+        ck = ctx.config.checkpoint
+        model = self._model(ctx.config, ctx.comm.size)
+        shards = rank_shards(model, ck.scale, ctx.comm.size, ctx.comm.rank, shard_unit(ctx.backend.alignment))
+        for n in range(ck.num_checkpoints_write):
+            for shard in shards:
+                ctx.backend.remove(ctx.key(f"{checkpoint_dir(n)}/{shard.name}"))
+
+    def cleanup_shared(self, ctx: RunContext) -> None:
+        for n in range(ctx.config.checkpoint.num_checkpoints_write):
+            ctx.backend.remove_dir(ctx.key(checkpoint_dir(n)))
+
+    def summarize(self, ctx: RunContext) -> dict[str, Any]:
+        config = ctx.config
+        model = self._model(config, ctx.comm.size)
+        out: dict[str, Any] = self._totals(config, model, shard_unit(ctx.backend.alignment))
+        out["world_size"] = ctx.comm.size
+        for op in ("write", "read"):
+            rows = []
+            for phase in (p for p in ctx.phases if p["name"] == op):
+                seconds = phase["seconds"]
+                rows.append({
+                    "checkpoint": phase["iteration"],
+                    "bytes": phase["bytes"],
+                    "duration_s": max(r["end"] - r["start"] for r in phase["ranks"]),
+                    "seconds": seconds,
+                    "bandwidth_GiBps": phase["bandwidth_GiBps"],
+                    "bandwidth_GBps": phase["bandwidth_GBps"],
+                    "complete": phase.get("complete", True),
+                })
+            out[op] = {
+                "checkpoints": rows,
+                "duration_s": _stats([r["duration_s"] for r in rows]),
+                "bandwidth_GiBps": _stats([r["bandwidth_GiBps"] for r in rows]),
+                "bandwidth_GBps": _stats([r["bandwidth_GBps"] for r in rows]),
+            }
+        return {"checkpoint": out}
+
+    def report_lines(self, document: dict[str, Any]) -> list[str]:
+        c = document.get("checkpoint") or {}
+        if "write" not in c:
+            return []
+        size = c["bytes_per_checkpoint"]
+        full = c["full_checkpoint_bytes"]
+        scaled = (f"SCALED by {c['scale']:g}: {format_size(size)} ({size} bytes) per checkpoint instead of "
+                  f"{format_size(full)}" if c["scaled"] else f"{format_size(size)} ({size} bytes) per checkpoint")
+        lines = ["", f"checkpoint {c['model']}: {c['emulated_ranks']} emulated ranks (TP{c['tp']} x PP{c['pp']} "
+                     f"x DP{c['dp']}, ZeRO-{c['zero_stage']}) on {c['world_size']} rank(s); {scaled}",
+                 f"{'':<7}{'count':>6}{'GiB/s mean':>12}{'median':>9}{'min':>9}{'max':>9}"
+                 f"{'GB/s mean':>11}{'duration s mean':>17}{'max':>9}"]
+        for op in ("write", "read"):
+            d = c[op]
+            if not d["checkpoints"]:
+                continue
+            g, s, t = d["bandwidth_GiBps"], d["bandwidth_GBps"], d["duration_s"]
+            lines.append(f"{op:<7}{len(d['checkpoints']):>6}{g['mean']:>12.3f}{g['median']:>9.3f}{g['min']:>9.3f}"
+                         f"{g['max']:>9.3f}{s['mean']:>11.3f}{t['mean']:>17.3f}{t['max']:>9.3f}")
+        lines.append("bandwidth = bytes / (latest rank end - earliest rank start); duration = the slowest "
+                     "rank's time; GiB/s = 2^30 B/s, GB/s = 10^9 B/s")
+        return lines
+
+
+WORKLOAD = CheckpointWorkload()

@@ -1,0 +1,443 @@
+"""train: read the dataset as a training job's data loader does, with emulated compute.
+
+Each epoch is one measured phase. Every file is read exactly once per epoch across all
+ranks (plan.epoch_files: counts differ by at most one, seeded new order and assignment
+each epoch unless shuffle=off). Per rank, `read_threads` threads read whole files (one
+aligned buffer each, grown if a file is larger than estimated) and decode them; the main
+thread takes batches of `batch_size` samples in order and "computes" each for
+`computation_time` seconds. Readers may run at most `prefetch` batches ahead of the batch
+being computed, so the I/O of the next batches overlaps the compute as a prefetching
+loader's does (prefetch=0: no overlap).
+
+Uneven shares never deadlock: a rank's last partial batch is still processed, and ranks
+meet only at epoch boundaries (the phase barrier), never per batch.
+
+Figures as MLPerf Storage defines them: accelerator utilisation AU% = compute time /
+wall time per rank, the first step (the wait for and compute of batch 0) excluded;
+samples/s = all ranks' samples / (latest end - earliest start); MiB/s from the bytes
+actually read. Each rank also reports the count, sum and sum of squares of the file
+indices it read, so the result proves every file was read exactly once per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mpibench.buffers import aligned_buffer
+from mpibench.config import Config
+from mpibench.environment import memory_total_bytes
+from mpibench.errors import PreflightError
+from mpibench.formats import (
+    MANIFEST_VERSION,
+    decode,
+    file_key,
+    manifest_key,
+    manifest_mismatch,
+    record_sizes,
+    size_bound,
+)
+from mpibench.metrics import PhaseRecorder
+from mpibench.plan import epoch_files, round_up
+from mpibench.units import format_size
+from mpibench.workloads import Workload
+from mpibench.workloads.bandwidth import annotate_cache
+from mpibench.workloads.datagen import check_dataset_name, read_manifest
+
+if TYPE_CHECKING:
+    from mpibench.backends.base import Backend
+    from mpibench.run import PreflightInfo, RunContext
+
+COMPUTE_SLICE_S = 0.05  # emulated compute sleeps in slices, testing for a stop notice between
+
+
+def checked_manifest(backend: Backend, ds: Any) -> dict[str, Any]:
+    """The dataset's manifest, or a PreflightError saying why the dataset cannot be used."""
+    where = backend.path_of(ds.name)
+    found = read_manifest(backend, ds)
+    if found is None:
+        raise PreflightError(f"no dataset at {where} (no manifest {backend.path_of(manifest_key(ds))})",
+                             "run datagen first: mpibench run CONFIG.yaml workload=datagen")
+    if found.get("mpibench_dataset") != MANIFEST_VERSION:
+        raise PreflightError(f"the dataset at {where} has manifest version {found.get('mpibench_dataset')}, "
+                             f"this mpibench reads version {MANIFEST_VERSION} (sizes and content may differ)",
+                             "generate the dataset again with this mpibench")
+    if not found.get("complete"):
+        raise PreflightError(f"the dataset at {where} is incomplete: its datagen (run {found.get('run_id')}) "
+                             "did not finish", "remove the folder and run datagen again")
+    differs = manifest_mismatch(found, ds)
+    if differs:
+        raise PreflightError(f"the dataset at {where} was generated with {', '.join(differs)}",
+                             "run datagen with this config into another dataset.name, or fix the config")
+    return found
+
+
+def index_sums(num_files: int) -> tuple[int, int]:
+    """Sum and sum of squares of 0..num_files-1 (what one epoch's reads must add up to)."""
+    n = num_files
+    return n * (n - 1) // 2, (n - 1) * n * (2 * n - 1) // 6
+
+
+def read_buffers(ds: Any, threads: int, shares: list[np.ndarray], alignment: int) -> list[Any]:
+    """One aligned buffer per reader thread, large enough for the rank's largest file.
+
+    Allocated and touched before the first epoch, so page faults are not timed as I/O.
+    """
+    largest = max((int(record_sizes(ds, files).max()) for files in shares if len(files)), default=0)
+    capacity = round_up(size_bound(ds, 0, largest) if largest else 1, max(alignment, 4096))
+    buffers = [aligned_buffer(capacity) for _ in range(threads)]
+    for buf in buffers:
+        np.frombuffer(buf, dtype=np.uint8)[::4096] = 0  # fault every page in now
+    return buffers
+
+
+class _EpochLoader:
+    """One rank's data loader for one epoch: reader threads ahead of an emulated compute."""
+
+    def __init__(self, ctx: RunContext, rec: PhaseRecorder, epoch: int, files: np.ndarray,
+                 buffers: list[Any]) -> None:
+        self.ctx = ctx
+        self.rec = rec
+        self.epoch = epoch
+        self.files = files.tolist()
+        self.buffers = buffers  # one per reader thread, reused over epochs
+        ds = ctx.config.dataset
+        tc = ctx.config.train
+        self.ds = ds
+        self.tc = tc
+        self.n = len(self.files)
+        self.total_samples = self.n * ds.samples_per_file
+        self.cond = threading.Condition()
+        self.next_file = 0
+        self.done = bytearray(self.n)
+        self.prefix = 0  # files 0..prefix-1 (in epoch order) are read and decoded
+        self.current_batch = 0
+        self.stopping = False
+        self.errors: list[BaseException] = []
+
+    def first_batch(self, position: int) -> int:
+        """The first batch that needs the file at `position` of the epoch order."""
+        return position * self.ds.samples_per_file // self.tc.batch_size
+
+    def read_loop(self, slot: int, stats: dict[str, float], log: Any) -> None:
+        """A reader thread: take the next file in order when the prefetch window allows it."""
+        backend = self.ctx.backend
+        buf = self.buffers[slot]
+        verify = self.ctx.config.verify
+        sample_shuffle = self.tc.shuffle == "sample"
+        try:
+            while True:
+                with self.cond:
+                    while (not self.stopping and self.next_file < self.n
+                           and self.first_batch(self.next_file) > self.current_batch + self.tc.prefetch):
+                        self.cond.wait()
+                    if self.stopping or self.next_file >= self.n:
+                        return
+                    position = self.next_file
+                    self.next_file += 1
+                index = self.files[position]
+                key = file_key(self.ds, index)
+                buf, nbytes = self._read_file(backend, key, buf, stats, log)
+                self.buffers[slot] = buf
+                if self.tc.decode or verify:  # verifying means parsing
+                    t = time.perf_counter()
+                    order = None
+                    if sample_shuffle and self.ds.samples_per_file > 1:
+                        order = np.random.default_rng([self.tc.seed, self.epoch, index]).permutation(
+                            self.ds.samples_per_file)
+                    decode(self.ds, index, buf, nbytes, backend.path_of(key), verify=verify, sample_order=order)
+                    stats["decode_s"] += time.perf_counter() - t
+                stats["files"] += 1
+                stats["index_sum"] += index
+                stats["index_sumsq"] += index * index
+                with self.cond:
+                    self.done[position] = 1
+                    while self.prefix < self.n and self.done[self.prefix]:
+                        self.prefix += 1
+                    self.cond.notify_all()
+        except BaseException as exc:  # handed to the main thread
+            with self.cond:
+                self.errors.append(exc)
+                self.stopping = True
+                self.cond.notify_all()
+
+    def _read_file(self, backend: Backend, key: str, buf: Any, stats: dict[str, float],
+                   log: Any) -> tuple[Any, int]:
+        """Read a whole file into `buf` (grown when the file is larger); return (buf, bytes)."""
+        t = time.perf_counter()
+        handle = backend.open(key, "r")
+        stats["open_s"] += time.perf_counter() - t
+        try:
+            t0 = time.perf_counter_ns()
+            nbytes = backend.read_at(handle, memoryview(buf), 0)
+            while nbytes == len(buf):  # the estimate was short: double and read on
+                bigger = aligned_buffer(2 * len(buf))
+                bigger[:nbytes] = buf[:nbytes]
+                buf = bigger
+                more = backend.read_at(handle, memoryview(buf)[nbytes:], nbytes)
+                if more == 0:
+                    break
+                nbytes += more
+            t1 = time.perf_counter_ns()
+            log.record(nbytes, t0, t1)
+            stats["transfer_s"] += (t1 - t0) / 1e9
+        finally:
+            t = time.perf_counter()
+            backend.close(handle)
+            stats["close_s"] += time.perf_counter() - t
+        return buf, nbytes
+
+    def run(self) -> None:
+        """Read and compute every batch of this rank's share; fill rec.extra."""
+        ctx, rec, tc = self.ctx, self.rec, self.tc
+        bs = tc.batch_size
+        spf = self.ds.samples_per_file
+        batches = math.ceil(self.total_samples / bs) if self.total_samples else 0
+        threads_n = min(tc.read_threads, self.n)
+        stats = [dict.fromkeys(("open_s", "transfer_s", "close_s", "decode_s", "files",
+                                "index_sum", "index_sumsq"), 0) for _ in range(threads_n)]
+        logs = [rec.new_log() for _ in range(threads_n)]
+        threads = [threading.Thread(target=self.read_loop, args=(i, stats[i], logs[i]), daemon=True,
+                                    name=f"train-reader-{i}") for i in range(threads_n)]
+        for thread in threads:
+            thread.start()
+        compute_s = compute_after_first = wait_after_first = 0.0
+        done_batches = 0
+        first_step_end = start = time.perf_counter()
+        try:
+            for batch in range(batches):
+                needed = math.ceil(min((batch + 1) * bs, self.total_samples) / spf)
+                t = time.perf_counter()
+                with self.cond:
+                    self.current_batch = batch
+                    self.cond.notify_all()
+                while True:
+                    with self.cond:
+                        if self.errors:
+                            raise self.errors[0]
+                        if self.prefix >= needed:
+                            break
+                        self.cond.wait(0.005)
+                    ctx.check_stop()
+                waited = time.perf_counter() - t
+                spent = self._compute()
+                compute_s += spent
+                done_batches += 1
+                if batch == 0:
+                    first_step_end = time.perf_counter()
+                else:
+                    compute_after_first += spent
+                    wait_after_first += waited
+        finally:
+            with self.cond:
+                self.stopping = True
+                self.cond.notify_all()
+            for thread in threads:
+                thread.join()
+            # Recorded even when the epoch stopped early: a partial result shows how far it got.
+            end = time.perf_counter()
+            if done_batches >= 2:
+                wall = end - first_step_end
+                au = 100.0 * compute_after_first / wall if wall > 0 else None
+            else:  # at most one batch: nothing is left once the first step is excluded
+                wall, au = end - start, None
+            for s in stats:
+                rec.open_s += s["open_s"]
+                rec.transfer_s += s["transfer_s"]
+                rec.close_s += s["close_s"]
+            rec.files = int(sum(s["files"] for s in stats))
+            rec.extra.update(
+                epoch=self.epoch,
+                samples=min(done_batches * bs, self.total_samples),
+                batches=done_batches,
+                compute_s=compute_s,
+                au_pct=au,
+                au_wall_s=wall,
+                first_step_s=first_step_end - start if done_batches else 0.0,
+                data_wait_s=wait_after_first,
+                decode_s=sum(s["decode_s"] for s in stats),
+                file_index_sum=int(sum(s["index_sum"] for s in stats)),
+                file_index_sumsq=int(sum(s["index_sumsq"] for s in stats)),
+            )
+        if self.errors:
+            raise self.errors[0]
+
+    def _compute(self) -> float:
+        """Emulate the accelerator's step: sleep computation_time, testing for a stop notice."""
+        seconds = self.tc.computation_time
+        if seconds <= 0:
+            return 0.0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while True:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                break
+            time.sleep(min(left, COMPUTE_SLICE_S))
+            self.ctx.check_stop()
+        return time.perf_counter() - start
+
+
+class TrainWorkload(Workload):
+    """Epochs of reading the dataset with emulated compute; AU%, samples/s, MiB/s."""
+
+    name = "train"
+    describe_totals = True
+
+    def check(self, config: Config, size: int, alignment: int) -> None:
+        check_dataset_name(config.dataset.name)
+
+    def prepare(self, config: Config, size: int, backend: Backend, info: PreflightInfo) -> None:
+        found = checked_manifest(backend, config.dataset)
+        info.checks.append(
+            f"dataset {backend.path_of(config.dataset.name)}: {found['num_files']} {found['format']} files, "
+            f"{found['total_samples']} samples, {format_size(found['total_bytes'])} "
+            f"({found['total_bytes']} bytes), generated by run {found.get('run_id')}")
+
+    def describe_plan(self, config: Config, size: int, rank: int, ranks_per_node: int,
+                      num_nodes: int) -> dict[str, Any]:
+        ds, tc = config.dataset, config.train
+        if rank < 0:
+            return {"totals": {"files_per_epoch": ds.num_files,
+                               "samples_per_epoch": ds.num_files * ds.samples_per_file,
+                               "epochs": tc.epochs}}
+        files = epoch_files(ds.num_files, size, rank, 0, tc.shuffle != "off", tc.seed)
+        samples = len(files) * ds.samples_per_file
+        return {"rank": rank, "files_per_epoch": len(files), "samples_per_epoch": samples,
+                "batches_per_epoch": math.ceil(samples / tc.batch_size),
+                "first_files_epoch0": [file_key(ds, int(i)) for i in files[:3]]}
+
+    def run(self, ctx: RunContext) -> None:
+        from mpibench.run import broadcast_outcome
+
+        config = ctx.config
+        ds, tc = config.dataset, config.train
+        comm = ctx.comm
+        backend = ctx.backend
+        manifest = broadcast_outcome(comm, lambda: checked_manifest(backend, ds))
+        total_bytes = int(manifest["total_bytes"])
+        if comm.is_root:
+            memory = memory_total_bytes() * ctx.layout.num_nodes
+            if not backend.direct and memory and total_bytes < 2 * memory:
+                ctx.info.warnings.append(
+                    f"the dataset ({format_size(total_bytes)}) is smaller than twice the nodes' memory "
+                    f"({format_size(memory)} in {ctx.layout.num_nodes} node(s)): buffered reads may be "
+                    "served from the page cache" + (" (train.cache=warm)" if tc.cache == "warm" else
+                                                    "; every epoch evicts its files first (train.cache=cold)"))
+        shares = [epoch_files(ds.num_files, comm.size, comm.rank, epoch, tc.shuffle != "off", tc.seed)
+                  for epoch in range(tc.epochs)]
+        buffers = read_buffers(ds, tc.read_threads, shares, backend.alignment)
+        for epoch, files in enumerate(shares):
+            cache = self._cache(ctx, files)
+            phase = ctx.phase("train", epoch,
+                              lambda rec, e=epoch, f=files: _EpochLoader(ctx, rec, e, f, buffers).run(),
+                              expected_bytes=total_bytes, cache=cache, epoch=epoch,
+                              dataset_bytes=total_bytes, batch_size=tc.batch_size,
+                              computation_time=tc.computation_time, read_threads=tc.read_threads,
+                              prefetch=tc.prefetch, shuffle=tc.shuffle, decode=tc.decode,
+                              verified=config.verify)
+            if phase is not None:
+                annotate_cache(phase)
+
+    def _cache(self, ctx: RunContext, files: np.ndarray) -> dict[str, Any]:
+        """Evict this epoch's files (train.cache=cold on local_fs) and say how the cache stands."""
+        backend = ctx.backend
+        if backend.direct:
+            return {"state": "direct", "method": backend.name}
+        if ctx.config.train.cache == "warm":
+            return {"state": "warm", "method": "none: reads may be served from the page cache"}
+        evicted = all([backend.evict(file_key(ctx.config.dataset, int(i))) for i in files])
+        everywhere = bool(ctx.comm.allreduce_min(1 if evicted else 0))
+        return {"state": "cold", "evicted": everywhere,
+                "method": "posix_fadvise(POSIX_FADV_DONTNEED) by the reading rank before the epoch"}
+
+    def summarize(self, ctx: RunContext) -> dict[str, Any]:
+        ds, tc = ctx.config.dataset, ctx.config.train
+        want_sum, want_sumsq = index_sums(ds.num_files)
+        epochs = []
+        for phase in (p for p in ctx.phases if p["name"] == "train"):
+            ranks = phase["ranks"]
+            seconds = phase["seconds"]
+            samples = sum(r.get("samples", 0) for r in ranks)
+            au = [r["au_pct"] for r in ranks if r.get("au_pct") is not None]
+            files = sum(r["files"] for r in ranks)
+            covered = (files == ds.num_files
+                       and sum(r.get("file_index_sum", 0) for r in ranks) == want_sum
+                       and sum(r.get("file_index_sumsq", 0) for r in ranks) == want_sumsq)
+            epochs.append({
+                "epoch": phase["iteration"],
+                "samples": samples,
+                "files": files,
+                "bytes": phase["bytes"],
+                "seconds": seconds,
+                "samples_per_s": samples / seconds if seconds > 0 else 0.0,
+                "bandwidth_MiBps": phase["bandwidth_MiBps"],
+                "bandwidth_GBps": phase["bandwidth_GBps"],
+                "au_pct_mean": statistics.fmean(au) if au else None,
+                "au_pct_min": min(au) if au else None,
+                "au_pct_max": max(au) if au else None,
+                "every_file_once": covered,
+                "bytes_match_dataset": phase["bytes"] == phase.get("dataset_bytes"),
+                "cache": (phase.get("cache") or {}).get("state"),
+                "complete": phase.get("complete", True),
+            })
+        seconds = sum(e["seconds"] for e in epochs)
+        samples = sum(e["samples"] for e in epochs)
+        nbytes = sum(e["bytes"] for e in epochs)
+        au_all = [r["au_pct"] for p in ctx.phases if p["name"] == "train"
+                  for r in p["ranks"] if r.get("au_pct") is not None]
+        return {"train": {
+            "dataset": ctx.backend.path_of(ds.name),
+            "format": ds.format,
+            "num_files": ds.num_files,
+            "samples_per_file": ds.samples_per_file,
+            "batch_size": tc.batch_size,
+            "computation_time": tc.computation_time,
+            "read_threads": tc.read_threads,
+            "prefetch": tc.prefetch,
+            "shuffle": tc.shuffle,
+            "ranks": ctx.comm.size,
+            "epochs": epochs,
+            "samples": samples,
+            "bytes": nbytes,
+            "seconds": seconds,
+            "samples_per_s": samples / seconds if seconds > 0 else 0.0,
+            "bandwidth_MiBps": nbytes / 2**20 / seconds if seconds > 0 else 0.0,
+            "au_pct_mean": statistics.fmean(au_all) if au_all else None,
+            "au_pct_min": min(au_all) if au_all else None,
+            "every_file_once": all(e["every_file_once"] for e in epochs),
+            "bytes_match_dataset": all(e["bytes_match_dataset"] for e in epochs),
+            "warnings": list(ctx.info.warnings),
+        }}
+
+    def report_lines(self, document: dict[str, Any]) -> list[str]:
+        t = document.get("train") or {}
+        if not t.get("epochs"):
+            return []
+
+        def pct(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.1f}%"
+
+        lines = ["", f"train: {t['num_files']} {t['format']} files x {t['samples_per_file']} samples, "
+                     f"{t['ranks']} rank(s), batch {t['batch_size']}, compute {t['computation_time']} s/batch, "
+                     f"{t['read_threads']} reader thread(s), prefetch {t['prefetch']}, shuffle {t['shuffle']}"]
+        lines.append(f"{'epoch':>7}{'samples':>10}{'seconds':>10}{'samples/s':>11}{'MiB/s':>10}"
+                     f"{'AU mean':>9}{'AU min':>9}  {'cache':<7}{'each file once':<16}bytes = dataset")
+        for e in t["epochs"]:
+            lines.append(f"{e['epoch']:>7}{e['samples']:>10}{e['seconds']:>10.3f}{e['samples_per_s']:>11.1f}"
+                         f"{e['bandwidth_MiBps']:>10.1f}{pct(e['au_pct_mean']):>9}{pct(e['au_pct_min']):>9}  "
+                         f"{e['cache'] or '-':<7}{'yes' if e['every_file_once'] else 'NO':<16}"
+                         f"{'yes' if e['bytes_match_dataset'] else 'NO'}")
+        lines.append(f"overall: {t['samples_per_s']:.1f} samples/s, {t['bandwidth_MiBps']:.1f} MiB/s, "
+                     f"AU mean {pct(t['au_pct_mean'])}, min {pct(t['au_pct_min'])} "
+                     "(AU: compute / wall time per rank, first step excluded)")
+        lines.extend(f"warning: {w}" for w in t.get("warnings", []))
+        return lines
+
+
+WORKLOAD = TrainWorkload()

@@ -1,0 +1,224 @@
+"""The AI workloads without MPI: file sharding, record sizes, formats, manifests, and
+one-rank datagen / train / checkpoint runs on real files."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mpibench.comm import Comm
+from mpibench.config import DatasetConfig, build_config
+from mpibench.errors import ConfigError, PreflightError, VerifyError
+from mpibench.formats import (
+    decode,
+    encode,
+    file_key,
+    manifest_mismatch,
+    manifest_of,
+    record_size_of,
+    record_sizes,
+    size_bound,
+)
+from mpibench.plan import epoch_files
+from mpibench.run import execute
+from mpibench.workloads import get_workload
+from mpibench.workloads.datagen import check_dataset_name
+from mpibench.workloads.train import index_sums
+
+# -- sharding of files to ranks -------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 5000), st.integers(1, 64), st.integers(0, 5), st.booleans(), st.integers(0, 2**31))
+def test_every_file_once_per_epoch_balanced(num_files, size, epoch, shuffle, seed):
+    seen = Counter()
+    counts = []
+    for rank in range(size):
+        files = epoch_files(num_files, size, rank, epoch, shuffle, seed)
+        counts.append(len(files))
+        seen.update(files.tolist())
+    assert sorted(seen) == list(range(num_files)) and set(seen.values()) == {1}
+    assert max(counts) - min(counts) <= 1
+    want_sum, want_sumsq = index_sums(num_files)
+    assert sum(seen) == want_sum and sum(i * i for i in seen) == want_sumsq
+
+
+def test_shuffle_changes_each_epoch_and_is_seeded():
+    a0 = epoch_files(1000, 4, 1, 0, True, 7)
+    a1 = epoch_files(1000, 4, 1, 1, True, 7)
+    assert not np.array_equal(a0, a1)
+    assert np.array_equal(a0, epoch_files(1000, 4, 1, 0, True, 7))
+    assert np.array_equal(epoch_files(1000, 4, 1, 0, False, 7), epoch_files(1000, 4, 1, 3, False, 9))
+
+
+# -- record sizes and content ---------------------------------------------------------------
+
+
+def test_record_sizes_seeded_normal_clipped():
+    ds = DatasetConfig(num_files=4000, record_size=10000, record_size_stdev=2000, seed=5)
+    sizes = np.array([record_size_of(ds, i) for i in range(ds.num_files)])
+    assert sizes.mean() == pytest.approx(10000, rel=0.02)
+    assert sizes.std() == pytest.approx(2000, rel=0.05)
+    assert [record_size_of(ds, i) for i in range(10)] == sizes[:10].tolist()  # any rank, same answer
+    assert record_sizes(ds, np.arange(ds.num_files)).tolist() == sizes.tolist()
+    assert record_sizes(ds, [3999, 7]).tolist() == [sizes[3999], sizes[7]]
+    other = DatasetConfig(num_files=4000, record_size=10000, record_size_stdev=2000, seed=6)
+    assert [record_size_of(other, i) for i in range(10)] != sizes[:10].tolist()
+    clipped = DatasetConfig(record_size=1, record_size_stdev=1000)
+    assert min(record_size_of(clipped, i) for i in range(500)) == 1
+    fixed = DatasetConfig(record_size=4096)
+    assert {record_size_of(fixed, i) for i in range(50)} == {4096}
+
+
+def test_file_names_deterministic_with_subfolders():
+    ds = DatasetConfig(name="d", num_files=100000, format="npz", num_subfolders=16)
+    assert file_key(ds, 1234) == "d/00002/img_0001234_of_0100000.npz"
+    assert file_key(DatasetConfig(name="d", num_files=3, format="raw"), 2) == "d/img_0000002_of_0000003.bin"
+    assert file_key(DatasetConfig(name="d", num_files=3, format="hdf5"), 0).endswith(".hdf5")
+
+
+FORMATS = [("npz", None, "none"), ("hdf5", None, "none"), ("hdf5", 3000, "gzip"), ("hdf5", 100, "lzf"),
+           ("raw", None, "none")]
+
+
+@pytest.mark.parametrize("fmt,chunk,compression", FORMATS)
+@pytest.mark.parametrize("alignment", [1, 512, 4096])
+def test_encode_decode_roundtrip(fmt, chunk, compression, alignment):
+    ds = DatasetConfig(num_files=8, samples_per_file=3, record_size=2000, record_size_stdev=700, format=fmt,
+                       hdf5_chunk_size=chunk, compression=compression)
+    sizes = set()
+    for index in range(4):
+        item = encode(ds, index, alignment)
+        assert item.padded % alignment == 0 and item.padded - item.size < alignment
+        assert item.size <= size_bound(ds, index)
+        assert decode(ds, index, item.buffer, item.size, "f", verify=True) == 3
+        order = np.array([2, 0, 1])
+        assert decode(ds, index, item.buffer, item.size, "f", verify=True, sample_order=order) == 3
+        sizes.add(item.size)
+    assert len(sizes) > 1  # record sizes differ per file
+
+
+def test_content_differs_per_file_and_is_not_zero():
+    ds = DatasetConfig(num_files=4, samples_per_file=1, record_size=4096, format="raw")
+    a = bytes(encode(ds, 0).view())
+    b = bytes(encode(ds, 1).view())
+    assert a != b and a.count(0) < 100
+
+
+def test_decode_catches_damage():
+    ds = DatasetConfig(num_files=2, samples_per_file=2, record_size=1000, format="raw")
+    item = encode(ds, 0)
+    with pytest.raises(VerifyError, match="expected 2 records"):
+        decode(ds, 0, item.buffer, item.size - 1, "/x/f")
+    damaged = bytearray(item.view())
+    damaged[1500] ^= 0xFF
+    with pytest.raises(VerifyError, match="record 1 differs"):
+        decode(ds, 0, memoryview(damaged), item.size, "/x/f", verify=True)
+    npz = DatasetConfig(num_files=2, samples_per_file=2, record_size=1000, format="npz")
+    with pytest.raises(VerifyError, match="not a readable npz"):
+        decode(npz, 0, memoryview(bytes(500)), 500, "/x/f")
+
+
+def test_manifest_mismatch_names_keys():
+    ds = DatasetConfig(num_files=10, format="npz")
+    found = manifest_of(DatasetConfig(num_files=12, format="npz"), complete=True, total_bytes=5)
+    assert manifest_mismatch(found, ds) == ["num_files=12 (config says 10)"]
+    assert manifest_mismatch(manifest_of(ds, complete=True), ds) == []
+
+
+@pytest.mark.parametrize("name", ["", "/abs", "a/../b", "mpibench-x", "a//b"])
+def test_bad_dataset_names(name):
+    with pytest.raises(ConfigError):
+        check_dataset_name(name)
+
+
+def test_report_lines_survive_partial_documents():
+    for name in ("datagen", "train", "checkpoint"):
+        assert get_workload(name).report_lines({}) == []
+
+
+# -- one-rank runs on real files ------------------------------------------------------------
+
+
+def one_rank() -> Comm:
+    """A one-rank communicator, also when pytest itself runs under mpiexec."""
+    try:
+        from mpi4py import MPI
+    except ImportError:  # pragma: no cover
+        return Comm()
+    return Comm(MPI.COMM_SELF)
+
+
+def _config(root: str, workload: str, kind: str = "local_fs", **sections: dict) -> object:
+    data: dict = {"workload": workload, "storage": {"type": kind, "root": root}}
+    data.update(sections)
+    return build_config(data)
+
+
+DS = {"name": "ds", "num_files": 9, "samples_per_file": 2, "record_size": 3000, "record_size_stdev": 500,
+      "format": "npz", "num_subfolders": 2}
+
+
+def test_datagen_then_train_one_rank(tmp_path):
+    root = str(tmp_path / "root")
+    comm = one_rank()
+    doc = execute(_config(root, "datagen", dataset=DS), comm, output=None)
+    assert doc["complete"] and doc["datagen"]["files"] == 9
+    on_disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(root, "ds"))
+                  for f in fs if f.startswith("img_"))
+    with open(os.path.join(root, "ds", ".mpibench-dataset.json")) as handle:
+        manifest = json.load(handle)
+    assert manifest["complete"] and manifest["total_bytes"] == on_disk == doc["phases"][0]["bytes"]
+    # Only the dataset is left: the run directory is gone.
+    assert sorted(os.listdir(root)) == ["ds"]
+    train = {"epochs": 2, "batch_size": 3, "computation_time": 0.005, "read_threads": 2, "shuffle": "sample"}
+    doc = execute(_config(root, "train", dataset=DS, train=train, verify=True), comm, output=None)
+    t = doc["train"]
+    assert t["every_file_once"] and t["bytes_match_dataset"]
+    assert [e["bytes"] for e in t["epochs"]] == [on_disk, on_disk]
+    assert all(p["cache"]["state"] == "cold" for p in doc["phases"])
+    ranks = doc["phases"][0]["ranks"]
+    assert ranks[0]["samples"] == 18 and ranks[0]["batches"] == 6
+    assert ranks[0]["compute_s"] >= 6 * 0.005
+    # datagen refuses the existing dataset; train refuses a config that differs from it.
+    with pytest.raises(PreflightError, match="already holds a complete dataset"):
+        execute(_config(root, "datagen", dataset=DS), comm, output=None)
+    with pytest.raises(PreflightError, match="num_files=9 \\(config says 10\\)"):
+        execute(_config(root, "train", dataset={**DS, "num_files": 10}), comm, output=None)
+    assert sorted(os.listdir(root)) == ["ds"]
+
+
+def test_train_without_dataset_says_run_datagen(tmp_path):
+    with pytest.raises(PreflightError, match="run datagen first"):
+        execute(_config(str(tmp_path), "train", dataset=DS), one_rank(), output=None)
+
+
+def test_checkpoint_one_rank_emulating_eight(tmp_path):
+    root = str(tmp_path / "ck")
+    ck = {"model": "llama3-8b", "ranks": 8, "scale": 0.0002, "num_checkpoints_write": 2,
+          "num_checkpoints_read": 1, "verify": True, "transfer_size": "1MiB"}
+    doc = execute(_config(root, "checkpoint", "direct_fs", checkpoint=ck), one_rank(), output=None)
+    c = doc["checkpoint"]
+    assert c["scaled"] and c["emulated_ranks"] == 8 and c["world_size"] == 1
+    assert [p["name"] for p in doc["phases"]] == ["write", "write", "read"]
+    assert all(p["bytes"] == c["bytes_per_checkpoint"] for p in doc["phases"])
+    assert doc["phases"][0]["ranks"][0]["files"] == 16
+    assert c["bytes_per_checkpoint"] == pytest.approx(105 * 2**30 * 0.0002, rel=0.01)
+    assert set(c["write"]["bandwidth_GiBps"]) == {"mean", "median", "min", "max"}
+    assert not os.path.exists(root)  # created by the run, removed with its files
+
+
+def test_checkpoint_rank_count_must_match(tmp_path):
+    with pytest.raises(ConfigError, match="checkpoint of 8 ranks"):
+        execute(_config(str(tmp_path), "checkpoint", checkpoint={"model": "llama3-8b", "scale": 0.001}),
+                one_rank(), output=None)
+    with pytest.raises(ConfigError, match="num_checkpoints_read=3"):
+        execute(_config(str(tmp_path), "checkpoint", checkpoint={
+            "model": "llama3-8b", "ranks": 8, "scale": 0.001, "num_checkpoints_write": 2,
+            "num_checkpoints_read": 3}), one_rank(), output=None)
