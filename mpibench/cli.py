@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import textwrap
+import warnings
 from typing import Any
 
 from mpibench import __version__
@@ -102,12 +104,15 @@ def _import_command(module: str) -> Any:
         return None
 
 
-def _print_error(exc: MpibenchError, debug: bool) -> None:
+def _print_error(exc: MpibenchError, debug: bool, rank: int | None = None) -> None:
     if debug:
         from mpibench.run import format_traceback
 
         print(format_traceback(exc), file=sys.stderr, end="")
-    print(f"mpibench: error: {exc.line()}", file=sys.stderr, flush=True)
+    line = exc.line()
+    if rank is not None and not line.startswith("rank "):
+        line = f"rank {rank}: {line}"
+    print(f"mpibench: error: {line}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,21 +124,46 @@ def main(argv: list[str] | None = None) -> int:
     return int(args.handler(args))
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    return f"mpibench: warning: {message}\n"
+
+
+def _raise_interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def _main_mpi(args: argparse.Namespace) -> int:
     from mpibench.comm import Comm
 
     comm = Comm()
     debug = bool(args.debug)
+    if not debug:  # a warning is one line, like an error; --debug keeps where it came from
+        warnings.formatwarning = _one_line_warning
+    # SIGTERM before the run starts ends it like Ctrl-C: preflight undoes what it created.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return _dispatch(args, comm)
     except MpibenchError as exc:
-        if comm.is_root or (getattr(exc, "rank", None) == comm.rank and comm.rank != 0 and False):
+        if comm.size > 1 and not exc.agreed:
+            # Only this rank failed, outside any agreement: the others may be waiting for
+            # it in a collective, so it speaks for itself and ends the whole job.
+            _print_error(exc, debug, comm.rank)
+            sys.stdout.flush()
+            comm.abort(exc.exit_code)
+        if comm.is_root:
             _print_error(exc, debug)
         sys.stdout.flush()
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        # Ctrl-C outside the run's own graceful handling (loading, preflight): the other
+        # ranks may be waiting in a collective for this one, so the whole job is ended.
         if comm.is_root:
-            print("mpibench: error: interrupted", file=sys.stderr)
+            name = exc.args[0] if exc.args else "SIGINT"
+            print(f"mpibench: error: interrupted by {name} before the run started; nothing was measured",
+                  file=sys.stderr, flush=True)
+        if comm.size > 1:
+            comm.abort(130)
         return 130
     except Exception as exc:  # a bug: say so on one line, and never leave other ranks waiting
         from mpibench.run import format_traceback
@@ -251,9 +281,10 @@ def _preflight_checks(config: Any) -> list[str]:
     storage = config.storage
     if storage.type == "s3":
         return ["AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are set (values never printed)",
-                "the endpoint answers within a few seconds",
+                "every endpoint answers a signed request within 3 s and accepts the credentials",
                 "the bucket exists (or is created with storage.create_bucket=true)",
-                "a tiny object can be put and deleted under the run prefix"]
+                "the run prefix <prefix>/mpibench-<run_id>/ holds no objects",
+                "a tiny object can be put, read and deleted under the run prefix (through s3dlio)"]
     checks = ["storage.root exists and is a writable directory (the leaf is created if its parent exists)",
               "free space covers the planned bytes",
               "the run directory mpibench-<run_id> does not exist yet, and is created"]

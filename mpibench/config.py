@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,10 @@ class StorageConfig:
     retries: int = _opt(3, "int", minimum=0, doc="S3 retries of a failed request")
     threads: int | str = _opt(AUTO, "int_or_auto", minimum=1,
                               doc="s3dlio runtime threads per rank (auto: cores per node / ranks per node)")
+    part_size: int = _opt(16 * 1024**2, "size", minimum=1,
+                          doc="s3: bytes per multipart-upload part (at least 5 MiB)")
+    parts_in_flight: int = _opt(8, "int", minimum=1,
+                                doc="s3: parts of one multipart upload being sent at once")
 
 
 @dataclass(frozen=True)
@@ -227,6 +232,8 @@ def _coerce(value: Any, meta: dict[str, Any], key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
         result = float(value)
+        if not math.isfinite(result):  # NaN passes every comparison; inf overflows timers
+            raise bad("a finite number")
     elif kind in ("size", "optional_size"):
         try:
             result = parse_size(value)
@@ -305,6 +312,9 @@ def load_mapping(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist", "give the path of a YAML file, e.g. configs/quickstart.yaml") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})",
+                          "give the path of a YAML file") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -351,6 +361,9 @@ def validate(config: Config) -> None:
         bucket = root[len("s3://"):].split("/", 1)[0]
         if not bucket:
             raise ConfigError(f"storage.root {root} names no bucket", "write s3://bucket/prefix")
+        if storage.part_size < 5 * 1024**2:
+            raise ConfigError(f"storage.part_size={storage.part_size} is below 5 MiB, the smallest S3 part",
+                              "use storage.part_size=5MiB or more")
     else:
         if is_s3_root:
             raise ConfigError(

@@ -26,9 +26,13 @@ def transfer_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, p
     """Write or read `transfer_size` bytes at base + each offset; return the bytes moved.
 
     With ctx.io_depth > 1, that many threads each keep one I/O in flight (os.preadv and
-    os.pwritev release the GIL); the main thread keeps polling for a stop notice.
+    os.pwritev release the GIL); the main thread keeps polling for a stop notice. Writes
+    to a backend that takes them only in order (random_write false: an S3 upload) use
+    one thread; such a backend keeps its own writes in flight.
     """
     depth = max(1, min(ctx.io_depth, len(offsets)))
+    if op == "write" and not ctx.backend.random_write:
+        depth = 1
     if depth == 1:
         return _loop(ctx, rec, handle, op, path, base, offsets, transfer_size, pattern,
                      verify, deadline_ns, None, None)

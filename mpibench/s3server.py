@@ -15,20 +15,24 @@ import hmac
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import NoReturn
+from xml.etree import ElementTree
 
-__all__ = ["LocalS3Server", "S3ServerError", "find_weed", "main"]
+__all__ = ["LocalS3Server", "S3ServerError", "find_weed", "main", "signed_request"]
 
 HOST = "127.0.0.1"
 
@@ -104,7 +108,121 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 def _hmac(key: bytes, msg: str) -> bytes:
+    """HMAC-SHA256 of `msg` under `key` (one SigV4 key-derivation step)."""
     return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+
+
+def _uri_encode(text: str, keep_slash: bool) -> str:
+    """SigV4 URI encoding: everything but unreserved characters (and '/' in paths)."""
+    return urllib.parse.quote(text, safe="-_.~/" if keep_slash else "-_.~")
+
+
+def signed_request(
+    endpoint: str,
+    method: str,
+    path: str = "/",
+    *,
+    access_key: str,
+    secret_key: str,
+    region: str = "us-east-1",
+    query: dict[str, str] | None = None,
+    body: bytes = b"",
+    session_token: str | None = None,
+    timeout: float = 10.0,
+    context: ssl.SSLContext | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """Send one SigV4-signed (path-style) S3 request; return (status, headers, body).
+
+    Only the standard library is used, so it works before (and without) s3dlio, with a
+    timeout of our choosing. HTTP errors are returned, not raised; network errors raise
+    OSError (URLError, TimeoutError, ConnectionRefusedError, ...).
+    """
+    url = urllib.parse.urlsplit(endpoint)
+    base_path = url.path.rstrip("/")
+    canonical_path = _uri_encode(base_path + path, keep_slash=True)
+    query = query or {}
+    canonical_query = "&".join(
+        f"{_uri_encode(k, False)}={_uri_encode(v, False)}" for k, v in sorted(query.items())
+    )
+    now = datetime.datetime.now(datetime.timezone.utc)
+    amz_date = now.strftime("%Y%m%dT%H%M%SZ")
+    day = amz_date[:8]
+    payload_hash = hashlib.sha256(body).hexdigest()
+    headers = {"host": url.netloc, "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date}
+    if session_token:
+        headers["x-amz-security-token"] = session_token
+    signed = ";".join(sorted(headers))
+    canonical = "\n".join(
+        [
+            method,
+            canonical_path,
+            canonical_query,
+            *(f"{k}:{headers[k]}" for k in sorted(headers)),
+            "",
+            signed,
+            payload_hash,
+        ]
+    )
+    scope = f"{day}/{region}/s3/aws4_request"
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
+    )
+    key = b"AWS4" + secret_key.encode()
+    for part in (day, region, "s3", "aws4_request"):
+        key = _hmac(key, part)
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    headers["authorization"] = (
+        f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
+        f"SignedHeaders={signed}, Signature={signature}"
+    )
+    target = f"{url.scheme}://{url.netloc}{canonical_path}"
+    if canonical_query:
+        target += "?" + canonical_query
+    req = urllib.request.Request(target, data=body or None, method=method, headers=headers)
+    # Redirects are answers too (a bucket in another region says so with a 301).
+    opener = urllib.request.build_opener(
+        _NoRedirect, urllib.request.HTTPSHandler(context=context)
+    )
+    try:
+        with opener.open(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers.items()), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers.items()), exc.read()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Hand 3xx answers back to the caller instead of following them."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def error_code(body: bytes) -> tuple[str, str]:
+    """(Code, Message) of an S3 XML error body ('' where absent)."""
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return "", ""
+    return root.findtext("Code") or "", root.findtext("Message") or ""
+
+
+def _local_name(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def parse_list(body: bytes) -> tuple[list[tuple[str, int]], str | None]:
+    """(key, size) pairs and the continuation token of a ListObjectsV2 answer."""
+    root = ElementTree.fromstring(body)
+    found: list[tuple[str, int]] = []
+    token = None
+    for child in root:
+        name = _local_name(child.tag)
+        if name == "Contents":
+            fields = {_local_name(c.tag): c.text or "" for c in child}
+            found.append((fields.get("Key", ""), int(fields.get("Size", "0") or 0)))
+        elif name == "NextContinuationToken":
+            token = child.text
+    return found, token
 
 
 class LocalS3Server:
@@ -321,47 +439,29 @@ class LocalS3Server:
             "AWS_REGION": self.region,
         }
 
-    def request(self, method: str, path: str = "/", timeout: float = 10.0) -> tuple[int, bytes]:
-        """Send a SigV4-signed, empty-body request; return (status, body)."""
-        # Hand-rolled SigV4 so this module needs nothing beyond the stdlib.
+    def request(
+        self,
+        method: str,
+        path: str = "/",
+        timeout: float = 10.0,
+        query: dict[str, str] | None = None,
+        body: bytes = b"",
+    ) -> tuple[int, bytes]:
+        """Send a SigV4-signed request with our credentials; return (status, body)."""
         if not self.endpoint:
             raise S3ServerError("server not started")
-        now = datetime.datetime.now(datetime.timezone.utc)
-        amz_date = now.strftime("%Y%m%dT%H%M%SZ")
-        day = amz_date[:8]
-        host = f"{HOST}:{self.port}"
-        payload_hash = hashlib.sha256(b"").hexdigest()
-        headers = {"host": host, "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date}
-        signed = ";".join(sorted(headers))
-        canonical = "\n".join(
-            [
-                method,
-                path,
-                "",
-                *(f"{k}:{headers[k]}" for k in sorted(headers)),
-                "",
-                signed,
-                payload_hash,
-            ]
+        status, _headers, data = signed_request(
+            self.endpoint,
+            method,
+            path,
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            region=self.region,
+            query=query,
+            body=body,
+            timeout=timeout,
         )
-        scope = f"{day}/{self.region}/s3/aws4_request"
-        to_sign = "\n".join(
-            ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
-        )
-        key = b"AWS4" + self.secret_key.encode()
-        for part in (day, self.region, "s3", "aws4_request"):
-            key = _hmac(key, part)
-        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-        headers["authorization"] = (
-            f"AWS4-HMAC-SHA256 Credential={self.access_key}/{scope}, "
-            f"SignedHeaders={signed}, Signature={signature}"
-        )
-        req = urllib.request.Request(self.endpoint + path, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
+        return status, data
 
     def create_bucket(self, name: str) -> None:
         """Create bucket `name` (no error if we already own it)."""
@@ -369,13 +469,37 @@ class LocalS3Server:
         if status != 200 and b"BucketAlreadyOwnedByYou" not in body:
             raise S3ServerError(f"create bucket {name!r} failed: HTTP {status} {body[:300]!r}")
 
+    def put_object(self, bucket: str, key: str, data: bytes) -> None:
+        """Upload one small object (for test fixtures: no s3dlio needed)."""
+        status, body = self.request("PUT", f"/{bucket}/{key}", body=data)
+        if status != 200:
+            raise S3ServerError(f"put s3://{bucket}/{key} failed: HTTP {status} {body[:300]!r}")
 
-def main(argv: list[str] | None = None) -> int:
-    """`mpibench s3-server`: run a local S3 server until Ctrl-C."""
-    parser = argparse.ArgumentParser(
-        prog="mpibench s3-server",
-        description="Run a throw-away SeaweedFS S3 server on 127.0.0.1 until Ctrl-C.",
-    )
+    def list_objects(self, bucket: str, prefix: str = "") -> dict[str, int]:
+        """Every object below `prefix` in `bucket` with its size (ListObjectsV2, paginated)."""
+        found: dict[str, int] = {}
+        token: str | None = None
+        while True:
+            query = {"list-type": "2", "prefix": prefix}
+            if token:
+                query["continuation-token"] = token
+            status, body = self.request("GET", f"/{bucket}", query=query)
+            if status != 200:
+                raise S3ServerError(f"list s3://{bucket}/{prefix} failed: HTTP {status} {body[:300]!r}")
+            page, token = parse_list(body)
+            found.update(page)
+            if not token:
+                return found
+
+    def delete_object(self, bucket: str, key: str) -> None:
+        """Delete one object (a missing one is not an error)."""
+        status, body = self.request("DELETE", f"/{bucket}/{key}")
+        if status not in (200, 204):
+            raise S3ServerError(f"delete s3://{bucket}/{key} failed: HTTP {status} {body[:300]!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `mpibench s3-server`."""
     parser.add_argument("--port", type=int, default=None, help="S3 port (default: a free one)")
     parser.add_argument("--bucket", default=None, help="create this bucket after startup")
     parser.add_argument(
@@ -384,8 +508,20 @@ def main(argv: list[str] | None = None) -> int:
         help="keep data in this directory (default: a temp dir, deleted on exit)",
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="startup timeout in seconds")
-    args = parser.parse_args(argv)
 
+
+DESCRIPTION = "Run a throw-away SeaweedFS S3 server on 127.0.0.1 until Ctrl-C."
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`mpibench s3-server`: run a local S3 server until Ctrl-C."""
+    parser = argparse.ArgumentParser(prog="mpibench s3-server", description=DESCRIPTION)
+    add_arguments(parser)
+    return serve(parser.parse_args(argv))
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Start the server the parsed options describe, print its environment, wait for Ctrl-C."""
     # SIGTERM/SIGHUP (kill, job scheduler, closed terminal) get the same cleanup
     # as Ctrl-C.  SIGINT is set explicitly too: shells start `cmd &` with it
     # ignored, and Python then never raises KeyboardInterrupt.
@@ -405,10 +541,17 @@ def main(argv: list[str] | None = None) -> int:
             f"(data: {server.data_dir}, log: {server.log_path}); Ctrl-C to stop.",
             file=sys.stderr,
         )
+        bucket = args.bucket or "BUCKET"
         if args.bucket:
             print(f"bucket: s3://{args.bucket}/", file=sys.stderr)
+        print(
+            "paste the export lines below into another shell, then e.g.\n"
+            f"  mpiexec -n 2 mpibench run configs/s3.yaml storage.root=s3://{bucket}/bench"
+            + ("" if args.bucket else " storage.create_bucket=true"),
+            file=sys.stderr,
+        )
         for name, value in server.env().items():
-            print(f"export {name}={value}")
+            print(f"export {name}={shlex.quote(value)}")
         sys.stdout.flush()
         while server.is_running():
             time.sleep(0.5)

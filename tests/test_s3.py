@@ -1,0 +1,359 @@
+"""storage.type=s3: unit rules, then the command line against a real S3 server.
+
+The command-line tests launch ``mpiexec -n 2|4 mpibench ...`` with the server's
+credentials in the environment, and scan every byte of output and every results file for
+the secret key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+from conftest import BIN, CONFIGS, run_cli
+from s3fixture import PREFIX, assert_untouched, s3_fixture  # noqa: F401
+
+from mpibench.backends.s3 import (
+    S3Backend,
+    check_bucket,
+    check_workload,
+    classify,
+    configured_endpoints,
+    credential_source,
+    endpoint_index,
+    parse_root,
+    reach_endpoint,
+    scrub,
+)
+from mpibench.config import StorageConfig, build_config
+from mpibench.errors import ConfigError, PreflightError
+from mpibench.s3server import signed_request
+
+S3_YAML = os.path.join(CONFIGS, "s3.yaml")
+MiB = 2**20
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- rules that need no server ------------------------------------------------------------------
+def test_parse_root():
+    assert parse_root("s3://bkt") == ("bkt", "")
+    assert parse_root("s3://bkt/") == ("bkt", "")
+    assert parse_root("s3://bkt/a/b/") == ("bkt", "a/b")
+    for bad in ("/tmp/x", "s3://", "s3://a b/x", "s3://bkt/a//b", "s3://bkt/a/../b"):
+        with pytest.raises(ConfigError):
+            parse_root(bad)
+
+
+def test_endpoint_precedence():
+    storage = StorageConfig(type="s3", root="s3://b/p")
+    env = {"AWS_ENDPOINT_URL": "http://a:1", "AWS_ENDPOINT_URL_S3": "http://b:2/"}
+    assert configured_endpoints(storage, env) == ["http://b:2"]  # _S3 wins, as in s3dlio
+    assert configured_endpoints(storage, {"AWS_ENDPOINT_URL": "http://a:1"}) == ["http://a:1"]
+    assert configured_endpoints(storage, {}) == []  # the AWS default of the region
+    assert configured_endpoints(StorageConfig(type="s3", root="s3://b", endpoint="https://c"), env) == ["https://c"]
+    many = StorageConfig(type="s3", root="s3://b", endpoints=["http://x:1", "http://y:1"])
+    assert configured_endpoints(many, env) == ["http://x:1", "http://y:1"]
+    with pytest.raises(ConfigError, match="not an endpoint URL"):
+        configured_endpoints(StorageConfig(type="s3", root="s3://b", endpoint="minio:9000"), {})
+
+
+def test_endpoint_assignment():
+    # One gateway per node: every rank of node n uses gateway n.
+    assert {endpoint_index(4, n, 4, local) for n in range(4) for local in range(8) if n == 2} == {2}
+    # One node: round robin over the ranks; rank 0 always gets endpoint 0 (it ran preflight).
+    assert [endpoint_index(3, 0, 1, local) for local in range(6)] == [0, 1, 2, 0, 1, 2]
+    # Fewer nodes than endpoints: all endpoints are used, evenly.
+    used = [endpoint_index(8, n, 2, local) for n in range(2) for local in range(4)]
+    assert sorted(used) == list(range(8))
+
+
+def test_credentials_are_named_never_shown(tmp_path):
+    secret = "s3cr3t-value-never-shown"
+    with pytest.raises(PreflightError) as missing:
+        credential_source({"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")})
+    assert "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set" in str(missing.value)
+    with pytest.raises(PreflightError) as half:
+        credential_source({"AWS_SECRET_ACCESS_KEY": secret})
+    assert "AWS_ACCESS_KEY_ID is not set" in str(half.value) and secret not in str(half.value)
+    profile = tmp_path / "credentials"
+    profile.write_text(f"[lab]\naws_access_key_id = AKIAEXAMPLE1234\naws_secret_access_key = {secret}\n")
+    env = {"AWS_PROFILE": "lab", "AWS_SHARED_CREDENTIALS_FILE": str(profile)}
+    assert credential_source(env) == "profile lab"
+    assert credential_source({"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": secret}) == "environment"
+    assert scrub(f"error with {secret} inside", {"AWS_SECRET_ACCESS_KEY": secret}) == "error with *** inside"
+
+
+def test_server_errors_become_one_line():
+    reason, hint = classify("S3 PUT for s3://b/k failed: service error: SignatureDoesNotMatch (The request "
+                            "signature we calculated does not match) — AWS_SECRET_ACCESS_KEY is wrong")
+    assert reason == "S3 rejected the credentials (SignatureDoesNotMatch)" and "AWS_SECRET_ACCESS_KEY" in hint
+    assert classify("... InvalidAccessKeyId ...")[1] == "check AWS_ACCESS_KEY_ID"
+    assert classify("HEAD for s3://b/x failed: dispatch failure (... Connection refused (os error 111))")[0] \
+        == "cannot reach the S3 endpoint: connection refused"
+    assert "\n" not in classify("first line\nsecond line")[0]
+
+
+def test_rules_object_storage_cannot_honour():
+    def bw(**bandwidth):
+        return build_config({"workload": "bandwidth", "storage": {"type": "s3", "root": "s3://b/p"},
+                             "bandwidth": {"transfer_size": MiB, "block_size": 4 * MiB, **bandwidth}})
+
+    with pytest.raises(ConfigError, match="exactly one writer"):
+        check_workload(bw(file_mode="shared"))
+    with pytest.raises(ConfigError, match="out of order"):
+        check_workload(bw(access="random"))
+    check_workload(bw(access="random", object_size=MiB))  # one object per transfer: any order
+    with pytest.raises(ConfigError, match="5 MiB"):
+        build_config({"storage": {"type": "s3", "root": "s3://b/p", "part_size": "1MiB"}})
+    with pytest.raises(ConfigError, match="object_size must divide"):
+        bw(object_size=3 * MiB)
+
+
+def test_unreachable_endpoint_fails_at_once():
+    port = closed_port()
+    start = time.monotonic()
+    with pytest.raises(PreflightError) as err:
+        reach_endpoint(f"http://127.0.0.1:{port}", 3.0)
+    assert str(err.value).startswith(f"cannot reach S3 endpoint http://127.0.0.1:{port}/: connection refused")
+    assert time.monotonic() - start < 1
+
+
+def test_silent_endpoint_times_out():
+    """A server that accepts connections but never answers fails in the probe's timeout."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        start = time.monotonic()
+        reach_endpoint(url, 1.0)  # the kernel completes the connection
+        with pytest.raises(PreflightError, match="did not answer within 0.5 s"):
+            check_bucket(url, "bkt", "p/", "us-east-1", {"access_key": "k", "secret_key": "s"}, 0.5)
+        assert time.monotonic() - start < 3
+
+
+# -- the command line against a real server -------------------------------------------------------
+def scan_for_secrets(texts: list[str], *secrets: str) -> None:
+    """No secret value appears in any output or results file."""
+    for text in texts:
+        for secret in filter(None, secrets):
+            assert secret not in text
+
+
+@pytest.mark.s3
+def test_every_workload_from_the_command_line(s3, tmp_path):
+    """bandwidth, datagen, train and checkpoint through `mpiexec -n 2 mpibench run`."""
+    before = s3.listing()
+    env = s3.cli_env()
+    dataset = f"{PREFIX}-cli-ds"
+    runs = {
+        "bandwidth": [S3_YAML, "bandwidth.transfer_size=1MiB", "bandwidth.block_size=4MiB",
+                      "bandwidth.iterations=1"],
+        "datagen": [os.path.join(CONFIGS, "unet3d-quick.yaml"), "workload=datagen", "dataset.num_files=6",
+                    "dataset.record_size=256KiB", "dataset.record_size_stdev=0", f"dataset.name={dataset}"],
+        "train": [os.path.join(CONFIGS, "unet3d-quick.yaml"), "dataset.num_files=6", "dataset.record_size=256KiB",
+                  "dataset.record_size_stdev=0", f"dataset.name={dataset}", "train.computation_time=0",
+                  "verify=true"],
+        "checkpoint": [os.path.join(CONFIGS, "llama3-8b-quick.yaml"), "checkpoint.scale=0.0002",
+                       "checkpoint.num_checkpoints_write=1", "checkpoint.num_checkpoints_read=1",
+                       "checkpoint.verify=true"],
+    }
+    texts = []
+    for name, args in runs.items():
+        output = tmp_path / f"{name}.json"
+        done = run_cli(2, "run", *args, "storage.type=s3", f"storage.root={s3.root}", "--output", str(output),
+                       env=env, timeout=120)
+        assert done.returncode == 0, (name, done.stderr[-2000:])
+        doc = json.loads(output.read_text())
+        assert doc["complete"] and doc["environment"]["backend"]["backend"] == "s3"
+        texts += [done.stdout, done.stderr, output.read_text()]
+    scan_for_secrets(texts, s3.secret_key, s3.access_key)
+    kept = [k for k in s3.listing(f"{PREFIX}/{dataset}/")]
+    assert len(kept) == 7  # the dataset stays (6 files and the manifest); nothing else does
+    s3.delete(kept)
+    assert_untouched(s3, before)
+
+
+def error_cases(s3, tmp_path) -> dict[str, tuple[list[str], dict[str, str], str]]:
+    """name -> (extra arguments, environment overrides, expected error line)."""
+    port = closed_port()
+    return {
+        "wrong-secret": ([], {"AWS_SECRET_ACCESS_KEY": "wrong-" + s3.secret_key[::-1]},
+                         "S3 rejected the credentials (SignatureDoesNotMatch) at "),
+        "wrong-key-id": ([], {"AWS_ACCESS_KEY_ID": "AKIANOTAKEY00000"},
+                         "S3 rejected the credentials (InvalidAccessKeyId) at "),
+        "endpoint-down": ([f"storage.endpoint=http://127.0.0.1:{port}"], {},
+                          f"cannot reach S3 endpoint http://127.0.0.1:{port}/: connection refused"),
+        "bucket-missing": (["storage.root=s3://no-such-bucket-mpibench/p"], {},
+                           f"bucket no-such-bucket-mpibench does not exist at {s3.endpoint}"),
+        "local-path": ([f"storage.root={tmp_path}"], {}, "storage.type=s3 needs an s3://bucket/prefix root"),
+        "no-credentials": ([], {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "HOME": str(tmp_path)},
+                           "S3 credentials missing: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are not set"),
+    }
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("ranks", [2, 4])
+@pytest.mark.parametrize("case", ["wrong-secret", "wrong-key-id", "endpoint-down", "bucket-missing", "local-path",
+                                  "no-credentials"])
+def test_errors_end_every_rank_with_one_line(s3, tmp_path, ranks, case):
+    before = s3.listing()
+    args, overrides, expected = error_cases(s3, tmp_path)[case]
+    output = tmp_path / "result.json"
+    done = run_cli(ranks, "run", S3_YAML, f"storage.root={s3.root}", "bandwidth.block_size=8MiB", *args,
+                   "--output", str(output), env=s3.cli_env(**overrides), timeout=60)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("mpibench: error: " + expected), done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert done.seconds < 20
+    assert not output.exists()
+    scan_for_secrets([done.stdout, done.stderr], s3.secret_key, overrides.get("AWS_SECRET_ACCESS_KEY", s3.secret_key))
+    assert_untouched(s3, before)
+    assert not s3.bucket_exists("no-such-bucket-mpibench")
+
+
+@pytest.mark.s3
+def test_create_bucket_and_remove_it_when_empty(s3, tmp_path):
+    bucket = "mpibench-created-" + str(os.getpid())
+    done = run_cli(2, "run", S3_YAML, f"storage.root=s3://{bucket}/x", "storage.create_bucket=true",
+                   "bandwidth.transfer_size=1MiB", "bandwidth.block_size=2MiB", "bandwidth.iterations=1",
+                   "--output", str(tmp_path / "r.json"), env=s3.cli_env(), timeout=60)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["environment"]["backend"]["created_bucket"] is True
+    assert any(f"created bucket {bucket}" in check for check in doc["preflight"]["checks"])
+    assert not s3.bucket_exists(bucket)  # empty at the end, so deleted again
+
+
+class Forwarder:
+    """A TCP forwarder to the server on another port: a second 'gateway' that counts its clients."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.removeprefix("http://").split(":")
+        self.target = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.s3
+def test_ranks_spread_over_endpoints(s3, tmp_path):
+    """storage.endpoints: rank 0 uses the first, rank 1 the second (one node: round robin)."""
+    before = s3.listing()
+    gateway = Forwarder(s3.endpoint)
+    try:
+        output = tmp_path / "r.json"
+        done = run_cli(2, "run", S3_YAML, f"storage.root={s3.root}", f"storage.endpoints=[{s3.endpoint}, "
+                       f"{gateway.endpoint}]", "bandwidth.transfer_size=1MiB", "bandwidth.block_size=2MiB",
+                       "bandwidth.iterations=1", "verify=true", "--output", str(output), env=s3.cli_env(),
+                       timeout=60)
+        assert done.returncode == 0, done.stderr
+        preflight_connections = 2  # rank 0's preflight: a TCP probe and a signed listing per endpoint
+        assert gateway.connections > preflight_connections  # rank 1's traffic went through it
+    finally:
+        gateway.close()
+    backend = json.loads(output.read_text())["environment"]["backend"]
+    assert backend["endpoints"] == [s3.endpoint, gateway.endpoint]
+    assert backend["endpoint"] == s3.endpoint  # rank 0's
+    assert "interleaved over nodes" in backend["endpoint_assignment"]
+    assert_untouched(s3, before)
+
+
+@pytest.mark.s3
+def test_preflight_command(s3):
+    before = s3.listing()
+    done = run_cli(2, "preflight", S3_YAML, f"storage.root={s3.root}", env=s3.cli_env(), timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "accepts the credentials" in done.stdout and "preflight passed" in done.stdout
+    assert "probe object" in done.stdout
+    assert_untouched(s3, before)
+
+
+def test_s3_server_command(tmp_path):
+    """`mpibench s3-server` prints the exports, serves S3, and removes everything on Ctrl-C."""
+    from mpibench.s3server import S3ServerError, find_weed
+
+    try:
+        find_weed()
+    except S3ServerError as exc:
+        pytest.skip(str(exc))
+    errors = tmp_path / "stderr"
+    with open(errors, "w") as err:
+        proc = subprocess.Popen([os.path.join(BIN, "mpibench"), "s3-server", "--bucket", "demo"],
+                                stdout=subprocess.PIPE, stderr=err, text=True, stdin=subprocess.DEVNULL)
+    try:
+        env = {}
+        deadline = time.monotonic() + 60
+        while len(env) < 4 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            name, _, value = line.strip().removeprefix("export ").partition("=")
+            env[name] = value
+        assert set(env) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION"}, env
+        status, _, _ = signed_request(env["AWS_ENDPOINT_URL"], "GET", "/demo", query={"list-type": "2"},
+                                      access_key=env["AWS_ACCESS_KEY_ID"], secret_key=env["AWS_SECRET_ACCESS_KEY"],
+                                      region=env["AWS_REGION"], timeout=5)
+        assert status == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+    text = errors.read_text()
+    assert code == 0, text
+    data_dir = text.split("(data: ", 1)[1].split(",", 1)[0]
+    assert data_dir.startswith("/") and not os.path.exists(data_dir)
+    assert "mpibench run configs/s3.yaml storage.root=s3://demo/" in text
+
+
+def test_backend_protocol_without_server():
+    """Objects are written front to back; the message says why and what to do."""
+    storage = StorageConfig(type="s3", root="s3://bkt/p")
+    backend = S3Backend.__new__(S3Backend)  # no s3dlio settings needed for this rule
+    backend.storage, backend.bucket, backend.prefix = storage, "bkt", "p"
+    backend.object_size, backend.part_size = None, 16 * MiB
+    handle = backend.open("k", "w")
+    assert backend.write_at(handle, memoryview(bytearray(10)), 0) == 10
+    with pytest.raises(Exception, match="written front to back"):
+        backend.write_at(handle, memoryview(bytearray(10)), 100)
+    assert backend.path_of("k") == "s3://bkt/p/k"
