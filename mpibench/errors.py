@@ -8,10 +8,21 @@ EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
 
 
+def one_line(text: str) -> str:
+    """`text` with newlines and other control characters escaped (a path or key given by
+    the user may hold them), so an error is always exactly one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class MpibenchError(Exception):
     """Base of every error mpibench reports as one clear line instead of a traceback."""
 
     exit_code = EXIT_IO
+    #: True once every rank raises this error at the same point of the run (see `agreed`);
+    #: an error only one rank raised must end the job (MPI_Abort), or the others would wait.
+    agreed = False
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message, hint)
@@ -20,7 +31,7 @@ class MpibenchError(Exception):
 
     def line(self) -> str:
         """The one-line form printed to the user."""
-        return f"{self.message}; {self.hint}" if self.hint else self.message
+        return one_line(f"{self.message}; {self.hint}" if self.hint else self.message)
 
     def __str__(self) -> str:
         return self.line()
@@ -29,6 +40,12 @@ class MpibenchError(Exception):
         # Errors travel between ranks by pickle: keep every attribute, not only args.
         state = {k: v for k, v in self.__dict__.items() if k != "partial_result"}
         return (_rebuild, (type(self), state))
+
+
+def agreed(error: MpibenchError) -> MpibenchError:
+    """Mark an error that every rank raises at this point (after a broadcast or an agreement)."""
+    error.agreed = True
+    return error
 
 
 def _rebuild(cls: type, state: dict) -> MpibenchError:
@@ -68,6 +85,13 @@ class BenchIOError(MpibenchError):
         self.rank = rank
         self.path = path
         self.errno = errno
+
+    def line(self) -> str:
+        """The one-line form, starting with the failing rank once it is known."""
+        text = super().line()
+        if self.rank is not None and self.rank >= 0 and not text.startswith("rank "):
+            return f"rank {self.rank}: {text}"
+        return text
 
 
 class VerifyError(BenchIOError):

@@ -3,9 +3,12 @@
 Never set in normal runs. Specs are separated by ';', fields by ':' after the action:
 
     raise:rank=1:phase=write:after_ops=3         raise an exception on rank 1 mid-phase
+    ioerror:rank=1:phase=write:after_ops=3       raise an I/O error (BenchIOError) instead;
+                                                 phase=start: as the rank sets up, before any phase
     sleep:rank=1:phase=write:after_ops=2:seconds=60  stall rank 1 mid-phase
     pause:phase=read:dir=/tmp/x                  before the phase, rank 0 creates
                                                  /tmp/x/paused and waits for /tmp/x/resume
+                                                 (phase=preflight: once the run directory exists)
     pids:dir=/tmp/x                              each rank writes /tmp/x/rank-<n>.pid at start
 """
 
@@ -42,6 +45,10 @@ class Fault:
         """Do the mid-phase fault (called once, when after_ops operations are done)."""
         if self.action == "raise":
             raise InjectedFault(f"injected fault in phase {self.phase}")
+        if self.action == "ioerror":
+            from mpibench.errors import BenchIOError
+
+            raise BenchIOError(f"injected I/O error in phase {self.phase}", "a test asked for it")
         if self.action == "sleep":
             time.sleep(self.seconds)
 
@@ -66,7 +73,8 @@ def parse(text: str | None = None) -> list[Fault]:
 
 def mid_phase(faults: list[Fault], rank: int, phase: str) -> Fault | None:
     """The raise/sleep fault for this rank and phase, if any."""
-    return next((f for f in faults if f.action in ("raise", "sleep") and f.applies(rank, phase)), None)
+    return next((f for f in faults if f.action in ("raise", "ioerror", "sleep") and f.applies(rank, phase)),
+                None)
 
 
 def before_phase(faults: list[Fault], rank: int, phase: str) -> None:
@@ -81,8 +89,10 @@ def before_phase(faults: list[Fault], rank: int, phase: str) -> None:
 
 
 def at_start(faults: list[Fault], rank: int) -> None:
-    """Write this rank's pid where a `pids` fault asks for it."""
+    """Write this rank's pid where a `pids` fault asks for it; raise a phase=start fault."""
     for fault in faults:
         if fault.action == "pids":
             with open(os.path.join(fault.directory, f"rank-{rank}.pid"), "w", encoding="ascii") as handle:
                 handle.write(str(os.getpid()))
+        elif fault.action in ("raise", "ioerror") and fault.applies(rank, "start"):
+            fault.trigger()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -24,11 +26,13 @@ from mpibench.backends.base import Backend
 from mpibench.comm import CancelChannel, Comm, NodeLayout
 from mpibench.config import AUTO, Config
 from mpibench.errors import (
+    EXIT_INTERRUPTED,
     BenchIOError,
     ConfigError,
     Interrupted,
     MpibenchError,
     PreflightError,
+    agreed,
 )
 from mpibench.metrics import LatencyHistogram, PhaseRecorder
 from mpibench.plan import RUN_DIR_PREFIX
@@ -41,6 +45,7 @@ from mpibench.results import (
 from mpibench.workloads import Workload, get_workload
 
 POLL_INTERVAL_NS = 5_000_000  # test for another rank's stop notice at most every 5 ms
+STOP_GRACE_S = 10.0  # after SIGINT/SIGTERM, how long a rank may take to stop before the job is aborted
 
 
 class Stopped(Exception):
@@ -62,6 +67,43 @@ class PreflightInfo:
     checks: list[str] = field(default_factory=list)
     backend: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+
+
+class StopWatchdog:
+    """Ends the job when a graceful stop after SIGINT/SIGTERM does not finish in time.
+
+    A rank stuck in an I/O call that does not return (hung storage) cannot leave its
+    phase, and every other rank would wait for it at the phase end. After STOP_GRACE_S a
+    rank still inside an I/O call aborts the job with one line naming itself; a rank
+    that is only waiting for the others gives the stuck one half as long again to speak
+    first, then aborts too. A second signal aborts at once.
+    """
+
+    def __init__(self, comm: Comm, run_dir: str) -> None:
+        self.comm = comm
+        self.run_dir = run_dir
+        self.in_io = False  # set while this rank is inside a phase's I/O or the cleanup
+        self._signal: str | None = None
+
+    def arm(self, name: str) -> None:
+        """Start the grace period (on the first signal only)."""
+        if self._signal is None:
+            self._signal = name
+            threading.Thread(target=self._watch, name="mpibench-stop-watchdog", daemon=True).start()
+
+    def abort(self, reason: str) -> None:
+        """Print one line naming this rank and why, then end every rank of the job."""
+        print(f"mpibench: error: rank {self.comm.rank}: {reason}: aborting the job; "
+              f"{self.run_dir} may keep files, remove it by hand", file=sys.stderr, flush=True)
+        self.comm.abort(EXIT_INTERRUPTED)
+
+    def _watch(self) -> None:
+        # A daemon thread: when the run stops in time the process exits and takes it along.
+        time.sleep(STOP_GRACE_S)
+        if self.in_io:
+            self.abort(f"an I/O call has not returned {STOP_GRACE_S:.0f} s after {self._signal}")
+        time.sleep(STOP_GRACE_S / 2)  # only waiting for others: let a stuck rank name itself first
+        self.abort(f"other ranks have not stopped {STOP_GRACE_S * 1.5:.0f} s after {self._signal}")
 
 
 def new_run_id() -> str:
@@ -109,6 +151,7 @@ def preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
         info.filesystem = found.get("filesystem", {})
         info.warnings.extend(found.get("warnings", []))
     try:
+        faults.before_phase(faults.parse(), 0, "preflight")  # tests: hold rank 0 here
         workload.check(config, size, info.alignment)
         backend = make_backend(config.storage, **_backend_kwargs(config, info))
         workload.prepare(config, size, backend, info)
@@ -150,6 +193,7 @@ class RunContext:
         # The node's first rank reads the block device counters of the root around each phase.
         self.block_stat = (environment.block_stat_path(getattr(backend, "root", ""))
                            if self.layout.local_rank == 0 and getattr(backend, "root", None) else None)
+        self.watchdog = StopWatchdog(comm, backend.path_of(info.run_key))
         self.faults = faults.parse()
         self.fault: faults.Fault | None = None
         faults.at_start(self.faults, comm.rank)
@@ -186,6 +230,7 @@ class RunContext:
         if self.progress is not None:
             self.progress.start(f"{name} {iteration}", rec, self.comm.size, expected_bytes)
         error: MpibenchError | None = None
+        self.watchdog.in_io = True
         try:
             body(rec)
         except Stopped:
@@ -196,6 +241,7 @@ class RunContext:
             error = BenchIOError(f"internal error in phase {name}: {type(exc).__name__}: {exc}",
                                  "rerun with --debug and report it")
             error.__cause__ = exc
+        self.watchdog.in_io = False
         if error is not None:
             if isinstance(error, BenchIOError) and error.rank is None:
                 error.rank = self.comm.rank
@@ -211,14 +257,14 @@ class RunContext:
         phase = self._reduce(rec, {**meta, "complete": worst == 0} if worst else meta)
         if worst == 2:
             if error is not None and self.comm.rank == 0:
-                raise error
+                raise agreed(error)
             exc = BenchIOError(first or "another rank failed")
             exc.rank = -1
             exc.__cause__ = error
-            raise exc
+            raise agreed(exc)
         if worst == 1:
-            raise Interrupted(f"interrupted by {self.interrupted or 'a signal on another rank'}",
-                              "the partial result is marked incomplete")
+            raise agreed(Interrupted(f"interrupted by {self.interrupted or 'a signal on another rank'}",
+                                     "the partial result is marked incomplete"))
         return phase
 
     def _agree(self, error: MpibenchError | None) -> tuple[int, str | None]:
@@ -276,11 +322,11 @@ def broadcast_outcome(comm: Comm, produce: Callable[[], Any]) -> Any:
             outcome = ("error", err)
     kind, value = comm.bcast(outcome)
     if kind == "error":
-        raise value
+        raise agreed(value)
     return value
 
 
-def install_signal_handlers(ctx_holder: dict[str, RunContext | None]) -> dict[int, Any]:
+def install_signal_handlers(ctx_holder: dict[str, Any]) -> dict[int, Any]:
     """SIGINT/SIGTERM stop the run gracefully: current phase ends, cleanup runs, exit 130.
 
     Returns the previous handlers so the caller can put them back.
@@ -289,11 +335,14 @@ def install_signal_handlers(ctx_holder: dict[str, RunContext | None]) -> dict[in
     def handler(signum: int, _frame: Any) -> None:
         ctx = ctx_holder.get("ctx")
         name = signal.Signals(signum).name
-        if ctx is None:
-            raise Interrupted(f"interrupted by {name} before the run started")
+        if ctx is None:  # raising here could leave other ranks in a collective: the run sees it first thing
+            ctx_holder.setdefault("pending", name)
+            return
         if ctx.interrupted is not None:
+            ctx.watchdog.abort(f"{name} during the graceful stop after {ctx.interrupted}")
             return
         ctx.interrupted = name
+        ctx.watchdog.arm(name)
 
     previous = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -315,7 +364,7 @@ def execute(config: Config, comm: Comm, *, output: str | None, force: bool = Fal
         comm.barrier()
         return {"preflight": info.__dict__}
     workload: Workload = get_workload(config.workload)
-    holder: dict[str, RunContext | None] = {"ctx": None}
+    holder: dict[str, Any] = {"ctx": None}
     previous_handlers = install_signal_handlers(holder)
     failure: MpibenchError | None = None
     started = time.time()
@@ -323,13 +372,20 @@ def execute(config: Config, comm: Comm, *, output: str | None, force: bool = Fal
         backend = _make_rank_backend(config, info, layout)
         ctx = RunContext(config, comm, info, backend, progress=progress)
         holder["ctx"] = ctx
+        if "pending" in holder:
+            ctx.interrupted = holder["pending"]
+            ctx.watchdog.arm(ctx.interrupted)
         try:
             workload.run(ctx)
         except MpibenchError as exc:
             failure = exc
-        finally:
-            cleanup_error = _cleanup(ctx, workload)
-            ctx.cancel.close()
+        # The cleanup is collective: only when every rank got here in step. An error that
+        # only this rank raised outside a phase's agreement (or a bug) goes straight to the
+        # CLI, which ends the whole job, since the others may be waiting in a collective.
+        if failure is not None and not failure.agreed and comm.size > 1:
+            raise failure
+        cleanup_error = _cleanup(ctx, workload)
+        ctx.cancel.close()
     finally:
         for signum, old in previous_handlers.items():
             signal.signal(signum, old)
@@ -360,10 +416,13 @@ def execute(config: Config, comm: Comm, *, output: str | None, force: bool = Fal
         }
         document.update(workload.summarize(ctx))
         if output:
-            write_json_atomic(output, document, force=force)
+            try:
+                write_json_atomic(output, document, force=force)
+            except MpibenchError as exc:
+                raise agreed(exc) from None  # every other rank is past its last collective
     if failure is not None:
         failure.partial_result = document  # type: ignore[attr-defined]
-        raise failure
+        raise agreed(failure)  # every rank has passed the cleanup's last barrier
     return document
 
 
@@ -380,17 +439,29 @@ def _cleanup(ctx: RunContext, workload: Workload) -> MpibenchError | None:
     if ctx.config.keep_files:
         return None
     error: MpibenchError | None = None
+    ctx.watchdog.in_io = True
     try:
         workload.cleanup(ctx)
     except MpibenchError as exc:
         error = exc
-    ctx.comm.barrier()
+        if isinstance(exc, BenchIOError) and exc.rank is None:
+            exc.rank = ctx.comm.rank
+    ctx.watchdog.in_io = False
+    # Gathering the outcome also tells rank 0 that every rank has removed its files; a
+    # failure on any rank must reach rank 0, which reports it and marks the result.
+    lines = ctx.comm.gather(_rank_line(ctx.comm.rank, error) if error else None)
     if ctx.comm.is_root:
+        first = next((line for line in lines or [] if line), None)
+        if error is None and first is not None:
+            error = BenchIOError(first)
+            error.rank = -1
+        ctx.watchdog.in_io = True
         try:
             workload.cleanup_shared(ctx)
             _remove_run_dir(ctx.config, ctx.info)
         except MpibenchError as exc:
             error = error or exc
+        ctx.watchdog.in_io = False
     ctx.comm.barrier()
     return error
 
