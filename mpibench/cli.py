@@ -119,9 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mpibench` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("run", "plan", "preflight"):
-        return _main_mpi(args)
-    return int(args.handler(args))
+    try:
+        if args.command in ("run", "plan", "preflight"):
+            return _main_mpi(args)
+        return int(args.handler(args))
+    except BrokenPipeError:
+        # Output piped into `head` and the like: stop quietly, as other Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
