@@ -170,6 +170,8 @@ def _main_mpi(args: argparse.Namespace) -> int:
         if comm.size > 1:
             comm.abort(130)
         return 130
+    except BrokenPipeError:
+        raise
     except Exception as exc:  # a bug: say so on one line, and never leave other ranks waiting
         from mpibench.run import format_traceback
 
