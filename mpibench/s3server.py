@@ -225,6 +225,20 @@ def parse_list(body: bytes) -> tuple[list[tuple[str, int]], str | None]:
     return found, token
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the parent dies, even by SIGKILL.
+
+    atexit cannot run when a test runner is killed; without this a killed run would leave
+    a server (and its data directory) behind.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # not Linux: atexit and stop() still clean up in every other case
+        pass
+
+
 class LocalS3Server:
     """A SeaweedFS `weed mini` S3 server on loopback; use as a context manager."""
 
@@ -357,6 +371,7 @@ class LocalS3Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         atexit.register(self.stop)
 
