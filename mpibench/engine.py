@@ -3,18 +3,22 @@ given queue depth, timed per operation, stoppable between operations."""
 
 from __future__ import annotations
 
-import itertools
+import errno
 import threading
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mpibench.backends.base import io_error
 from mpibench.buffers import DataPattern, aligned_buffer
 from mpibench.errors import BenchIOError, VerifyError
 from mpibench.metrics import FLUSH_EVERY, PhaseRecorder
+from mpibench.plan import PAGE
 
 if TYPE_CHECKING:
+    from mpibench.backends.base import Backend
     from mpibench.run import RunContext
 
 POLL_INTERVAL_NS = 5_000_000  # look for another rank's stop notice at most every 5 ms
@@ -26,25 +30,27 @@ def transfer_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, p
     """Write or read `transfer_size` bytes at base + each offset; return the bytes moved.
 
     With ctx.io_depth > 1, that many threads each keep one I/O in flight (os.preadv and
-    os.pwritev release the GIL); the main thread keeps polling for a stop notice. Writes
-    to a backend that takes them only in order (random_write false: an S3 upload) use
-    one thread; such a backend keeps its own writes in flight.
+    os.pwritev release the GIL), taking the next offset from one shared iterator, so the
+    operations done are always a prefix of `offsets`; the main thread keeps polling for a
+    stop notice. Writes to a backend that takes them only in order (random_write false:
+    an S3 upload) use one thread; such a backend keeps its own writes in flight.
     """
     depth = max(1, min(ctx.io_depth, len(offsets)))
     if op == "write" and not ctx.backend.random_write:
         depth = 1
+    absolute = (offsets + base).tolist()
     if depth == 1:
-        return _loop(ctx, rec, handle, op, path, base, offsets, transfer_size, pattern,
-                     verify, deadline_ns, None, None)
-    counter = itertools.count()
+        return _loop(ctx, rec, handle, op, path, absolute, transfer_size, pattern,
+                     verify, deadline_ns, None)
+    shared = iter(absolute)  # a list iterator hands out each item once, under the GIL
     stop = threading.Event()
     errors: list[BaseException] = []
     moved = [0] * depth
 
     def worker(slot: int) -> None:
         try:
-            moved[slot] = _loop(ctx, rec, handle, op, path, base, offsets, transfer_size,
-                                pattern, verify, deadline_ns, counter, stop)
+            moved[slot] = _loop(ctx, rec, handle, op, path, shared, transfer_size,
+                                pattern, verify, deadline_ns, stop)
         except BaseException as exc:  # handed to the main thread
             errors.append(exc)
             stop.set()
@@ -67,82 +73,97 @@ def transfer_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, p
     return sum(moved)
 
 
-def _loop(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, path: str, base: int,
-          offsets: np.ndarray, transfer_size: int, pattern: DataPattern, verify: bool,
-          deadline_ns: int, counter: Any, stop: threading.Event | None) -> int:
-    """One thread's I/Os. The per-operation path is kept to a few hundred nanoseconds:
-    stamp, time, call, append; everything else (deadline, faults, stop notices) is
-    checked only when the clock passes `next_check`."""
+def _loop(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, path: str,
+          offsets: Iterable[int], transfer_size: int, pattern: DataPattern, verify: bool,
+          deadline_ns: int, stop: threading.Event | None) -> int:
+    """One thread's I/Os at the given absolute offsets.
+
+    The per-operation path is kept to a few hundred nanoseconds: stamp (writes), the
+    backend's call (for POSIX files os.pwrite/os.preadv itself, no Python frame), one
+    clock reading appended to the log (see OpLog: an operation's latency runs from the
+    previous completion), one comparison of the bytes moved. Everything else (deadline,
+    stop notices, faults, folding the log) is done only when the clock passes
+    `next_check`, at most every POLL_INTERVAL_NS, after which the clock is marked anew
+    so that work never counts as an operation's latency.
+    """
     writing = op == "write"
-    buf = pattern.new_buffer()
+    backend = ctx.backend
+    # A read buffer's content is overwritten by the read: only writes start from the pattern.
+    buf = pattern.new_buffer() if writing else aligned_buffer(max(transfer_size, PAGE))
     view = memoryview(buf)[:transfer_size]
-    io = ctx.backend.writer(handle, view) if writing else ctx.backend.reader(handle, view)
+    io = backend.writer(handle, view) if writing else backend.reader(handle, view)
     stamp = pattern.stamper(buf) if writing else None
     scratch = aligned_buffer(transfer_size) if verify and not writing else None
-    log = rec.new_log()
+    log = rec.new_log(transfer_size)
     entries = log.entries
-    extend = entries.extend  # one append per operation; folded every FLUSH_EVERY operations
-    flush_at = 3 * FLUSH_EVERY
+    note = entries.append  # one append per operation; folded every FLUSH_EVERY entries
     clock = time.perf_counter_ns
-    threaded = counter is not None
+    threaded = stop is not None
     fault = ctx.fault
     never = 1 << 62
     stop_at = deadline_ns or never
 
     def next_check_after(now: int) -> int:
-        # Stop notices are polled by this thread only when it is the only one (else the
-        # main thread polls); faults fire after a number of operations.
-        if fault is not None:
-            return 0
-        return min(stop_at, now + POLL_INTERVAL_NS if not threaded else never)
+        # Faults fire after a number of operations, so with one armed every operation checks.
+        return 0 if fault is not None else min(stop_at, now + POLL_INTERVAL_NS)
 
-    next_check = next_check_after(clock())
-    absolute = (offsets + base).tolist()
-    total = len(absolute)
-    index = -1
-    moved = 0
-    while True:
-        if threaded:
-            index = next(counter)
-            if index >= total or stop.is_set():  # type: ignore[union-attr]
-                break
-            offset = absolute[index]
-        else:
-            index += 1
-            if index >= total:
-                break
-            offset = absolute[index]
-        if stamp is not None:
-            stamp(offset)
-        start = clock()
-        n = io(offset)
-        end = clock()
-        extend((n, start, end))
-        moved += n
-        if len(entries) >= flush_at:
-            log.flush()
-        if not writing:
-            if n < transfer_size:
-                raise BenchIOError(
-                    f"read {path} at offset {offset}: expected {transfer_size} bytes, got {n}",
-                    "the file is shorter than written: was it truncated or replaced by another process?",
-                    path=path)
+    offset = -1
+    now = clock()
+    next_check = next_check_after(now)
+    note(-now)
+    try:
+        for offset in offsets:
+            if stamp is not None:
+                stamp(offset)
+            n = io(offset)
+            end = clock()
+            note(end)
+            if n != transfer_size:
+                _complete(backend, handle, view, writing, path, offset, n, transfer_size)
+                entries[-1] = end = clock()  # the operation ended when it was complete
             if verify:
                 bad = pattern.first_mismatch(view, offset, transfer_size, scratch)  # type: ignore[arg-type]
                 if bad >= 0:
                     raise VerifyError(
                         f"data verification failed: {path} differs from what was written at offset {bad}",
                         "the storage returned wrong data", path=path)
-        if end >= next_check:
-            if end >= stop_at:
-                rec.stonewalled = True
-                if stop is not None:
-                    stop.set()
-                break
-            if fault is not None and log.ops >= fault.after_ops:
-                injected, fault, ctx.fault = fault, None, None
-                injected.trigger()
-            if not threaded:
-                ctx.check_stop(end)
-            next_check = next_check_after(end)
-    return moved
+                note(-clock())
+            if end >= next_check:
+                if end >= stop_at:
+                    rec.stonewalled = True
+                    if stop is not None:
+                        stop.set()
+                    break
+                if len(entries) >= FLUSH_EVERY:
+                    log.flush()
+                if fault is not None and log.ops >= fault.after_ops:
+                    injected, fault, ctx.fault = fault, None, None
+                    injected.trigger()
+                if threaded:
+                    if stop.is_set():  # type: ignore[union-attr]
+                        break
+                else:
+                    ctx.check_stop(end)
+                now = clock()
+                next_check = next_check_after(now)
+                note(-now)
+    except OSError as exc:  # the backend's call failed: name the file and the offset
+        raise io_error(op, path, exc, offset) from None
+    return log.ops * transfer_size
+
+
+def _complete(backend: Backend, handle: Any, view: memoryview, writing: bool, path: str,
+              offset: int, done: int, transfer_size: int) -> None:
+    """Finish a short transfer (the kernel may move fewer bytes than asked), or raise."""
+    if writing:
+        if done <= 0:
+            raise OSError(errno.ENOSPC, "short write")  # a 0-byte write means no space here
+        backend.write_at(handle, view[done:], offset + done)
+        return
+    if done > 0:
+        done += backend.read_at(handle, view[done:], offset + done)
+    if done < transfer_size:
+        raise BenchIOError(
+            f"read {path} at offset {offset}: expected {transfer_size} bytes, got {done}",
+            "the file is shorter than written: was it truncated or replaced by another process?",
+            path=path)

@@ -1,7 +1,7 @@
 """Per-rank measurement of a phase: bytes, operations, split timers, latency histogram,
 time series and the kernel's own I/O counters.
 
-Recording an operation appends three integers to arrays (tens of nanoseconds); the
+Recording an operation appends one clock reading to an array (tens of nanoseconds); the
 arrays are folded into the histogram and the time series with numpy every 64 Ki
 operations, so memory stays bounded however long a phase runs.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-FLUSH_EVERY = 65536
+FLUSH_EVERY = 16384
 
 
 class LatencyHistogram:
@@ -124,45 +124,85 @@ def read_proc_io() -> dict[str, int]:
 class OpLog:
     """Operations of one thread: appended cheaply, folded into aggregates in bulk.
 
-    `record` appends (bytes, start, end) to one flat array; `flush` folds the entries
-    into the histogram and the time series and empties the array in place, so a hot
-    loop may hold on to `entries` and append to it directly.
+    `entries` is a flat array of perf_counter_ns readings. A negative value ``-t`` marks
+    that a run of back-to-back operations starts at ``t``; a positive value ``t`` is the
+    end of one operation, which started at the previous entry (a mark or the end of the
+    operation before it). So a loop issuing operations back to back reads the clock once
+    per operation: an operation's latency is the time from the previous completion (or
+    mark) to its own completion, which includes the loop's own work between the two
+    (tens to hundreds of nanoseconds), never less than the operation took. A loop marks
+    again after any other work (a flush, a stop check), so that work is never counted.
+
+    Operations of a log made with `op_bytes` all moved that many bytes (the caller checks
+    every return value); otherwise `record` keeps each operation's byte count. `flush`
+    folds the entries into the histogram and the time series and empties the arrays in
+    place, so a hot loop may hold on to `entries` and append to it directly.
     """
 
-    __slots__ = ("entries", "hist", "series", "t0_ns", "interval_ns", "_bytes", "_ops")
+    __slots__ = ("entries", "sizes", "op_bytes", "hist", "series", "t0_ns", "interval_ns",
+                 "_bytes", "_ops", "_last")
 
-    def __init__(self, t0_ns: int, interval_ns: int) -> None:
+    def __init__(self, t0_ns: int, interval_ns: int, op_bytes: int = 0) -> None:
         self.entries = array("q")
+        self.sizes = array("q")  # bytes per operation, when op_bytes is 0
+        self.op_bytes = op_bytes
         self.hist = LatencyHistogram()
         self.series = np.zeros(0, dtype=np.int64)
         self.t0_ns = t0_ns
         self.interval_ns = interval_ns
         self._bytes = 0
         self._ops = 0
+        self._last = t0_ns  # the time of the last entry folded (a run may go on after a flush)
 
     def record(self, nbytes: int, start_ns: int, end_ns: int) -> None:
         """Log one operation that moved `nbytes` between two perf_counter_ns readings."""
-        self.entries.extend((nbytes, start_ns, end_ns))
-        if len(self.entries) >= 3 * FLUSH_EVERY:
+        self.entries.extend((-start_ns, end_ns))
+        if not self.op_bytes:
+            self.sizes.append(nbytes)
+        if len(self.entries) >= 2 * FLUSH_EVERY:
             self.flush()
+
+    def _pending(self) -> tuple[np.ndarray, np.ndarray]:
+        # A copy, not a view: another thread (the progress bar) may read while the owner
+        # appends, and an array exporting its buffer could not grow.
+        raw = np.frombuffer(self.entries.tobytes(), dtype=np.int64)
+        sizes = np.frombuffer(self.sizes.tobytes(), dtype=np.int64)
+        return raw, sizes
 
     @property
     def bytes(self) -> int:
         """Bytes moved so far (flushed and pending)."""
-        pending = np.frombuffer(self.entries, dtype=np.int64)[0::3]
-        return self._bytes + int(pending.sum())
+        raw, sizes = self._pending()
+        pending = int(sizes.sum()) if not self.op_bytes else int(np.count_nonzero(raw > 0)) * self.op_bytes
+        return self._bytes + pending
 
     @property
     def ops(self) -> int:
         """Operations completed so far."""
-        return self._ops + len(self.entries) // 3
+        raw, _ = self._pending()
+        return self._ops + int(np.count_nonzero(raw > 0))
 
     def flush(self) -> None:
         """Fold the logged operations into the histogram and the time series."""
         if not self.entries:
             return
-        table = np.frombuffer(self.entries, dtype=np.int64).reshape(-1, 3)
-        sizes, starts, ends = table[:, 0], table[:, 1], table[:, 2]
+        raw, sizes = self._pending()
+        count = len(raw)
+        del self.entries[:count]
+        del self.sizes[: len(sizes)]
+        times = np.abs(raw)
+        done = raw > 0
+        before = np.empty_like(times)
+        before[0] = self._last
+        before[1:] = times[:-1]
+        self._last = int(times[-1])
+        ends, starts = times[done], before[done]
+        if not self.op_bytes:
+            sizes = sizes[: len(ends)]
+        else:
+            sizes = np.full(len(ends), self.op_bytes, dtype=np.int64)
+        if not len(ends):
+            return
         self.hist.add_many(ends - starts)
         slots = np.maximum((ends - self.t0_ns) // self.interval_ns, 0)
         binned = np.bincount(slots, weights=sizes).astype(np.int64)
@@ -172,9 +212,7 @@ class OpLog:
         else:
             self.series[: binned.size] += binned
         self._bytes += int(sizes.sum())
-        self._ops += len(table)
-        del table, sizes, starts, ends
-        del self.entries[:]
+        self._ops += len(ends)
 
 
 @dataclass
@@ -211,9 +249,9 @@ class PhaseRecorder:
         for log in self.logs:
             log.flush()
 
-    def new_log(self) -> OpLog:
-        """An operation log for one I/O thread of this phase."""
-        log = OpLog(self.t0_ns or time.perf_counter_ns(), int(self.interval_s * 1e9))
+    def new_log(self, op_bytes: int = 0) -> OpLog:
+        """An operation log for one I/O thread of this phase (see OpLog for `op_bytes`)."""
+        log = OpLog(self.t0_ns or time.perf_counter_ns(), int(self.interval_s * 1e9), op_bytes)
         self.logs.append(log)
         return log
 

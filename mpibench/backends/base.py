@@ -63,11 +63,15 @@ class Backend(ABC):
         """Read up to len(buf) bytes at `offset`; return the bytes read (fewer at end of file)."""
 
     def writer(self, handle: Any, view: memoryview) -> Any:
-        """A function offset -> bytes written that writes all of `view` (the engine's hot path)."""
+        """A function offset -> bytes written from `view` (the engine's hot path).
+
+        It may write fewer bytes than len(view) (the engine finishes with write_at) and
+        may raise OSError (the engine reports it with the path and offset).
+        """
         return lambda offset: self.write_at(handle, view, offset)
 
     def reader(self, handle: Any, view: memoryview) -> Any:
-        """A function offset -> bytes read into `view` (fewer only at end of file)."""
+        """A function offset -> bytes read into `view` (short reads and OSError as for writer)."""
         return lambda offset: self.read_at(handle, view, offset)
 
     def fsync(self, handle: Any) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import os
 import socket
@@ -157,7 +159,8 @@ class PosixBackend(Backend):
                 if not os.path.exists(marker):
                     with open(marker, "w", encoding="utf-8") as handle:
                         json.dump({"run_id": run_key[len("mpibench-"):], "left": leftovers}, handle)
-                warnings.warn(f"run directory {run_dir} kept: it holds entries the run did not create: {leftovers}",
+                warnings.warn(f"run directory {run_dir} kept: it holds entries the run did not create "
+                              f"or could not remove: {leftovers}",
                               stacklevel=2)
         if created_root:
             try:
@@ -244,34 +247,16 @@ class PosixBackend(Backend):
         return done
 
     def writer(self, handle: _PosixHandle, view: memoryview) -> Any:
-        """One os.pwrite per call; a short write is finished by write_at."""
-        fd, full, pwrite = handle.fd, len(view), os.pwrite
+        """os.pwrite itself, bound to the file and buffer: no Python frame per operation.
 
-        def write(offset: int) -> int:
-            try:
-                n = pwrite(fd, view, offset)
-            except OSError as exc:
-                raise io_error("write", handle.path, exc, offset) from None
-            if n != full:
-                n += self.write_at(handle, view[n:], offset + n)
-            return n
-
-        return write
+        A short write is returned as such and an OSError raised as such; the engine
+        finishes the one with write_at and reports the other with the path and offset.
+        """
+        return functools.partial(os.pwrite, handle.fd, view)
 
     def reader(self, handle: _PosixHandle, view: memoryview) -> Any:
-        """One os.preadv per call; a short read is continued by read_at until end of file."""
-        fd, full, preadv, buffers = handle.fd, len(view), os.preadv, [view]
-
-        def read(offset: int) -> int:
-            try:
-                n = preadv(fd, buffers, offset)
-            except OSError as exc:
-                raise io_error("read", handle.path, exc, offset) from None
-            if 0 < n < full:
-                n += self.read_at(handle, view[n:], offset + n)
-            return n
-
-        return read
+        """os.preadv itself, bound to the file and buffer (see writer)."""
+        return functools.partial(os.preadv, handle.fd, [view])
 
     def fsync(self, handle: _PosixHandle) -> None:
         try:
@@ -291,10 +276,37 @@ class PosixBackend(Backend):
         except OSError as exc:
             raise io_error("truncate", handle.path, exc) from None
 
+    def _parent_beneath(self, key: str) -> tuple[int, str] | None:
+        """(fd of the directory holding `key`, its name), reached from the root without
+        following any symlink; None when a directory on the way is gone or is a link
+        (then what the key names is not the run's, and is left alone)."""
+        *parents, name = [part for part in key.split("/") if part and part != "."]
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in parents:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                dir_fd=fd)
+                os.close(fd)
+                fd = child
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return None
+            raise
+        return fd, name
+
     def remove(self, key: str) -> None:
+        # Neither the file nor a directory on its way is followed: a link planted in the
+        # run directory goes (or keeps its place), its target stays.
         path = self.path_of(key)
         try:
-            os.unlink(path)  # unlink never follows a symlink: a planted link goes, its target stays
+            found = self._parent_beneath(key)
+            if found is not None:
+                fd, name = found
+                try:
+                    os.unlink(name, dir_fd=fd)
+                finally:
+                    os.close(fd)
         except FileNotFoundError:
             pass
         except OSError as exc:
@@ -316,9 +328,15 @@ class PosixBackend(Backend):
 
     def remove_dir(self, key: str) -> None:
         try:
-            os.rmdir(self.path_of(key))
+            found = self._parent_beneath(key)
+            if found is not None:
+                fd, name = found
+                try:
+                    os.rmdir(name, dir_fd=fd)
+                finally:
+                    os.close(fd)
         except OSError:
-            pass  # not empty (something not ours is inside) or already gone: leave it
+            pass  # not empty (something not ours is inside), a link, or already gone: leave it
 
     def evict(self, key: str) -> bool:
         """posix_fadvise(DONTNEED) on the file; confirmed when mincore-free reads follow."""

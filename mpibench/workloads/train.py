@@ -25,6 +25,7 @@ import math
 import statistics
 import threading
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from mpibench.backends.base import Backend
     from mpibench.run import PreflightInfo, RunContext
 
+SLICE = 1 << 16  # files sized at once: temporaries stay small however large a rank's share
 COMPUTE_SLICE_S = 0.05  # emulated compute sleeps in slices, testing for a stop notice between
 
 
@@ -83,12 +85,14 @@ def index_sums(num_files: int) -> tuple[int, int]:
     return n * (n - 1) // 2, (n - 1) * n * (2 * n - 1) // 6
 
 
-def read_buffers(ds: Any, threads: int, shares: list[np.ndarray], alignment: int) -> list[Any]:
+def read_buffers(ds: Any, threads: int, shares: Iterable[np.ndarray], alignment: int) -> list[Any]:
     """One aligned buffer per reader thread, large enough for the rank's largest file.
 
     Allocated and touched before the first epoch, so page faults are not timed as I/O.
+    `shares` may be a generator: one epoch's share at a time is held.
     """
-    largest = max((int(record_sizes(ds, files).max()) for files in shares if len(files)), default=0)
+    largest = max((int(record_sizes(ds, files[i:i + SLICE]).max()) for files in shares
+                   for i in range(0, len(files), SLICE)), default=0)
     capacity = round_up(size_bound(ds, 0, largest) if largest else 1, max(alignment, 4096))
     buffers = [aligned_buffer(capacity) for _ in range(threads)]
     for buf in buffers:
@@ -104,7 +108,7 @@ class _EpochLoader:
         self.ctx = ctx
         self.rec = rec
         self.epoch = epoch
-        self.files = files.tolist()
+        self.files = files  # numpy, not a list: no Python object per file of the share
         self.buffers = buffers  # one per reader thread, reused over epochs
         ds = ctx.config.dataset
         tc = ctx.config.train
@@ -140,7 +144,7 @@ class _EpochLoader:
                         return
                     position = self.next_file
                     self.next_file += 1
-                index = self.files[position]
+                index = int(self.files[position])
                 key = file_key(self.ds, index)
                 buf, nbytes = self._read_file(backend, key, buf, stats, log)
                 self.buffers[slot] = buf
@@ -329,10 +333,14 @@ class TrainWorkload(Workload):
                     f"({format_size(memory)} in {ctx.layout.num_nodes} node(s)): buffered reads may be "
                     "served from the page cache" + (" (train.cache=warm)" if tc.cache == "warm" else
                                                     "; every epoch evicts its files first (train.cache=cold)"))
-        shares = [epoch_files(ds.num_files, comm.size, comm.rank, epoch, tc.shuffle != "off", tc.seed)
-                  for epoch in range(tc.epochs)]
-        buffers = read_buffers(ds, tc.read_threads, shares, backend.alignment)
-        for epoch, files in enumerate(shares):
+
+        def share(epoch: int) -> np.ndarray:
+            # Made again for each epoch, so a rank holds one epoch's share at a time.
+            return epoch_files(ds.num_files, comm.size, comm.rank, epoch, tc.shuffle != "off", tc.seed)
+
+        buffers = read_buffers(ds, tc.read_threads, (share(e) for e in range(tc.epochs)), backend.alignment)
+        for epoch in range(tc.epochs):
+            files = share(epoch)
             cache = self._cache(ctx, files)
             phase = ctx.phase("train", epoch,
                               lambda rec, e=epoch, f=files: _EpochLoader(ctx, rec, e, f, buffers).run(),

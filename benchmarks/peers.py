@@ -1,0 +1,655 @@
+#!/usr/bin/env python3
+"""mpibench side by side with its peers, interleaved and repeated, on the same directory.
+
+    python benchmarks/peers.py --quick          # a few minutes: every case, smaller sizes
+    python benchmarks/peers.py                  # the full run of docs/performance.md
+    python benchmarks/peers.py --cases seq,rand --ranks 1 --reps 7 --workdir /scratch/me
+
+Cases (docs/performance.md says what each compares and why it is fair):
+
+  seq    mpibench bandwidth on direct_fs vs fio --direct=1 (psync and io_uring engines) at
+         queue depth 1: sequential write then read, one file per rank, 1 and 2 ranks,
+         transfer sizes 4 KiB, 64 KiB, 1 MiB, 16 MiB, the same bytes per rank.
+  rand   4 KiB random reads at depth 16: mpibench bandwidth.access=random io_depth=16
+         (threads) vs fio --rw=randread --ioengine=io_uring --iodepth=16.
+  train  mpibench train on a direct_fs dataset (decode off, no compute) vs a plain Python
+         loop reading the same files with O_DIRECT, with as many threads.
+  s3     mpibench on s3 (a local SeaweedFS) vs raw s3dlio used sequentially, s3dlio and
+         boto3 with 8 threads: PUT then GET of the same number of objects of one size.
+
+Every repetition runs every case and, within a case, every tool once (the order of the
+tools rotates from one repetition to the next); the table gives, per case and tool, the
+median and the min-max of the repetitions, and the ratio mpibench / peer of medians.
+Only what the run creates under --workdir is written (a fresh folder, removed at the end
+unless --keep); results go to --output (JSON with every raw value) and --markdown.
+
+Nothing is installed: a peer whose tool is missing (fio, its io_uring engine, boto3,
+the weed server) is skipped with a message saying what to install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import mmap
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+KiB, MiB, GiB = 1024, 1024**2, 1024**3
+LAUNCHER_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "MPIR_", "OMPI_", "SLURM_")
+TARGETS = {"seq": 0.95, "rand": 0.90, "train": 0.90}
+
+
+# -- sizes of the full run and of --quick ---------------------------------------------------------
+FULL = {
+    "reps": 5,
+    "seq_bytes": {4 * KiB: 128 * MiB, 64 * KiB: 512 * MiB, 1 * MiB: 1 * GiB, 16 * MiB: 1 * GiB},
+    "rand_bytes": 256 * MiB,
+    "train_files": 1024, "train_file_bytes": 1 * MiB, "train_threads": 4,
+    "s3_objects": {1 * MiB: 128},
+}
+QUICK = {
+    "reps": 3,
+    "seq_bytes": {4 * KiB: 16 * MiB, 64 * KiB: 64 * MiB, 1 * MiB: 128 * MiB, 16 * MiB: 256 * MiB},
+    "rand_bytes": 32 * MiB,
+    "train_files": 128, "train_file_bytes": 1 * MiB, "train_threads": 4,
+    "s3_objects": {1 * MiB: 64},
+}
+
+
+def size_text(n: int) -> str:
+    """4096 -> '4KiB' (exact binary units, as mpibench's configs take them)."""
+    for unit, name in ((GiB, "GiB"), (MiB, "MiB"), (KiB, "KiB")):
+        if n % unit == 0:
+            return f"{n // unit}{name}"
+    return str(n)
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment without an enclosing MPI launch's variables (plus `extra`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCHER_PREFIXES)}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def run(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float = 900,
+        cwd: str | None = None) -> str:
+    """Run a command; return its stdout, or raise with its stderr."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env or clean_env(), timeout=timeout,
+                          cwd=cwd)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:6])} ... exited {proc.returncode}:\n"
+                           f"{proc.stderr.strip()[-2000:]}\n{proc.stdout.strip()[-1000:]}")
+    return proc.stdout
+
+
+# -- the tools ------------------------------------------------------------------------------------
+class Tools:
+    """What is installed, and the one-line reason for each peer that is not."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.skipped: dict[str, str] = {}
+        bindir = Path(sys.executable).parent
+        self.mpiexec = str(bindir / "mpiexec") if (bindir / "mpiexec").exists() else shutil.which("mpiexec")
+        if not self.mpiexec:
+            raise SystemExit("mpiexec not found: install the project with pip install -e '.[mpich,test]'")
+        self.fio = shutil.which("fio")
+        self.fio_version = ""
+        self.fio_engines: list[str] = []
+        if not self.fio:
+            self.skipped["fio"] = "fio not found (Debian/Ubuntu: apt-get install fio)"
+        else:
+            self.fio_version = run([self.fio, "--version"]).strip()
+            for engine in ("psync", "io_uring"):
+                probe = workdir / f"probe-{engine}"
+                probe.mkdir()
+                try:
+                    run([self.fio, "--name=probe", f"--directory={probe}", "--size=1m", "--bs=4k",
+                         "--direct=1", f"--ioengine={engine}", "--rw=write", "--output-format=json"],
+                        timeout=60)
+                    self.fio_engines.append(engine)
+                except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                    self.skipped[f"fio-{engine}"] = f"fio's {engine} engine does not work here: {str(exc)[:200]}"
+                finally:
+                    shutil.rmtree(probe, ignore_errors=True)
+        try:
+            import boto3  # noqa: F401
+            self.boto3 = True
+        except ImportError:
+            self.boto3 = False
+            self.skipped["boto3"] = "boto3 not installed (pip install boto3, or pip install -e '.[bench]')"
+        try:
+            from mpibench.s3server import find_weed
+            find_weed()
+            self.weed = True
+        except Exception as exc:  # noqa: BLE001 - any reason means no local S3 server
+            self.weed = False
+            self.skipped["s3"] = f"no local S3 server: {exc}"
+
+
+# -- one measurement each -------------------------------------------------------------------------
+def mpibench_run(tools: Tools, ranks: int, workdir: Path, config: str, overrides: list[str],
+                 env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`mpiexec -n RANKS mpibench run CONFIG OVERRIDES --quiet`; the results document."""
+    out = workdir / f"result-{time.monotonic_ns()}.json"
+    cmd = [tools.mpiexec, "-n", str(ranks), sys.executable, "-m", "mpibench", "run", config,
+           *overrides, "--quiet", "--output", str(out)]
+    run(cmd, env=clean_env(env), cwd=str(workdir))
+    try:
+        return json.loads(out.read_text())
+    finally:
+        out.unlink()
+
+
+def phase_bw(doc: dict[str, Any], name: str) -> float:
+    """MiB/s of the first phase called `name` in a results document."""
+    return next(p["bandwidth_MiBps"] for p in doc["phases"] if p["name"] == name)
+
+
+def fio_run(tools: Tools, args: list[str]) -> dict[str, Any]:
+    """One fio job group (JSON output); its aggregate MiB/s per direction."""
+    doc = json.loads(run([tools.fio, "--output-format=json", "--group_reporting", *args]))
+    job = doc["jobs"][0]
+    return {"write": job["write"]["bw_bytes"] / MiB, "read": job["read"]["bw_bytes"] / MiB}
+
+
+def fio_common(directory: Path, ranks: int, engine: str, transfer: int, nbytes: int) -> list[str]:
+    return [f"--directory={directory}", f"--numjobs={ranks}", f"--ioengine={engine}", "--direct=1",
+            f"--bs={transfer}", f"--size={nbytes}", "--fallocate=none"]
+
+
+def seq_mpibench(tools: Tools, work: Path, ranks: int, transfer: int, nbytes: int) -> dict[str, float]:
+    doc = mpibench_run(tools, ranks, work, str(REPO / "configs" / "bandwidth.yaml"), [
+        "storage.type=direct_fs", f"storage.root={work / 'data'}", f"bandwidth.transfer_size={transfer}",
+        f"bandwidth.block_size={nbytes}", "bandwidth.iterations=1", "bandwidth.reorder_reads=false",
+        "bandwidth.io_depth=1", "bandwidth.fsync=true", "bandwidth.file_mode=per_rank"])
+    return {"write": phase_bw(doc, "write"), "read": phase_bw(doc, "read")}
+
+
+def seq_fio(tools: Tools, work: Path, engine: str, ranks: int, transfer: int, nbytes: int) -> dict[str, float]:
+    directory = work / "data" / f"fio-{engine}"
+    directory.mkdir(parents=True)
+    try:
+        common = fio_common(directory, ranks, engine, transfer, nbytes)
+        wrote = fio_run(tools, ["--name=seq", "--rw=write", "--iodepth=1", "--end_fsync=1", *common])
+        read = fio_run(tools, ["--name=seq", "--rw=read", "--iodepth=1", *common])
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return {"write": wrote["write"], "read": read["read"]}
+
+
+def rand_mpibench(tools: Tools, work: Path, ranks: int, nbytes: int) -> dict[str, float]:
+    doc = mpibench_run(tools, ranks, work, str(REPO / "configs" / "bandwidth.yaml"), [
+        "storage.type=direct_fs", f"storage.root={work / 'data'}", "bandwidth.transfer_size=4KiB",
+        f"bandwidth.block_size={nbytes}", "bandwidth.iterations=1", "bandwidth.reorder_reads=false",
+        "bandwidth.io_depth=16", "bandwidth.access=random", "bandwidth.fsync=true"])
+    return {"randread": phase_bw(doc, "read")}
+
+
+def rand_fio(tools: Tools, work: Path, ranks: int, nbytes: int) -> dict[str, float]:
+    directory = work / "data" / "fio-rand"
+    directory.mkdir(parents=True)
+    try:
+        # Lay the files out with plain 1 MiB writes, then read them back in random 4 KiB blocks.
+        fio_run(tools, ["--name=rand", "--rw=write", "--iodepth=1", "--end_fsync=1",
+                        *fio_common(directory, ranks, "psync", 1 * MiB, nbytes)])
+        read = fio_run(tools, ["--name=rand", "--rw=randread", "--iodepth=16",
+                               *fio_common(directory, ranks, "io_uring", 4 * KiB, nbytes)])
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return {"randread": read["read"]}
+
+
+def rand_python_threads(work: Path, ranks: int, nbytes: int) -> dict[str, float]:
+    """The floor of CPython threads: 16 threads per rank doing bare os.preadv of random 4 KiB."""
+    directory = work / "data" / "py-rand"
+    directory.mkdir(parents=True)
+    try:
+        block = bytes(1 * MiB)
+        for rank in range(ranks):
+            fd = os.open(directory / f"rank-{rank}", os.O_WRONLY | os.O_CREAT, 0o644)
+            for offset in range(0, nbytes, MiB):
+                os.pwrite(fd, block, offset)
+            os.fsync(fd)
+            os.close(fd)
+        start_at = time.time() + 1.0
+        procs = [subprocess.Popen([sys.executable, __file__, "_worker", "pyrand", str(directory / f"rank-{rank}"),
+                                   "16", str(start_at), str(rank)], stdout=subprocess.PIPE, text=True,
+                                  env=clean_env()) for rank in range(ranks)]
+        results = []
+        for proc in procs:
+            out, _ = proc.communicate(timeout=900)
+            if proc.returncode != 0:
+                raise RuntimeError(f"python threads loop exited {proc.returncode}")
+            results.append(json.loads(out))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    span = max(r["end"] for r in results) - min(r["start"] for r in results)
+    return {"randread": sum(r["bytes"] for r in results) / MiB / span}
+
+
+def worker_pyrand(path: str, threads: int, start_at: float, seed: int) -> None:
+    """Random 4 KiB O_DIRECT reads of every block of `path` by `threads` threads, no bookkeeping."""
+    import numpy as np
+
+    count = os.path.getsize(path) // (4 * KiB)
+    offsets = (np.random.default_rng(seed).permutation(count) * (4 * KiB)).tolist()
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    shared = iter(offsets)
+
+    def read(slot: int) -> None:
+        views = [memoryview(mmap.mmap(-1, 4 * KiB))]
+        preadv = os.preadv
+        for offset in shared:
+            preadv(fd, views, offset)
+
+    time.sleep(max(0.0, start_at - time.time()))
+    start = time.time()
+    workers = [threading.Thread(target=read, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    end = time.time()
+    os.close(fd)
+    print(json.dumps({"bytes": count * 4 * KiB, "start": start, "end": end}))
+
+
+# -- train: mpibench train vs a plain O_DIRECT read loop ---------------------------------------------
+def train_overrides(work: Path, sizes: dict[str, Any], threads: int) -> list[str]:
+    return ["storage.type=direct_fs", f"storage.root={work / 'dataset'}", "dataset.name=peers",
+            "dataset.format=raw", f"dataset.num_files={sizes['train_files']}", "dataset.samples_per_file=1",
+            f"dataset.record_size={sizes['train_file_bytes']}", "dataset.record_size_stdev=0",
+            "train.epochs=1", "train.batch_size=1", f"train.read_threads={threads}", "train.shuffle='off'",
+            "train.computation_time=0", "train.decode=false", "train.prefetch=8"]
+
+
+def train_prepare(tools: Tools, work: Path, sizes: dict[str, Any]) -> None:
+    """Generate the dataset once (not timed): raw files of train_file_bytes."""
+    (work / "dataset").mkdir(exist_ok=True)
+    mpibench_run(tools, 2, work, str(REPO / "configs" / "unet3d-quick.yaml"),
+                 ["workload=datagen", *train_overrides(work, sizes, 1)])
+
+
+def train_mpibench(tools: Tools, work: Path, ranks: int, sizes: dict[str, Any]) -> dict[str, float]:
+    doc = mpibench_run(tools, ranks, work, str(REPO / "configs" / "unet3d-quick.yaml"),
+                       ["workload=train", *train_overrides(work, sizes, sizes["train_threads"])])
+    return {"read": phase_bw(doc, "train")}
+
+
+def train_plain(work: Path, ranks: int, sizes: dict[str, Any]) -> dict[str, float]:
+    """`ranks` processes, each reading its contiguous share of the files with `threads` threads."""
+    folder = work / "dataset" / "peers"
+    start_at = time.time() + 1.5  # every process starts reading at the same moment, as after a barrier
+    procs = [subprocess.Popen([sys.executable, __file__, "_worker", "plainread", str(folder), str(rank),
+                               str(ranks), str(sizes["train_threads"]), str(start_at)],
+                              stdout=subprocess.PIPE, text=True, env=clean_env())
+             for rank in range(ranks)]
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=900)
+        if proc.returncode != 0:
+            raise RuntimeError(f"plain read loop exited {proc.returncode}")
+        results.append(json.loads(out))
+    total = sum(r["bytes"] for r in results)
+    span = max(r["end"] for r in results) - min(r["start"] for r in results)
+    return {"read": total / MiB / span}
+
+
+def worker_plainread(folder: str, rank: int, ranks: int, threads: int, start_at: float) -> None:
+    """A plain loop: open(O_DIRECT), preadv the whole file into an aligned buffer, close."""
+    names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+    base, extra = divmod(len(names), ranks)
+    first = rank * base + min(rank, extra)
+    mine = [os.path.join(folder, n) for n in names[first:first + base + (rank < extra)]]
+    size = max(os.path.getsize(p) for p in mine)
+    buffers = [mmap.mmap(-1, -(-size // 4096) * 4096 + 4096) for _ in range(threads)]
+    shared = iter(mine)
+    moved = [0] * threads
+
+    def read_files(slot: int) -> None:
+        buf = buffers[slot]
+        whole = [memoryview(buf)]
+        total = 0
+        for path in shared:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+            try:
+                n = os.preadv(fd, whole, 0)  # the buffer is larger than any file: one call
+                if n == len(buf):
+                    raise SystemExit(f"{path} is larger than {len(buf)} bytes")
+                total += n
+            finally:
+                os.close(fd)
+        moved[slot] = total
+
+    time.sleep(max(0.0, start_at - time.time()))
+    start = time.time()
+    workers = [threading.Thread(target=read_files, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    end = time.time()
+    print(json.dumps({"bytes": sum(moved), "start": start, "end": end, "files": len(mine)}))
+
+
+# -- s3: mpibench vs raw s3dlio and boto3 ------------------------------------------------------------
+class S3Session:
+    """A local SeaweedFS for the s3 case, with a bucket; stopped at the end."""
+
+    BUCKET = "peers"
+
+    def __init__(self, work: Path) -> None:
+        from mpibench.s3server import LocalS3Server
+
+        self.server = LocalS3Server(data_dir=work / "s3-server").start()
+        self.server.create_bucket(self.BUCKET)
+        self.env = self.server.env()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def s3_mpibench(tools: Tools, work: Path, s3: S3Session, size: int, count: int, depth: int) -> dict[str, float]:
+    doc = mpibench_run(tools, 1, work, str(REPO / "configs" / "s3.yaml"), [
+        f"storage.root=s3://{S3Session.BUCKET}/mpibench", f"bandwidth.transfer_size={size}",
+        f"bandwidth.object_size={size}", f"bandwidth.block_size={size * count}", "bandwidth.iterations=1",
+        "bandwidth.reorder_reads=false", f"bandwidth.io_depth={depth}"], env=s3.env)
+    return {"put": phase_bw(doc, "write"), "get": phase_bw(doc, "read")}
+
+
+def s3_peer(s3: S3Session, client: str, threads: int, size: int, count: int) -> dict[str, float]:
+    out = run([sys.executable, __file__, "_worker", client, S3Session.BUCKET, str(threads), str(size),
+               str(count)], env=clean_env(s3.env), timeout=900)
+    return json.loads(out)
+
+
+def worker_s3(client: str, bucket: str, threads: int, size: int, count: int) -> None:
+    """PUT `count` objects of `size` random bytes, then GET them; MiB/s of each, then DELETE."""
+    import numpy as np
+
+    prefix = f"peer-{client}-{os.getpid()}"
+    keys = [f"{prefix}/obj-{i:06d}" for i in range(count)]
+    source = mmap.mmap(-1, size)
+    np.frombuffer(source, dtype=np.uint8)[:] = np.random.default_rng(1).integers(0, 256, size, dtype=np.uint8)
+    if client == "s3dlio":
+        import s3dlio
+
+        uris = [f"s3://{bucket}/{k}" for k in keys]
+        s3dlio.stat  # noqa: B018 - imported; settings are read at the first call below
+
+        def put(i: int) -> int:
+            s3dlio.put_bytes(uris[i], source)
+            return size
+
+        def get(i: int) -> int:
+            return len(s3dlio.get(uris[i]))
+
+        def delete(i: int) -> None:
+            s3dlio.delete(uris[i])
+    else:
+        import boto3
+        from botocore.config import Config
+
+        s3 = boto3.client("s3", config=Config(max_pool_connections=max(10, threads)))
+        body = bytes(source)
+
+        def put(i: int) -> int:
+            s3.put_object(Bucket=bucket, Key=keys[i], Body=body)
+            return size
+
+        def get(i: int) -> int:
+            return len(s3.get_object(Bucket=bucket, Key=keys[i])["Body"].read())
+
+        def delete(i: int) -> None:
+            s3.delete_object(Bucket=bucket, Key=keys[i])
+
+    def timed(op: Any) -> float:
+        start = time.perf_counter()
+        if threads == 1:
+            moved = sum(op(i) for i in range(count))
+        else:
+            with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+                moved = sum(pool.map(op, range(count)))
+        seconds = time.perf_counter() - start
+        assert moved == size * count, (moved, size * count)
+        return moved / MiB / seconds
+
+    result = {"put": timed(put), "get": timed(get)}
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(delete, range(count)))
+    print(json.dumps(result))
+
+
+# -- the run --------------------------------------------------------------------------------------
+def machine_info(workdir: Path, tools: Tools) -> dict[str, Any]:
+    from mpibench.environment import filesystem_of
+
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    mpi = run([tools.mpiexec, "--version"]).splitlines()
+    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "memory_GiB": round(mem / GiB, 1),
+            "kernel": platform.release(), "python": platform.python_version(),
+            "filesystem": filesystem_of(str(workdir)), "fio": tools.fio_version,
+            "mpiexec": next((line.strip() for line in mpi if "Version" in line), mpi[0] if mpi else ""),
+            "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
+
+
+def build_cases(args: argparse.Namespace, sizes: dict[str, Any], tools: Tools) -> list[dict[str, Any]]:
+    """Every (case, tools) of the run, in the order one repetition runs them."""
+    cases: list[dict[str, Any]] = []
+    fio_engines = [e for e in tools.fio_engines]
+    if "seq" in args.cases:
+        for ranks in args.ranks:
+            for transfer, nbytes in sizes["seq_bytes"].items():
+                if args.transfer_sizes and transfer not in args.transfer_sizes:
+                    continue
+                tools_of = {"mpibench": lambda w, r=ranks, t=transfer, n=nbytes: seq_mpibench(tools, w, r, t, n)}
+                for engine in fio_engines:
+                    tools_of[f"fio-{engine}"] = (lambda w, e=engine, r=ranks, t=transfer, n=nbytes:
+                                                 seq_fio(tools, w, e, r, t, n))
+                cases.append({"kind": "seq", "name": f"seq {size_text(transfer)} {ranks}r",
+                              "ranks": ranks, "transfer": transfer, "bytes_per_rank": nbytes,
+                              "tools": tools_of, "peers": [f"fio-{e}" for e in fio_engines]})
+    if "rand" in args.cases:
+        for ranks in args.ranks:
+            tools_of = {"mpibench": lambda w, r=ranks: rand_mpibench(tools, w, r, sizes["rand_bytes"])}
+            if "io_uring" in fio_engines:
+                tools_of["fio-io_uring"] = lambda w, r=ranks: rand_fio(tools, w, r, sizes["rand_bytes"])
+            tools_of["python-threads"] = lambda w, r=ranks: rand_python_threads(w, r, sizes["rand_bytes"])
+            cases.append({"kind": "rand", "name": f"rand 4KiB qd16 {ranks}r", "ranks": ranks,
+                          "transfer": 4 * KiB, "bytes_per_rank": sizes["rand_bytes"], "tools": tools_of,
+                          "peers": ["fio-io_uring"] if "io_uring" in fio_engines else []})
+    if "train" in args.cases:
+        for ranks in args.ranks:
+            cases.append({"kind": "train", "name": f"train {size_text(sizes['train_file_bytes'])} files "
+                                                   f"{sizes['train_threads']}thr {ranks}r",
+                          "ranks": ranks, "files": sizes["train_files"],
+                          "file_bytes": sizes["train_file_bytes"], "threads": sizes["train_threads"],
+                          "tools": {"mpibench": lambda w, r=ranks: train_mpibench(tools, w, r, sizes),
+                                    "plain-loop": lambda w, r=ranks: train_plain(w, r, sizes)},
+                          "peers": ["plain-loop"]})
+    if "s3" in args.cases and tools.weed:
+        for size, count in sizes["s3_objects"].items():
+            tools_of = {
+                "mpibench-qd1": lambda w, s=size, c=count: s3_mpibench(tools, w, args.s3, s, c, 1),
+                "mpibench-qd8": lambda w, s=size, c=count: s3_mpibench(tools, w, args.s3, s, c, 8),
+                "s3dlio-seq": lambda w, s=size, c=count: s3_peer(args.s3, "s3dlio", 1, s, c),
+                "s3dlio-8thr": lambda w, s=size, c=count: s3_peer(args.s3, "s3dlio", 8, s, c),
+            }
+            if tools.boto3:
+                tools_of["boto3-8thr"] = lambda w, s=size, c=count: s3_peer(args.s3, "boto3", 8, s, c)
+            cases.append({"kind": "s3", "name": f"s3 {size_text(size)} objects x{count}", "ranks": 1,
+                          "object_bytes": size, "objects": count, "tools": tools_of,
+                          "peers": ["s3dlio-seq", "boto3-8thr", "s3dlio-8thr"]})
+    return cases
+
+
+def summarize(cases: list[dict[str, Any]], raw: dict[str, dict[str, dict[str, list[float]]]]) -> list[dict[str, Any]]:
+    """One row per (case, phase): per tool median/min/max and mpibench's ratios."""
+    rows = []
+    for case in cases:
+        per_tool = raw[case["name"]]
+        phases = sorted({p for values in per_tool.values() for p in values},
+                        key=["write", "read", "randread", "put", "get"].index)
+        for phase in phases:
+            stats = {tool: {"median": statistics.median(v[phase]), "min": min(v[phase]), "max": max(v[phase]),
+                            "n": len(v[phase])}
+                     for tool, v in per_tool.items() if v.get(phase)}
+            row: dict[str, Any] = {"case": case["name"], "kind": case["kind"], "phase": phase, "tools": stats,
+                                   "ratios": {}}
+            if case["kind"] in ("seq", "rand", "train"):
+                peers = [p for p in case["peers"] if p in stats]
+                if "mpibench" in stats and peers:
+                    best = max(peers, key=lambda p: stats[p]["median"])
+                    row["ratios"][f"mpibench / {best}"] = stats["mpibench"]["median"] / stats[best]["median"]
+                    row["target"] = TARGETS[case["kind"]]
+                    row["met"] = row["ratios"][f"mpibench / {best}"] >= row["target"]
+            else:
+                checks = [("mpibench-qd1", "s3dlio-seq", 1.0), ("mpibench-qd8", "s3dlio-seq", 1.0),
+                          ("mpibench-qd8", "boto3-8thr", 1.3), ("mpibench-qd8", "s3dlio-8thr", None)]
+                row["targets"] = {}
+                for ours, peer, target in checks:
+                    if ours in stats and peer in stats:
+                        key = f"{ours} / {peer}"
+                        row["ratios"][key] = stats[ours]["median"] / stats[peer]["median"]
+                        if target is not None:
+                            row["targets"][key] = target
+            rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]], markdown: bool) -> str:
+    """The summary as an aligned text table or a Markdown table."""
+    header = ["case", "phase", "tool", "median MiB/s", "min-max MiB/s", "ratio (mpibench / peer)", "target"]
+    lines: list[list[str]] = []
+    for row in rows:
+        for tool, s in row["tools"].items():
+            ratio, target = "", ""
+            if row["kind"] in ("seq", "rand", "train"):
+                if tool != "mpibench" and row["ratios"]:
+                    key = next(iter(row["ratios"]))
+                    if key.endswith(tool):
+                        ratio = f"{row['ratios'][key]:.3f}"
+                        target = f">= {row['target']:.2f} {'met' if row['met'] else 'MISSED'}"
+            else:
+                found = [(k, v) for k, v in row["ratios"].items() if k.endswith(f"/ {tool}")]
+                ratio = ", ".join(f"{k.split(' / ')[0]}: {v:.3f}" for k, v in found)
+                target = ", ".join(f">= {row['targets'][k]:.1f} {'met' if v >= row['targets'][k] else 'MISSED'}"
+                                   for k, v in found if k in row["targets"])
+            lines.append([row["case"], row["phase"], tool, f"{s['median']:.1f}", f"{s['min']:.1f}-{s['max']:.1f}",
+                          ratio, target])
+    if markdown:
+        out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        out += ["| " + " | ".join(line) + " |" for line in lines]
+        return "\n".join(out)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*ln) for ln in lines])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_worker"]:
+        kind, rest = argv[1], argv[2:]
+        if kind == "plainread":
+            worker_plainread(rest[0], int(rest[1]), int(rest[2]), int(rest[3]), float(rest[4]))
+        elif kind == "pyrand":
+            worker_pyrand(rest[0], int(rest[1]), float(rest[2]), int(rest[3]))
+        else:
+            worker_s3(kind, rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes and 3 repetitions")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5; --quick 3)")
+    parser.add_argument("--cases", default="seq,rand,train,s3", help="comma-separated: seq,rand,train,s3")
+    parser.add_argument("--ranks", default="1,2", help="rank counts (default 1,2)")
+    parser.add_argument("--transfer-sizes", default="", help="seq: only these sizes in bytes, e.g. 4096,1048576")
+    parser.add_argument("--workdir", default=None,
+                        help="parent of the benchmark's own folder (default: $TMPDIR or /tmp); must be a "
+                             "real filesystem accepting O_DIRECT")
+    parser.add_argument("--output", default=None, help="results JSON (default: peers-<date>.json in the workdir's parent)")
+    parser.add_argument("--markdown", default=None, help="also write the table as Markdown to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the benchmark's folder")
+    args = parser.parse_args(argv)
+    sizes = dict(QUICK if args.quick else FULL)
+    reps = args.reps or sizes["reps"]
+    args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    args.ranks = [int(r) for r in args.ranks.split(",")]
+    args.transfer_sizes = [int(t) for t in args.transfer_sizes.split(",") if t.strip()]
+    parent = Path(args.workdir or os.environ.get("TMPDIR") or "/tmp").resolve()
+    work = Path(tempfile.mkdtemp(prefix="mpibench-peers-", dir=parent))
+    output = Path(args.output) if args.output else parent / f"peers-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    print(f"workdir {work}", flush=True)
+    args.s3 = None
+    try:
+        tools = Tools(work)
+        for name, why in tools.skipped.items():
+            print(f"skipping {name}: {why}", flush=True)
+        info = machine_info(work, tools)
+        if info["filesystem"].get("fstype") in ("tmpfs", "ramfs"):
+            print(f"warning: {work} is on {info['filesystem']['fstype']}: the numbers measure memory, not a disk",
+                  flush=True)
+        if "s3" in args.cases and tools.weed:
+            args.s3 = S3Session(work)
+        cases = build_cases(args, sizes, tools)
+        if "train" in args.cases:
+            print("generating the train dataset (not timed)", flush=True)
+            train_prepare(tools, work, sizes)
+        raw: dict[str, dict[str, dict[str, list[float]]]] = {c["name"]: {} for c in cases}
+        load = [os.getloadavg()[0]]
+        started = time.time()
+        for rep in range(reps):
+            for case in cases:
+                names = list(case["tools"])
+                shift = rep % len(names)
+                for tool in names[shift:] + names[:shift]:  # rotate who goes first
+                    values = case["tools"][tool](work)
+                    for phase, value in values.items():
+                        raw[case["name"]].setdefault(tool, {}).setdefault(phase, []).append(value)
+                    shown = ", ".join(f"{p} {v:.1f}" for p, v in values.items())
+                    print(f"rep {rep + 1}/{reps}  {case['name']:<28} {tool:<14} {shown} MiB/s", flush=True)
+            load.append(os.getloadavg()[0])
+        rows = summarize(cases, raw)
+        table = format_table(rows, markdown=False)
+        print()
+        print(table)
+        info["load_average_1min"] = load
+        info["seconds"] = round(time.time() - started, 1)
+        document = {"machine": info, "repetitions": reps, "quick": args.quick, "skipped": tools.skipped,
+                    "cases": [{k: v for k, v in c.items() if k != "tools"} for c in cases],
+                    "raw_MiBps": raw, "summary": rows}
+        output.write_text(json.dumps(document, indent=1))
+        print(f"\nresults: {output}")
+        if args.markdown:
+            Path(args.markdown).write_text(format_table(rows, markdown=True) + "\n")
+            print(f"markdown table: {args.markdown}")
+        if max(load) > 1.5:
+            print(f"note: the 1-minute load average reached {max(load):.1f} during the run; "
+                  "other work on the machine may have moved the numbers", flush=True)
+    finally:
+        if args.s3 is not None:
+            args.s3.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
