@@ -203,6 +203,8 @@ def _coerce(value: Any, meta: dict[str, Any], key: str) -> Any:
         return AUTO
     result: Any
     if kind == "enum":
+        if isinstance(value, bool) and ("on" if value else "off") in choices:
+            value = "on" if value else "off"  # YAML 1.1 reads a bare off/on as a boolean
         if not isinstance(value, str) or value not in choices:
             close = difflib.get_close_matches(str(value), list(choices), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""

@@ -130,11 +130,14 @@ def epoch_files(num_files: int, size: int, rank: int, epoch: int, shuffle: bool,
     contiguous run of files, the same each epoch.
     """
     start, count = part_range(num_files, size, rank)
-    positions = np.arange(start, start + count, dtype=np.int64)
     if not shuffle or count == 0:
-        return positions
+        return np.arange(start, start + count, dtype=np.int64)
     perm = FeistelPermutation(num_files, seed * 1_000_003 + epoch)
-    return perm(positions)
+    files = np.empty(count, dtype=np.int64)
+    for first in range(0, count, 1 << 14):  # in slices, so the temporaries stay small
+        last = min(count, first + (1 << 14))
+        files[first:last] = perm(np.arange(start + first, start + last, dtype=np.int64))
+    return files
 
 
 def file_name(index: int, num_files: int, ext: str, num_subfolders: int) -> str:
