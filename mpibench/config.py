@@ -77,6 +77,8 @@ class BandwidthConfig:
                                    doc="s3: bytes per object (default: one object per rank per iteration)")
     deadline: float = _opt(0.0, "float", minimum=0.0,
                            doc="stonewall: seconds after which ranks stop issuing I/O (0: off)")
+    cache: str = _opt("cold", "enum", choices=("cold", "warm"),
+                      doc="local_fs reads: evict the file first (cold) or read what the page cache holds (warm)")
     stonewall_mode: str = _opt("stop", "enum", choices=("stop", "wearout"),
                                doc="at the deadline, stop or let every rank finish the slowest's amount")
 

@@ -124,6 +124,8 @@ class BandwidthWorkload(Workload):
     def _cache_state(self, ctx: RunContext) -> dict[str, Any]:
         if ctx.backend.direct:
             return {"state": "direct", "method": ctx.backend.name}
+        if ctx.config.bandwidth.cache == "warm":
+            return {"state": "warm", "method": "no eviction: the page cache may serve the reads"}
         return {"state": "cold", "method": "posix_fadvise(POSIX_FADV_DONTNEED) by the reading rank before the phase"}
 
     def _one_file(self, ctx: RunContext, rec: PhaseRecorder, op: str, key: str, base: int,
