@@ -167,3 +167,17 @@ def _complete(backend: Backend, handle: Any, view: memoryview, writing: bool, pa
             f"read {path} at offset {offset}: expected {transfer_size} bytes, got {done}",
             "the file is shorter than written: was it truncated or replaced by another process?",
             path=path)
+
+
+def timed_fsync(backend: Backend, handle: Any, rec: PhaseRecorder) -> None:
+    """fsync a handle, adding the time to the phase's sync seconds."""
+    start = time.perf_counter()
+    backend.fsync(handle)
+    rec.sync_s += time.perf_counter() - start
+
+
+def timed_close(backend: Backend, handle: Any, rec: PhaseRecorder) -> None:
+    """Close a handle (for object stores: commit it), adding the time to the close seconds."""
+    start = time.perf_counter()
+    backend.close(handle)
+    rec.close_s += time.perf_counter() - start

@@ -129,31 +129,18 @@ def write_json_atomic(path: str, document: dict[str, Any], force: bool = False) 
     """Write a JSON document via a temporary file and rename, never overwriting silently."""
     if os.path.exists(path) and not force:
         raise ResultsError(f"results file {path} already exists", "choose another --output or pass --force")
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".mpibench-", suffix=".json.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=1, sort_keys=False, default=_json_default)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_text_atomic(path, json.dumps(document, indent=1, default=_json_default) + "\n")
 
 
 def write_text_atomic(path: str, text: str) -> None:
-    """Write a text file via a temporary file and rename."""
+    """Write a text file durably via a temporary file and rename (readers never see half)."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".mpibench-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:

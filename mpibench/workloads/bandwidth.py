@@ -9,7 +9,7 @@ import numpy as np
 
 from mpibench.buffers import DataPattern
 from mpibench.config import Config
-from mpibench.engine import transfer_region
+from mpibench.engine import timed_close, timed_fsync, transfer_region
 from mpibench.errors import ConfigError
 from mpibench.metrics import PhaseRecorder
 from mpibench.plan import (
@@ -155,13 +155,9 @@ class BandwidthWorkload(Workload):
                                     bw.transfer_size, pattern, verify=verify)
             rec.transfer_s += time.perf_counter() - t
             if op == "write" and bw.fsync:
-                t = time.perf_counter()
-                backend.fsync(handle)
-                rec.sync_s += time.perf_counter() - t
+                timed_fsync(backend, handle, rec)
         finally:
-            t = time.perf_counter()
-            backend.close(handle)
-            rec.close_s += time.perf_counter() - t
+            timed_close(backend, handle, rec)
 
     def cleanup(self, ctx: RunContext) -> None:
         if ctx.config.bandwidth.file_mode == "per_rank":

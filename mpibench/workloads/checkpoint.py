@@ -22,7 +22,7 @@ import numpy as np
 
 from mpibench.buffers import DataPattern
 from mpibench.config import Config
-from mpibench.engine import transfer_region
+from mpibench.engine import timed_close, timed_fsync, transfer_region
 from mpibench.errors import ConfigError
 from mpibench.metrics import PhaseRecorder
 from mpibench.plan import reorder_partner
@@ -199,13 +199,9 @@ class CheckpointWorkload(Workload):
                                     tail.transfer_size, tail, verify=verify)
                 rec.transfer_s += time.perf_counter() - t
                 if op == "write" and ck.fsync:
-                    t = time.perf_counter()
-                    backend.fsync(handle)
-                    rec.sync_s += time.perf_counter() - t
+                    timed_fsync(backend, handle, rec)
             finally:
-                t = time.perf_counter()
-                backend.close(handle)
-                rec.close_s += time.perf_counter() - t
+                timed_close(backend, handle, rec)
             ctx.check_stop()
         rec.extra["shards"] = len(work)
 

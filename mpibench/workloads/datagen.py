@@ -24,6 +24,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from mpibench.config import Config
+from mpibench.engine import timed_close, timed_fsync
 from mpibench.errors import BenchIOError, ConfigError, MpibenchError, PreflightError
 from mpibench.formats import (
     EncodedFile,
@@ -260,13 +261,9 @@ class DatagenWorkload(Workload):
                                    "is the filesystem full?", path=backend.path_of(key))
             log.record(item.size, t0, t1)
             rec.transfer_s += (t1 - t0) / 1e9
-            t = time.perf_counter()
-            backend.fsync(handle)
-            rec.sync_s += time.perf_counter() - t
+            timed_fsync(backend, handle, rec)
         finally:
-            t = time.perf_counter()
-            backend.close(handle)
-            rec.close_s += time.perf_counter() - t
+            timed_close(backend, handle, rec)
 
     def summarize(self, ctx: RunContext) -> dict[str, Any]:
         ds = ctx.config.dataset
