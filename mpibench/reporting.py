@@ -501,17 +501,10 @@ def figure_bandwidth_over_time(document: dict[str, Any]) -> Figure:
                     "from each rank's series_bytes", fontsize=11)
     grid = figure.subplots(max(1, len(groups)), columns, squeeze=False)
     handles: list[Any] = []
-    for row, group in enumerate(groups.values()):
-        picks = _selected_iterations(group)
-        for col in range(columns):
-            axes = grid[row][col]
-            if col >= len(picks):
-                axes.set_visible(False)
-                continue
-            caption, phase = picks[col]
-            drawn = _draw_time_panel(axes, phase, caption)
-            if len(drawn) > len(handles):
-                handles = drawn
+    for axes, caption, phase in _iteration_panels(grid, groups, columns):
+        drawn = _draw_time_panel(axes, phase, caption)
+        if len(drawn) > len(handles):
+            handles = drawn
     if handles:
         figure.legend(handles=handles, loc="outside lower center", ncol=len(handles) if columns > 1 else 2,
                       fontsize=9, frameon=False)
@@ -651,6 +644,13 @@ def figure_rank_bandwidth(document: dict[str, Any]) -> Figure:
     figure.suptitle(f"Bandwidth per rank, run {document.get('run_id')}\nred: below "
                     f"{STRAGGLER_RATIO:.1f}x the median rank of the same phase", fontsize=11)
     grid = figure.subplots(max(1, len(groups)), columns, squeeze=False)
+    for axes, caption, phase in _iteration_panels(grid, groups, columns):
+        _draw_rank_panel(axes, phase, caption)
+    return figure
+
+
+def _iteration_panels(grid: Any, groups: dict[str, Any], columns: int) -> Any:
+    """(axes, caption, phase) for each iteration shown, a row per phase name; spare axes hidden."""
     for row, group in enumerate(groups.values()):
         picks = _selected_iterations(group)
         for col in range(columns):
@@ -659,8 +659,7 @@ def figure_rank_bandwidth(document: dict[str, Any]) -> Figure:
                 axes.set_visible(False)
                 continue
             caption, phase = picks[col]
-            _draw_rank_panel(axes, phase, caption)
-    return figure
+            yield axes, caption, phase
 
 
 def _draw_rank_panel(axes: Any, phase: dict[str, Any], caption: str) -> None:
