@@ -11,7 +11,8 @@ Cases (docs/performance.md says what each compares and why it is fair):
          queue depth 1: sequential write then read, one file per rank, 1 and 2 ranks,
          transfer sizes 4 KiB, 64 KiB, 1 MiB, 16 MiB, the same bytes per rank.
   rand   4 KiB random reads at depth 16: mpibench bandwidth.access=random io_depth=16
-         (threads) vs fio --rw=randread --ioengine=io_uring --iodepth=16.
+         (io_uring; its thread engine and bare Python threads for reference) vs
+         fio --rw=randread --ioengine=io_uring --iodepth=16.
   train  mpibench train on a direct_fs dataset (decode off, no compute) vs a plain Python
          loop reading the same files with O_DIRECT, with as many threads.
   s3     mpibench on s3 (a local SeaweedFS) vs raw s3dlio used sequentially, s3dlio and
@@ -190,11 +191,14 @@ def seq_fio(tools: Tools, work: Path, engine: str, ranks: int, transfer: int, nb
     return {"write": wrote["write"], "read": read["read"]}
 
 
-def rand_mpibench(tools: Tools, work: Path, ranks: int, nbytes: int) -> dict[str, float]:
+def rand_mpibench(tools: Tools, work: Path, ranks: int, nbytes: int, engine: str) -> dict[str, float]:
     doc = mpibench_run(tools, ranks, work, str(REPO / "configs" / "bandwidth.yaml"), [
         "storage.type=direct_fs", f"storage.root={work / 'data'}", "bandwidth.transfer_size=4KiB",
         f"bandwidth.block_size={nbytes}", "bandwidth.iterations=1", "bandwidth.reorder_reads=false",
-        "bandwidth.io_depth=16", "bandwidth.access=random", "bandwidth.fsync=true"])
+        "bandwidth.io_depth=16", "bandwidth.access=random", "bandwidth.fsync=true",
+        f"bandwidth.io_engine={engine}"])
+    if engine != "auto" and doc["environment"]["io_engine"] != engine:
+        raise SystemExit(f"mpibench ran io_engine {doc['environment']['io_engine']}, not {engine}")
     return {"randread": phase_bw(doc, "read")}
 
 
@@ -469,7 +473,10 @@ def build_cases(args: argparse.Namespace, sizes: dict[str, Any], tools: Tools) -
                               "tools": tools_of, "peers": [f"fio-{e}" for e in fio_engines]})
     if "rand" in args.cases:
         for ranks in args.ranks:
-            tools_of = {"mpibench": lambda w, r=ranks: rand_mpibench(tools, w, r, sizes["rand_bytes"])}
+            # mpibench's default engine (io_uring where available) and, for reference, its threads
+            tools_of = {"mpibench": lambda w, r=ranks: rand_mpibench(tools, w, r, sizes["rand_bytes"], "auto"),
+                        "mpibench-threads": lambda w, r=ranks: rand_mpibench(tools, w, r, sizes["rand_bytes"],
+                                                                             "threads")}
             if "io_uring" in fio_engines:
                 tools_of["fio-io_uring"] = lambda w, r=ranks: rand_fio(tools, w, r, sizes["rand_bytes"])
             tools_of["python-threads"] = lambda w, r=ranks: rand_python_threads(w, r, sizes["rand_bytes"])

@@ -71,6 +71,9 @@ class BandwidthConfig:
     reorder_reads: bool = _opt(True, "bool", doc="read data another rank wrote (IOR -C)")
     io_depth: int | str = _opt(AUTO, "int_or_auto", minimum=1,
                                doc="concurrent I/Os in flight per rank (auto: 1 for local_fs)")
+    io_engine: str = _opt(AUTO, "enum", choices=(AUTO, "io_uring", "threads"),
+                          doc="files, io_depth > 1: one thread with an io_uring ring, or a thread "
+                              "per I/O (auto: io_uring where the kernel allows it)")
     access: str = _opt("sequential", "enum", choices=("sequential", "random"),
                        doc="transfer order within a rank's block")
     object_size: int | None = _opt(None, "optional_size", minimum=1,

@@ -29,16 +29,23 @@ def transfer_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, p
                     *, verify: bool = False, deadline_ns: int = 0) -> int:
     """Write or read `transfer_size` bytes at base + each offset; return the bytes moved.
 
-    With ctx.io_depth > 1, that many threads each keep one I/O in flight (os.preadv and
-    os.pwritev release the GIL), taking the next offset from one shared iterator, so the
-    operations done are always a prefix of `offsets`; the main thread keeps polling for a
-    stop notice. Writes to a backend that takes them only in order (random_write false:
+    With ctx.io_depth > 1 on a file descriptor and ctx.io_engine "io_uring", one thread
+    keeps that many I/Os in flight in an io_uring ring (mpibench.uring). Otherwise that
+    many threads each keep one I/O in flight (os.preadv and os.pwrite release the GIL),
+    taking the next offset from one shared iterator, so the operations done are always a
+    prefix of `offsets`; the main thread keeps polling for a stop notice. Writes to a backend that takes them only in order (random_write false:
     an S3 upload) use one thread; such a backend keeps its own writes in flight.
     """
     depth = max(1, min(ctx.io_depth, len(offsets)))
     if op == "write" and not ctx.backend.random_write:
         depth = 1
     absolute = (offsets + base).tolist()
+    fd = ctx.backend.fileno(handle) if depth > 1 and ctx.io_engine == "io_uring" else None
+    if fd is not None:
+        from mpibench.uring import uring_region
+
+        return uring_region(ctx, rec, handle, fd, op, path, absolute, transfer_size, pattern,
+                            depth, verify=verify, deadline_ns=deadline_ns)
     if depth == 1:
         return _loop(ctx, rec, handle, op, path, absolute, transfer_size, pattern,
                      verify, deadline_ns, None)
@@ -119,7 +126,7 @@ def _loop(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, path: str,
             end = clock()
             note(end)
             if n != transfer_size:
-                _complete(backend, handle, view, writing, path, offset, n, transfer_size)
+                complete_short(backend, handle, view, writing, path, offset, n, transfer_size)
                 entries[-1] = end = clock()  # the operation ended when it was complete
             if verify:
                 bad = pattern.first_mismatch(view, offset, transfer_size, scratch)  # type: ignore[arg-type]
@@ -152,7 +159,7 @@ def _loop(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, path: str,
     return log.ops * transfer_size
 
 
-def _complete(backend: Backend, handle: Any, view: memoryview, writing: bool, path: str,
+def complete_short(backend: Backend, handle: Any, view: memoryview, writing: bool, path: str,
               offset: int, done: int, transfer_size: int) -> None:
     """Finish a short transfer (the kernel may move fewer bytes than asked), or raise."""
     if writing:

@@ -161,12 +161,13 @@ def collect(comm: Comm) -> dict[str, Any]:
         versions["numpy"] = numpy.__version__
     except ImportError:  # pragma: no cover
         pass
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import version
 
-        versions["s3dlio"] = version("s3dlio")
-    except Exception:
-        versions["s3dlio"] = "not installed"
+    for package in ("s3dlio", "liburing"):
+        try:
+            versions[package] = version(package)
+        except Exception:
+            versions[package] = "not installed"
     return {
         "world_size": comm.size,
         "num_nodes": layout.num_nodes,

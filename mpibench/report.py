@@ -79,9 +79,12 @@ def run_header(document: dict[str, Any]) -> str:
     ]
     if cfg.get("workload") == "bandwidth":
         bw = cfg.get("bandwidth", {})
+        depth = f"io_depth {env.get('io_depth')}"
+        if env.get("io_engine") in ("io_uring", "threads") and (env.get("io_depth") or 1) > 1:
+            depth += f" ({env['io_engine']})"
         parts.append(
             f"transfer {format_size(bw.get('transfer_size', 0))}, block {format_size(bw.get('block_size', 0))} per rank, "
-            f"{bw.get('file_mode')}, io_depth {env.get('io_depth')}, {bw.get('access')}, fsync {bw.get('fsync')}, "
+            f"{bw.get('file_mode')}, {depth}, {bw.get('access')}, fsync {bw.get('fsync')}, "
             f"reorder_reads {bw.get('reorder_reads')}"
         )
     return "\n".join(parts)

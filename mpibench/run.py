@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mpibench import environment, faults
+from mpibench import environment, faults, uring
 from mpibench.backends import backend_class, make_backend
 from mpibench.backends.base import Backend
 from mpibench.comm import CancelChannel, Comm, NodeLayout
@@ -122,6 +122,27 @@ def resolve_io_depth(config: Config, layout: NodeLayout) -> int:
     return max(1, min(16, cores // max(1, layout.local_size)))
 
 
+def uses_files(config: Config) -> bool:
+    """True when the rank's I/O goes through file descriptors of its own (not s3dlio)."""
+    return config.storage.type in ("local_fs", "direct_fs") and config.storage.library == "native"
+
+
+def resolve_io_engine(config: Config) -> str:
+    """How io_depth > 1 is kept in flight: 'io_uring', 'threads', or 'none' (no file I/O)."""
+    if not uses_files(config):
+        return "none"
+    wanted = config.bandwidth.io_engine
+    if wanted == "threads":
+        return "threads"
+    reason = uring.unavailable()
+    if reason is None:
+        return "io_uring"
+    if wanted == "io_uring":
+        raise ConfigError(f"bandwidth.io_engine=io_uring cannot be used here: {reason}",
+                          "set bandwidth.io_engine=auto (io_uring where available) or threads")
+    return "threads"
+
+
 def resolve_threads(config: Config, layout: NodeLayout) -> int:
     """s3dlio runtime threads per rank: cores of the node divided by the ranks on it."""
     if config.storage.threads != AUTO:
@@ -136,6 +157,10 @@ def preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
     info = PreflightInfo(run_id=run_id, run_key=RUN_DIR_PREFIX + run_id)
     info.planned_bytes = workload.planned_bytes(config, size)
     workload.check(config, size, 1)
+    engine = resolve_io_engine(config)
+    if engine == "threads" and config.bandwidth.io_engine == AUTO and resolve_io_depth(config, layout) > 1:
+        info.warnings.append(f"io_uring unavailable ({uring.unavailable()}): "
+                             "io_depth is kept in flight by threads")
     cls = backend_class(config.storage.type, config.storage.library)
     info.checks.append(f"configuration valid: workload {config.workload} on {config.storage.type} "
                        f"({cls.name}), {size} rank(s) on {layout.num_nodes} node(s)")
@@ -188,6 +213,7 @@ class RunContext:
         self.interrupted: str | None = None
         self.progress = progress
         self.io_depth = resolve_io_depth(config, self.layout)
+        self.io_engine = resolve_io_engine(config)
         self._next_poll = 0
         self.failure: MpibenchError | None = None
         # The node's first rank reads the block device counters of the root around each phase.
@@ -407,6 +433,7 @@ def execute(config: Config, comm: Comm, *, output: str | None, force: bool = Fal
                 "direct_io_alignment": info.alignment,
                 "alignment_source": info.alignment_source,
                 "io_depth": ctx.io_depth,
+                "io_engine": ctx.io_engine,
                 "backend": {**backend.describe(), **info.backend},
             },
             "preflight": {"checks": info.checks, "warnings": info.warnings,

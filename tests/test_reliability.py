@@ -26,6 +26,8 @@ from collections.abc import Iterator
 import pytest
 from conftest import CONFIGS, Completed, clean_env, mpibench_cmd, tree
 
+from mpibench import uring
+
 QUICK = os.path.join(CONFIGS, "quickstart.yaml")
 END_WITHIN_S = 30.0  # the contract: every rank gone this long after the fault (or the start)
 MiB = 2**20
@@ -445,12 +447,31 @@ def test_partner_file_truncated_before_read(request, jobs, sandbox):
                         "expected 262144 bytes, got 0", "truncated")
 
 
+def test_partner_file_truncated_before_read_io_uring(request, jobs, sandbox):
+    """The same with 8 reads in flight in an io_uring ring: the reads past the new end
+    complete with 0 bytes, in whatever order; the first one reaped is named."""
+    if uring.unavailable():
+        pytest.skip(f"io_uring: {uring.unavailable()}")
+
+    def truncate(bandwidth_dir: str) -> None:
+        os.truncate(os.path.join(bandwidth_dir, "rank-000001.dat"), 1 * MiB)
+
+    _, line = _tamper_during_read(request, jobs, sandbox, 2, truncate,
+                                  "rank 0: read ", "rank-000001.dat", "expected 262144 bytes, got 0",
+                                  "truncated", extra=("bandwidth.io_depth=8", "bandwidth.io_engine=io_uring"))
+    offset = int(line.split(" at offset ")[1].split(":")[0])
+    assert 1 * MiB <= offset < 4 * MiB and offset % (256 * 1024) == 0
+
+
 @pytest.mark.parametrize("ranks, rank, phase, action, extra", [
     (2, 1, "write", "raise", ()),
     (2, 1, "read", "raise", ()),
     (2, 0, "write", "raise", ()),
     (4, 3, "write", "raise", ()),
-    (4, 2, "read", "raise", ("storage.type=local_fs", "bandwidth.io_depth=4")),  # threaded transfers
+    (4, 2, "read", "raise", ("storage.type=local_fs", "bandwidth.io_depth=4",
+                             "bandwidth.io_engine=threads")),  # threaded transfers
+    (2, 1, "write", "raise", ("bandwidth.io_depth=8", "bandwidth.io_engine=io_uring")),
+    (2, 0, "read", "ioerror", ("bandwidth.io_depth=8", "bandwidth.io_engine=io_uring")),
     (2, 1, "write", "raise", ("bandwidth.file_mode=shared",)),
     (4, 1, "read", "ioerror", ("bandwidth.iterations=2",)),
 ])

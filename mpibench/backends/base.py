@@ -74,6 +74,10 @@ class Backend(ABC):
         """A function offset -> bytes read into `view` (short reads and OSError as for writer)."""
         return lambda offset: self.read_at(handle, view, offset)
 
+    def fileno(self, handle: Any) -> int | None:
+        """The file descriptor behind a handle, for io_uring; None when there is none."""
+        return None
+
     def fsync(self, handle: Any) -> None:
         """Make the written data durable."""
 

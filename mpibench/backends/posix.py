@@ -258,6 +258,9 @@ class PosixBackend(Backend):
         """os.preadv itself, bound to the file and buffer (see writer)."""
         return functools.partial(os.preadv, handle.fd, [view])
 
+    def fileno(self, handle: _PosixHandle) -> int | None:
+        return handle.fd
+
     def fsync(self, handle: _PosixHandle) -> None:
         try:
             os.fsync(handle.fd)
