@@ -122,22 +122,51 @@ class FeistelPermutation:
         return out.astype(np.int64)
 
 
-def epoch_files(num_files: int, size: int, rank: int, epoch: int, shuffle: bool, seed: int) -> np.ndarray:
-    """The file indices `rank` reads in `epoch`: every file once per epoch across ranks.
+class EpochShare:
+    """The files one rank reads in one epoch, made a slice at a time, never all at once.
 
-    Files are split as evenly as possible (counts differ by at most one). With shuffle
-    the assignment and the order change every epoch, seeded; without it rank r reads a
-    contiguous run of files, the same each epoch.
+    Every file once per epoch across ranks; shares differ by at most one file. With
+    shuffle the assignment and the order change every epoch, seeded (a Feistel bijection
+    on the file indices, so any position is computable alone); without it rank r reads a
+    contiguous run of files, the same each epoch. Memory is one slice, whatever the
+    dataset size; `share[position]` computes (and keeps) the slice holding `position`.
     """
-    start, count = part_range(num_files, size, rank)
-    if not shuffle or count == 0:
-        return np.arange(start, start + count, dtype=np.int64)
-    perm = FeistelPermutation(num_files, seed * 1_000_003 + epoch)
-    files = np.empty(count, dtype=np.int64)
-    for first in range(0, count, 1 << 14):  # in slices, so the temporaries stay small
-        last = min(count, first + (1 << 14))
-        files[first:last] = perm(np.arange(start + first, start + last, dtype=np.int64))
-    return files
+
+    SLICE = 1 << 14
+
+    def __init__(self, num_files: int, size: int, rank: int, epoch: int, shuffle: bool, seed: int) -> None:
+        self.start, self.count = part_range(num_files, size, rank)
+        self.perm = (FeistelPermutation(num_files, seed * 1_000_003 + epoch)
+                     if shuffle and self.count else None)
+        self._held: tuple[int, np.ndarray | None] = (-1, None)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def slice(self, first: int, last: int) -> np.ndarray:
+        """The file indices at positions first..last-1 of the rank's epoch order."""
+        last = min(last, self.count)
+        positions = np.arange(self.start + first, self.start + max(first, last), dtype=np.int64)
+        return positions if self.perm is None else self.perm(positions)
+
+    def slices(self) -> Iterator[np.ndarray]:
+        """The whole share in order, one slice of at most SLICE files at a time."""
+        for first in range(0, self.count, self.SLICE):
+            yield self.slice(first, first + self.SLICE)
+
+    def __getitem__(self, position: int) -> int:
+        block = position // self.SLICE
+        held, values = self._held  # one tuple: threads see a consistent pair
+        if held != block or values is None:
+            values = self.slice(block * self.SLICE, (block + 1) * self.SLICE)
+            self._held = (block, values)
+        return int(values[position - block * self.SLICE])
+
+
+def epoch_files(num_files: int, size: int, rank: int, epoch: int, shuffle: bool, seed: int) -> np.ndarray:
+    """The file indices `rank` reads in `epoch`, all at once (see EpochShare)."""
+    share = EpochShare(num_files, size, rank, epoch, shuffle, seed)
+    return share.slice(0, len(share)) if len(share) <= share.SLICE else np.concatenate(list(share.slices()))
 
 
 def file_name(index: int, num_files: int, ext: str, num_subfolders: int) -> str:

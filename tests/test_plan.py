@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpibench.plan import (
+    EpochShare,
     FeistelPermutation,
     aligned_slice,
     bandwidth_file,
@@ -88,6 +89,23 @@ def test_epoch_files_each_once_balanced(num_files, size, epoch, shuffle):
     assert sorted(seen.tolist()) == list(range(num_files))
     counts = [len(epoch_files(num_files, size, r, epoch, shuffle, 7)) for r in range(size)]
     assert max(counts) - min(counts) <= 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 100_000), st.integers(1, 4), st.booleans(), st.data())
+def test_epoch_share_by_position_matches_the_whole(num_files, size, shuffle, data):
+    """A share made a slice at a time gives, position by position and slice by slice,
+    what the whole array gives, across slice boundaries and in any order of access."""
+    rank = data.draw(st.integers(0, size - 1))
+    whole = epoch_files(num_files, size, rank, 2, shuffle, 11)
+    share = EpochShare(num_files, size, rank, 2, shuffle, 11)
+    assert len(share) == len(whole)
+    assert np.array_equal(np.concatenate(list(share.slices()) or [np.zeros(0, np.int64)]), whole)
+    if len(whole):
+        probes = data.draw(st.lists(st.integers(0, len(whole) - 1), min_size=1, max_size=40))
+        edges = [p for p in (EpochShare.SLICE - 1, EpochShare.SLICE, len(whole) - 1) if p < len(whole)]
+        for position in probes + edges + probes[::-1]:
+            assert share[position] == whole[position]
 
 
 def test_shuffle_changes_each_epoch_and_is_seeded():

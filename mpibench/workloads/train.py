@@ -1,7 +1,7 @@
 """train: read the dataset as a training job's data loader does, with emulated compute.
 
 Each epoch is one measured phase. Every file is read exactly once per epoch across all
-ranks (plan.epoch_files: counts differ by at most one, seeded new order and assignment
+ranks (plan.EpochShare: counts differ by at most one, seeded new order and assignment
 each epoch unless shuffle=off). Per rank, `read_threads` threads read whole files (one
 aligned buffer each, grown if a file is larger than estimated) and decode them; the main
 thread takes batches of `batch_size` samples in order and "computes" each for
@@ -44,7 +44,7 @@ from mpibench.formats import (
     size_bound,
 )
 from mpibench.metrics import PhaseRecorder
-from mpibench.plan import epoch_files, round_up
+from mpibench.plan import EpochShare, round_up
 from mpibench.units import format_size
 from mpibench.workloads import Workload
 from mpibench.workloads.bandwidth import annotate_cache
@@ -54,7 +54,6 @@ if TYPE_CHECKING:
     from mpibench.backends.base import Backend
     from mpibench.run import PreflightInfo, RunContext
 
-SLICE = 1 << 16  # files sized at once: temporaries stay small however large a rank's share
 COMPUTE_SLICE_S = 0.05  # emulated compute sleeps in slices, testing for a stop notice between
 
 
@@ -85,14 +84,14 @@ def index_sums(num_files: int) -> tuple[int, int]:
     return n * (n - 1) // 2, (n - 1) * n * (2 * n - 1) // 6
 
 
-def read_buffers(ds: Any, threads: int, shares: Iterable[np.ndarray], alignment: int) -> list[Any]:
+def read_buffers(ds: Any, threads: int, shares: Iterable[EpochShare], alignment: int) -> list[Any]:
     """One aligned buffer per reader thread, large enough for the rank's largest file.
 
     Allocated and touched before the first epoch, so page faults are not timed as I/O.
-    `shares` may be a generator: one epoch's share at a time is held.
+    Shares are looked at a slice at a time.
     """
-    largest = max((int(record_sizes(ds, files[i:i + SLICE]).max()) for files in shares
-                   for i in range(0, len(files), SLICE)), default=0)
+    largest = max((int(record_sizes(ds, files).max()) for share in shares
+                   for files in share.slices()), default=0)
     capacity = round_up(size_bound(ds, 0, largest) if largest else 1, max(alignment, 4096))
     buffers = [aligned_buffer(capacity) for _ in range(threads)]
     for buf in buffers:
@@ -103,12 +102,12 @@ def read_buffers(ds: Any, threads: int, shares: Iterable[np.ndarray], alignment:
 class _EpochLoader:
     """One rank's data loader for one epoch: reader threads ahead of an emulated compute."""
 
-    def __init__(self, ctx: RunContext, rec: PhaseRecorder, epoch: int, files: np.ndarray,
+    def __init__(self, ctx: RunContext, rec: PhaseRecorder, epoch: int, files: EpochShare,
                  buffers: list[Any]) -> None:
         self.ctx = ctx
         self.rec = rec
         self.epoch = epoch
-        self.files = files  # numpy, not a list: no Python object per file of the share
+        self.files = files  # made a slice at a time: memory does not grow with the share
         self.buffers = buffers  # one per reader thread, reused over epochs
         ds = ctx.config.dataset
         tc = ctx.config.train
@@ -118,7 +117,7 @@ class _EpochLoader:
         self.total_samples = self.n * ds.samples_per_file
         self.cond = threading.Condition()
         self.next_file = 0
-        self.done = bytearray(self.n)
+        self.done: set[int] = set()  # positions read beyond the prefix (at most the readers')
         self.prefix = 0  # files 0..prefix-1 (in epoch order) are read and decoded
         self.current_batch = 0
         self.stopping = False
@@ -160,8 +159,9 @@ class _EpochLoader:
                 stats["index_sum"] += index
                 stats["index_sumsq"] += index * index
                 with self.cond:
-                    self.done[position] = 1
-                    while self.prefix < self.n and self.done[self.prefix]:
+                    self.done.add(position)
+                    while self.prefix in self.done:
+                        self.done.remove(self.prefix)
                         self.prefix += 1
                     self.cond.notify_all()
         except BaseException as exc:  # handed to the main thread
@@ -310,11 +310,11 @@ class TrainWorkload(Workload):
             return {"totals": {"files_per_epoch": ds.num_files,
                                "samples_per_epoch": ds.num_files * ds.samples_per_file,
                                "epochs": tc.epochs}}
-        files = epoch_files(ds.num_files, size, rank, 0, tc.shuffle != "off", tc.seed)
+        files = EpochShare(ds.num_files, size, rank, 0, tc.shuffle != "off", tc.seed)
         samples = len(files) * ds.samples_per_file
         return {"rank": rank, "files_per_epoch": len(files), "samples_per_epoch": samples,
                 "batches_per_epoch": math.ceil(samples / tc.batch_size),
-                "first_files_epoch0": [file_key(ds, int(i)) for i in files[:3]]}
+                "first_files_epoch0": [file_key(ds, int(i)) for i in files.slice(0, 3)]}
 
     def run(self, ctx: RunContext) -> None:
         from mpibench.run import broadcast_outcome
@@ -334,9 +334,8 @@ class TrainWorkload(Workload):
                     "served from the page cache" + (" (train.cache=warm)" if tc.cache == "warm" else
                                                     "; every epoch evicts its files first (train.cache=cold)"))
 
-        def share(epoch: int) -> np.ndarray:
-            # Made again for each epoch, so a rank holds one epoch's share at a time.
-            return epoch_files(ds.num_files, comm.size, comm.rank, epoch, tc.shuffle != "off", tc.seed)
+        def share(epoch: int) -> EpochShare:
+            return EpochShare(ds.num_files, comm.size, comm.rank, epoch, tc.shuffle != "off", tc.seed)
 
         buffers = read_buffers(ds, tc.read_threads, (share(e) for e in range(tc.epochs)), backend.alignment)
         for epoch in range(tc.epochs):
@@ -352,14 +351,17 @@ class TrainWorkload(Workload):
             if phase is not None:
                 annotate_cache(phase)
 
-    def _cache(self, ctx: RunContext, files: np.ndarray) -> dict[str, Any]:
+    def _cache(self, ctx: RunContext, files: EpochShare) -> dict[str, Any]:
         """Evict this epoch's files (train.cache=cold on local_fs) and say how the cache stands."""
         backend = ctx.backend
         if backend.direct:
             return {"state": "direct", "method": backend.name}
         if ctx.config.train.cache == "warm":
             return {"state": "warm", "method": "none: reads may be served from the page cache"}
-        evicted = all([backend.evict(file_key(ctx.config.dataset, int(i))) for i in files])
+        evicted = True
+        for part in files.slices():
+            for index in part.tolist():  # every file, even after one could not be evicted
+                evicted = backend.evict(file_key(ctx.config.dataset, index)) and evicted
         everywhere = bool(ctx.comm.allreduce_min(1 if evicted else 0))
         return {"state": "cold", "evicted": everywhere,
                 "method": "posix_fadvise(POSIX_FADV_DONTNEED) by the reading rank before the epoch"}
