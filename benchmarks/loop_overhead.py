@@ -3,6 +3,7 @@
 
     python benchmarks/loop_overhead.py                 # 4 KiB on /dev/shm, 15 repetitions
     python benchmarks/loop_overhead.py --dir /dev/shm --size 4096 --reps 30
+    python benchmarks/loop_overhead.py --depth 16      # random 4 KiB at depth 16
 
 On tmpfs (which accepts O_DIRECT on Linux) an operation is a memory copy and a system
 call, so what differs between the three is the CPU each spends per operation:
@@ -11,6 +12,13 @@ call, so what differs between the three is the CPU each spends per operation:
   mpibench mpibench.engine.transfer_region at io_depth 1, the loop every workload uses:
            data stamps (writes), one clock reading and one append per operation, checks
   fio      fio --ioengine=psync --direct=1 at queue depth 1, same file size and transfer
+
+With --depth N > 1 the transfers are in random order and N are kept in flight:
+
+  bare-threads      N threads doing bare os.preadv / os.pwrite, taking offsets from one list
+  mpibench          transfer_region with io_engine io_uring (its default where available)
+  mpibench-threads  transfer_region with io_engine threads
+  fio               fio --ioengine=io_uring --iodepth=N --rw=randread / randwrite
 
 Each repetition runs the three in turn on the same file; the table gives the minimum and
 median nanoseconds per operation and mpibench's cost over the bare loop.
@@ -26,12 +34,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from types import SimpleNamespace
 
 import numpy as np
 
-from mpibench import engine
+from mpibench import engine, uring
 from mpibench.backends.posix import DirectFsBackend
 from mpibench.buffers import DataPattern
 from mpibench.config import StorageConfig
@@ -44,6 +53,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=4096, help="transfer size in bytes (default 4096)")
     parser.add_argument("--ops", type=int, default=32768, help="operations per measurement")
     parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--depth", type=int, default=1, help="operations in flight (default 1)")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="mpibench-loop-", dir=args.dir)
     try:
@@ -55,19 +65,49 @@ def main() -> int:
 def measure(work: str, args: argparse.Namespace) -> int:
     size, count = args.size, args.ops
     backend = DirectFsBackend(StorageConfig(type="direct_fs", root=work), alignment=4096)
-    ctx = SimpleNamespace(io_depth=1, backend=backend, fault=None, check_stop=lambda now=None: None)
+    depth = args.depth
+    ctx = SimpleNamespace(io_depth=depth, io_engine="threads", backend=backend, fault=None,
+                          check_stop=lambda now=None: None)
     pattern = DataPattern(1, 0, size)
     offsets = np.arange(count, dtype=np.int64) * size
+    if depth > 1:
+        offsets = np.random.default_rng(1).permutation(offsets)
     plain = offsets.tolist()
     path = os.path.join(work, "loop.dat")
     fio = shutil.which("fio")
 
-    def mpibench_loop(op: str) -> float:
+    def mpibench_loop(op: str, engine_name: str = "io_uring") -> float:
+        ctx.io_engine = engine_name
         handle = backend.open("loop.dat", "w" if op == "write" else "r")
         rec = PhaseRecorder(op, 0, 1.0)
         rec.begin(0.0)
         start = time.perf_counter_ns()
         engine.transfer_region(ctx, rec, handle, op, path, 0, offsets, size, pattern)
+        elapsed = time.perf_counter_ns() - start
+        backend.close(handle)
+        return elapsed / count
+
+    def bare_threads(op: str) -> float:
+        handle = backend.open("loop.dat", "w" if op == "write" else "r")
+        shared = iter(plain)
+        fd = handle.fd
+
+        def worker() -> None:
+            view = memoryview(pattern.new_buffer())[:size]
+            if op == "write":
+                for offset in shared:
+                    os.pwrite(fd, view, offset)
+            else:
+                views = [view]
+                for offset in shared:
+                    os.preadv(fd, views, offset)
+
+        threads = [threading.Thread(target=worker) for _ in range(depth)]
+        start = time.perf_counter_ns()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         elapsed = time.perf_counter_ns() - start
         backend.close(handle)
         return elapsed / count
@@ -91,13 +131,21 @@ def measure(work: str, args: argparse.Namespace) -> int:
         return elapsed / count
 
     def fio_loop(op: str) -> float:
-        out = subprocess.run([fio, "--name=loop", f"--filename={path}", f"--rw={op}", f"--bs={size}",
-                              f"--size={size * count}", "--direct=1", "--ioengine=psync", "--iodepth=1",
-                              "--output-format=json"], capture_output=True, text=True, check=True)
+        mode = ["--ioengine=io_uring", f"--iodepth={depth}", f"--rw=rand{op}"] if depth > 1 else \
+            ["--ioengine=psync", "--iodepth=1", f"--rw={op}"]
+        out = subprocess.run([fio, "--name=loop", f"--filename={path}", *mode, f"--bs={size}",
+                              f"--size={size * count}", "--direct=1", "--output-format=json"],
+                             capture_output=True, text=True, check=True)
         job = json.loads(out.stdout)["jobs"][0][op]
         return job["runtime"] * 1e6 / job["total_ios"] if job["total_ios"] else float("nan")
 
     tools = {"bare": bare_loop, "mpibench": mpibench_loop}
+    if depth > 1:
+        tools = {"bare-threads": bare_threads, "mpibench": mpibench_loop,
+                 "mpibench-threads": lambda op: mpibench_loop(op, "threads")}
+        if uring.unavailable():
+            print(f"skipping mpibench's io_uring engine: {uring.unavailable()}")
+            del tools["mpibench"]
     if fio:
         tools["fio"] = fio_loop
     else:
@@ -108,14 +156,17 @@ def measure(work: str, args: argparse.Namespace) -> int:
         for op in ("write", "read"):
             for name, func in tools.items():
                 results.setdefault((op, name), []).append(func(op))
-    print(f"{size}-byte transfers on {args.dir} ({count} operations, {args.reps} repetitions), ns per operation")
-    print(f"{'op':<6}{'tool':<10}{'min':>8}{'median':>8}{'mpibench - bare (median)':>28}")
+    order = "random order, depth " + str(depth) if depth > 1 else "queue depth 1"
+    print(f"{size}-byte transfers on {args.dir} ({count} operations, {order}, {args.reps} repetitions), "
+          "ns per operation")
+    reference = "bare-threads" if depth > 1 else "bare"
+    print(f"{'op':<6}{'tool':<18}{'min':>8}{'median':>8}{'- ' + reference + ' (median)':>28}")
     for op in ("write", "read"):
-        bare = statistics.median(results[(op, "bare")])
+        bare = statistics.median(results[(op, reference)])
         for name in tools:
             values = results[(op, name)]
-            extra = f"{statistics.median(values) - bare:+.0f}" if name == "mpibench" else ""
-            print(f"{op:<6}{name:<10}{min(values):>8.0f}{statistics.median(values):>8.0f}{extra:>28}")
+            extra = f"{statistics.median(values) - bare:+.0f}" if name.startswith("mpibench") else ""
+            print(f"{op:<6}{name:<18}{min(values):>8.0f}{statistics.median(values):>8.0f}{extra:>28}")
     return 0
 
 

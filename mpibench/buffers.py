@@ -20,8 +20,9 @@ from mpibench.plan import PAGE
 
 STAMP_STRIDE = 4096
 _WORD = struct.Struct("<Q")
-# Up to this many stamps per transfer, struct.pack_into beats numpy's per-call overhead.
-_PACK_LIMIT = 16
+# Up to this many stamps per transfer, struct.pack_into beats numpy's per-call overhead
+# (measured: 8 stamps 2.3 µs either way, 16 stamps 4.2 µs packed vs 2.3 µs with numpy).
+_PACK_LIMIT = 8
 
 
 def aligned_buffer(size: int) -> mmap.mmap:
@@ -103,7 +104,14 @@ class DataPattern:
         if count == 1:
             return lambda offset: pack(buf, 0, key | offset)
         if count <= _PACK_LIMIT:
-            return lambda offset: self.stamp(buf, offset)
+            positions = (np.arange(count) * self._stride_words * 8).tolist()
+
+            def stamp_few(offset: int) -> None:
+                at = key | offset
+                for position in positions:
+                    pack(buf, position, at + position)
+
+            return stamp_few
         words = np.frombuffer(buf, dtype=np.uint64, count=self.transfer_size // 8)[:: self._stride_words]
         block_offsets = self._block_offsets
 

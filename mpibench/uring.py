@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from mpibench.backends.base import io_error
 from mpibench.buffers import DataPattern, aligned_buffer
 from mpibench.engine import POLL_INTERVAL_NS, complete_short
-from mpibench.errors import VerifyError
+from mpibench.errors import BenchIOError, VerifyError
 from mpibench.metrics import FLUSH_EVERY
 from mpibench.plan import PAGE
 
@@ -112,15 +112,19 @@ def uring_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, fd: int, op: 
     advance, reaped = lu.io_uring_cq_advance, lu.CqeIter
     wait_ts = lu.timespec(WAIT_S)
     ring, cqe = lu.Ring(), lu.Cqe()
-    lu.io_uring_queue_init(_ring_entries(depth), ring)
+    try:
+        lu.io_uring_queue_init(_ring_entries(depth), ring)
+    except OSError as exc:
+        raise BenchIOError(f"cannot set up an io_uring ring of {_ring_entries(depth)} entries for {path}: "
+                           f"{exc.strerror or exc}", "set bandwidth.io_engine=threads", path=path) from None
 
     log = rec.new_log(transfer_size)
-    record = log.entries.extend  # (-start, end) per operation: a pair, see OpLog
+    note = log.entries.append  # -start then end per operation: a pair, see OpLog
     clock = time.perf_counter_ns
     fault = ctx.fault
     stop_at = deadline_ns or (1 << 62)
     slot_offset = [0] * depth
-    slot_start = [0] * depth
+    slot_start = [0] * depth  # negated: as the log stores a start
     upcoming = iter(offsets)
     pending = 0  # operations prepared whose completion has not been consumed yet
     offset = -1
@@ -132,7 +136,7 @@ def uring_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, fd: int, op: 
             sqe = get_sqe(ring)
             prep(sqe, fd, iovecs[slot], offset)
             sqe.user_data = slot
-            slot_offset[slot], slot_start[slot] = offset, now
+            slot_offset[slot], slot_start[slot] = offset, -now
             pending += 1
         issuing = pending == depth
         next_check = 0 if fault is not None else min(stop_at, now + POLL_INTERVAL_NS)
@@ -157,7 +161,8 @@ def uring_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, fd: int, op: 
                     complete_short(backend, handle, views[slot], writing, path, offset, done.res,
                                    transfer_size)
                     now = clock()
-                record((-slot_start[slot], now))
+                note(slot_start[slot])
+                note(now)
                 if verify:
                     offset = slot_offset[slot]
                     bad = pattern.first_mismatch(views[slot], offset, transfer_size, scratch)  # type: ignore[arg-type]
@@ -173,7 +178,7 @@ def uring_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, fd: int, op: 
                         sqe = get_sqe(ring)
                         prep(sqe, fd, iovecs[slot], offset)
                         sqe.user_data = slot
-                        slot_offset[slot], slot_start[slot] = offset, now
+                        slot_offset[slot], slot_start[slot] = offset, -now
                         pending += 1
                     else:
                         issuing = False

@@ -86,3 +86,18 @@ def test_data_pattern_is_unique_per_block_and_verifiable():
     assert pattern.first_mismatch(memoryview(buf), 2**20, 2**20, scratch) == 2**20 + 12345
     other = DataPattern(seed=1, file_id=4, transfer_size=2**20)
     assert bytes(other.base[:4096]) != bytes(pattern.base[:4096])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([8, 512, 4096, 8192, 3 * 4096, 32768, 65536, 4096 * 9, 2**20, 3 * 4096 + 8]),
+       st.integers(0, 2**30))
+def test_stamper_writes_what_verify_expects(transfer_size, block):
+    """The hot-path stamper (one pack, a packed loop or numpy, by stamp count) writes
+    exactly the bytes that verification regenerates for that offset."""
+    pattern = DataPattern(seed=5, file_id=9, transfer_size=transfer_size)
+    buf = pattern.new_buffer()
+    offset = block * transfer_size
+    pattern.stamper(buf)(offset)
+    scratch = aligned_buffer(transfer_size)
+    assert bytes(buf[:transfer_size]) == bytes(pattern.expected(offset, scratch))
+    assert pattern.first_mismatch(memoryview(buf), offset, transfer_size, scratch) == -1
