@@ -130,17 +130,26 @@ def uring_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, fd: int, op: 
     offset = -1
     try:
         now = clock()
-        for slot, offset in zip(range(depth), upcoming, strict=False):
-            if stamps is not None:
-                stamps[slot](offset)
-            sqe = get_sqe(ring)
-            prep(sqe, fd, iovecs[slot], offset)
-            sqe.user_data = slot
-            slot_offset[slot], slot_start[slot] = offset, -now
-            pending += 1
-        issuing = pending == depth
+        free = list(range(depth))  # slots whose buffer is idle: refilled, in order, each round
+        issuing = True
         next_check = 0 if fault is not None else min(stop_at, now + POLL_INTERVAL_NS)
-        while pending:
+        while True:
+            if issuing:
+                for slot in free:
+                    offset = next(upcoming, -1)
+                    if offset < 0:
+                        issuing = False
+                        break
+                    if stamps is not None:
+                        stamps[slot](offset)
+                    sqe = get_sqe(ring)
+                    prep(sqe, fd, iovecs[slot], offset)
+                    sqe.user_data = slot
+                    slot_offset[slot], slot_start[slot] = offset, -now
+                    pending += 1
+            free.clear()
+            if not pending:
+                break
             # One system call submits what was prepared and waits for a completion (none
             # when one is already there); at most WAIT_S, so stop notices are seen.
             try:
@@ -170,18 +179,7 @@ def uring_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, fd: int, op: 
                         raise VerifyError(
                             f"data verification failed: {path} differs from what was written at offset {bad}",
                             "the storage returned wrong data", path=path)
-                if issuing:
-                    offset = next(upcoming, -1)
-                    if offset >= 0:
-                        if stamps is not None:
-                            stamps[slot](offset)
-                        sqe = get_sqe(ring)
-                        prep(sqe, fd, iovecs[slot], offset)
-                        sqe.user_data = slot
-                        slot_offset[slot], slot_start[slot] = offset, -now
-                        pending += 1
-                    else:
-                        issuing = False
+                free.append(slot)
             if count:
                 advance(ring, count)
                 pending -= count
