@@ -161,6 +161,9 @@ def preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
     if engine == "threads" and config.bandwidth.io_engine == AUTO and resolve_io_depth(config, layout) > 1:
         info.warnings.append(f"io_uring unavailable ({uring.unavailable()}): "
                              "io_depth is kept in flight by threads")
+    if engine == "none" and config.bandwidth.io_engine != AUTO:
+        info.warnings.append(f"bandwidth.io_engine={config.bandwidth.io_engine} is ignored: it applies to "
+                             "local_fs and direct_fs with storage.library=native")
     cls = backend_class(config.storage.type, config.storage.library)
     info.checks.append(f"configuration valid: workload {config.workload} on {config.storage.type} "
                        f"({cls.name}), {size} rank(s) on {layout.num_nodes} node(s)")

@@ -59,6 +59,10 @@ def test_engine_choice(monkeypatch, tmp_path):
     via_s3dlio = build_config({"workload": "bandwidth",
                                "storage": {"type": "direct_fs", "root": root, "library": "s3dlio"}})
     assert resolve_io_engine(via_s3dlio) == "none"
+    ignored = build_config({"workload": "bandwidth", "bandwidth": {"io_engine": "threads"},
+                            "storage": {"type": "direct_fs", "root": str(tmp_path / "r4"), "library": "s3dlio"}})
+    info = preflight(ignored, 1, one_rank().layout())
+    assert any("bandwidth.io_engine=threads is ignored" in w for w in info.warnings)
     # Where the probe fails (no binding, an old kernel, a seccomp policy, io_uring_disabled):
     reason = "the kernel refused an io_uring ring (Operation not permitted)"
     monkeypatch.setattr(uring, "_probe_result", (reason,))
