@@ -31,10 +31,12 @@ from mpibench.errors import BenchIOError, VerifyError
 from mpibench.metrics import FLUSH_EVERY
 from mpibench.plan import PAGE
 
-try:  # an optional binary dependency: Linux x86_64 wheels only
+_import_error = ""
+try:  # a binary dependency with Linux x86_64 wheels only
     import liburing as _lu
-except ImportError:  # pragma: no cover - depends on the platform
+except Exception as exc:  # pragma: no cover - depends on the platform (not installed, or it fails to load)
     _lu = None
+    _import_error = f"{type(exc).__name__}: {exc}"
 
 if TYPE_CHECKING:
     from mpibench.metrics import PhaseRecorder
@@ -61,7 +63,9 @@ def unavailable() -> str | None:
 
 def _probe() -> str | None:
     if _lu is None:
-        return "the liburing package is not installed (pip install liburing; Linux x86_64 only)"
+        if _import_error.startswith("ModuleNotFoundError"):
+            return "the liburing package is not installed (pip install liburing; Linux x86_64 only)"
+        return f"the liburing package does not load ({_import_error})"
     ring = _lu.Ring()
     try:
         _lu.io_uring_queue_init(2, ring)

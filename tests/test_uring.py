@@ -84,3 +84,32 @@ def test_engine_choice(monkeypatch, tmp_path):
 def test_probe_names_what_is_missing():
     reason = uring._probe()
     assert reason is None or "io_uring" in reason or "liburing" in reason
+
+
+def test_without_the_binding_auto_runs_threads_and_says_so(tmp_path):
+    """A process where liburing cannot be imported (as on a platform without its wheel):
+    `auto` runs the thread engine and the preflight warns; `io_uring` is refused in one line."""
+    import json
+    import subprocess
+    import sys
+
+    hide = "import sys; sys.modules['liburing'] = None; from mpibench.cli import main; sys.exit(main(sys.argv[1:]))"
+    quickstart = os.path.join(os.path.dirname(__file__), "..", "configs", "quickstart.yaml")
+    base = [sys.executable, "-c", hide, "run", quickstart, "storage.type=direct_fs",
+            "bandwidth.transfer_size=16KiB", "bandwidth.block_size=1MiB", "bandwidth.iterations=1",
+            "bandwidth.io_depth=4"]
+    out = tmp_path / "r.json"
+    done = subprocess.run([*base, f"storage.root={tmp_path / 'a'}", "--quiet", "--output", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(out.read_text())
+    assert doc["environment"]["io_engine"] == "threads"
+    assert doc["environment"]["versions"]["liburing"]  # installed, just not importable here
+    assert any("io_uring unavailable" in w and "not installed" in w for w in doc["preflight"]["warnings"])
+    refused = subprocess.run([*base, f"storage.root={tmp_path / 'b'}", "bandwidth.io_engine=io_uring",
+                              "--quiet", "--output", str(tmp_path / "r2.json")], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "bandwidth.io_engine=io_uring cannot be used here" in lines[0], refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (tmp_path / "b").exists() and not (tmp_path / "r2.json").exists()
