@@ -33,8 +33,9 @@ def transfer_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, p
     keeps that many I/Os in flight in an io_uring ring (mpibench.uring). Otherwise that
     many threads each keep one I/O in flight (os.preadv and os.pwrite release the GIL),
     taking the next offset from one shared iterator, so the operations done are always a
-    prefix of `offsets`; the main thread keeps polling for a stop notice. Writes to a backend that takes them only in order (random_write false:
-    an S3 upload) use one thread; such a backend keeps its own writes in flight.
+    prefix of `offsets`; the main thread keeps polling for a stop notice. Writes to a
+    backend that takes them only in order (random_write false: an S3 upload) use one
+    thread; such a backend keeps its own writes in flight.
     """
     depth = max(1, min(ctx.io_depth, len(offsets)))
     if op == "write" and not ctx.backend.random_write:
@@ -160,7 +161,7 @@ def _loop(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, path: str,
 
 
 def complete_short(backend: Backend, handle: Any, view: memoryview, writing: bool, path: str,
-              offset: int, done: int, transfer_size: int) -> None:
+                   offset: int, done: int, transfer_size: int) -> None:
     """Finish a short transfer (the kernel may move fewer bytes than asked), or raise."""
     if writing:
         if done <= 0:
