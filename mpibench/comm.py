@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+ABORT_FORWARD_S = 0.2  # pause between a rank's last line and MPI_Abort (see Comm.abort)
+
 try:  # mpi4py is a dependency, but a broken MPI must not stop `mpibench plan` on a laptop
     import mpi4py
 
@@ -161,6 +163,9 @@ class Comm:
         sys.stdout.flush()
         sys.stderr.flush()
         if self._comm is not None and self.size > 1:
+            # Give the launcher a moment to forward the line just written: Hydra can tear
+            # the job down on the abort before it has relayed the rank's last output.
+            time.sleep(ABORT_FORWARD_S)
             self._comm.Abort(code)
         os._exit(code)
 
