@@ -276,12 +276,14 @@ class RunContext:
                 error.rank = self.comm.rank
             self.cancel.notify(_rank_line(self.comm.rank, error))
         rec.finish(self.comm.wtime())
-        if self.block_stat:
-            rec.extra["block_device"] = {"stat": self.block_stat,
-                                         **environment.block_delta(block_before, environment.read_block_stat(self.block_stat))}
         if self.progress is not None:
             self.progress.stop()
         worst, first = self._agree(error)
+        if self.block_stat:
+            # Read after the agreement, a collective every rank enters only once its I/O is
+            # done: the node's other ranks may still be writing when this one finishes.
+            rec.extra["block_device"] = {"stat": self.block_stat,
+                                         **environment.block_delta(block_before, environment.read_block_stat(self.block_stat))}
         # The phase is reduced even when it failed: the partial result shows how far it got.
         phase = self._reduce(rec, {**meta, "complete": worst == 0} if worst else meta)
         if worst == 2:
