@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 ABORT_FORWARD_S = 0.2  # pause between a rank's last line and MPI_Abort (see Comm.abort)
+IDLE_PAUSE_S = (0.00005, 0.001)  # Comm.idle_barrier's first and longest sleep between tests
 
 try:  # mpi4py is a dependency, but a broken MPI must not stop `mpibench plan` on a laptop
     import mpi4py
@@ -71,6 +72,24 @@ class Comm:
         """Wait for every rank."""
         if self._comm is not None and self.size > 1:
             self._comm.Barrier()
+
+    def idle_barrier(self) -> None:
+        """Wait for every rank without holding a core.
+
+        MPI's blocking collectives spin: a rank that finished its I/O early would burn a
+        core while the others still do theirs, and on a node with fewer cores than ranks (or
+        other work) that slows the ranks still measuring. This one tests a non-blocking
+        barrier and sleeps between tests (50 us, doubling to 1 ms). Its return is up to a
+        millisecond late, so it is for waits outside the timed window; follow it with
+        barrier() where the ranks must leave together.
+        """
+        if self._comm is None or self.size == 1:
+            return
+        request = self._comm.Ibarrier()
+        pause, longest = IDLE_PAUSE_S
+        while not request.Test():
+            time.sleep(pause)
+            pause = min(pause * 2, longest)
 
     def bcast(self, obj: Any, root: int = 0) -> Any:
         """Send a picklable object from root to every rank."""

@@ -253,7 +253,8 @@ class RunContext:
         if self.faults:
             faults.before_phase(self.faults, self.comm.rank, name)
             self.fault = faults.mid_phase(self.faults, self.comm.rank, name)
-        self.comm.barrier()
+        self.comm.idle_barrier()  # ranks still setting up (or rank 0 reducing) hold no core...
+        self.comm.barrier()  # ...and this one lets every rank leave together
         block_before = environment.read_block_stat(self.block_stat)
         rec.begin(self.comm.wtime())
         if self.progress is not None:
@@ -278,6 +279,9 @@ class RunContext:
         rec.finish(self.comm.wtime())
         if self.progress is not None:
             self.progress.stop()
+        # Ranks done early sleep here instead of spinning in the agreement's collective while
+        # the others are still timed (the end times are taken already).
+        self.comm.idle_barrier()
         worst, first = self._agree(error)
         if self.block_stat:
             # Read after the agreement, a collective every rank enters only once its I/O is
@@ -351,6 +355,7 @@ def broadcast_outcome(comm: Comm, produce: Callable[[], Any]) -> Any:
             err = PreflightError(f"internal error: {type(exc).__name__}: {exc}", "rerun with --debug and report it")
             err.__cause__ = exc
             outcome = ("error", err)
+    comm.idle_barrier()  # the other ranks sleep while rank 0 works
     kind, value = comm.bcast(outcome)
     if kind == "error":
         raise agreed(value)
@@ -494,7 +499,7 @@ def _cleanup(ctx: RunContext, workload: Workload) -> MpibenchError | None:
         except MpibenchError as exc:
             error = error or exc
         ctx.watchdog.in_io = False
-    ctx.comm.barrier()
+    ctx.comm.idle_barrier()
     return error
 
 

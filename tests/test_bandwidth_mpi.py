@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -122,6 +123,21 @@ def test_stonewall_stops_within_one_operation(shared_tmpdir):
                 # The last operation started before the deadline: transfers end within one op of it.
                 assert rank["transfer_s"] <= deadline + rank["latency_max_s"] + 0.05
                 assert rank["transfer_s"] >= deadline - 0.05
+
+
+def test_idle_barrier_waits_without_holding_a_core():
+    """A rank done early waits for a slow one asleep: it must not take CPU from the ranks
+    still doing timed I/O (a spinning wait would use most of the second)."""
+    comm = Comm()
+    comm.barrier()
+    if comm.rank == comm.size - 1:
+        time.sleep(1.0)
+    wall, cpu = time.monotonic(), time.process_time()
+    comm.idle_barrier()
+    wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+    if comm.rank == 0:
+        assert wall > 0.8  # it did wait for the slow rank
+        assert cpu < 0.1
 
 
 def test_kernel_counters_match_direct_io(shared_tmpdir, monkeypatch):
