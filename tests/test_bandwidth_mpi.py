@@ -130,23 +130,23 @@ def test_stonewall_stops_within_one_operation(shared_tmpdir):
             assert 0 < rank["bytes"] < 2**30
             # The last operation started before the deadline: transfers end within one op of it.
             assert rank["transfer_s"] <= deadline + rank["latency_max_s"] + 0.05
-            if rank["stonewalled"]:
-                assert rank["transfer_s"] >= deadline - 0.05
+            if rank["stonewalled"]:  # the deadline counts from the phase start, before the open
+                assert rank["open_s"] + rank["transfer_s"] >= deadline - 0.05
 
 
 def test_idle_barrier_waits_without_holding_a_core():
     """A rank done early waits for a slow one asleep: it must not take CPU from the ranks
-    still doing timed I/O (a spinning wait would use most of the second)."""
+    still doing timed I/O (a spinning wait would use most of the 2 seconds)."""
     comm = Comm()
     comm.barrier()
     if comm.rank == comm.size - 1:
-        time.sleep(1.0)
+        time.sleep(2.0)
     wall, cpu = time.monotonic(), time.process_time()
     comm.idle_barrier()
     wall, cpu = time.monotonic() - wall, time.process_time() - cpu
     if comm.rank == 0:
-        assert wall > 0.8  # it did wait for the slow rank
-        assert cpu < 0.1
+        assert wall > 1.5  # it did wait for the slow rank
+        assert cpu < 0.2
 
 
 def test_kernel_counters_match_direct_io(shared_tmpdir, monkeypatch):
@@ -162,7 +162,7 @@ def test_kernel_counters_match_direct_io(shared_tmpdir, monkeypatch):
             # O_DIRECT writes reach the storage layer byte for byte (plus a little metadata).
             assert rank["bytes"] <= rank["proc_io"]["write_bytes"] <= rank["bytes"] + 2**20
         for rank in read["ranks"]:
-            assert rank["proc_io"]["read_bytes"] == rank["bytes"]
+            assert rank["bytes"] <= rank["proc_io"]["read_bytes"] <= rank["bytes"] + 2**20
         device = write["hosts"][0]["block_device"]
         if device:
             # Device counters are per node and shared with other processes: a sanity bound only.
