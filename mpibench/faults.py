@@ -6,6 +6,7 @@ Never set in normal runs. Specs are separated by ';', fields by ':' after the ac
     ioerror:rank=1:phase=write:after_ops=3       raise an I/O error (BenchIOError) instead;
                                                  phase=start: as the rank sets up, before any phase
     sleep:rank=1:phase=write:after_ops=2:seconds=60  stall rank 1 mid-phase
+                                                 (with dir=/tmp/x: creating /tmp/x/stalled first)
     pause:phase=read:dir=/tmp/x                  before the phase, rank 0 creates
                                                  /tmp/x/paused and waits for /tmp/x/resume
                                                  (phase=preflight: once the run directory exists)
@@ -50,6 +51,8 @@ class Fault:
 
             raise BenchIOError(f"injected I/O error in phase {self.phase}", "a test asked for it")
         if self.action == "sleep":
+            if self.directory:  # tells a test that the stall has begun
+                open(os.path.join(self.directory, "stalled"), "w").close()
             time.sleep(self.seconds)
 
 

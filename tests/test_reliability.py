@@ -133,6 +133,19 @@ def wait_for(path: str, job: Job, limit: float = 60.0) -> None:
         time.sleep(0.01)
 
 
+def wait_delivered(pid: int, signum: int, limit: float = 10.0) -> None:
+    """Wait until a signal sent to process `pid` is no longer pending (the kernel delivered it)."""
+    bit = 1 << (signum - 1)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/status") as status:
+            fields = dict(line.split(":", 1) for line in status if ":" in line)
+        if not (int(fields["ShdPnd"], 16) | int(fields["SigPnd"], 16)) & bit:
+            return
+        time.sleep(0.005)
+    pytest.fail(f"signal {signum} to process {pid} still pending after {limit} s")
+
+
 # -- the contract ---------------------------------------------------------------------------
 
 
@@ -551,7 +564,10 @@ def _signal_mid_phase(request, jobs, sandbox, signum: int, stall: str = "", rank
                  fault=f"pids:dir={faults_dir};pause:phase=write:dir={faults_dir};{stall}")
     wait_for(os.path.join(faults_dir, "paused"), job)
     open(os.path.join(faults_dir, "resume"), "w").close()
-    time.sleep(0.5)
+    if stall:
+        wait_for(os.path.join(faults_dir, "stalled"), job)
+    else:
+        time.sleep(0.5)
     assert job.proc.poll() is None, "the run ended before the signal"
     if to_rank is None:
         sent = job.signal(signum)
@@ -608,7 +624,8 @@ def test_signal_while_a_rank_is_stuck_ends_the_job(request, jobs, sandbox):
     """A rank stuck in an I/O call that does not return cannot stop gracefully: the job
     must still end well within the contract's 30 s, not when the call returns."""
     done = _signal_mid_phase(request, jobs, sandbox, signal.SIGINT,
-                             "sleep:rank=1:phase=write:after_ops=2:seconds=120", graceful=False)
+                             f"sleep:rank=1:phase=write:after_ops=2:seconds=120:dir={sandbox['faults']}",
+                             graceful=False)
     check_contract(done, 130, "rank 1: an I/O call has not returned 10 s after SIGINT: aborting the job",
                    f"{run_dir_of(sandbox, 'signal')} may keep files")
     assert done.seconds < 15
@@ -787,13 +804,13 @@ def test_second_signal_to_a_rank_aborts_at_once(request, jobs, sandbox):
     before = tree(sandbox["box"])
     job = launch(jobs, 2, "run", QUICK, f"storage.root={sandbox['root']}", *SMALL, "run_id=twice",
                  "--output", sandbox["output"],
-                 fault=f"pids:dir={faults_dir};sleep:rank=1:phase=write:after_ops=2:seconds=120")
-    data = os.path.join(run_dir_of(sandbox, "twice"), "bandwidth", "rank-000001.dat")
-    wait_for(data, job)
-    time.sleep(0.5)
+                 fault=f"pids:dir={faults_dir};sleep:rank=1:phase=write:after_ops=2:seconds=120:dir={faults_dir}")
+    wait_for(os.path.join(faults_dir, "stalled"), job)
     pid = int(open(os.path.join(faults_dir, "rank-1.pid")).read())
     os.kill(pid, signal.SIGTERM)
-    time.sleep(0.3)
+    # Two signals still pending at once are one: send the second once the first was taken.
+    wait_delivered(pid, signal.SIGTERM)
+    time.sleep(0.3)  # and its handler ran (the main thread wakes from the stall's sleep for it)
     os.kill(pid, signal.SIGTERM)
     done = job.finish(since=time.monotonic())
     _record(request, done.seconds)
