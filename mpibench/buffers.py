@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import mmap
 import struct
+import sys
 from typing import Any
 
 import numpy as np
@@ -93,6 +94,14 @@ class DataPattern:
             return
         words = np.frombuffer(buf, dtype=np.uint64, count=self.transfer_size // 8)
         np.add(self._block_offsets, np.uint64(key), out=words[:: self._stride_words])
+
+    def single_stamp(self, buf: mmap.mmap) -> tuple[memoryview, int] | None:
+        """For a transfer holding one stamp: `(words, key)`, where ``words[0] = key | offset``
+        stamps `buf` for a file offset with no function call (a loop can do it inline);
+        None when the transfer holds several stamps or none (use :meth:`stamper`)."""
+        if not self._stamps or len(self._block_offsets) != 1 or sys.byteorder != "little":
+            return None
+        return memoryview(buf).cast("Q"), int(self._key)  # native order is the stamps' "<Q"
 
     def stamper(self, buf: mmap.mmap) -> Any:
         """A function stamping `buf` for a file offset, as cheap as the transfer size allows."""

@@ -100,7 +100,9 @@ def _loop(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, path: str,
     buf = pattern.new_buffer() if writing else aligned_buffer(max(transfer_size, PAGE))
     view = memoryview(buf)[:transfer_size]
     io = backend.writer(handle, view) if writing else backend.reader(handle, view)
-    stamp = pattern.stamper(buf) if writing else None
+    single = pattern.single_stamp(buf) if writing else None
+    words, key = single if single is not None else (None, 0)
+    stamp = pattern.stamper(buf) if writing and single is None else None
     scratch = aligned_buffer(transfer_size) if verify and not writing else None
     log = rec.new_log(transfer_size)
     entries = log.entries
@@ -121,7 +123,9 @@ def _loop(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, path: str,
     note(-now)
     try:
         for offset in offsets:
-            if stamp is not None:
+            if words is not None:
+                words[0] = key | offset  # the stamp of a transfer of one 4 KiB block
+            elif stamp is not None:
                 stamp(offset)
             n = io(offset)
             end = clock()

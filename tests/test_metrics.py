@@ -92,12 +92,19 @@ def test_data_pattern_is_unique_per_block_and_verifiable():
 @given(st.sampled_from([8, 512, 4096, 8192, 3 * 4096, 32768, 65536, 4096 * 9, 2**20, 3 * 4096 + 8]),
        st.integers(0, 2**30))
 def test_stamper_writes_what_verify_expects(transfer_size, block):
-    """The hot-path stamper (one pack, a packed loop or numpy, by stamp count) writes
-    exactly the bytes that verification regenerates for that offset."""
+    """The hot-path stamps (the inline word of a one-stamp transfer; one pack, a packed
+    loop or numpy by stamp count) write exactly the bytes that verification regenerates
+    for that offset."""
     pattern = DataPattern(seed=5, file_id=9, transfer_size=transfer_size)
-    buf = pattern.new_buffer()
     offset = block * transfer_size
-    pattern.stamper(buf)(offset)
     scratch = aligned_buffer(transfer_size)
+    buf = pattern.new_buffer()
+    pattern.stamper(buf)(offset)
     assert bytes(buf[:transfer_size]) == bytes(pattern.expected(offset, scratch))
     assert pattern.first_mismatch(memoryview(buf), offset, transfer_size, scratch) == -1
+    single = pattern.single_stamp(inline := pattern.new_buffer())
+    assert (single is not None) == (8 <= transfer_size <= 4096 and transfer_size % 8 == 0)
+    if single is not None:
+        words, key = single
+        words[0] = key | offset
+        assert bytes(inline[:transfer_size]) == bytes(buf[:transfer_size])
