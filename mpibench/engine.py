@@ -99,7 +99,7 @@ def _loop(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, path: str,
     # A read buffer's content is overwritten by the read: only writes start from the pattern.
     buf = pattern.new_buffer() if writing else aligned_buffer(max(transfer_size, PAGE))
     view = memoryview(buf)[:transfer_size]
-    io = backend.writer(handle, view) if writing else backend.reader(handle, view)
+    io = backend.writer(handle, view) if writing else backend.reader(handle, view, keep=verify)
     single = pattern.single_stamp(buf) if writing else None
     words, key = single if single is not None else (None, 0)
     stamp = pattern.stamper(buf) if writing and single is None else None

@@ -70,8 +70,12 @@ class Backend(ABC):
         """
         return lambda offset: self.write_at(handle, view, offset)
 
-    def reader(self, handle: Any, view: memoryview) -> Any:
-        """A function offset -> bytes read into `view` (short reads and OSError as for writer)."""
+    def reader(self, handle: Any, view: memoryview, keep: bool = True) -> Any:
+        """A function offset -> bytes read into `view` (short reads and OSError as for writer).
+
+        keep=False: the caller never looks at the bytes (no verification), so a backend
+        whose library hands back a buffer of its own need not copy it into `view`.
+        """
         return lambda offset: self.read_at(handle, view, offset)
 
     def fileno(self, handle: Any) -> int | None:

@@ -254,8 +254,9 @@ class PosixBackend(Backend):
         """
         return functools.partial(os.pwrite, handle.fd, view)
 
-    def reader(self, handle: _PosixHandle, view: memoryview) -> Any:
-        """os.preadv itself, bound to the file and buffer (see writer)."""
+    def reader(self, handle: _PosixHandle, view: memoryview, keep: bool = True) -> Any:
+        """os.preadv itself, bound to the file and buffer (see writer); the kernel reads
+        into `view` whatever `keep` says."""
         return functools.partial(os.preadv, handle.fd, [view])
 
     def fileno(self, handle: _PosixHandle) -> int | None:
