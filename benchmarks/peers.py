@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 LAUNCHER_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "MPIR_", "OMPI_", "SLURM_")
 TARGETS = {"seq": 0.95, "rand": 0.90, "train": 0.90}
+SETTLE_S = 2.0
 
 
 # -- sizes of the full run and of --quick ---------------------------------------------------------
@@ -140,6 +141,14 @@ class Tools:
         except Exception as exc:  # noqa: BLE001 - any reason means no local S3 server
             self.weed = False
             self.skipped["s3"] = f"no local S3 server: {exc}"
+
+
+def settle(seconds: float) -> None:
+    """Let the device finish what the previous tool left it (its writes, and on a
+    filesystem mounted with `discard` the discards of the files it deleted, which are
+    sent at the next journal commit: otherwise inside the next tool's timed fsync)."""
+    os.sync()
+    time.sleep(seconds)
 
 
 # -- one measurement each -------------------------------------------------------------------------
@@ -608,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=None, help="results JSON (default: peers-<date>.json in the workdir's parent)")
     parser.add_argument("--markdown", default=None, help="also write the table as Markdown to this file")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark's folder")
+    parser.add_argument("--settle", type=float, default=SETTLE_S,
+                        help=f"seconds to wait after a sync before each tool runs (default {SETTLE_S})")
     args = parser.parse_args(argv)
     sizes = dict(QUICK if args.quick else FULL)
     reps = args.reps or sizes["reps"]
@@ -641,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
                 names = list(case["tools"])
                 shift = rep % len(names)
                 for tool in names[shift:] + names[:shift]:  # rotate who goes first
+                    settle(args.settle)
                     values = case["tools"][tool](work)
                     for phase, value in values.items():
                         raw[case["name"]].setdefault(tool, {}).setdefault(phase, []).append(value)
