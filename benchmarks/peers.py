@@ -544,7 +544,6 @@ def summarize(cases: list[dict[str, Any]], raw: dict[str, dict[str, dict[str, li
                      for tool, v in per_tool.items() if v.get(phase)}
             row: dict[str, Any] = {"case": case["name"], "kind": case["kind"], "phase": phase, "tools": stats,
                                    "ratios": {}, "paired": {}}
-
             if case["kind"] in ("seq", "rand", "train"):
                 peers = [p for p in case["peers"] if p in stats]
                 if "mpibench" in stats and peers:
