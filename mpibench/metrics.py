@@ -187,31 +187,31 @@ class OpLog:
         if not self.entries:
             return
         raw, sizes = self._pending()
-        count = len(raw)
-        del self.entries[:count]
+        del self.entries[: len(raw)]
         del self.sizes[: len(sizes)]
-        times = np.abs(raw)
-        done = raw > 0
-        before = np.empty_like(times)
-        before[0] = self._last
-        before[1:] = times[:-1]
-        self._last = int(times[-1])
-        ends, starts = times[done], before[done]
-        if not self.op_bytes:
-            sizes = sizes[: len(ends)]
-        else:
-            sizes = np.full(len(ends), self.op_bytes, dtype=np.int64)
-        if not len(ends):
+        at = np.flatnonzero(raw > 0)  # the ends; each started at the entry before it
+        last, self._last = self._last, int(abs(raw[-1]))
+        if not len(at):
             return
+        ends = raw[at]
+        starts = np.abs(raw[at - 1])  # at[0] - 1 may be -1: the entry before this batch
+        if at[0] == 0:
+            starts[0] = last
         self.hist.add_many(ends - starts)
         slots = np.maximum((ends - self.t0_ns) // self.interval_ns, 0)
-        binned = np.bincount(slots, weights=sizes).astype(np.int64)
+        if self.op_bytes:
+            binned = np.bincount(slots) * self.op_bytes
+            moved = len(ends) * self.op_bytes
+        else:
+            sizes = sizes[: len(ends)]
+            binned = np.bincount(slots, weights=sizes).astype(np.int64)
+            moved = int(sizes.sum())
         if binned.size > self.series.size:
             binned[: self.series.size] += self.series
             self.series = binned
         else:
             self.series[: binned.size] += binned
-        self._bytes += int(sizes.sum())
+        self._bytes += moved
         self._ops += len(ends)
 
 

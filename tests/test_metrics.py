@@ -51,6 +51,46 @@ def test_oplog_series_and_flush():
     assert len(log.series) == 100
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(1, 5000), st.integers(1, 2**20)), min_size=1, max_size=300),
+       st.lists(st.integers(1, 300), min_size=1, max_size=6), st.sampled_from([0, 4096]))
+def test_oplog_folds_marks_and_ends_as_logged(steps, cuts, op_bytes):
+    """Entries as the loops write them (a mark -t, then ends; a mark again after other
+    work), flushed at arbitrary points, fold into exactly the latencies, byte counts and
+    per-interval bytes computed one operation at a time."""
+    t0, interval = 1_000_000, 7_000
+    log = OpLog(t0_ns=t0, interval_ns=interval, op_bytes=op_bytes)
+    clock = previous = t0 + 3
+    latencies, series, moved = [], {}, 0
+    log.entries.append(-clock)
+    cut_at = set(np.cumsum(cuts).tolist())
+    for i, (mark, gap, nbytes) in enumerate(steps):
+        clock += gap
+        if mark:
+            log.entries.append(-clock)
+        else:
+            log.entries.append(clock)
+            nbytes = op_bytes or nbytes
+            if not op_bytes:
+                log.sizes.append(nbytes)
+            latencies.append(clock - previous)
+            slot = max((clock - t0) // interval, 0)
+            series[slot] = series.get(slot, 0) + nbytes
+            moved += nbytes
+        previous = clock
+        if i + 1 in cut_at:
+            log.flush()
+    log.flush()
+    reference = LatencyHistogram()
+    if latencies:
+        reference.add_many(np.array(latencies))
+    assert np.array_equal(log.hist.counts, reference.counts)
+    assert (log.hist.min_ns, log.hist.max_ns, log.hist.total_ns) == \
+        (reference.min_ns, reference.max_ns, reference.total_ns)
+    assert (log.ops, log.bytes) == (len(latencies), moved)
+    assert {i: int(v) for i, v in enumerate(log.series) if v} == series
+
+
 def test_bandwidth_is_total_over_span():
     ranks = [
         {"rank": 0, "bytes": 100 * 2**20, "start": 10.0, "end": 11.0, "bandwidth_MiBps": 100.0},
