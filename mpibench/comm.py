@@ -181,6 +181,7 @@ class Comm:
         """End every rank of the job at once (after a rank failed mid-phase)."""
         sys.stdout.flush()
         sys.stderr.flush()
+        unlink_mpi_shared_memory()
         if self._comm is not None and self.size > 1:
             # Give the launcher a moment to forward the line just written: Hydra can tear
             # the job down on the abort before it has relayed the rank's last output.
@@ -215,6 +216,36 @@ class Comm:
         self._layout = NodeLayout(host, node_index, num_nodes, local_rank, local_size,
                                   ranks_per_node, hosts)
         return self._layout
+
+
+# Files in /dev/shm that MPI libraries keep for a node's ranks until MPI_Finalize.
+MPI_SHM_PREFIXES = ("mpich_shm_",)
+
+
+def unlink_mpi_shared_memory() -> list[str]:
+    """Remove the names of the MPI library's shared-memory files this process maps.
+
+    MPICH keeps a node's shared-memory segment as a file in /dev/shm (2-4 MiB) and
+    removes it in MPI_Finalize; a job ended by MPI_Abort never gets there, so each abort
+    would leave one behind. Removing the name does not touch the mapping: the node's
+    other ranks go on using the segment until the abort ends them. Returns the paths
+    removed.
+    """
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            mapped = {fields[5] for fields in (line.split(maxsplit=5) for line in maps) if len(fields) == 6}
+    except OSError:
+        return []
+    removed = []
+    for path in sorted(mapped):
+        path = path.strip()
+        if os.path.dirname(path) == "/dev/shm" and os.path.basename(path).startswith(MPI_SHM_PREFIXES):
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except OSError:  # another rank of the node removed it first
+                pass
+    return removed
 
 
 class CancelChannel:

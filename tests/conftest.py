@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -81,6 +82,42 @@ def run_cli(ranks: int, *args: str, timeout: float = 120, cwd: str | None = None
     proc = subprocess.run(mpibench_cmd(ranks, *args), capture_output=True, text=True,
                           timeout=timeout, cwd=cwd or REPO, env=env, stdin=subprocess.DEVNULL)
     return Completed(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
+
+
+def mpi_segments() -> set[str]:
+    """The MPI library's shared-memory files in /dev/shm (see comm.unlink_mpi_shared_memory)."""
+    from mpibench.comm import MPI_SHM_PREFIXES
+
+    try:
+        return {os.path.join("/dev/shm", name) for name in os.listdir("/dev/shm")
+                if name.startswith(MPI_SHM_PREFIXES)}
+    except OSError:
+        return set()
+
+
+def unmapped(paths: set[str]) -> set[str]:
+    """Those of `paths` that no live process maps: what a finished job left behind."""
+    left = set(paths)
+    for pid in os.listdir("/proc"):
+        if not left or not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as maps:
+                left -= {line.split(maxsplit=5)[-1].strip() for line in maps if "/dev/shm/" in line}
+        except OSError:  # the process ended meanwhile, or is not ours to read
+            continue
+    return left
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_mpi_segments_left_behind() -> Iterator[None]:
+    """Remove the MPI shared-memory files of jobs the tests killed (SIGKILL to a rank, a
+    stuck rank's abort by the launcher): no process was left to remove them."""
+    before = mpi_segments()
+    yield
+    for path in unmapped(mpi_segments() - before):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def tree(path: str) -> dict[str, int]:
