@@ -10,6 +10,7 @@ stamps change between transfers, which costs a few microseconds per MiB.
 from __future__ import annotations
 
 import copy
+import errno
 import mmap
 import struct
 import sys
@@ -17,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from mpibench.errors import BenchIOError
 from mpibench.plan import PAGE
+from mpibench.units import format_size
 
 STAMP_STRIDE = 4096
 _WORD = struct.Struct("<Q")
@@ -27,8 +30,27 @@ _PACK_LIMIT = 8
 
 
 def aligned_buffer(size: int) -> mmap.mmap:
-    """An anonymous, page-aligned, zero-filled buffer of at least `size` bytes."""
-    return mmap.mmap(-1, max(size, 1))
+    """An anonymous, page-aligned, zero-filled buffer of at least `size` bytes.
+
+    Memory the kernel refuses (ENOMEM, a ulimit -v) is a one-line BenchIOError.
+    """
+    try:
+        return mmap.mmap(-1, max(size, 1))
+    except MemoryError:
+        raise out_of_memory(size) from None
+    except OSError as exc:
+        if exc.errno == errno.ENOMEM:
+            raise out_of_memory(size) from None
+        raise
+
+
+def out_of_memory(size: int | None = None) -> BenchIOError:
+    """The error for memory this rank could not get (its I/O buffers, the data it encodes)."""
+    what = (f"a {format_size(size)} ({size} bytes) I/O buffer" if size is not None
+            else "this rank's buffers and data content")
+    return BenchIOError(f"cannot allocate {what}: out of memory [ENOMEM]",
+                        "lower the transfer, record or thread counts, or run fewer ranks per node",
+                        errno=errno.ENOMEM)
 
 
 def file_seed(seed: int, *parts: int) -> np.random.SeedSequence:

@@ -7,16 +7,32 @@ Exit codes: 0 success, 1 I/O failure during the run, 2 configuration or prefligh
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
+import stat
 import sys
-import textwrap
+import threading
 import warnings
-from typing import Any
+from typing import Any, NoReturn
 
 from mpibench import __version__
-from mpibench.errors import EXIT_IO, MpibenchError
+from mpibench.errors import (
+    EXIT_CONFIG,
+    EXIT_INTERRUPTED,
+    EXIT_IO,
+    BenchIOError,
+    ConfigError,
+    MpibenchError,
+    agreed,
+    interrupt_in,
+)
+
+MPI_COMMANDS = ("run", "plan", "preflight")
+MAX_CONFIG_BYTES = 1024 * 1024  # a configuration is a few KiB; more is not one (and /dev/zero never ends)
+CONFIG_EXAMPLE = "e.g. mpibench {command} configs/quickstart.yaml (configs/ holds one per workload)"
+# Where a launcher puts the rank, so that only rank 0 speaks before MPI is up.
+LAUNCHER_RANK_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
+NOT_STARTED = "before the run started; nothing was measured"
 
 RUN_EXAMPLES = """\
 examples:
@@ -40,9 +56,27 @@ examples:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with one subcommand per action."""
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like every other error of mpibench."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print `message` and where to look, on rank 0 only, and exit 2."""
+        _usage_error(message, f"see '{self.prog} --help'")
+
+
+def _usage_error(message: str, hint: str) -> NoReturn:
+    _say(f"mpibench: error: {message}; {hint}")
+    sys.exit(EXIT_CONFIG)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser with one subcommand per action.
+
+    Given the command about to be parsed, the modules of the other extra commands (report,
+    compare, s3-server) are not imported: `run` starts sooner, and holds nothing it does
+    not use.
+    """
+    parser = _Parser(
         prog="mpibench",
         description="MPI-parallel storage benchmark for AI workloads (bandwidth, datagen, train, checkpoint).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -53,9 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("config", metavar="CONFIG.yaml", help="YAML configuration file")
-        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                       help="dotted overrides, e.g. storage.root=/scratch/x bandwidth.transfer_size=4MiB")
+        p.usage = "%(prog)s CONFIG.yaml [KEY=VALUE ...] [options]"
+        # Optional to argparse only so that a missing file gets mpibench's own message.
+        p.add_argument("config", nargs="?", metavar="CONFIG.yaml", help="YAML configuration file")
+        p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                       help="dotted overrides, e.g. storage.root=/scratch/x bandwidth.transfer_size=4MiB; "
+                            "options may come before, between or after them")
         p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
     run = sub.add_parser("run", help="run the workload the config names",
@@ -84,11 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=PREFLIGHT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     common(pre)
 
-    for module in _EXTRA_COMMANDS.values():
-        helper = _import_command(module)
-        if helper is not None:
-            helper.add_parser(sub)
+    if command in MPI_COMMANDS:
+        return parser
+    for name, module in _EXTRA_COMMANDS.items():
+        if command in (None, name):
+            helper = _import_command(module)
+            if helper is not None:
+                helper.add_parser(sub)
     return parser
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand named in `argv`, if it is a known one (the top level has no option values)."""
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    return first if first in (*MPI_COMMANDS, *_EXTRA_COMMANDS) else None
 
 
 _EXTRA_COMMANDS = {"report": "mpibench.reporting", "compare": "mpibench.compare",
@@ -116,17 +162,120 @@ def _print_error(exc: MpibenchError, debug: bool, rank: int | None = None) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `mpibench` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Entry point of the `mpibench` console script.
+
+    Its first act makes SIGINT and SIGTERM end the process with one line and exit 130
+    instead of a KeyboardInterrupt traceback from the middle of an import: at once as one
+    process; under a launcher once MPI is up (see `_exit_now`). The run then takes the
+    signals over.
+    """
+    _exit_on_signals(defer=_launcher_rank() is not None)
+    args = _parse(sys.argv[1:] if argv is None else argv)
     try:
-        if args.command in ("run", "plan", "preflight"):
+        if args.command in MPI_COMMANDS:
             return _main_mpi(args)
+        if _EARLY_SIGNAL["pending"]:
+            _say(f"mpibench: error: interrupted by {_EARLY_SIGNAL['pending']}")
+            return EXIT_INTERRUPTED
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         return int(args.handler(args))
     except BrokenPipeError:
         # Output piped into `head` and the like: stop quietly, as other Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Parse the command line; options and KEY=VALUE overrides may come in any order."""
+    args, extra = build_parser(_command_of(argv)).parse_known_args(argv)
+    prog = f"mpibench {args.command}"
+    # argparse takes the positionals up to the first option; the overrides after it come
+    # back unrecognised, in their order, and are the overrides' rest.
+    unknown = [arg for arg in extra if arg.startswith("-")]
+    if unknown or (extra and args.command not in MPI_COMMANDS):
+        _usage_error(f"unrecognized arguments: {' '.join(unknown or extra)}", f"see '{prog} --help'")
+    if args.command not in MPI_COMMANDS:
+        return args
+    args.overrides = [*args.overrides, *extra]
+    example = CONFIG_EXAMPLE.format(command=args.command)
+    if args.config is None:
+        _usage_error(f"{prog} needs a configuration file", f"give one, {example}")
+    if "=" in args.config and not os.path.lexists(args.config):
+        _usage_error(f"{prog} needs a configuration file before the KEY=VALUE overrides, got {args.config}",
+                     f"give one first, {example}")
+    if args.command == "run":
+        for option, value, example in (("--output", args.output, "result.json"), ("--csv", args.csv, "result.csv")):
+            if value is not None and not value.strip():
+                _usage_error(f"{option} is empty", f"give a file name, e.g. {option} {example}")
+    if args.command == "plan":
+        for option, value in (("--ranks", args.ranks), ("--ranks-per-node", args.ranks_per_node)):
+            if value is not None and value < 1:
+                _usage_error(f"{option} {value} is not a rank count", f"give 1 or more, e.g. {option} 8")
+        if args.ranks is not None and args.ranks_per_node is not None and args.ranks_per_node > args.ranks:
+            _usage_error(f"--ranks-per-node {args.ranks_per_node} is more than --ranks {args.ranks}",
+                         f"give --ranks-per-node {args.ranks} or less")
+        if args.show < 0:
+            _usage_error(f"--show {args.show} is negative", "give the number of ranks to show, e.g. --show 4")
+    return args
+
+
+def _launcher_rank() -> int | None:
+    """This process's rank as its launcher numbers it (known before MPI is up), else None."""
+    for name in LAUNCHER_RANK_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def _say(line: str) -> None:
+    """Print a line to stderr on rank 0 only: before MPI is up every rank fails alike."""
+    if not _launcher_rank():
+        print(line, file=sys.stderr, flush=True)
+
+
+_EARLY_SIGNAL: dict[str, Any] = {"defer": False, "pending": None}
+
+
+def _exit_on_signals(defer: bool) -> None:
+    """Until MPI is up, SIGINT/SIGTERM end the process with one line on rank 0 and exit 130.
+
+    With `defer` (under a launcher), the first signal is only noted: see `_exit_now`.
+    """
+    _EARLY_SIGNAL["defer"] = defer
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _exit_now)
+
+
+def _exit_now(signum: int, _frame: Any) -> None:
+    name = signal.Signals(signum).name
+    if _EARLY_SIGNAL["defer"] and _EARLY_SIGNAL["pending"] is None:
+        # Other ranks may already wait in MPI's start-up for this one, and a rank that
+        # exits before joining leaves them waiting for good (Hydra does not end them): the
+        # signal is acted on once MPI is up, where the whole job can be ended. A second
+        # signal does not wait.
+        _EARLY_SIGNAL["pending"] = name
+        return
+    # os._exit, and os.write rather than print: the signal may land inside an import or a
+    # write to stderr, and nothing of this process needs undoing yet.
+    if not _launcher_rank():
+        line = f"mpibench: error: interrupted by {name} {NOT_STARTED}\n"
+        try:
+            os.write(sys.stderr.fileno(), line.encode(errors="replace"))
+        except (OSError, ValueError):
+            pass
+    os._exit(EXIT_INTERRUPTED)
+
+
+def _ignore_signals() -> None:
+    """The job is ending on its own (or the run is measured): SIGINT/SIGTERM change nothing now.
+
+    This also keeps Python from restoring their default action while MPI shuts down at
+    exit, where a signal would kill the rank and the launcher report a bad termination.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -138,6 +287,17 @@ def _raise_interrupt(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def _redeliver_interrupt(unraisable: Any) -> None:
+    """sys.unraisablehook: a KeyboardInterrupt raised where Python cannot propagate it (a
+    weakref callback of the import system, a __del__) would be printed with a traceback
+    and lost; the signal is sent again instead, to be raised where the code handles it."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        name = unraisable.exc_value.args[0] if unraisable.exc_value.args else "SIGINT"
+        threading.Timer(0.001, os.kill, (os.getpid(), signal.Signals[name])).start()
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def _main_mpi(args: argparse.Namespace) -> int:
     from mpibench.comm import Comm
 
@@ -145,11 +305,17 @@ def _main_mpi(args: argparse.Namespace) -> int:
     debug = bool(args.debug)
     if not debug:  # a warning is one line, like an error; --debug keeps where it came from
         warnings.formatwarning = _one_line_warning
-    # SIGTERM before the run starts ends it like Ctrl-C: preflight undoes what it created.
+    # MPI is up: a signal before the run starts now raises KeyboardInterrupt, so that the
+    # preflight undoes what it created and the job ends as one (the run has its own handling).
+    sys.unraisablehook = _redeliver_interrupt
+    signal.signal(signal.SIGINT, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
+        if _EARLY_SIGNAL["pending"]:  # a signal came while MPI was starting up
+            raise KeyboardInterrupt(_EARLY_SIGNAL["pending"])
         return _dispatch(args, comm)
     except MpibenchError as exc:
+        _ignore_signals()
         if comm.size > 1 and not exc.agreed:
             # Only this rank failed, outside any agreement: the others may be waiting for
             # it in a collective, so it speaks for itself and ends the whole job.
@@ -161,18 +327,14 @@ def _main_mpi(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        # Ctrl-C outside the run's own graceful handling (loading, preflight): the other
-        # ranks may be waiting in a collective for this one, so the whole job is ended.
-        if comm.is_root:
-            name = exc.args[0] if exc.args else "SIGINT"
-            print(f"mpibench: error: interrupted by {name} before the run started; nothing was measured",
-                  file=sys.stderr, flush=True)
-        if comm.size > 1:
-            comm.abort(130)
-        return 130
+        return _interrupted(exc, comm)
     except BrokenPipeError:
         raise
     except Exception as exc:  # a bug: say so on one line, and never leave other ranks waiting
+        _ignore_signals()
+        interrupt = interrupt_in(exc)
+        if interrupt is not None:  # a signal inside an import can come wrapped
+            return _interrupted(interrupt, comm)
         from mpibench.run import format_traceback
 
         if debug:
@@ -182,22 +344,52 @@ def _main_mpi(args: argparse.Namespace) -> int:
         if comm.size > 1:
             comm.abort(EXIT_IO)
         return EXIT_IO
+    finally:
+        _ignore_signals()  # what is left is MPI's shutdown
+
+
+def _interrupted(exc: KeyboardInterrupt, comm: Any) -> int:
+    """SIGINT/SIGTERM outside the run's own graceful handling (loading, preflight): the other
+    ranks may be waiting in a collective for this one, so the whole job is ended."""
+    _ignore_signals()
+    if comm.is_root:
+        name = exc.args[0] if exc.args else "SIGINT"
+        print(f"mpibench: error: interrupted by {name} {NOT_STARTED}", file=sys.stderr, flush=True)
+    if comm.size > 1:
+        comm.abort(EXIT_INTERRUPTED)
+    return EXIT_INTERRUPTED
 
 
 def _dispatch(args: argparse.Namespace, comm: Any) -> int:
+    import dataclasses
+
     from mpibench.config import load_config
     from mpibench.results import check_output_path
-    from mpibench.run import broadcast_outcome, execute
+    from mpibench.run import broadcast_outcome, execute, new_run_id
 
-    def load() -> Any:
+    def load() -> tuple[Any, str | None]:
+        _check_config_file(args.config)
         config = load_config(args.config, args.overrides)
-        if args.command == "run":
-            check_output_path(args.output or os.path.join(os.getcwd(), "mpibench-run.json"), args.force)
-            if args.csv:
-                check_output_path(args.csv, args.force)
-        return config
+        if args.command == "plan":
+            size = comm.size if args.ranks is None else args.ranks
+            if args.ranks_per_node is not None and args.ranks_per_node > size:
+                raise ConfigError(f"--ranks-per-node {args.ranks_per_node} is more than the {size} rank(s) planned",
+                                  f"give --ranks-per-node {size} or less, or plan more with --ranks")
+        if args.command != "run":
+            return config, None
+        output = args.output
+        if output is None:  # the name the run will write, so the check is of that very file
+            config = dataclasses.replace(config, run_id=config.run_id or new_run_id())
+            output = f"mpibench-{config.run_id}.json"
+        check_output_path(output, args.force, "--output")
+        if args.csv:
+            if os.path.realpath(args.csv) == os.path.realpath(output):
+                raise ConfigError(f"--csv {args.csv} is the results file too",
+                                  "give --csv and --output different names")
+            check_output_path(args.csv, args.force, "--csv")
+        return config, output
 
-    config = broadcast_outcome(comm, load)
+    config, output = broadcast_outcome(comm, load)
     if args.command == "plan":
         if comm.is_root:
             _print_plan(config, args, comm)
@@ -212,53 +404,76 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
                 print(f"warning: {warning}")
             print("preflight passed")
         return 0
+    from mpibench.csvout import write_csv
     from mpibench.report import phase_table, run_header
+    from mpibench.results import write_json_atomic
 
-    output = args.output
-    if output is None:
-        run_id = broadcast_outcome(comm, lambda: config.run_id or _new_run_id())
-        import dataclasses
-
-        config = dataclasses.replace(config, run_id=run_id)
-        output = f"mpibench-{run_id}.json"
     progress = None
     if comm.is_root and not args.quiet and sys.stderr.isatty():
         from mpibench.progress import ProgressBar
 
         progress = ProgressBar()
+    # Rank 0 writes the results here, after the run: a file that appeared at the name in
+    # the meantime is kept, and the results go to a fresh name beside it (with a warning).
     try:
-        document = execute(config, comm, output=output if comm.is_root else None, force=args.force,
-                           progress=progress)
+        document = execute(config, comm, output=None, progress=progress)
     except MpibenchError as exc:
+        _ignore_signals()  # the run has ended: what it measured is written, whatever comes
         partial = getattr(exc, "partial_result", None)
-        if comm.is_root and partial is not None and not args.quiet:
-            print(run_header(partial))
-            print(phase_table(partial))
-            print(f"partial result (complete: false) written to {output}")
+        if comm.is_root and partial is not None:
+            written = _save(write_json_atomic, output, partial, args.force, "--output")
+            if not args.quiet:
+                print(run_header(partial))
+                print(phase_table(partial))
+                print(f"partial result (complete: false) written to {written}")
         raise
+    _ignore_signals()
     if comm.is_root and document is not None:
-        if args.csv:
-            from mpibench.csvout import write_csv
-
-            write_csv(args.csv, document)
+        written = _save(write_json_atomic, output, document, args.force, "--output")
+        csv_written = _save(write_csv, args.csv, document, args.force, "--csv") if args.csv else None
         if not args.quiet:
             print(run_header(document))
             print(phase_table(document))
-            print(f"results written to {output}")
+            print(f"results written to {written}")
+            if csv_written:
+                print(f"CSV written to {csv_written}")
     return 0
 
 
-def _new_run_id() -> str:
-    from mpibench.run import new_run_id
+def _save(write: Any, path: str, document: dict[str, Any], force: bool, option: str) -> str:
+    """Write results with `write` on rank 0 after the run; return the path written."""
+    try:
+        return write(path, document, force=force)
+    except MpibenchError as exc:
+        raise agreed(exc) from None  # every other rank is past its last collective
+    except OSError as exc:  # the directory checked before the run failed since (removed, full)
+        raise agreed(BenchIOError(f"cannot write {path} after the run: {exc.strerror or exc}",
+                                  f"check its directory, or choose another {option} next time")) from None
 
-    return new_run_id()
+
+def _check_config_file(path: str) -> None:
+    """Refuse what cannot be a configuration file before reading it (a device, a FIFO, huge)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return  # reading it says what is wrong
+    example = "give the path of a YAML file, e.g. configs/quickstart.yaml"
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise ConfigError(f"config file {path} is {kind}", example)
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is {info.st_size} bytes, over the {MAX_CONFIG_BYTES} a "
+                          "configuration may have", example)
 
 
 def _print_plan(config: Any, args: argparse.Namespace, comm: Any) -> None:
+    import json
+    import textwrap
+
     from mpibench.workloads import get_workload
 
-    size = args.ranks or comm.size
-    per_node = args.ranks_per_node or size
+    size = comm.size if args.ranks is None else args.ranks
+    per_node = size if args.ranks_per_node is None else args.ranks_per_node
     num_nodes = -(-size // per_node)
     workload = get_workload(config.workload)
     show = sorted(set(list(range(min(args.show, size))) + [size - 1]))

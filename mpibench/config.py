@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,10 @@ AUTO = "auto"
 WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint")
 STORAGE_TYPES = ("local_fs", "direct_fs", "s3")
 LOCAL_SCHEMES = ("file://", "direct://")
+RUN_ID_MAX = 128
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
+#: dataset formats whose files honour dataset.compression (formats.encode)
+COMPRESSED_FORMATS = ("hdf5",)
 
 
 def _opt(default: Any, kind: str, *, choices: tuple[str, ...] = (), minimum: float | None = None,
@@ -220,12 +224,15 @@ def _coerce(value: Any, meta: dict[str, Any], key: str) -> Any:
     if kind in ("str", "optional_str"):
         if not isinstance(value, str):
             raise bad("a string")
+        _no_nul(value, key)
         return value
     if kind == "str_list":
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise bad("a list of strings")
+        for item in value:
+            _no_nul(item, key)
         return list(value)
     if kind == "bool":
         if not isinstance(value, bool):
@@ -236,6 +243,8 @@ def _coerce(value: Any, meta: dict[str, Any], key: str) -> Any:
             raise bad("an integer" + (" or 'auto'" if kind == "int_or_auto" else ""))
         result = value
     elif kind == "float":
+        if isinstance(value, str):
+            value = _yaml11_number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
         result = float(value)
@@ -253,6 +262,25 @@ def _coerce(value: Any, meta: dict[str, Any], key: str) -> Any:
             raise ConfigError(f"configuration key '{key}' must be a positive size, got {value!r}")
         raise ConfigError(f"configuration key '{key}' must be at least {minimum}, got {value!r}")
     return result
+
+
+def _no_nul(value: str, key: str) -> None:
+    """A NUL byte cannot be part of a path or name (the OS would refuse it later, obscurely)."""
+    if "\0" in value:
+        raise ConfigError(f"configuration key '{key}' holds a NUL byte (\\0): {value!r}",
+                          "remove it from the value")
+
+
+def _yaml11_number(value: str) -> Any:
+    """A number YAML 1.1 left as a string (1e-9, 5E3: no dot or no exponent sign), else the string."""
+    text = value.strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return value
+    if not re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", text):
+        return value  # 'nan', 'inf', '1_000': not what a user writes for a plain number
+    return number
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -310,6 +338,31 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the generic constructor says so
+                break
+            if first is not None:
+                raise ConfigError(
+                    f"configuration key {key!r} is given twice in the same mapping "
+                    f"(line {first + 1} and line {key_node.start_mark.line + 1})",
+                    "keep one of them",
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _path_in(path: str, error: ConfigError) -> ConfigError:
+    return ConfigError(f"config file {path}: {error.message}", error.hint)
+
+
 def load_mapping(path: str) -> dict[str, Any]:
     """Read a YAML config file into a mapping, with a one-line error for any problem."""
     try:
@@ -323,7 +376,9 @@ def load_mapping(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})",
                           "give the path of a YAML file") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except ConfigError as exc:
+        raise _path_in(path, exc) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -386,10 +441,27 @@ def validate(config: Config) -> None:
             )
     if storage.endpoints and storage.endpoint:
         raise ConfigError("set storage.endpoint or storage.endpoints, not both")
+    if storage.type != "s3":
+        for name in ("endpoints", "endpoint"):
+            if getattr(storage, name):
+                raise ConfigError(f"storage.{name} applies to storage.type=s3 only, not {storage.type}",
+                                  f"remove storage.{name}, or set storage.type=s3 with an s3://bucket/prefix root")
     if config.run_id is not None:
         rid = config.run_id
-        if not rid or "/" in rid or rid in (".", "..") or os.sep in rid:
-            raise ConfigError(f"run_id {rid!r} is not a plain name", "use letters, digits, '-' and '_'")
+        if not RUN_ID_PATTERN.fullmatch(rid) or rid in (".", ".."):
+            raise ConfigError(f"run_id {rid!r} is not a plain name",
+                              f"use 1 to {RUN_ID_MAX} letters, digits, '-', '_' and '.' (not '.' or '..')")
+        if len(rid) > RUN_ID_MAX:
+            raise ConfigError(f"run_id is {len(rid)} characters long, more than {RUN_ID_MAX}",
+                              f"use a run_id of at most {RUN_ID_MAX} characters")
+    ds = config.dataset
+    if (config.workload in ("datagen", "train") and ds.compression != "none"
+            and ds.format not in COMPRESSED_FORMATS):
+        raise ConfigError(
+            f"dataset.compression={ds.compression} applies to dataset.format="
+            f"{' or '.join(COMPRESSED_FORMATS)} only, not {ds.format}",
+            f"set dataset.compression=none, or dataset.format={COMPRESSED_FORMATS[0]}",
+        )
     bw = config.bandwidth
     if config.workload == "bandwidth":
         if bw.block_size % bw.transfer_size:

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from typing import Any
 
-from mpibench.results import write_text_atomic
+from mpibench.results import write_new_text, write_text_atomic
 
 COLUMNS = ["run_id", "workload", "phase", "iteration", "ranks", "bytes", "seconds", "bandwidth_MiBps",
            "bandwidth_GBps", "ops", "ops_per_s", "latency_mean_s", "latency_p50_s", "latency_p99_s",
            "latency_max_s", "slowest_rank", "slowest_over_median", "cache", "stonewalled"]
 
 
-def write_csv(path: str, document: dict[str, Any]) -> None:
-    """Write the phases of a results document as CSV (atomically)."""
+def write_csv(path: str, document: dict[str, Any], force: bool = False) -> str:
+    """Write the phases of a results document as CSV (atomically); return the path written.
+
+    Without `force` an existing file is kept and the CSV goes to a fresh name beside it.
+    """
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(COLUMNS)
@@ -29,5 +31,7 @@ def write_csv(path: str, document: dict[str, Any]) -> None:
             p.get("spread", {}).get("slowest_rank", ""), p.get("spread", {}).get("slowest_over_median", ""),
             (p.get("cache") or {}).get("state", ""), p.get("stonewalled", False),
         ])
-    write_text_atomic(path, out.getvalue())
-    assert os.path.exists(path)
+    if force:
+        write_text_atomic(path, out.getvalue())
+        return path
+    return write_new_text(path, out.getvalue(), str(document.get("run_id") or "results"))

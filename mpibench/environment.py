@@ -147,6 +147,44 @@ def memory_total_bytes() -> int:
         return 0
 
 
+def memory_available_bytes() -> int:
+    """Memory this process's node can still give without swapping: MemAvailable of
+    /proc/meminfo, lowered to what the cgroup (a Slurm job's, a container's) has left
+    where it sets a limit; 0 when unknown."""
+    available = 0
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        available = 0
+    left = _cgroup_memory_left()
+    if left is not None and (not available or left < available):
+        available = left
+    return available
+
+
+def _cgroup_memory_left() -> int | None:
+    """memory.max - memory.current of this process's cgroup (v2), None without a limit."""
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as handle:
+            path = next((line.strip()[3:] for line in handle if line.startswith("0::")), None)
+        if path is None:
+            return None
+        base = os.path.join("/sys/fs/cgroup", path.lstrip("/"))
+        with open(os.path.join(base, "memory.max"), encoding="ascii") as handle:
+            limit = handle.read().strip()
+        if limit == "max":
+            return None
+        with open(os.path.join(base, "memory.current"), encoding="ascii") as handle:
+            current = int(handle.read())
+        return max(0, int(limit) - current)
+    except (OSError, ValueError, StopIteration):
+        return None
+
+
 def collect(comm: Comm) -> dict[str, Any]:
     """Environment metadata of the job (collective: every rank must call it)."""
     layout = comm.layout()

@@ -42,6 +42,19 @@ class MpibenchError(Exception):
         return (_rebuild, (type(self), state))
 
 
+def interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (SIGINT/SIGTERM) behind `exc`, if any: Python wraps one raised
+    inside some machinery (a class body's `__set_name__`, for one) in a RuntimeError."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def agreed(error: MpibenchError) -> MpibenchError:
     """Mark an error that every rank raises at this point (after a broadcast or an agreement)."""
     error.agreed = True

@@ -7,10 +7,12 @@ defines it (MPI_MIN over starts, MPI_MAX over ends).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import statistics
 import tempfile
+import warnings
 from typing import Any
 
 from mpibench.errors import ResultsError
@@ -19,6 +21,7 @@ from mpibench.units import GiB, MiB
 
 SCHEMA_VERSION = 1
 KNOWN_SCHEMA_VERSIONS = (1,)
+FRESH_NAME_TRIES = 1000  # names tried beside a results file that appeared during the run
 
 
 def phase_bandwidth(ranks: list[dict[str, Any]]) -> tuple[int, float, float, float]:
@@ -125,15 +128,69 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-def write_json_atomic(path: str, document: dict[str, Any], force: bool = False) -> None:
-    """Write a JSON document via a temporary file and rename, never overwriting silently."""
-    if os.path.exists(path) and not force:
-        raise ResultsError(f"results file {path} already exists", "choose another --output or pass --force")
-    write_text_atomic(path, json.dumps(document, indent=1, default=_json_default) + "\n")
+def write_json_atomic(path: str, document: dict[str, Any], force: bool = False) -> str:
+    """Write a JSON document via a temporary file and rename; return the path written.
+
+    Without `force` an existing file is never replaced: measured results go to a fresh
+    name beside it instead (see `write_new_text`).
+    """
+    text = json.dumps(document, indent=1, default=_json_default) + "\n"
+    if force:
+        write_text_atomic(path, text)
+        return path
+    return write_new_text(path, text, str(document.get("run_id") or "results"))
 
 
 def write_text_atomic(path: str, text: str) -> None:
     """Write a text file durably via a temporary file and rename (readers never see half)."""
+    tmp = _write_temporary(path, text)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def write_new_text(path: str, text: str, run_id: str) -> str:
+    """Write a text file durably without replacing anything; return the path written.
+
+    A file that appeared at `path` since the pre-run check (someone else's) is left as it
+    is and the text goes to `<stem>-<run_id><ext>` beside it (`-2`, `-3`, ... appended
+    while that is taken too), so measured results are never lost nor overwrite anything.
+    """
+    tmp = _write_temporary(path, text)
+    try:
+        stem, ext = os.path.splitext(path)
+        candidates = itertools.chain([path, f"{stem}-{run_id}{ext}"],
+                                     (f"{stem}-{run_id}-{n}{ext}" for n in range(2, FRESH_NAME_TRIES + 1)))
+        for candidate in candidates:
+            if _publish(tmp, candidate):
+                if candidate != path:
+                    warnings.warn(f"{path} appeared during the run and is left as it is; "
+                                  f"wrote {candidate} instead", stacklevel=2)
+                return candidate
+        raise ResultsError(f"{path} and {FRESH_NAME_TRIES} fresh names beside it are taken",
+                           "remove old results beside it")
+    finally:
+        _unlink_quietly(tmp)
+
+
+def _publish(tmp: str, path: str) -> bool:
+    """Give the written temporary file the name `path` unless that exists (False then)."""
+    try:
+        os.link(tmp, path)  # atomic, and fails if anything (even a dangling link) has the name
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links on this filesystem: check, then rename
+        if os.path.lexists(path):
+            return False
+        os.rename(tmp, path)
+        return True
+
+
+def _write_temporary(path: str, text: str) -> str:
+    """A hidden temporary file beside `path` holding `text`, flushed to the disk."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".mpibench-", suffix=".tmp", dir=directory)
     try:
@@ -142,13 +199,17 @@ def write_text_atomic(path: str, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
         raise
+    return tmp
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _json_default(value: Any) -> Any:
@@ -164,18 +225,39 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
-def check_output_path(path: str, force: bool) -> None:
-    """Fail before any I/O when the results file could not be written at the end."""
+def check_output_path(path: str, force: bool, option: str = "--output") -> None:
+    """Fail before any I/O when the file `option` names could not be written at the end.
+
+    The directory is proven writable by creating and removing a file in it: permission
+    bits say nothing for root, and some directories (/proc, /sys) refuse new files anyway.
+    """
+    what = "results file" if option == "--output" else "CSV file"
+    if not path:
+        raise ResultsError(f"{option} is empty", f"give a file name, e.g. {option} {_EXAMPLES[option]}")
     directory = os.path.dirname(os.path.abspath(path)) or "."
     if os.path.isdir(path):
-        raise ResultsError(f"results path {path} is a directory", "give a file name, e.g. --output result.json")
-    if os.path.exists(path) and not force:
-        raise ResultsError(f"results file {path} already exists", "choose another --output or pass --force")
+        raise ResultsError(f"{what} {path} is a directory", f"give a file name, e.g. {option} {_EXAMPLES[option]}")
+    if os.path.lexists(path) and not force:
+        raise ResultsError(f"{what} {path} already exists", f"choose another {option} or pass --force")
     if not os.path.isdir(directory):
-        raise ResultsError(f"directory of results file {path} does not exist", f"create {directory} first")
+        raise ResultsError(f"directory of {what} {path} does not exist", f"create {directory} first")
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise ResultsError(f"cannot write results file {path}: directory {directory} is not writable",
-                           "choose a writable --output")
+        raise ResultsError(f"cannot write {what} {path}: directory {directory} is not writable",
+                           f"choose a writable {option}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mpibench-", suffix=".probe", dir=directory)
+    except OSError as exc:
+        raise ResultsError(f"cannot write {what} {path}: no file can be created in {directory} "
+                           f"({exc.strerror or exc})", f"choose a writable {option}") from None
+    os.close(fd)
+    try:
+        os.unlink(probe)
+    except OSError as exc:
+        raise ResultsError(f"cannot remove the test file {probe} ({exc.strerror or exc})",
+                           f"remove it by hand and choose another {option}") from None
+
+
+_EXAMPLES = {"--output": "result.json", "--csv": "result.csv"}
 
 
 def load_results(path: str) -> dict[str, Any]:

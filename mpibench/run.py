@@ -23,6 +23,7 @@ from typing import Any
 from mpibench import environment, faults, uring
 from mpibench.backends import backend_class, make_backend
 from mpibench.backends.base import Backend
+from mpibench.buffers import out_of_memory
 from mpibench.comm import CancelChannel, Comm, NodeLayout
 from mpibench.config import AUTO, Config
 from mpibench.errors import (
@@ -33,6 +34,7 @@ from mpibench.errors import (
     MpibenchError,
     PreflightError,
     agreed,
+    interrupt_in,
 )
 from mpibench.metrics import LatencyHistogram, PhaseRecorder
 from mpibench.plan import RUN_DIR_PREFIX
@@ -42,9 +44,11 @@ from mpibench.results import (
     summarize_repetitions,
     write_json_atomic,
 )
+from mpibench.units import format_size
 from mpibench.workloads import Workload, get_workload
 
 POLL_INTERVAL_NS = 5_000_000  # test for another rank's stop notice at most every 5 ms
+MEMORY_MARGIN = 512 * 2**20  # memory left to the processes and the system beside the I/O buffers
 STOP_GRACE_S = 10.0  # after SIGINT/SIGTERM, how long a rank may take to stop before the job is aborted
 
 
@@ -64,6 +68,7 @@ class PreflightInfo:
     free_bytes: int | None = None
     filesystem: dict[str, str] = field(default_factory=dict)
     created_root: bool = False
+    created_dirs: list[str] = field(default_factory=list)  # made by preflight, deepest first
     checks: list[str] = field(default_factory=list)
     backend: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -150,6 +155,30 @@ def resolve_threads(config: Config, layout: NodeLayout) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, layout.local_size))
 
 
+def check_memory(config: Config, workload: Workload, size: int, layout: NodeLayout) -> str | None:
+    """The I/O buffers of a node's ranks must fit in its available memory, or a PreflightError.
+
+    Available: MemAvailable (or what the cgroup has left) of rank 0's node, less a margin
+    of a tenth (at least MEMORY_MARGIN) for the processes themselves and the page cache;
+    the busiest node's rank count is used. Without this, the kernel's OOM killer ends
+    the job mid-run and leaves its files behind.
+    """
+    per_node = max(layout.ranks_per_node or [1])
+    per_rank, driver, hint = workload.buffer_bytes(config, size, per_node, resolve_io_depth(config, layout))
+    available = environment.memory_available_bytes()
+    if not per_rank or not available:
+        return None
+    usable = max(0, available - max(MEMORY_MARGIN, available // 10))
+    need = per_rank * per_node
+    ranks = f"{per_node} rank{'s' if per_node > 1 else ''}"
+    if need > usable:
+        raise PreflightError(
+            f"the run needs {format_size(need)} of I/O buffers on this node ({ranks} x "
+            f"{format_size(per_rank)}: {driver}), more than the {format_size(usable)} available", hint)
+    return (f"I/O buffers of {format_size(need)} per node ({ranks} x {format_size(per_rank)}) "
+            f"fit in the {format_size(usable)} of memory available")
+
+
 def preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
     """Rank 0's checks of the configuration and the storage, before any benchmark I/O."""
     workload = get_workload(config.workload)
@@ -157,6 +186,7 @@ def preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
     info = PreflightInfo(run_id=run_id, run_key=RUN_DIR_PREFIX + run_id)
     info.planned_bytes = workload.planned_bytes(config, size)
     workload.check(config, size, 1)
+    memory = check_memory(config, workload, size, layout)
     engine = resolve_io_engine(config)
     if engine == "threads" and config.bandwidth.io_engine == AUTO and resolve_io_depth(config, layout) > 1:
         info.warnings.append(f"io_uring unavailable ({uring.unavailable()}): "
@@ -167,6 +197,8 @@ def preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
     cls = backend_class(config.storage.type, config.storage.library)
     info.checks.append(f"configuration valid: workload {config.workload} on {config.storage.type} "
                        f"({cls.name}), {size} rank(s) on {layout.num_nodes} node(s)")
+    if memory:
+        info.checks.append(memory)
     backend_pre = getattr(cls, "preflight_storage", None)
     if backend_pre is not None:
         found = backend_pre(config, info.run_key, info.planned_bytes, layout)
@@ -175,6 +207,7 @@ def preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
         info.alignment = found.get("alignment", 1)
         info.alignment_source = found.get("alignment_source", "none")
         info.created_root = found.get("created_root", False)
+        info.created_dirs = found.get("created_dirs", [])
         info.free_bytes = found.get("free_bytes")
         info.filesystem = found.get("filesystem", {})
         info.warnings.extend(found.get("warnings", []))
@@ -194,11 +227,11 @@ def _backend_kwargs(config: Config, info: PreflightInfo) -> dict[str, Any]:
 
 
 def _remove_run_dir(config: Config, info: PreflightInfo) -> None:
-    """Undo what preflight created (the run directory, the root leaf) after a failure."""
+    """Undo what preflight created (the run directory, the root leaf and the parents it made)."""
     cls = backend_class(config.storage.type, config.storage.library)
     undo = getattr(cls, "undo_preflight", None)
     if undo is not None:
-        undo(config, info.run_key, info.created_root)
+        undo(config, info.run_key, info.created_root, info.created_dirs)
 
 
 class RunContext:
@@ -267,6 +300,8 @@ class RunContext:
             pass
         except MpibenchError as exc:
             error = exc
+        except MemoryError:
+            error = out_of_memory()
         except Exception as exc:  # a bug must still end every rank cleanly
             error = BenchIOError(f"internal error in phase {name}: {type(exc).__name__}: {exc}",
                                  "rerun with --debug and report it")
@@ -301,6 +336,30 @@ class RunContext:
             raise agreed(Interrupted(f"interrupted by {self.interrupted or 'a signal on another rank'}",
                                      "the partial result is marked incomplete"))
         return phase
+
+    def setup(self, produce: Callable[[], Any]) -> Any:
+        """Run `produce` (a rank's preparation outside any phase: buffers, content) on every
+        rank and agree on its errors as a phase end does, so that one rank's failure (out
+        of memory) ends every rank with the same line and the cleanup still runs."""
+        error: MpibenchError | None = None
+        value = None
+        try:
+            value = produce()
+        except MpibenchError as exc:
+            error = exc
+        except MemoryError:
+            error = out_of_memory()
+        if error is not None and isinstance(error, BenchIOError) and error.rank is None:
+            error.rank = self.comm.rank
+        worst, first = self._agree(error)
+        if worst == 2:
+            if error is not None and self.comm.rank == 0:
+                raise agreed(error)
+            exc = BenchIOError(first or "another rank failed")
+            exc.rank = -1
+            exc.__cause__ = error
+            raise agreed(exc)
+        return value  # an interruption is seen by the next phase
 
     def _agree(self, error: MpibenchError | None) -> tuple[int, str | None]:
         """Every rank learns whether any rank failed (2) or was interrupted (1), and the first error."""
@@ -351,7 +410,12 @@ def broadcast_outcome(comm: Comm, produce: Callable[[], Any]) -> Any:
             outcome = ("ok", produce())
         except MpibenchError as exc:
             outcome = ("error", exc)
+        except MemoryError:
+            outcome = ("error", out_of_memory())
         except Exception as exc:
+            interrupt = interrupt_in(exc)
+            if interrupt is not None:  # a signal, not a bug
+                raise interrupt from None
             err = PreflightError(f"internal error: {type(exc).__name__}: {exc}", "rerun with --debug and report it")
             err.__cause__ = exc
             outcome = ("error", err)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 from conftest import CONFIGS, REPO, run_cli, tree
@@ -113,3 +114,192 @@ def test_default_output_name(tmp_path):
 def test_repo_layout():
     for name in ("setup.cfg", "pyproject.toml", "mpibench", "tests", "slurm", "configs", "README.md", ".ci/run"):
         assert os.path.exists(os.path.join(REPO, name)), name
+
+
+# -- bad command lines: one line, exit 2, before any I/O ------------------------------------
+
+SMALL = ("bandwidth.block_size=2MiB", "bandwidth.transfer_size=256KiB", "bandwidth.iterations=1")
+
+
+def only_error(done, *fragments: str) -> str:
+    """The single stderr line of a refused command: exit 2, no traceback, no usage text."""
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stdout + done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("mpibench: error: "), done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def started(pids_dir) -> bool:
+    """Whether a run got past its preflight (the `pids` fault writes a file per rank there)."""
+    return any(name.endswith(".pid") for name in os.listdir(pids_dir))
+
+
+@pytest.fixture
+def pids(tmp_path):
+    """A `pids` fault: tells whether the run ever started measuring."""
+    path = tmp_path / "pids"
+    path.mkdir()
+    return path, {"MPIBENCH_FAULT": f"pids:dir={path}"}
+
+
+@pytest.mark.parametrize("option", ["--output", "--csv"])
+def test_empty_output_or_csv_is_refused(tmp_path, option):
+    root = tmp_path / "d"
+    extra = ["--output", str(tmp_path / "r.json")] if option == "--csv" else []
+    done = run_cli(0, "run", QUICK, f"storage.root={root}", *SMALL, *extra, option, "", cwd=str(tmp_path))
+    only_error(done, f"{option} is empty", f"e.g. {option} result.")
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_same_file_for_output_and_csv_is_refused(tmp_path, pids):
+    pids_dir, env = pids
+    same = tmp_path / "same.json"
+    for csv in (str(same), os.path.join(str(tmp_path), ".", "same.json")):
+        done = run_cli(0, "run", QUICK, f"storage.root={tmp_path / 'd'}", *SMALL, "--output", str(same),
+                       "--csv", csv, env=env)
+        only_error(done, f"--csv {csv} is the results file too", "different names")
+        assert not started(pids_dir)
+    assert sorted(os.listdir(tmp_path)) == ["pids"]
+
+
+def test_options_and_overrides_mix_in_any_order(tmp_path):
+    output = tmp_path / "mixed.json"
+    done = run_cli(0, "run", QUICK, "-q", f"storage.root={tmp_path / 'd'}", "--output", str(output),
+                   "bandwidth.block_size=2MiB", "--force", "bandwidth.iterations=1", "run_id=mixed")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    doc = json.loads(output.read_text())
+    assert (doc["run_id"], doc["config"]["bandwidth"]["block_size"]) == ("mixed", 2 * 2**20)
+    assert doc["config"]["bandwidth"]["iterations"] == 1
+    # A later override still wins over an earlier one, across an option.
+    done = run_cli(0, "plan", QUICK, "bandwidth.block_size=4MiB", "--json", "bandwidth.block_size=8MiB",
+                   "--ranks", "2")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["planned_bytes"] == 2 * 8 * 2**20
+    # An unknown option is still refused, in one line.
+    done = run_cli(0, "run", QUICK, "--bogus", "bandwidth.iterations=1")
+    only_error(done, "unrecognized arguments: --bogus", "mpibench run --help")
+    usage = subprocess.run([sys.executable, "-m", "mpibench", "run", "--help"], capture_output=True, text=True,
+                           check=True).stdout
+    assert usage.startswith("usage: mpibench run CONFIG.yaml [KEY=VALUE ...] [options]")
+
+
+def test_default_output_name_is_checked_not_a_placeholder(tmp_path, pids):
+    pids_dir, env = pids
+    unrelated = tmp_path / "mpibench-run.json"
+    unrelated.write_text("not mpibench's")
+    done = run_cli(0, "run", QUICK, f"storage.root={tmp_path / 'd'}", *SMALL, "-q", cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    written = [name for name in os.listdir(tmp_path) if name.startswith("mpibench-") and name != unrelated.name]
+    assert len(written) == 1
+    assert written[0] == f"mpibench-{json.loads((tmp_path / written[0]).read_text())['run_id']}.json"
+    assert unrelated.read_text() == "not mpibench's"
+    # The name the run would write is taken: refused before anything is measured.
+    taken = tmp_path / "mpibench-named.json"
+    taken.write_text("precious")
+    done = run_cli(0, "run", QUICK, f"storage.root={tmp_path / 'd'}", *SMALL, "run_id=named", cwd=str(tmp_path),
+                   env=env)
+    only_error(done, "results file mpibench-named.json already exists", "--force")
+    assert not started(pids_dir)
+    assert taken.read_text() == "precious"
+
+
+@pytest.mark.parametrize("option", ["--output", "--csv"])
+def test_output_directory_that_refuses_files_is_refused_before_the_run(tmp_path, pids, option):
+    """/proc passes a permission check (we may run as root) but takes no new file."""
+    pids_dir, env = pids
+    target = "/proc/mpibench-test.json" if option == "--output" else "/proc/mpibench-test.csv"
+    extra = ["--output", str(tmp_path / "r.json")] if option == "--csv" else []
+    done = run_cli(0, "run", QUICK, f"storage.root={tmp_path / 'd'}", *SMALL, *extra, option, target, env=env)
+    what = "results file" if option == "--output" else "CSV file"
+    only_error(done, f"cannot write {what} {target}", "no file can be created in /proc", f"choose a writable {option}")
+    assert not started(pids_dir)
+    assert sorted(os.listdir(tmp_path)) == ["pids"]
+
+
+def test_existing_csv_names_the_csv_option(tmp_path):
+    csv_path = tmp_path / "r.csv"
+    csv_path.write_text("theirs")
+    done = run_cli(0, "run", QUICK, f"storage.root={tmp_path / 'd'}", *SMALL, "--output", str(tmp_path / "r.json"),
+                   "--csv", str(csv_path))
+    only_error(done, f"CSV file {csv_path} already exists", "choose another --csv or pass --force")
+    assert csv_path.read_text() == "theirs"
+
+
+@pytest.mark.parametrize("ranks", [0, 2])
+def test_run_without_a_configuration_file(ranks):
+    for args in (["run"], ["run", "-q"], ["plan", "--ranks", "4"], ["run", "storage.root=/tmp/x"]):
+        done = run_cli(ranks, *args, timeout=60)
+        only_error(done, f"mpibench {args[0]} needs a configuration file", "configs/quickstart.yaml")
+        assert "KEY=VALUE is required" not in done.stderr
+
+
+def test_configuration_that_is_not_a_small_regular_file_is_refused(tmp_path):
+    """/dev/zero was read until the OOM killer came; a FIFO blocked for ever."""
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("workload: bandwidth\n" + "# padding\n" * (2**20 // 10 + 1))
+    for path, fragment in (("/dev/zero", "is not a regular file"), (str(fifo), "is not a regular file"),
+                           (str(tmp_path), "is a directory"), (str(huge), "over the 1048576")):
+        done = run_cli(0, "run", path, f"storage.root={tmp_path / 'd'}", timeout=30)
+        only_error(done, f"config file {path} ", fragment, "give the path of a YAML file")
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--ranks", "-1"], ["--ranks -1 is not a rank count"]),
+    (["--ranks", "0"], ["--ranks 0 is not a rank count"]),
+    (["--ranks", "8", "--ranks-per-node", "-2"], ["--ranks-per-node -2 is not a rank count"]),
+    (["--ranks", "2", "--ranks-per-node", "3"], ["--ranks-per-node 3 is more than --ranks 2"]),
+    (["--ranks-per-node", "3"], ["--ranks-per-node 3 is more than the 1 rank(s) planned"]),
+    (["--ranks", "4", "--show", "-1"], ["--show -1 is negative"]),
+    (["--ranks", "x"], ["--ranks: invalid int value: 'x'"]),
+], ids=["ranks_negative", "ranks_zero", "per_node_negative", "per_node_over_ranks", "per_node_over_job",
+        "show_negative", "ranks_not_a_number"])
+def test_plan_rank_counts_are_checked(args, fragments):
+    only_error(run_cli(0, "plan", QUICK, *args), *fragments)
+
+
+def test_plan_with_uneven_nodes():
+    done = run_cli(0, "plan", QUICK, "--ranks", "10", "--ranks-per-node", "4")
+    assert done.returncode == 0, done.stderr
+    assert "10 rank(s), 4 per node, 3 node(s)" in done.stdout
+
+
+def test_a_signal_python_cannot_raise_is_not_lost():
+    """A KeyboardInterrupt that Python cannot propagate (raised in a weakref callback of
+    the import system, or wrapped by a class body's __set_name__) still ends the run as
+    an interruption, without a traceback (both seen when Ctrl-C lands during imports)."""
+    code = textwrap.dedent("""
+        import signal, sys, time, weakref
+        from mpibench import cli
+        from mpibench.errors import interrupt_in
+        sys.unraisablehook = cli._redeliver_interrupt
+        signal.signal(signal.SIGINT, cli._raise_interrupt)
+        class Owner:
+            pass
+        owner = Owner()
+        def callback(_):
+            raise KeyboardInterrupt("SIGINT")
+        ref = weakref.ref(owner, callback)
+        try:
+            del owner
+            time.sleep(5)
+            print("lost")
+        except KeyboardInterrupt as exc:
+            print("raised later", exc.args[0])
+        try:
+            try:
+                raise KeyboardInterrupt("SIGTERM")
+            except KeyboardInterrupt as inner:
+                raise RuntimeError("Error calling __set_name__") from inner
+        except RuntimeError as wrapped:
+            print("found", interrupt_in(wrapped).args[0], interrupt_in(ValueError()))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split("\n")[:2] == ["raised later SIGINT", "found SIGTERM None"], done.stdout + done.stderr
+    assert "Traceback" not in done.stderr

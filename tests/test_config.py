@@ -142,3 +142,104 @@ def test_reference_lists_every_key():
     keys = {row[0] for row in describe_keys()}
     assert {"storage.type", "storage.root", "bandwidth.transfer_size", "bandwidth.io_depth",
             "dataset.num_files", "train.epochs", "checkpoint.model", "keep_files", "verify"} <= keys
+
+
+def test_duplicate_keys_are_refused(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("workload: bandwidth\nstorage:\n  root: /tmp/x\nbandwidth:\n  block_size: 1MiB\n"
+                    "  transfer_size: 4KiB\n  block_size: 2MiB\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert info.value.line() == (f"config file {path}: configuration key 'block_size' is given twice in the "
+                                 "same mapping (line 5 and line 7); keep one of them")
+    path.write_text("workload: bandwidth\nstorage:\n  root: /tmp/x\nworkload: train\n")
+    with pytest.raises(ConfigError, match="'workload' is given twice"):
+        load_config(str(path))
+    path.write_text("storage: &s\n  root: /tmp/x\nbandwidth:\n  block_size: 1MiB\n  transfer_size: 4KiB\n")
+    assert load_config(str(path)).bandwidth.block_size == 2**20  # anchors and plain files still load
+
+
+def test_yaml11_number_strings_are_numbers(tmp_path):
+    # YAML 1.1 reads 1e-9 (no dot) as a string: it is a number where one is expected.
+    with pytest.raises(ConfigError) as info:
+        build("metrics.interval=1e-9")
+    assert info.value.line() == "configuration key 'metrics.interval' must be at least 0.01, got 1e-09"
+    assert build("metrics.interval=5E-1").metrics.interval == 0.5
+    assert build("workload=checkpoint", "checkpoint.scale=1e-3").checkpoint.scale == 1e-3
+    with pytest.raises(ConfigError, match=r"checkpoint.scale must be in \(0, 1\], got 2.0"):
+        build("workload=checkpoint", "checkpoint.scale=2e0")
+    for text in ("fast", "1e", "inf", "nan", "0x1p-3"):
+        with pytest.raises(ConfigError, match="must be a number"):
+            build(f"metrics.interval={text}")
+    path = tmp_path / "c.yaml"
+    path.write_text("storage:\n  root: /tmp/x\nmetrics:\n  interval: 2e0\n")
+    assert load_config(str(path)).metrics.interval == 2.0
+
+
+@pytest.mark.parametrize("rid, fragment", [
+    ("r" * 129, "run_id is 129 characters long, more than 128; use a run_id of at most 128 characters"),
+    ("r" * 300, "run_id is 300 characters long"),
+    ("a b", "is not a plain name; use 1 to 128 letters, digits, '-', '_' and '.'"),
+    ("..", "is not a plain name"),
+    (".", "is not a plain name"),
+    ("x/y", "is not a plain name"),
+    ("", "is not a plain name"),
+    ("caf\u00e9", "is not a plain name"),
+])
+def test_run_id_rules(rid, fragment):
+    with pytest.raises(ConfigError) as info:
+        build(f"run_id={rid}" if rid else "run_id=''")
+    assert fragment in info.value.line()
+
+
+def test_good_run_ids():
+    for rid in ("r" * 128, "2026-01-01_a.b", "x"):
+        assert build(f"run_id={rid}").run_id == rid
+
+
+def test_nul_bytes_are_refused():
+    for key in ("storage.root", "dataset.name", "run_id", "storage.endpoint"):
+        data = {"workload": "bandwidth", "storage": {"type": "s3", "root": "s3://b/p"}}
+        section, _, name = key.rpartition(".")
+        (data.setdefault(section, {}) if section else data)[name] = "a\0b"
+        with pytest.raises(ConfigError) as info:
+            build_config(data)
+        assert info.value.line().startswith(f"configuration key '{key}' holds a NUL byte")
+        assert "\0" not in info.value.line()
+    with pytest.raises(ConfigError, match="'storage.endpoints' holds a NUL byte"):
+        build("storage.type=s3", "storage.root=s3://b/p", "storage.endpoints=[\"http://a\\0:1\"]")
+
+
+def test_compression_only_where_the_format_compresses():
+    with pytest.raises(ConfigError) as info:
+        build("workload=datagen", "dataset.format=npz", "dataset.compression=gzip")
+    assert info.value.line() == ("dataset.compression=gzip applies to dataset.format=hdf5 only, not npz; "
+                                 "set dataset.compression=none, or dataset.format=hdf5")
+    with pytest.raises(ConfigError, match="not raw"):
+        build("workload=train", "dataset.format=raw", "dataset.compression=lzf")
+    assert build("workload=datagen", "dataset.format=hdf5", "dataset.compression=gzip").dataset.compression == "gzip"
+
+
+def test_endpoints_only_for_s3():
+    for kind in ("local_fs", "direct_fs"):
+        with pytest.raises(ConfigError) as info:
+            build(f"storage.type={kind}", "storage.endpoints=http://a:1,http://b:1")
+        assert info.value.line() == (f"storage.endpoints applies to storage.type=s3 only, not {kind}; remove "
+                                     "storage.endpoints, or set storage.type=s3 with an s3://bucket/prefix root")
+        with pytest.raises(ConfigError, match="storage.endpoint applies to storage.type=s3 only"):
+            build(f"storage.type={kind}", "storage.endpoint=http://a:1")
+    cfg = build("storage.type=s3", "storage.root=s3://b/p", "storage.endpoints=http://a:1,http://b:1")
+    assert cfg.storage.endpoints == ["http://a:1", "http://b:1"]
+
+
+def test_alignment_hint_names_each_size_once():
+    from mpibench.workloads.bandwidth import check_alignment
+
+    cases = {(256, 512): "use a multiple of 512 such as 512 or 4KiB",
+             (1000, 4096): "use a multiple of 4096 such as 4KiB or 8KiB",
+             (1000, 512): "use 512 or 1KiB",
+             (5000, 4096): "use 4KiB or 8KiB"}
+    for (value, alignment), hint in cases.items():
+        with pytest.raises(ConfigError) as info:
+            check_alignment("bandwidth.transfer_size", value, alignment)
+        assert info.value.hint == hint

@@ -249,6 +249,14 @@ CONFIG_CASES = {
     "local_type_s3_root": (["storage.type=direct_fs", "storage.root=s3://bucket/prefix"],
                            ["storage.type=direct_fs needs a local directory", "storage.type=s3"]),
     "bad_run_id": (["run_id=../escape"], ["is not a plain name"]),
+    "long_run_id": (["run_id=" + "r" * 300], ["run_id is 300 characters long, more than 128",
+                                               "use a run_id of at most 128 characters"]),
+    "endpoints_on_local_fs": (["storage.endpoints=http://127.0.0.1:9000"],
+                              ["storage.endpoints applies to storage.type=s3 only", "remove storage.endpoints"]),
+    "compression_npz": (["workload=datagen", "dataset.format=npz", "dataset.compression=gzip"],
+                        ["dataset.compression=gzip applies to dataset.format=hdf5 only, not npz",
+                         "set dataset.compression=none"]),
+    "float_as_yaml11_string": (["metrics.interval=1e-9"], ["'metrics.interval' must be at least 0.01"]),
 }
 
 
@@ -820,3 +828,306 @@ def test_second_signal_to_a_rank_aborts_at_once(request, jobs, sandbox):
     check_contract(done, 130, "rank 1: SIGTERM during the graceful stop after SIGTERM: aborting the job")
     assert done.seconds < 5
     assert_only_run_dir_changed(before, tree(sandbox["box"]), "twice")
+
+
+# -- 7. inputs past the machine's limits, and names taken: exit 2, nothing left behind ---------
+
+
+def _mem_available() -> int:
+    with open("/proc/meminfo") as handle:
+        return next(int(line.split()[1]) * 1024 for line in handle if line.startswith("MemAvailable:"))
+
+
+UQ = os.path.join(CONFIGS, "unet3d-quick.yaml")
+
+
+@pytest.mark.parametrize("case", ["bandwidth", "bandwidth_per_node", "train", "datagen"])
+def test_buffers_over_the_available_memory(request, jobs, sandbox, case):
+    """Buffers the node cannot hold are refused before any I/O (the OOM killer would end the
+    job with no message and leave its files)."""
+    half = _mem_available() // 2 // MiB * MiB  # x 3 buffers x 2 ranks: 3 times what is there
+    args, fragments = {
+        "bandwidth": ([QUICK, "bandwidth.transfer_size=64TiB", "bandwidth.block_size=64TiB"],
+                      ["(2 ranks x 192.00 TiB: bandwidth.transfer_size x (io_depth 1 + 2))",
+                       "lower bandwidth.transfer_size or bandwidth.io_depth, or run fewer ranks per node"]),
+        "bandwidth_per_node": ([QUICK, f"bandwidth.transfer_size={half}", f"bandwidth.block_size={half}"],
+                               ["of I/O buffers on this node (2 ranks x", "available; lower bandwidth.transfer_size"]),
+        "train": ([UQ, "dataset.record_size=64GiB", "train.read_threads=4"],
+                  ["train.read_threads 4 x file size", "lower train.read_threads or dataset.record_size"]),
+        "datagen": ([UQ, "workload=datagen", "dataset.record_size=64GiB"],
+                    ["dataset.record_size x samples_per_file", "lower dataset.record_size"]),
+    }[case]
+    before = tree(sandbox["box"])
+    done = run(jobs, 2, "run", *args, f"storage.root={sandbox['root']}", "storage.type=local_fs",
+               "--output", sandbox["output"])
+    _record(request, done.seconds)
+    check_contract(done, 2, "the run needs ", "of I/O buffers on this node", "more than the", *fragments)
+    assert tree(sandbox["box"]) == before
+    assert os.listdir(sandbox["results"]) == []
+
+
+def test_out_of_memory_while_allocating_is_one_line_and_cleans_up(request, sandbox):
+    """Memory the kernel refuses (here a ulimit -v below the buffers, which the preflight's
+    check of MemAvailable cannot see) ends every rank with one line, exit 1, and the run
+    directory removed, as any other failure: no "internal error", no abort."""
+    if _mem_available() < 16 * 2**30:
+        pytest.skip("needs 16 GiB of available memory for the preflight to pass")
+    before = tree(sandbox["box"])
+    cmd = mpibench_cmd(2, "run", QUICK, f"storage.root={sandbox['root']}", "storage.type=local_fs",
+                       "bandwidth.transfer_size=2GiB", "bandwidth.block_size=2GiB", "bandwidth.iterations=1",
+                       "run_id=oom", "--output", sandbox["output"])
+    start = time.monotonic()
+    proc = subprocess.run(["bash", "-c", 'ulimit -v 3000000 && exec "$@"', "bash", *cmd], capture_output=True,
+                          text=True, env=clean_env(), stdin=subprocess.DEVNULL, timeout=END_WITHIN_S * 2)
+    done = Completed(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
+    _record(request, done.seconds)
+    line = check_contract(done, 1, "rank ", "out of memory [ENOMEM]", "run fewer ranks per node")
+    assert "internal error" not in line
+    partial_result(sandbox["output"], "out of memory")
+    assert tree(sandbox["box"]) == before
+
+
+def test_created_parents_are_removed_after_a_failure(request, jobs, sandbox):
+    """storage.create_parents: what the preflight made (leaf and parents) goes again when
+    the run fails, deepest first, and only what it made."""
+    before = tree(sandbox["box"])
+    deep = os.path.join(sandbox["root"], "a", "b", "c")
+    done = run(jobs, 2, "run", QUICK, f"storage.root={deep}", "storage.create_parents=true",
+               "storage.type=direct_fs", "bandwidth.transfer_size=1000", "bandwidth.block_size=10000",
+               "--output", sandbox["output"])
+    _record(request, done.seconds)
+    check_contract(done, 2, "bandwidth.transfer_size=1000 is not a multiple of the direct-I/O alignment")
+    assert tree(sandbox["box"]) == before
+    # A parent that existed before stays: only a/ exists, b/c are made and removed.
+    os.mkdir(os.path.join(sandbox["root"], "a"))
+    before = tree(sandbox["box"])
+    done = run(jobs, 2, "run", QUICK, f"storage.root={deep}", "storage.create_parents=true",
+               "storage.type=direct_fs", "bandwidth.transfer_size=1000", "bandwidth.block_size=10000",
+               "--output", sandbox["output"])
+    check_contract(done, 2, "is not a multiple of the direct-I/O alignment")
+    assert tree(sandbox["box"]) == before
+
+
+def test_created_parents_follow_the_root_leaf_after_a_run(jobs, sandbox):
+    """After a complete run the leaf and the parents mpibench made are removed with the run
+    directory; keep_files keeps them, as it keeps the leaf."""
+    before = tree(sandbox["box"])
+    deep = os.path.join(sandbox["root"], "a", "b", "c")
+    done = run(jobs, 2, "run", QUICK, f"storage.root={deep}", "storage.create_parents=true", *SMALL,
+               "--output", sandbox["output"], "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert tree(sandbox["box"]) == before
+    os.unlink(sandbox["output"])
+    done = run(jobs, 2, "run", QUICK, f"storage.root={deep}", "storage.create_parents=true", *SMALL,
+               "keep_files=true", "run_id=kept", "--output", sandbox["output"], "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert os.path.isfile(os.path.join(deep, "mpibench-kept", "bandwidth", "rank-000000.dat"))
+
+
+def test_run_directory_path_too_long_removes_the_created_root(request, jobs, sandbox):
+    """A run directory whose paths would pass PATH_MAX is refused before it is made, and
+    the root leaf and parents just created for it are removed."""
+    before = tree(sandbox["box"])
+    levels = (3900 - len(sandbox["root"])) // 251
+    deep = os.path.join(sandbox["root"], *(["d" * 250] * levels), "leaf")
+    done = run(jobs, 2, "run", QUICK, f"storage.root={deep}", "storage.create_parents=true", *SMALL,
+               "run_id=" + "r" * 128, "--output", sandbox["output"])
+    _record(request, done.seconds)
+    check_contract(done, 2, "(PATH_MAX)", "use a shorter storage.root or run_id")
+    assert tree(sandbox["box"]) == before
+
+
+def test_dataset_folder_taken_by_a_file(request, jobs, sandbox):
+    """datagen's folder (or one of its subfolders) taken by a file: refused in the
+    preflight, before any folder is made."""
+    with open(os.path.join(sandbox["root"], "afile"), "w") as handle:
+        handle.write("not a folder")
+    os.makedirs(os.path.join(sandbox["root"], "ds"))
+    with open(os.path.join(sandbox["root"], "ds", "00001"), "w") as handle:
+        handle.write("not a folder")
+    before = tree(sandbox["box"])
+    for name, extra, taken in (("afile", [], "afile"), ("afile/sub", [], "afile"),
+                               ("ds", ["dataset.num_subfolders=2"], os.path.join("ds", "00001"))):
+        done = run(jobs, 2, "run", UQ, "workload=datagen", f"storage.root={sandbox['root']}",
+                   f"dataset.name={name}", *extra, "--output", sandbox["output"])
+        _record(request, done.seconds)
+        check_contract(done, 2, f"{os.path.join(sandbox['root'], taken)} exists and is not a directory",
+                       "choose another dataset.name")
+        assert tree(sandbox["box"]) == before
+
+
+@pytest.mark.parametrize("root", ["/proc", "/proc/mpibench-leaf", "/sys/kernel"])
+def test_root_on_a_pseudo_filesystem(request, jobs, sandbox, root):
+    """/proc and /sys take no files (statvfs says 0 B free): named as such, not as no space."""
+    if not os.path.isdir(os.path.dirname(root) if root.endswith("leaf") else root):
+        pytest.skip(f"{root} is not there")
+    done = run(jobs, 2, "run", QUICK, f"storage.root={root}", *SMALL, "--output", sandbox["output"])
+    _record(request, done.seconds)
+    line = check_contract(done, 2, f"storage.root {root} is on ", "pseudo-filesystem",
+                          "choose a directory on a real, writable filesystem")
+    assert "free space" not in line
+    assert not os.path.exists("/proc/mpibench-leaf")
+
+
+@pytest.mark.parametrize("text, fragments", [
+    ("workload: bandwidth\nbandwidth:\n  block_size: 4MiB\n  transfer_size: 256KiB\n  block_size: 8MiB\n",
+     ["configuration key 'block_size' is given twice in the same mapping (line 3 and line 5)", "keep one"]),
+    ('workload: bandwidth\nstorage:\n  type: local_fs\n  root: "/tmp/a\\0b"\n',
+     ["configuration key 'storage.root' holds a NUL byte", "remove it"]),
+    ("workload: bandwidth\nbandwidth:\n  iterations: 1\nmetrics:\n  interval: 1e-9\n",
+     ["'metrics.interval' must be at least 0.01, got 1e-09"]),
+], ids=["duplicate_key", "nul_byte", "yaml11_float"])
+def test_config_file_mistakes(request, jobs, sandbox, tmp_path, text, fragments):
+    config = _config_file(tmp_path, text)
+    before = tree(sandbox["box"])
+    args = [] if "root:" in text else [f"storage.root={sandbox['root']}"]
+    done = run(jobs, 2, "run", config, *args, "--output", sandbox["output"])
+    _record(request, done.seconds)
+    check_contract(done, 2, *fragments)
+    assert tree(sandbox["box"]) == before
+
+
+def test_transfer_below_the_alignment_names_it_once(request, jobs, sandbox):
+    before = tree(sandbox["box"])
+    done = run(jobs, 2, "run", QUICK, f"storage.root={sandbox['root']}", "storage.type=direct_fs",
+               "bandwidth.transfer_size=256", "bandwidth.block_size=4096", "--output", sandbox["output"])
+    _record(request, done.seconds)
+    line = check_contract(done, 2, "bandwidth.transfer_size=256 is not a multiple", "; use a multiple of ")
+    hint = line.split("; ", 1)[1]
+    first, second = hint.split(" such as ")[1].split(" or ")
+    assert first != second, line
+    assert tree(sandbox["box"]) == before
+
+
+# -- 8. the command line around the run: results that must not be lost, early signals --------
+
+
+@pytest.mark.parametrize("outcome", ["complete", "failed"])
+def test_results_file_appearing_during_the_run_is_kept(request, jobs, sandbox, outcome):
+    """Someone creates the results and CSV files while the job runs: theirs stay as they
+    are, the measured results go to fresh names beside them, one warning line each, and
+    the job exits as it would have (0, or 1 with the partial result)."""
+    output, csv_path = sandbox["output"], os.path.join(sandbox["results"], "r.csv")
+    fault = f"pause:phase=read:dir={sandbox['faults']}"
+    if outcome == "failed":
+        fault += ";raise:rank=1:phase=read:after_ops=2"
+    before = tree(sandbox["box"])
+    job = launch(jobs, 2, "run", QUICK, f"storage.root={sandbox['root']}", *SMALL, "run_id=appear",
+                 "--output", output, "--csv", csv_path, fault=fault)
+    wait_for(os.path.join(sandbox["faults"], "paused"), job)
+    for path in (output, csv_path):
+        with open(path, "w") as handle:
+            handle.write("theirs")
+    open(os.path.join(sandbox["faults"], "resume"), "w").close()
+    done = job.finish()
+    _record(request, done.seconds)
+    fresh = os.path.join(sandbox["results"], "r-appear.json")
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("mpibench: warning: ")]
+    assert warnings[0] == f"mpibench: warning: {output} appeared during the run and is left as it is; wrote {fresh} instead"
+    if outcome == "complete":
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr
+        fresh_csv = os.path.join(sandbox["results"], "r-appear.csv")
+        assert warnings[1:] == [f"mpibench: warning: {csv_path} appeared during the run and is left as it is; "
+                                f"wrote {fresh_csv} instead"]
+        assert json.load(open(fresh))["complete"] is True
+        assert open(fresh_csv).read().startswith("run_id,workload,phase")
+        assert f"results written to {fresh}" in done.stdout and f"CSV written to {fresh_csv}" in done.stdout
+    else:
+        check_contract(done, 1, "rank 1", "internal error")
+        partial_result(fresh, "internal error")
+        assert f"partial result (complete: false) written to {fresh}" in done.stdout
+    for path in (output, csv_path):
+        assert open(path).read() == "theirs"
+    assert tree(sandbox["box"]) == before
+
+
+def _in_main(pid: int) -> bool:
+    """Whether process `pid` runs mpibench's main(): it handles SIGTERM from its first line
+    on, which the interpreter never does by itself."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            caught = next(int(line.split()[1], 16) for line in status if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+def _importing_numpy(pid: int) -> bool:
+    """Whether process `pid` has begun importing numpy (which it does before MPI starts up)."""
+    try:
+        with open(f"/proc/{pid}/maps", "rb") as maps:
+            return b"_multiarray_umath" in maps.read()
+    except OSError:
+        return False
+
+
+def _rank_pids(job: Job) -> list[int]:
+    """The mpibench processes of a job (the launcher's descendants running the script)."""
+    parents: dict[int, int] = {}
+    scripts: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if any(arg.endswith(b"/mpibench") for arg in argv[:2]):
+            scripts.add(int(entry))
+    found = []
+    for pid in scripts:
+        ancestor = pid
+        while ancestor > 1 and ancestor != job.proc.pid:
+            ancestor = parents.get(ancestor, 0)
+        if ancestor == job.proc.pid:
+            found.append(pid)
+    return found
+
+
+def wait_until(job: Job, ranks: int, reached, limit: float = 60.0) -> None:
+    """Wait until every rank of the job has `reached` a point (a test of its pid). Before
+    main() runs the interpreter is still starting, and a signal there is Python's business."""
+    deadline = time.monotonic() + limit
+    while True:
+        pids = _rank_pids(job)
+        if len(pids) == max(ranks, 1) and all(reached(pid) for pid in pids):
+            return
+        if job.proc.poll() is not None or time.monotonic() > deadline:
+            out, err = job.proc.communicate() if job.proc.poll() is not None else ("", "")
+            pytest.fail(f"the ranks did not reach {reached.__name__} (exit {job.proc.returncode}):\n{out}\n{err}")
+        time.sleep(0.002)
+
+
+# Where the signal is sent: once main() runs (argument parsing, imports), then from the
+# moment numpy is being imported (heavy imports, MPI's start-up, the configuration load,
+# the preflight, where a pause fault holds the job so that the run never starts).
+EARLY_POINTS = ((_in_main, 0.0), (_importing_numpy, 0.0), (_importing_numpy, 0.05), (_importing_numpy, 0.15),
+                (_importing_numpy, 0.3), (_importing_numpy, 0.7))
+
+
+@pytest.mark.parametrize("ranks, signum", [(0, signal.SIGINT), (0, signal.SIGTERM), (2, signal.SIGINT),
+                                           (2, signal.SIGTERM), (4, signal.SIGINT)],
+                         ids=["1-SIGINT", "1-SIGTERM", "2-SIGINT", "2-SIGTERM", "4-SIGINT"])
+def test_early_signal_ends_the_job_with_one_line(request, jobs, sandbox, ranks, signum):
+    """SIGINT/SIGTERM while mpibench starts (imports, MPI start-up, loading, preflight):
+    wherever it lands, one line, exit 130, no traceback, nothing left behind. Where exactly
+    it lands varies from run to run; every outcome must be this one."""
+    name = signal.Signals(signum).name
+    before = tree(sandbox["box"])
+    points = EARLY_POINTS if ranks < 4 else EARLY_POINTS[::2]
+    for reached, delay in points:
+        job = launch(jobs, ranks, "run", QUICK, f"storage.root={sandbox['root']}", *SMALL,
+                     "--output", sandbox["output"], fault=f"pause:phase=preflight:dir={sandbox['faults']}")
+        wait_until(job, ranks, reached)
+        time.sleep(delay)
+        done = job.finish(since=job.signal(signum))
+        _record(request, done.seconds)
+        check_contract(done, 130, f"interrupted by {name} before the run started; nothing was measured")
+        assert tree(sandbox["box"]) == before, (reached.__name__, delay)
+        assert os.listdir(sandbox["results"]) == [], (reached.__name__, delay)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(sandbox["faults"], "paused"))

@@ -7,6 +7,8 @@ the secret key.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import signal
@@ -14,6 +16,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 from conftest import BIN, CONFIGS, run_cli
@@ -141,6 +144,92 @@ def test_silent_endpoint_times_out():
         with pytest.raises(PreflightError, match="did not answer within 0.5 s"):
             check_bucket(url, "bkt", "p/", "us-east-1", {"access_key": "k", "secret_key": "s"}, 0.5)
         assert time.monotonic() - start < 3
+
+
+class _NotS3Handler(http.server.BaseHTTPRequestHandler):
+    """Answers every request with the server's (status, body, headers); records the requests."""
+
+    answer: tuple[int, bytes, dict[str, str]] = (404, b"", {})
+    seen: list[str] = []
+
+    def _reply(self) -> None:
+        self.seen.append(f"{self.command} {self.path}")
+        status, body, headers = self.answer
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _reply
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def not_s3(status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> Iterator[tuple[str, list[str]]]:
+    """A real HTTP server on loopback that is not S3 (a web server, a console port)."""
+    seen: list[str] = []
+    handler = type("Handler", (_NotS3Handler,), {"answer": (status, body, headers or {}), "seen": seen})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+HTML_404 = b"<html><head><title>404 Not Found</title></head><body>not here</body></html>"
+NOT_S3_CASES = {
+    "301-empty": (301, b"", {"Location": "https://example.invalid/"}, "answered HTTP 301 with no S3 error"),
+    "404-html": (404, HTML_404, {"Content-Type": "text/html"}, "answered HTTP 404 with no S3 error"),
+    "404-other-code": (404, b"<Error><Code>NoSuchKey</Code><Message>x</Message></Error>", {},
+                       "answered HTTP 404 with error code NoSuchKey"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_S3_CASES))
+def test_endpoint_that_is_not_s3(case):
+    status, body, headers, fragment = NOT_S3_CASES[case]
+    with not_s3(status, body, headers) as (url, _seen):
+        with pytest.raises(PreflightError) as err:
+            check_bucket(url, "bkt", "p/", "us-east-1", {"access_key": "k", "secret_key": "s"}, 2.0)
+    line = err.value.line()
+    assert line.startswith(f"S3 endpoint {url}/ {fragment}")
+    assert "for bucket bkt: it does not look like an S3 server" in line
+    assert line.endswith("; check storage.endpoint / storage.endpoints / AWS_ENDPOINT_URL")
+    assert "does not exist" not in line and "no details" not in line
+
+
+def test_missing_bucket_is_told_by_its_s3_error():
+    body = b"<?xml version='1.0'?><Error><Code>NoSuchBucket</Code><Message>gone</Message></Error>"
+    with not_s3(404, body) as (url, _seen):
+        assert check_bucket(url, "bkt", "p/", "us-east-1", {"access_key": "k", "secret_key": "s"}, 2.0) == "missing"
+
+
+@pytest.mark.parametrize("ranks", [2])
+@pytest.mark.parametrize("case", ["301-empty", "404-html"])
+def test_endpoint_that_is_not_s3_from_the_command_line(tmp_path, ranks, case):
+    """Every rank ends with the one line, exit 2; nothing is written to the endpoint."""
+    status, body, headers, fragment = NOT_S3_CASES[case]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3DLIO_"))}
+    env.update(AWS_ACCESS_KEY_ID="AKIAFAKEFAKEFAKE", AWS_SECRET_ACCESS_KEY="fake-secret", AWS_REGION="us-east-1",
+               HOME=str(tmp_path))
+    output = tmp_path / "result.json"
+    with not_s3(status, body, headers) as (url, seen):
+        done = run_cli(ranks, "run", S3_YAML, "storage.root=s3://bkt/p", f"storage.endpoint={url}",
+                       "storage.create_bucket=true", "--output", str(output), env=env, timeout=60)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"mpibench: error: S3 endpoint {url}/ {fragment}"), done.stderr
+    assert "it does not look like an S3 server; check storage.endpoint" in lines[0]
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not output.exists()
+    assert seen and all(request.startswith("GET /bkt?") for request in seen), seen  # only the listing
 
 
 # -- the command line against a real server -------------------------------------------------------

@@ -107,6 +107,11 @@ class Backend(ABC):
     def remove_dir(self, key: str) -> None:
         """Remove directory `key` if it is empty (no-op where there are no directories)."""
 
+    def not_a_dir(self, key: str) -> str | None:
+        """The first of `key` and its parents that exists and is not a directory (for a
+        preflight before makedirs), or None (always None where there are no directories)."""
+        return None
+
     def evict(self, key: str) -> bool:
         """Drop `key` from the client cache; True when the eviction is known to have worked."""
         return self.direct

@@ -20,6 +20,32 @@ from mpibench.plan import RUN_MARKER
 from mpibench.units import format_size
 
 O_DIRECT = getattr(os, "O_DIRECT", 0)
+#: kernel interfaces that look like directories but are no storage (statvfs says 0 B free)
+PSEUDO_FILESYSTEMS = frozenset({
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
+    "pstore", "bpf", "configfs", "fusectl", "mqueue", "binfmt_misc", "autofs", "efivarfs", "nsfs",
+    "rpc_pipefs", "selinuxfs",
+})
+RUN_PATH_ROOM = 128  # bytes the run's own names add below its directory (checkpoint_<n>/<shard>)
+
+
+def _refuse_pseudo(root: str, fs: dict[str, str]) -> None:
+    """A PreflightError when `fs` (where root is or would be) is a kernel pseudo-filesystem."""
+    if fs["fstype"] in PSEUDO_FILESYSTEMS:
+        raise PreflightError(f"storage.root {root} is on {fs['fstype']} at {fs['mount']}, a kernel "
+                             "pseudo-filesystem that holds no files of its own",
+                             "choose a directory on a real, writable filesystem")
+
+
+def _mkdir_hint(exc: OSError) -> str:
+    """What to do when a directory of the run cannot be created."""
+    if exc.errno == errno.ENAMETOOLONG:
+        return "use a shorter storage.root or run_id"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "check the permissions of storage.root, or choose another"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free space (or inodes) on the filesystem, or choose another storage.root"
+    return "check storage.root, or choose another"
 
 
 class _PosixHandle:
@@ -54,7 +80,7 @@ class PosixBackend(Backend):
         """Check storage.root: create its leaf if needed, then directory, writable, free space."""
         root = cls(storage).root
         checks: list[str] = []
-        created_root = False
+        created: list[str] = []  # the directories made here, deepest (the root leaf) first
         if not os.path.lexists(root):
             missing = root
             parent = os.path.dirname(root)
@@ -71,19 +97,35 @@ class PosixBackend(Backend):
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise PreflightError(f"storage.root {root} cannot be created: {parent} is not writable",
                                      "choose a writable storage.root")
+            _refuse_pseudo(root, environment.filesystem_of(parent))
+            chain = []  # root, its parent, ... up to the topmost missing directory
+            path = root
+            while path != parent:
+                chain.append(path)
+                path = os.path.dirname(path)
             try:
-                os.makedirs(root)
+                for path in reversed(chain):
+                    os.mkdir(path)
+                    created.insert(0, path)
             except OSError as exc:
-                raise PreflightError(f"cannot create storage.root {root}: {exc.strerror}") from None
-            created_root = True
-            checks.append(f"created storage.root {root}")
+                cls.remove_created(created)
+                raise PreflightError(f"cannot create storage.root {root}: {exc.strerror}",
+                                     _mkdir_hint(exc)) from None
+            checks.append(f"created storage.root {root}"
+                          + (f" and its missing parents from {chain[-1]}" if len(chain) > 1 else ""))
+        created_root = bool(created)
         try:
             if not os.path.isdir(root):
                 raise PreflightError(f"storage.root {root} is not a directory", "give a directory path")
             if not os.access(root, os.W_OK | os.X_OK):
                 raise PreflightError(f"storage.root {root} is not writable", "choose a directory you can write to")
-            checks.append(f"storage.root {root} is a writable directory")
             stats = os.statvfs(root)
+            fs = environment.filesystem_of(root)
+            if stats.f_flag & os.ST_RDONLY:
+                raise PreflightError(f"storage.root {root} is on a read-only filesystem ({fs['fstype']} at {fs['mount']})",
+                                     "choose a directory on a writable filesystem")
+            _refuse_pseudo(root, fs)
+            checks.append(f"storage.root {root} is a writable directory")
             free = stats.f_bavail * stats.f_frsize
             if planned_bytes > free:
                 raise PreflightError(
@@ -93,10 +135,9 @@ class PosixBackend(Backend):
                 )
             checks.append(f"free space {format_size(free)} covers the planned {format_size(planned_bytes)}")
         except BaseException:
-            if created_root:
-                os.rmdir(root)
+            cls.remove_created(created)
             raise
-        return {"root": root, "created_root": created_root, "free_bytes": free,
+        return {"root": root, "created_root": created_root, "created_dirs": created, "free_bytes": free,
                 "filesystem": environment.filesystem_of(root), "checks": checks}
 
     @classmethod
@@ -105,18 +146,34 @@ class PosixBackend(Backend):
         found = cls.preflight_root(config.storage, planned_bytes)
         run_dir = os.path.join(found["root"], run_key)
         try:
-            os.mkdir(run_dir, 0o755)
-        except FileExistsError:
+            limit = os.pathconf(found["root"], "PC_PATH_MAX")
+        except (OSError, ValueError):
+            limit = 4096
+        if len(os.fsencode(run_dir)) + RUN_PATH_ROOM >= limit:
+            cls.remove_created(found["created_dirs"])
             raise PreflightError(
-                f"run directory {run_dir} already exists",
-                "choose another run_id: mpibench writes only into a directory it created itself",
-            ) from None
-        except OSError as exc:
-            raise PreflightError(f"cannot create run directory {run_dir}: {exc.strerror}") from None
+                f"run directory {run_dir} is {len(os.fsencode(run_dir))} bytes long: with the run's own "
+                f"file names its paths would pass the system's limit of {limit} bytes (PATH_MAX)",
+                "use a shorter storage.root or run_id")
         try:
-            with open(os.path.join(run_dir, RUN_MARKER), "x", encoding="utf-8") as marker:
-                json.dump({"run_id": run_key[len("mpibench-"):], "created": time.time(),
-                           "host": socket.gethostname(), "pid": os.getpid()}, marker)
+            os.mkdir(run_dir, 0o755)
+        except OSError as exc:
+            cls.remove_created(found["created_dirs"])  # the run directory is not ours: left alone
+            if isinstance(exc, FileExistsError):
+                raise PreflightError(
+                    f"run directory {run_dir} already exists",
+                    "choose another run_id: mpibench writes only into a directory it created itself",
+                ) from None
+            raise PreflightError(f"cannot create run directory {run_dir}: {exc.strerror}",
+                                 _mkdir_hint(exc)) from None
+        try:
+            try:
+                with open(os.path.join(run_dir, RUN_MARKER), "x", encoding="utf-8") as marker:
+                    json.dump({"run_id": run_key[len("mpibench-"):], "created": time.time(),
+                               "host": socket.gethostname(), "pid": os.getpid()}, marker)
+            except OSError as exc:
+                raise PreflightError(f"cannot create the run marker in {run_dir}: {exc.strerror}",
+                                     _mkdir_hint(exc)) from None
             found["checks"].append(f"created run directory {run_dir}")
             if cls.direct:
                 alignment, source = cls.probe_alignment(run_dir)
@@ -125,13 +182,24 @@ class PosixBackend(Backend):
             else:
                 found["alignment"], found["alignment_source"] = 1, "buffered I/O"
         except BaseException:
-            cls.undo_preflight(config, run_key, found["created_root"])
+            cls.undo_preflight(config, run_key, found["created_root"], found["created_dirs"])
             raise
         return found
 
+    @staticmethod
+    def remove_created(created: Any) -> None:
+        """Remove directories the preflight made (deepest first), each only while empty."""
+        for path in created:
+            try:
+                os.rmdir(path)
+            except OSError:
+                return  # not empty (something else is in it now): it and its parents stay
+
     @classmethod
-    def undo_preflight(cls, config: Any, run_key: str, created_root: bool) -> None:
-        """Remove the run directory's empty folders and marker, and the root leaf if we made it.
+    def undo_preflight(cls, config: Any, run_key: str, created_root: bool,
+                       created_dirs: Any = ()) -> None:
+        """Remove the run directory's empty folders and marker, and the root leaf (with the
+        parents storage.create_parents made) if we made it.
 
         Only empty directories are removed (rmdir) and nothing is followed: a file or
         link that is not the run's own keeps its directory, and a warning says so.
@@ -150,8 +218,8 @@ class PosixBackend(Backend):
                             pass
             try:
                 os.unlink(marker)
-            except FileNotFoundError:
-                pass
+            except OSError:
+                pass  # never written (the preflight failed first): rmdir below tells what is left
             try:
                 os.rmdir(run_dir)
             except OSError:
@@ -163,10 +231,7 @@ class PosixBackend(Backend):
                               f"or could not remove: {leftovers}",
                               stacklevel=2)
         if created_root:
-            try:
-                os.rmdir(root)
-            except OSError:
-                pass
+            cls.remove_created(list(created_dirs) or [root])
 
     @classmethod
     def probe_alignment(cls, directory: str) -> tuple[int, str]:
@@ -329,6 +394,16 @@ class PosixBackend(Backend):
             os.makedirs(path, exist_ok=True)
         except OSError as exc:
             raise io_error("mkdir", path, exc) from None
+
+    def not_a_dir(self, key: str) -> str | None:
+        path = self.root
+        for part in [p for p in key.split("/") if p and p != "."]:
+            path = os.path.join(path, part)
+            if not os.path.lexists(path):
+                return None
+            if not os.path.isdir(path):  # a file, a device, or a link to anything but a directory
+                return path
+        return None
 
     def remove_dir(self, key: str) -> None:
         try:

@@ -670,7 +670,7 @@ class S3Backend(Backend):
                 "filesystem": {"fstype": "s3", "source": probed[0], "mount": f"s3://{bucket}"}}
 
     @classmethod
-    def undo_preflight(cls, config: Any, run_key: str, created_root: bool) -> None:
+    def undo_preflight(cls, config: Any, run_key: str, created_root: bool, created_dirs: Any = ()) -> None:
         """Delete every object left under the run prefix, then the bucket if the run created it.
 
         The run prefix was empty when the run started, so all of it is the run's own;
@@ -834,12 +834,19 @@ def check_bucket(url: str, bucket: str, run_prefix: str, region_name: str, creds
             raise PreflightError(f"run prefix s3://{bucket}/{run_prefix} already holds objects",
                                  "choose another run_id: mpibench writes only under a prefix it created itself")
         return "ok"
-    if status == 404 and code in ("NoSuchBucket", ""):
+    if status == 404 and code == "NoSuchBucket":
         return "missing"
     if status in (301, 307, 400) and (headers.get("x-amz-bucket-region") or headers.get("X-Amz-Bucket-Region")):
         other = headers.get("x-amz-bucket-region") or headers.get("X-Amz-Bucket-Region")
         raise PreflightError(f"bucket {bucket} is in region {other}, not {region_name}",
                              f"export AWS_REGION={other}")
+    if (300 <= status < 400 or status == 404) and (not code or status == 404):
+        # An S3 server answers a listing of a missing bucket with 404 NoSuchBucket and a
+        # redirect with an <Error><Code> body; a web server or a console port does not.
+        said = f"error code {code}" if code else "no S3 error (<Error><Code>) in its body"
+        raise PreflightError(f"S3 endpoint {shown} answered HTTP {status} with {said} for bucket {bucket}: "
+                             "it does not look like an S3 server",
+                             "check storage.endpoint / storage.endpoints / AWS_ENDPOINT_URL")
     for needle, reason, hint in _REASONS:
         if code and needle == code:
             raise PreflightError(f"{reason} at {shown} for bucket {bucket}", hint)

@@ -22,6 +22,11 @@ class Workload:
         """Bytes the run will have on storage at its peak (checked against free space)."""
         return 0
 
+    def buffer_bytes(self, config: Config, size: int, ranks_per_node: int, io_depth: int) -> tuple[int, str, str]:
+        """Memory one rank allocates for its I/O buffers (at least), the settings that
+        drive it, and how to lower it; checked against the node's memory in preflight."""
+        return 0, "", ""
+
     def check(self, config: Config, size: int, alignment: int) -> None:
         """Rank 0: rules that depend on the rank count or the storage's alignment."""
 

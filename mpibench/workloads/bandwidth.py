@@ -16,6 +16,7 @@ from mpibench.plan import (
     bandwidth_file,
     nearest_aligned,
     reorder_partner,
+    round_up,
     transfer_offsets,
 )
 from mpibench.units import format_exact_size
@@ -30,10 +31,16 @@ def check_alignment(key: str, value: int, alignment: int, fstype: str = "") -> N
     """A ConfigError naming the alignment and the nearest valid sizes when misaligned."""
     if alignment > 1 and value % alignment:
         low, high = nearest_aligned(value, alignment)
+        if low == high:  # below one unit: the nearest valid size is the alignment itself
+            other = round_up(4096, alignment) if round_up(4096, alignment) > low else 2 * low
+            hint = (f"use a multiple of {alignment} such as {format_exact_size(low)} "
+                    f"or {format_exact_size(other)}")
+        else:
+            hint = f"use {format_exact_size(low)} or {format_exact_size(high)}"
         raise ConfigError(
             f"{key}={value} is not a multiple of the direct-I/O alignment {alignment} bytes"
             + (f" of this {fstype} filesystem" if fstype else ""),
-            f"use {format_exact_size(low)} or {format_exact_size(high)}",
+            hint,
         )
 
 
@@ -44,6 +51,15 @@ class BandwidthWorkload(Workload):
 
     def planned_bytes(self, config: Config, size: int) -> int:
         return config.bandwidth.block_size * size
+
+    def buffer_bytes(self, config: Config, size: int, ranks_per_node: int, io_depth: int) -> tuple[int, str, str]:
+        # Per rank: the write and the read pattern, one buffer per I/O in flight (never
+        # more than the block's transfers) and, verifying, a scratch buffer.
+        bw = config.bandwidth
+        depth = max(1, min(io_depth, bw.block_size // bw.transfer_size))
+        count = depth + 2 + (1 if config.verify else 0)
+        return (count * bw.transfer_size, f"bandwidth.transfer_size x (io_depth {depth} + 2)",
+                "lower bandwidth.transfer_size or bandwidth.io_depth, or run fewer ranks per node")
 
     def check(self, config: Config, size: int, alignment: int) -> None:
         bw = config.bandwidth
@@ -77,8 +93,11 @@ class BandwidthWorkload(Workload):
         if bw.reorder_reads:
             partner = reorder_partner(comm.rank, comm.size, max(layout.ranks_per_node), layout.num_nodes)
         theirs = bandwidth_file(bw.file_mode, partner, bw.block_size)
-        write_pattern = DataPattern(config.seed, mine.owner, bw.transfer_size)
-        read_pattern = DataPattern(config.seed, theirs.owner, bw.transfer_size)
+        # Every rank makes its content before the first phase; out of memory on any one
+        # ends them all the same way (ctx.setup), with the cleanup.
+        write_pattern, read_pattern = ctx.setup(lambda: (
+            DataPattern(config.seed, mine.owner, bw.transfer_size),
+            DataPattern(config.seed, theirs.owner, bw.transfer_size)))
         write_offsets = transfer_offsets(mine.length, bw.transfer_size, bw.access, config.seed + comm.rank)
         read_offsets = transfer_offsets(theirs.length, bw.transfer_size, bw.access, config.seed + 7919 * comm.rank + 1)
         cache = self._cache_state(ctx)

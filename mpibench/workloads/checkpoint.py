@@ -95,6 +95,16 @@ class CheckpointWorkload(Workload):
         ck = config.checkpoint
         return checkpoint_bytes(self._model(config, size), ck.scale) * ck.num_checkpoints_write
 
+    def buffer_bytes(self, config: Config, size: int, ranks_per_node: int, io_depth: int) -> tuple[int, str, str]:
+        # Per rank: the content of full transfers and of a shard's tail, and one buffer per
+        # I/O in flight (a shard smaller than a transfer needs no more than the shard).
+        ck = config.checkpoint
+        shards = rank_shards(self._model(config, size), ck.scale, 1, 0)  # every shard: the largest counts
+        unit = min(ck.transfer_size, max((s.nbytes for s in shards), default=0))
+        count = io_depth + 2 + (1 if ck.verify or config.verify else 0)
+        return (count * unit, f"checkpoint.transfer_size x (io_depth {io_depth} + 2)",
+                "lower checkpoint.transfer_size or bandwidth.io_depth, or run fewer ranks per node")
+
     def check(self, config: Config, size: int, alignment: int) -> None:
         ck = config.checkpoint
         model = self._model(config, size)
@@ -154,12 +164,12 @@ class CheckpointWorkload(Workload):
         for n in range(ck.num_checkpoints_write):
             if n and ck.interval > 0:
                 time.sleep(ck.interval)  # the training steps between two checkpoints
-            work = shard_patterns(config.seed, n, mine, ck.transfer_size)
+            work = ctx.setup(lambda c=n: shard_patterns(config.seed, c, mine, ck.transfer_size))
             ctx.phase("write", n, lambda rec, w=work, c=n: self._shards(ctx, rec, "write", c, w, False),
                       expected_bytes=total, checkpoint=n, fsync=ck.fsync, cache=None, **meta)
             del work
         for n in range(ck.num_checkpoints_read):
-            work = shard_patterns(config.seed, n, theirs, ck.transfer_size)
+            work = ctx.setup(lambda c=n: shard_patterns(config.seed, c, theirs, ck.transfer_size))
             cache = self._evict(ctx, n, theirs)
             phase = ctx.phase("read", n, lambda rec, w=work, c=n: self._shards(ctx, rec, "read", c, w, verify),
                               expected_bytes=total, checkpoint=n, cache=cache, written_by=partner,

@@ -117,12 +117,28 @@ class DatagenWorkload(Workload):
         ds = config.dataset
         return ds.num_files * size_bound(ds, 0, ds.record_size)
 
+    def buffer_bytes(self, config: Config, size: int, ranks_per_node: int, io_depth: int) -> tuple[int, str, str]:
+        # Per rank: each producer holds a file's samples and its encoding, the queue holds
+        # one encoded file per producer, and the writer one more.
+        ds = config.dataset
+        producers = producer_threads(ranks_per_node, -(-ds.num_files // size))
+        return ((3 * producers + 1) * size_bound(ds, 0, ds.record_size),
+                f"dataset.record_size x samples_per_file x ({3 * producers + 1} files in memory)",
+                "lower dataset.record_size or dataset.samples_per_file, or run fewer ranks per node")
+
     def check(self, config: Config, size: int, alignment: int) -> None:
         check_dataset_name(config.dataset.name)
 
     def prepare(self, config: Config, size: int, backend: Backend, info: PreflightInfo) -> None:
         ds = config.dataset
         where = backend.path_of(ds.name)
+        for key in [ds.name, *subfolder_keys(ds)]:
+            taken = backend.not_a_dir(key)
+            if taken is not None:
+                raise PreflightError(
+                    f"dataset folder {backend.path_of(key)} cannot be created: {taken} exists and is not a directory",
+                    "choose another dataset.name, or move that file away",
+                )
         found = read_manifest(backend, ds)
         if found is not None:
             state = "a complete dataset" if found.get("complete") else "a partial dataset (an interrupted datagen)"

@@ -90,10 +90,13 @@ def read_buffers(ds: Any, threads: int, shares: Iterable[EpochShare], alignment:
     Allocated and touched before the first epoch, so page faults are not timed as I/O.
     Shares are looked at a slice at a time.
     """
+    shares = list(shares)
     largest = max((int(record_sizes(ds, files).max()) for share in shares
                    for files in share.slices()), default=0)
     capacity = round_up(size_bound(ds, 0, largest) if largest else 1, max(alignment, 4096))
-    buffers = [aligned_buffer(capacity) for _ in range(threads)]
+    # A reader thread beyond the rank's files per epoch never starts: no buffer for it.
+    count = max(1, min(threads, max((len(share) for share in shares), default=1)))
+    buffers = [aligned_buffer(capacity) for _ in range(count)]
     for buf in buffers:
         np.frombuffer(buf, dtype=np.uint8)[::4096] = 0  # fault every page in now
     return buffers
@@ -293,6 +296,22 @@ class TrainWorkload(Workload):
     name = "train"
     describe_totals = True
 
+    def buffer_bytes(self, config: Config, size: int, ranks_per_node: int, io_depth: int) -> tuple[int, str, str]:
+        # Per rank: one buffer of the largest file per reader thread that has a file to
+        # read (read_buffers) and, decoding, the arrays parsed from it.
+        ds, tc = config.dataset, config.train
+        threads = max(1, min(tc.read_threads, -(-ds.num_files // size)))
+        largest = ds.record_size
+        for first in range(0, ds.num_files if ds.record_size_stdev else 0, 1 << 20):  # a slice at a time
+            indices = np.arange(first, min(ds.num_files, first + (1 << 20)), dtype=np.int64)
+            largest = max(largest, int(record_sizes(ds, indices).max()))
+        per_file = round_up(size_bound(ds, 0, largest), 4096)
+        copies = 2 if (tc.decode or config.verify) and ds.format != "raw" else 1
+        return (threads * copies * per_file,
+                f"train.read_threads {threads} x file size {format_size(per_file)}"
+                + (" x 2 (decoded)" if copies == 2 else ""),
+                "lower train.read_threads or dataset.record_size, or run fewer ranks per node")
+
     def check(self, config: Config, size: int, alignment: int) -> None:
         check_dataset_name(config.dataset.name)
 
@@ -337,7 +356,8 @@ class TrainWorkload(Workload):
         def share(epoch: int) -> EpochShare:
             return EpochShare(ds.num_files, comm.size, comm.rank, epoch, tc.shuffle != "off", tc.seed)
 
-        buffers = read_buffers(ds, tc.read_threads, (share(e) for e in range(tc.epochs)), backend.alignment)
+        buffers = ctx.setup(lambda: read_buffers(ds, tc.read_threads, (share(e) for e in range(tc.epochs)),
+                                                 backend.alignment))
         for epoch in range(tc.epochs):
             files = share(epoch)
             cache = self._cache(ctx, files)
