@@ -416,7 +416,7 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
     # Rank 0 writes the results here, after the run: a file that appeared at the name in
     # the meantime is kept, and the results go to a fresh name beside it (with a warning).
     try:
-        document = execute(config, comm, output=None, progress=progress)
+        document = execute(config, comm, output=None, progress=progress, restore_signals=False)
     except MpibenchError as exc:
         _ignore_signals()  # the run has ended: what it measured is written, whatever comes
         partial = getattr(exc, "partial_result", None)

@@ -452,8 +452,14 @@ def install_signal_handlers(ctx_holder: dict[str, Any]) -> dict[int, Any]:
 
 def execute(config: Config, comm: Comm, *, output: str | None, force: bool = False,
             progress: Any = None, printer: Callable[[str], None] = print,
-            preflight_only: bool = False) -> dict[str, Any] | None:
-    """Run the configured workload on every rank; return the results document on rank 0."""
+            preflight_only: bool = False, restore_signals: bool = True) -> dict[str, Any] | None:
+    """Run the configured workload on every rank; return the results document on rank 0.
+
+    Once the run's cleanup is over, SIGINT and SIGTERM are ignored while the results are
+    put together (what was measured is never lost to a late signal); the handlers found
+    at the start are put back before returning, unless `restore_signals` is false (the
+    CLI, which goes on ignoring them while it writes the results and MPI shuts down).
+    """
     layout = comm.layout()
     comm.sync_clocks()
     env = environment.collect(comm)
@@ -486,9 +492,28 @@ def execute(config: Config, comm: Comm, *, output: str | None, force: bool = Fal
             raise failure
         cleanup_error = _cleanup(ctx, workload)
         ctx.cancel.close()
+    except BaseException:
+        _set_handlers(previous_handlers)
+        raise
+    _set_handlers(dict.fromkeys(previous_handlers, signal.SIG_IGN))
+    try:
+        return _document(config, comm, info, ctx, backend, workload, env, started, failure,
+                         cleanup_error, output, force)
     finally:
-        for signum, old in previous_handlers.items():
-            signal.signal(signum, old)
+        if restore_signals:
+            _set_handlers(previous_handlers)
+
+
+def _set_handlers(handlers: dict[int, Any]) -> None:
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+
+
+def _document(config: Config, comm: Comm, info: PreflightInfo, ctx: RunContext, backend: Backend,
+              workload: Workload, env: dict[str, Any], started: float, failure: MpibenchError | None,
+              cleanup_error: MpibenchError | None, output: str | None, force: bool) -> dict[str, Any] | None:
+    """Rank 0's results document (None elsewhere), written to `output` if given; a failure
+    of the run is raised with the document attached as its partial result."""
     if failure is None and cleanup_error is not None:
         failure = cleanup_error
     document = None

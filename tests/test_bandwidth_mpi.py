@@ -226,3 +226,35 @@ def test_io_uring_stonewall_reads_what_was_written(shared_tmpdir):
             assert r["bytes"] <= w["bytes"]
             assert w["transfer_s"] <= 0.3 + w["latency_max_s"] + 0.05
         assert read["verified"] is True
+
+
+@pytest.mark.parametrize("restore", [True, False])
+def test_signal_after_the_run_loses_nothing(shared_tmpdir, monkeypatch, restore):
+    """Once the cleanup is over, a SIGINT while the results are put together is ignored
+    (it no longer reads as "before the run started" and cannot abort a measured job); the
+    caller's handlers come back unless it asks to keep ignoring signals (the CLI does)."""
+    import signal
+
+    from mpibench import run as run_module
+
+    comm = Comm()
+    root = os.path.join(shared_tmpdir, "root")
+    seen: list[int] = []
+    mine = signal.signal(signal.SIGINT, lambda signum, _frame: seen.append(signum))
+    assembling = run_module._document
+
+    def signalled_document(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # handled (or not) before the next bytecode
+        return assembling(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "_document", signalled_document)
+    try:
+        doc = execute(bandwidth_config(root, "direct_fs", "per_rank", bandwidth__iterations=1), comm,
+                      output=None, restore_signals=restore)
+        after = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, mine)
+    assert seen == []
+    if comm.is_root:
+        assert doc["complete"] is True and [p["name"] for p in doc["phases"]] == ["write", "read"]
+    assert (after is not signal.SIG_IGN) if restore else (after is signal.SIG_IGN)
