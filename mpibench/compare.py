@@ -55,11 +55,36 @@ def _p99_ms(phase: dict[str, Any]) -> float | None:
     return float(latency["p99_s"]) * 1e3 if latency.get("count") else None
 
 
+def _samples_per_s(phase: dict[str, Any]) -> float | None:
+    """A train epoch's samples per second (all ranks' samples over the phase's seconds)."""
+    ranks = phase.get("ranks") or []
+    if phase.get("name") != "train" or not any("samples" in r for r in ranks) or not phase.get("seconds"):
+        return None
+    return sum(int(r.get("samples", 0)) for r in ranks) / float(phase["seconds"])
+
+
+def _au_pct(phase: dict[str, Any]) -> float | None:
+    """A train epoch's accelerator utilisation, % (the mean over ranks, as the train summary gives it)."""
+    values = [float(r["au_pct"]) for r in phase.get("ranks") or [] if r.get("au_pct") is not None]
+    return statistics.fmean(values) if phase.get("name") == "train" and values else None
+
+
 METRICS = (
     Metric("bandwidth", "bandwidth MiB/s", True, 1, lambda p: float(p["bandwidth_MiBps"])),
     Metric("iops", "IOPS", True, 0, lambda p: float(p["ops_per_s"])),
     Metric("p99", "p99 latency ms", False, 3, _p99_ms),
+    Metric("samples", "samples/s", True, 1, _samples_per_s),
+    Metric("au", "AU %", True, 1, _au_pct),
 )
+# The configuration sections (or single keys) each workload reads; storage, metrics and the
+# top-level keys apply to every workload.
+WORKLOAD_SECTIONS = {
+    "bandwidth": ("bandwidth",),
+    "checkpoint": ("checkpoint", "bandwidth.io_depth", "bandwidth.io_engine"),
+    "train": ("dataset", "train", "bandwidth.io_depth", "bandwidth.io_engine"),
+    "datagen": ("dataset", "bandwidth.io_depth", "bandwidth.io_engine"),
+}
+WORKLOAD_SPECIFIC = ("bandwidth", "checkpoint", "dataset", "train")
 
 
 @dataclass(frozen=True)
@@ -221,13 +246,40 @@ def _describe(document: dict[str, Any]) -> str:
             f"{iterations} iteration(s){state}")
 
 
+def _used(key: str, workload: str) -> bool:
+    """Whether a dotted configuration key is one the workload reads."""
+    section = key.split(".", 1)[0]
+    if section not in WORKLOAD_SPECIFIC:
+        return True
+    return any(key == used or key.startswith(f"{used}.") for used in WORKLOAD_SECTIONS.get(workload, ()))
+
+
 def config_differences(base: dict[str, Any], other: dict[str, Any]) -> list[str]:
-    """'key: base -> other' for every configuration key whose value differs."""
+    """'key: base -> other' for what differs, what changes the measurement first: the workload,
+    the ranks and nodes, the storage type and filesystem, then the keys of the sections both
+    workloads read (storage first). Sections a workload does not read (their defaults) are left out."""
     left = dict(flatten(base.get("config") or {}))
     right = dict(flatten(other.get("config") or {}))
-    keys = sorted(set(left) | set(right))
-    return [f"{k}: {left.get(k, '(absent)')} -> {right.get(k, '(absent)')}" for k in keys
-            if left.get(k) != right.get(k)]
+    env_a, env_b = base.get("environment") or {}, other.get("environment") or {}
+    first = [("workload", left.get("workload"), right.get("workload")),
+             ("ranks (world size)", env_a.get("world_size"), env_b.get("world_size")),
+             ("nodes", env_a.get("num_nodes"), env_b.get("num_nodes")),
+             ("storage.type", left.get("storage.type"), right.get("storage.type")),
+             ("filesystem", (env_a.get("filesystem") or {}).get("fstype"),
+              (env_b.get("filesystem") or {}).get("fstype"))]
+    found = [f"{k}: {a} -> {b}" for k, a, b in first if a != b]
+    workloads = (str(left.get("workload")), str(right.get("workload")))
+    shown = {"workload", "storage.type"}
+    keys = [k for k in sorted(set(left) | set(right)) if k not in shown and all(_used(k, w) for w in workloads)]
+    order = {name: i for i, name in enumerate(("storage", *WORKLOAD_SPECIFIC))}
+    keys.sort(key=lambda k: order.get(k.split(".", 1)[0], len(order)))
+    return found + [f"{k}: {left.get(k, '(absent)')} -> {right.get(k, '(absent)')}" for k in keys
+                    if left.get(k) != right.get(k)]
+
+
+def workload_of(document: dict[str, Any]) -> str:
+    """The workload a results file ran."""
+    return str((document.get("config") or {}).get("workload"))
 
 
 def _number(value: float | None, digits: int) -> str:
@@ -246,6 +298,12 @@ def compare_text(documents: list[tuple[str, dict[str, Any]]], alpha: float = 0.0
         if left_out:
             lines.append(f"     {left_out} phase(s) of {label} did not complete and are left out")
     base_path, base_doc = documents[0]
+    comparable = [workload_of(d) == workload_of(base_doc) for _, d in documents[1:]]
+    if not any(comparable):
+        path, other = documents[1]
+        raise ResultsError(f"{path} runs the {workload_of(other)} workload and {base_path} the "
+                           f"{workload_of(base_doc)} workload: they measure different things",
+                           "compare runs of the same workload")
     base_samples = samples(base_doc)
     for label, (_path, document) in zip(labels[1:], documents[1:], strict=True):
         differences = config_differences(base_doc, document)
@@ -256,7 +314,12 @@ def compare_text(documents: list[tuple[str, dict[str, Any]]], alpha: float = 0.0
                          + (f"; and {more} more" if more else ""))
         elif base_doc.get("config") is not None:
             lines.append(f"  config of {label} is the same as A's")
-    for label, (_path, document) in zip(labels[1:], documents[1:], strict=True):
+    for label, (_path, document), same in zip(labels[1:], documents[1:], comparable, strict=True):
+        if not same:
+            lines += ["", f"warning: {label} vs A not compared: {label} runs the {workload_of(document)} workload and A the "
+                      f"{workload_of(base_doc)} workload, they measure different things (phases of the same name "
+                      "are not the same I/O)"]
+            continue
         other_samples = samples(document)
         common = [name for name in base_samples if name in other_samples]
         lines += ["", f"{label} vs A: medians over iterations, ratio {label}/A, its {CONFIDENCE:.0%} bootstrap "

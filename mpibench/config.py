@@ -71,6 +71,9 @@ class BandwidthConfig:
     file_mode: str = _opt("per_rank", "enum", choices=("per_rank", "shared"),
                           doc="one file per rank, or one shared file of rank slices")
     iterations: int = _opt(3, "int", minimum=1, doc="repetitions of the write and read phases")
+    overwrite: bool = _opt(False, "bool",
+                           doc="iterations after the first write over the previous iteration's files "
+                               "(IOR -k) instead of removing them first and writing new ones")
     fsync: bool = _opt(True, "bool", doc="fsync before close in the write phase")
     reorder_reads: bool = _opt(True, "bool", doc="read data another rank wrote (IOR -C)")
     io_depth: int | str = _opt(AUTO, "int_or_auto", minimum=1,
@@ -469,6 +472,10 @@ def validate(config: Config) -> None:
                 f"bandwidth.block_size ({bw.block_size}) is not a multiple of bandwidth.transfer_size ({bw.transfer_size})",
                 f"use block_size={(bw.block_size // bw.transfer_size or 1) * bw.transfer_size}",
             )
+        if bw.overwrite and storage.type == "s3":
+            raise ConfigError("bandwidth.overwrite applies to files only: an S3 PUT replaces the whole "
+                              "object, so every iteration writes new objects",
+                              "remove bandwidth.overwrite, or use local_fs or direct_fs")
         if bw.object_size is not None:
             if storage.type != "s3":
                 raise ConfigError("bandwidth.object_size applies to storage.type=s3 only")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mpibench.results import S3_CACHE, phase_writes, write_cache_warning
 from mpibench.units import format_size
 
 
@@ -22,17 +23,17 @@ def phase_table(document: dict[str, Any]) -> str:
     for phase in document.get("phases", []):
         lat = phase.get("latency", {})
         spread = phase.get("spread", {})
-        cache = phase.get("cache") or {}
         slow = f"{spread.get('slowest_rank', '-')} ({spread.get('slowest_over_median', 0):.2f}x)"
         flag = ("*" if phase.get("stonewalled") else "") + ("!" if phase.get("complete") is False else "")
         lines.append(
             f"{phase['name'] + flag:<10}{phase['iteration']:>5}{phase['bytes']:>14}{phase['seconds']:>10.3f}"
             f"{phase['bandwidth_MiBps']:>11.1f}{phase['bandwidth_GBps']:>8.3f}{phase['ops_per_s']:>11.0f}"
             f"{_ms(lat.get('mean_s', 0)):>12}{_ms(lat.get('p50_s', 0)):>9}{_ms(lat.get('p99_s', 0)):>9}  "
-            f"{slow:<14}{cache.get('state', '-'):<8}"
+            f"{slow:<14}{cache_state(phase, storage_type(document)):<8}"
         )
-        if cache.get("warning"):
-            warnings.append(f"warning: {phase['name']} iteration {phase['iteration']}: {cache['warning']}")
+        warning = phase_warning(phase, document)
+        if warning:
+            warnings.append(f"warning: {phase['name']} iteration {phase['iteration']}: {warning}")
     summary = document.get("summary", [])
     if summary:
         lines.append("")
@@ -45,11 +46,63 @@ def phase_table(document: dict[str, Any]) -> str:
     if any(p.get("complete") is False for p in document.get("phases", [])):
         lines.append("! incomplete: the phase was stopped by an error or a signal; figures cover what was done")
     lines.extend(warnings)
-    lines.extend(_workload_lines(document))
+    lines.extend(upload_notes(document))
+    lines.extend(workload_lines(document))
     return "\n".join(lines)
 
 
-def _workload_lines(document: dict[str, Any]) -> list[str]:
+def storage_type(document: dict[str, Any]) -> str:
+    """The run's storage.type (local_fs, direct_fs, s3)."""
+    return str(((document.get("config") or {}).get("storage") or {}).get("type", ""))
+
+
+def cache_state(phase: dict[str, Any], storage: str) -> str:
+    """The phase's cache state as shown: `object` for S3 (no client cache, not O_DIRECT), also
+    for files written before S3 phases were recorded so."""
+    state = str((phase.get("cache") or {}).get("state", "-"))
+    return S3_CACHE["state"] if storage == "s3" and state == "direct" else state
+
+
+def phase_warning(phase: dict[str, Any], document: dict[str, Any]) -> str | None:
+    """The phase's recorded cache warning, else why a write phase may be the page cache's
+    (derived here for files written before such phases were flagged)."""
+    warning = (phase.get("cache") or {}).get("warning")
+    if warning:
+        return str(warning)
+    return write_cache_warning(phase, storage_type(document), str((document.get("config") or {}).get("workload")))
+
+
+def upload_at_close(phase: dict[str, Any], document: dict[str, Any]) -> bool:
+    """An S3 write phase whose objects are multipart uploads fed transfer_size pieces: a write
+    call hands a buffer over, and most of the upload happens when the object is closed."""
+    if storage_type(document) != "s3" or not phase_writes(phase):
+        return False
+    object_size = ((document.get("config") or {}).get("bandwidth") or {}).get("object_size")
+    transfer = phase.get("transfer_size")
+    return not (object_size and transfer and int(object_size) <= int(transfer))
+
+
+def upload_notes(document: dict[str, Any]) -> list[str]:
+    """One line per S3 write phase name whose operation latencies are buffer hand-offs."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for phase in document.get("phases", []):
+        if upload_at_close(phase, document):
+            groups.setdefault(phase["name"], []).append(phase)
+    lines = []
+    for name, group in groups.items():
+        ranks = [r for p in group for r in p.get("ranks", [])]
+        close = max((float(r.get("close_s", 0.0)) for r in ranks), default=0.0)
+        transfer = max((float(r.get("transfer_s", 0.0)) for r in ranks), default=0.0)
+        size = group[0].get("transfer_size")
+        how = (f"S3 multipart upload (each object written in {format_size(int(size))} pieces)" if size
+               else "S3 objects uploaded at close")
+        lines.append(f"note: {name}: {how}: an operation's latency is "
+                     f"the hand-off of its buffer to the upload, which happens mostly at close (close up to "
+                     f"{close:.3f} s, transfers up to {transfer:.3f} s per rank); the bandwidth includes the close")
+    return lines
+
+
+def workload_lines(document: dict[str, Any]) -> list[str]:
     """The workload's own summary lines (AU%, files/s, checkpoint GiB/s), if it has any."""
     from mpibench.errors import MpibenchError
     from mpibench.workloads import get_workload
@@ -68,14 +121,21 @@ def run_header(document: dict[str, Any]) -> str:
     storage = cfg.get("storage", {})
     fs = env.get("filesystem", {})
     backend = env.get("backend", {})
+    s3 = storage.get("type") == "s3"
+    if s3:
+        endpoints = storage.get("endpoints") or []
+        where = (f", endpoints {', '.join(map(str, endpoints))} (spread over the ranks)" if len(endpoints) > 1
+                 else f", endpoint {backend.get('endpoint') or fs.get('source') or '(AWS default)'}")
+        where += f", bucket {backend.get('bucket') or str(storage.get('root', '')).removeprefix('s3://').split('/')[0]}"
+    else:
+        where = ((f", {fs.get('fstype')} on {fs.get('device')}" if fs.get("fstype") else "")
+                 + (f", direct-I/O alignment {env.get('direct_io_alignment')} B" if backend.get("direct") else ""))
     parts = [
         f"mpibench {env.get('versions', {}).get('mpibench', '?')}  run {document.get('run_id')}  "
         f"workload {cfg.get('workload')}",
         f"ranks {env.get('world_size')} on {env.get('num_nodes')} node(s) "
         f"({', '.join(map(str, env.get('ranks_per_node', [])))} per node), launcher {env.get('launcher', {}).get('kind')}",
-        f"storage {storage.get('type')} ({backend.get('backend')}) at {storage.get('root')}"
-        + (f", {fs.get('fstype')} on {fs.get('device')}" if fs.get("fstype") else "")
-        + (f", direct-I/O alignment {env.get('direct_io_alignment')} B" if backend.get("direct") else ""),
+        f"storage {storage.get('type')} ({backend.get('backend')}) at {storage.get('root')}{where}",
     ]
     if cfg.get("workload") == "bandwidth":
         bw = cfg.get("bandwidth", {})
@@ -84,7 +144,7 @@ def run_header(document: dict[str, Any]) -> str:
             depth += f" ({env['io_engine']})"
         parts.append(
             f"transfer {format_size(bw.get('transfer_size', 0))}, block {format_size(bw.get('block_size', 0))} per rank, "
-            f"{bw.get('file_mode')}, {depth}, {bw.get('access')}, fsync {bw.get('fsync')}, "
-            f"reorder_reads {bw.get('reorder_reads')}"
+            f"{bw.get('file_mode')}, {depth}, {bw.get('access')}, " + ("" if s3 else f"fsync {bw.get('fsync')}, ")
+            + f"reorder_reads {bw.get('reorder_reads')}"
         )
     return "\n".join(parts)

@@ -21,8 +21,23 @@ from typing import TYPE_CHECKING, Any
 
 from mpibench.errors import MpibenchError, ResultsError
 from mpibench.metrics import LatencyHistogram
-from mpibench.report import run_header
-from mpibench.results import load_results, phase_bandwidth, summarize_repetitions, write_text_atomic
+from mpibench.report import (
+    cache_state,
+    phase_warning,
+    run_header,
+    storage_type,
+    upload_notes,
+    workload_lines,
+)
+from mpibench.results import (
+    device_bytes,
+    load_results,
+    phase_bandwidth,
+    phase_writes,
+    summarize_repetitions,
+    unsynced_write,
+    write_text_atomic,
+)
 from mpibench.units import MiB, format_size
 
 if TYPE_CHECKING:
@@ -257,16 +272,18 @@ def recompute_mismatches(document: dict[str, Any]) -> list[str]:
     return problems
 
 
-def cache_warning(phase: dict[str, Any], fstype: str = "") -> str | None:
-    """Why a read phase's bandwidth may be the page cache's, or None.
+def cache_warning(phase: dict[str, Any], fstype: str = "", document: dict[str, Any] | None = None) -> str | None:
+    """Why a phase's bandwidth may be the page cache's, or None.
 
     The states `cold` and `warm` describe reads through the page cache; for them the
     bytes the kernel read from storage (/proc/self/io read_bytes) are compared with
-    the bytes requested.
+    the bytes requested. A write phase on local_fs without fsync may have left its data
+    in the page cache (see mpibench.results.write_cache_warning).
     """
     cache = phase.get("cache") or {}
-    if cache.get("warning"):
-        return str(cache["warning"])
+    warning = phase_warning(phase, document or {})
+    if warning:
+        return warning
     state = cache.get("state")
     if state not in ("cold", "warm"):
         return None
@@ -315,11 +332,14 @@ def summary_text(document: dict[str, Any]) -> str:
         lines += ["", "no phases were measured"]
         return "\n".join(lines)
     fstype = str((document.get("environment") or {}).get("filesystem", {}).get("fstype", ""))
-    for section in (_bandwidth_section, _latency_section, _ranks_section, _hosts_section, _cache_section,
-                    _repetitions_section):
+    for section in (_bandwidth_section, _latency_section, _ranks_section, _hosts_section,
+                    lambda ps: _cache_section(ps, document), _repetitions_section):
         part = section(phases)
         if part:
             lines += ["", *part]
+    headline = workload_lines(document)
+    if headline:
+        lines += headline
     lines.append("")
     if any(p.get("stonewalled") for p in phases):
         lines.append("* stonewalled: ranks stopped at the deadline; bytes are those moved by then")
@@ -327,12 +347,13 @@ def summary_text(document: dict[str, Any]) -> str:
         lines.append("! the phase did not complete (a rank failed or the run was interrupted)")
     warnings = []
     for p in phases:
-        warning = cache_warning(p, fstype)
+        warning = cache_warning(p, fstype, document)
         if warning:
             warnings.append(f"warning: {p['name']} iteration {p['iteration']}: {warning}")
         elif (p.get("cache") or {}).get("state") == "warm":
             warnings.append(f"note: {p['name']} iteration {p['iteration']}: warm cache, reads may be served "
                             "from the page cache")
+    warnings += upload_notes(document)
     mismatches = recompute_mismatches(document)
     if mismatches:
         warnings += [f"warning: figure does not match its per-rank values: {m}" for m in mismatches]
@@ -401,34 +422,56 @@ def _hosts_section(phases: list[dict[str, Any]]) -> list[str]:
                         rows, left=(0, 6, 7))]
 
 
-def _device_bytes(phase: dict[str, Any]) -> tuple[int, int] | None:
-    """Bytes the block devices under the root read and wrote during the phase, summed over hosts."""
-    devices = [h["block_device"] for h in phase.get("hosts") or [] if h.get("block_device")]
-    if not devices:
-        return None
-    return (sum(int(d.get("read_bytes", 0)) for d in devices), sum(int(d.get("write_bytes", 0)) for d in devices))
+def _reached(phase: dict[str, Any], storage: str, fstype: str) -> str:
+    """The share of the requested bytes that reached storage during the phase, in the phase's direction.
+
+    Reads: /proc/self/io read_bytes. Writes: /proc/self/io write_bytes when the data was
+    written with O_DIRECT or fsynced before the phase ended; a buffered write without fsync
+    is only dirtied in the page cache, so its share is the block device's own counter
+    ('device', per node and counting every process on it; '?' where unknown). '-': none
+    counted by design (S3, network filesystems).
+    """
+    requested = int(phase["bytes"])
+    if storage == "s3" or requested <= 0:
+        return "-"
+    if phase_writes(phase) and unsynced_write(phase, storage):
+        device = device_bytes(phase)
+        return f"{device[1] / requested * 100:.0f}% device" if device is not None else "? no fsync"
+    stored = phase.get("storage_bytes") or {}
+    counted = int(stored.get("write_bytes" if phase_writes(phase) else "read_bytes", 0))
+    if counted == 0 and fstype and fstype not in LOCAL_FILESYSTEMS:
+        return "-"
+    return f"{counted / requested * 100:.0f}%"
 
 
-def _cache_section(phases: list[dict[str, Any]]) -> list[str]:
-    with_device = any(_device_bytes(p) is not None for p in phases)
+def _cache_section(phases: list[dict[str, Any]], document: dict[str, Any]) -> list[str]:
+    storage = storage_type(document)
+    fstype = str((document.get("environment") or {}).get("filesystem", {}).get("fstype", ""))
+    with_device = any(device_bytes(p) is not None for p in phases)
     rows = []
     for p in phases:
         cache = p.get("cache") or {}
         stored = p.get("storage_bytes") or {}
-        reached = max(int(stored.get("read_bytes", 0)), int(stored.get("write_bytes", 0)))
-        share = f"{reached / p['bytes'] * 100:.0f}%" if reached and p["bytes"] else "-"
-        row = [_label(p), str(p["iteration"]), str(cache.get("state", "-")), format_size(p["bytes"]),
-               format_size(stored.get("read_bytes", 0)), format_size(stored.get("write_bytes", 0)), share]
+        row = [_label(p), str(p["iteration"]), cache_state(p, storage), format_size(p["bytes"]),
+               format_size(stored.get("read_bytes", 0)), format_size(stored.get("write_bytes", 0)),
+               _reached(p, storage, fstype)]
         if with_device:
-            device = _device_bytes(p)
+            device = device_bytes(p)
             row += [format_size(device[0]), format_size(device[1])] if device else ["-", "-"]
-        rows.append([*row, str(cache.get("method", ""))])
-    header = ["phase", "iter", "cache", "requested", "storage read", "storage written", "reached"]
+        how = str(cache.get("method", ""))
+        if unsynced_write(p, storage):
+            how += "; no fsync: data may still be in the page cache"
+        rows.append([*row, how])
+    header = ["phase", "iter", "cache", "requested", "storage read", "kernel written", "reached"]
     header += ["device read", "device written"] if with_device else []
-    lines = ["Cache; bytes that reached storage per /proc/self/io, summed over ranks "
-             "('-': none counted, e.g. network I/O)"]
+    lines = ["Cache; per /proc/self/io summed over ranks: storage read = bytes read from storage; kernel written = "
+             "bytes written or dirtied in the page cache (on the device only with O_DIRECT or fsync)",
+             "reached: the requested bytes that reached storage during the phase (reads: storage read; writes: "
+             "kernel written, or without fsync the device's own counter, 'device'); '-': not counted (S3, "
+             "network filesystems)"]
     if with_device:
-        lines.append("device: the block device under storage.root, all its I/O during the phase, summed over hosts")
+        lines.append("device: the block device under storage.root, all its I/O during the phase by every process "
+                     "of its node, summed over hosts")
     return [*lines, *text_table([*header, "how"], rows, left=(0, 2, len(header)))]
 
 

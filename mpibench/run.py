@@ -40,6 +40,7 @@ from mpibench.metrics import LatencyHistogram, PhaseRecorder
 from mpibench.plan import RUN_DIR_PREFIX
 from mpibench.results import (
     SCHEMA_VERSION,
+    annotate_storage,
     summarize_phase,
     summarize_repetitions,
     write_json_atomic,
@@ -391,6 +392,7 @@ class RunContext:
         total_hist.max_ns = max((e[3] for e in nonempty), default=0)
         phase = summarize_phase(rec.name, rec.iteration, ranks, total_hist,
                                 interval_s=self.config.metrics.interval, **meta)
+        annotate_storage(phase, self.config.storage.type, self.config.workload)
         self.phases.append(phase)
         return phase
 

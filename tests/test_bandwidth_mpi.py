@@ -11,7 +11,7 @@ import pytest
 from mpibench import faults, uring
 from mpibench.comm import Comm
 from mpibench.config import build_config
-from mpibench.plan import reorder_partner
+from mpibench.plan import bandwidth_file, reorder_partner
 from mpibench.results import load_results, phase_bandwidth
 from mpibench.run import execute
 
@@ -103,6 +103,84 @@ def test_keep_files(shared_tmpdir):
     files = sorted(os.listdir(os.path.join(root, f"mpibench-{run_id}", "bandwidth")))
     assert files == [f"rank-{r:06d}.dat" for r in range(comm.size)]
     assert all(os.path.getsize(os.path.join(root, f"mpibench-{run_id}", "bandwidth", f)) == BLOCK for f in files)
+
+
+@pytest.fixture
+def file_states(monkeypatch):
+    """For each phase this rank enters, before its start barrier: (phase, iteration, whether
+    the file it writes exists, its inode); and how often the file system was synced."""
+    from mpibench.backends.posix import PosixBackend
+    from mpibench.run import RunContext
+
+    states: list[tuple[str, int, bool, int | None]] = []
+    syncs: list[float] = []
+    phase, sync = RunContext.phase, PosixBackend.sync_filesystem
+
+    def spy_phase(self, name, iteration, body, *args, **kwargs):
+        bw = self.config.bandwidth
+        path = self.backend.path_of(self.key(bandwidth_file(bw.file_mode, self.comm.rank, bw.block_size).key))
+        found = os.lstat(path) if os.path.lexists(path) else None
+        states.append((name, iteration, found is not None, found.st_ino if found else None))
+        return phase(self, name, iteration, body, *args, **kwargs)
+
+    def spy_sync(self):
+        syncs.append(time.monotonic())
+        sync(self)
+
+    monkeypatch.setattr(RunContext, "phase", spy_phase)
+    monkeypatch.setattr(PosixBackend, "sync_filesystem", spy_sync)
+    return states, syncs
+
+
+@pytest.mark.parametrize("file_mode", ["per_rank", "shared"])
+def test_every_write_iteration_writes_new_files(shared_tmpdir, file_states, file_mode):
+    """IOR without -k: before each write phase after the first, the previous iteration's
+    file is removed (each rank its own, rank 0 the shared one), so every write phase starts,
+    at its start barrier, with the file absent and allocates it anew; the node's first rank
+    then syncs the file system (the removal's frees and discards are not timed). The bytes
+    written and read, verified, are what they were."""
+    comm = Comm()
+    root = os.path.join(shared_tmpdir, "root")
+    iterations = 3
+    doc = execute(bandwidth_config(root, "direct_fs", file_mode, bandwidth__iterations=iterations), comm,
+                  output=None)
+    states, syncs = file_states
+    assert [s[:2] for s in states] == [(name, i) for i in range(iterations) for name in ("write", "read")]
+    # Absent when every write phase begins, present (written) when every read phase begins.
+    assert [s[2] for s in states] == [False, True] * iterations
+    layout = comm.layout()
+    assert len(syncs) == (iterations - 1 if layout.local_rank == 0 else 0)
+    if comm.is_root:
+        assert doc["complete"] is True
+        phases = doc["phases"]
+        assert [p["name"] for p in phases] == ["write", "read"] * iterations
+        for phase in phases:
+            assert phase["bytes"] == comm.size * BLOCK
+            assert all(r["bytes"] == BLOCK and r["ops"] == BLOCK // TRANSFER for r in phase["ranks"])
+        assert all(p["fresh_files"] is True for p in phases if p["name"] == "write")
+        assert all(p["verified"] is True for p in phases if p["name"] == "read")
+    comm.barrier()
+    assert not os.path.exists(root)
+
+
+@pytest.mark.parametrize("file_mode", ["per_rank", "shared"])
+def test_overwrite_keeps_the_files_between_iterations(shared_tmpdir, file_states, file_mode):
+    """bandwidth.overwrite (IOR -k): the iterations after the first write over the same file,
+    which is never removed in between (same inode), and say so; no sync is added."""
+    comm = Comm()
+    root = os.path.join(shared_tmpdir, "root")
+    iterations = 3
+    doc = execute(bandwidth_config(root, "direct_fs", file_mode, bandwidth__iterations=iterations,
+                                   bandwidth__overwrite=True), comm, output=None)
+    states, syncs = file_states
+    assert [s[2] for s in states] == [False] + [True] * (2 * iterations - 1)
+    assert len({s[3] for s in states[1:]}) == 1  # the same file all along
+    assert syncs == []
+    if comm.is_root:
+        writes = [p for p in doc["phases"] if p["name"] == "write"]
+        assert [p["fresh_files"] for p in writes] == [True] + [False] * (iterations - 1)
+        assert all(p["bytes"] == comm.size * BLOCK for p in doc["phases"])
+        assert all(p["verified"] is True for p in doc["phases"] if p["name"] == "read")
 
 
 def test_stonewall_stops_within_one_operation(shared_tmpdir):

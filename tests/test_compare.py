@@ -9,16 +9,19 @@ from typing import Any
 
 import pytest
 from conftest import run_cli
-from test_report import small_run
+from test_report import CHECKPOINT_RUN, TRAIN_RUNS, small_run, workload_runs
 
 from mpibench.compare import (
+    MAX_CONFIG_DIFFERENCES,
     METRICS,
     compare_metric,
     compare_text,
+    config_differences,
     iterations_needed,
     mann_whitney_p,
     smallest_p,
 )
+from mpibench.errors import ResultsError
 
 BANDWIDTH = METRICS[0]
 LATENCY = METRICS[2]
@@ -137,3 +140,80 @@ def test_statistics():
     assert verdict.text == "yes, better"
     overlapping = compare_metric([100, 120, 90, 110, 105], [101, 119, 95, 108, 104], BANDWIDTH, 0.05)
     assert not overlapping.significant and overlapping.text == "no"
+
+
+@pytest.fixture(scope="module")
+def checkpoint_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    (path,), _ = workload_runs(tmp_path_factory, "compare-checkpoint", CHECKPOINT_RUN)
+    return path
+
+
+def test_different_workloads_are_not_compared(tmp_path, result_path, checkpoint_path):
+    checkpoint = json.loads(checkpoint_path.read_text())
+    differences = config_differences(checkpoint, json.loads(result_path.read_text()))
+    assert differences[0] == "workload: checkpoint -> bandwidth"
+    # Sections one of the workloads does not read are left out: their defaults say nothing.
+    assert not [d for d in differences if d.startswith(("checkpoint.", "dataset.", "train."))]
+    assert not [d for d in differences if d.startswith("bandwidth.") and not d.startswith("bandwidth.io_")]
+    # Two files: nothing to compare, one line and exit 2.
+    done = run_cli(0, "compare", str(result_path), str(checkpoint_path))
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"mpibench: error: {checkpoint_path} runs the checkpoint workload and {result_path} the bandwidth "
+        "workload: they measure different things; compare runs of the same workload"]
+    # Three files: the pair of different workloads is left out with a warning, the other compared.
+    done = run_cli(0, "compare", str(result_path), str(checkpoint_path), str(result_path))
+    assert done.returncode == 0, done.stderr
+    b_part, c_part = done.stdout.split("C vs A")
+    assert "config of B differs from A in: workload: bandwidth -> checkpoint" in b_part
+    assert ("warning: B vs A not compared: B runs the checkpoint workload and A the bandwidth workload, they "
+            "measure different things") in b_part
+    assert "B/A" not in b_part and "bandwidth MiB/s" in c_part
+    with pytest.raises(ResultsError, match="measure different things"):
+        compare_text([("a.json", json.loads(result_path.read_text())), ("b.json", checkpoint)])
+
+
+def test_differences_that_change_the_measurement_come_first(document):
+    other = copy.deepcopy(document)
+    other["environment"]["world_size"] = 4
+    other["environment"]["num_nodes"] = 2
+    other["config"]["storage"]["type"] = "local_fs"
+    for key, value in (("transfer_size", 4096), ("block_size", 1), ("iterations", 9), ("fsync", False),
+                       ("access", "random"), ("io_depth", 8), ("cache", "warm")):
+        other["config"]["bandwidth"][key] = value
+    other["config"]["train"]["epochs"] = 7  # a section the bandwidth workload does not read
+    other["config"]["metrics"]["interval"] = 1.0
+    differences = config_differences(document, other)
+    assert differences[:4] == ["ranks (world size): 2 -> 4", "nodes: 1 -> 2", "storage.type: direct_fs -> local_fs",
+                               "bandwidth.access: sequential -> random"]
+    assert not any(d.startswith("train.") for d in differences)
+    assert differences[-1] == "metrics.interval: 0.01 -> 1.0"
+    text = compare_text([("a.json", document), ("b.json", other)])
+    line = next(line for line in text.splitlines() if "config of B differs" in line)
+    assert line.count("; ") == MAX_CONFIG_DIFFERENCES and "ranks (world size): 2 -> 4" in line
+
+
+@pytest.fixture(scope="module")
+def train_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    paths, _ = workload_runs(tmp_path_factory, "compare-train", *TRAIN_RUNS)
+    return paths[1]
+
+
+def test_train_results_compare_au_and_samples_per_second(train_path):
+    document = json.loads(train_path.read_text())
+    faster = copy.deepcopy(document)
+    for phase in faster["phases"]:
+        phase["seconds"] /= 2
+        for rank in phase["ranks"]:
+            rank["au_pct"] = 50.0 + phase["iteration"]
+    for phase in document["phases"]:
+        for rank in phase["ranks"]:
+            rank["au_pct"] = 10.0 + phase["iteration"]
+    text = compare_text([("a.json", document), ("b.json", faster)])
+    samples = next(line for line in text.splitlines() if "samples/s" in line)
+    au = next(line for line in text.splitlines() if "AU %" in line)
+    assert "2.000x" in samples and "4/4" in samples and "yes, better" in samples
+    assert "4/4" in au and "yes, better" in au
+    expected = sum(r["samples"] for r in document["phases"][0]["ranks"]) / document["phases"][0]["seconds"]
+    assert document["train"]["epochs"][0]["samples_per_s"] == pytest.approx(expected)
+    assert [line.split()[0] for line in bandwidth_rows(text)] == ["train"]

@@ -40,6 +40,7 @@ def test_config_is_frozen():
     ("storage.rot=/x", "did you mean 'root'"),
     ("workloda=train", "did you mean 'workload'"),
     ("bandwith.block_size=1", "did you mean 'bandwidth'"),
+    ("bandwidth.overwrit=true", "did you mean 'overwrite'"),
 ])
 def test_unknown_keys_suggest(override, fragment):
     with pytest.raises(ConfigError) as info:
@@ -243,3 +244,17 @@ def test_alignment_hint_names_each_size_once():
         with pytest.raises(ConfigError) as info:
             check_alignment("bandwidth.transfer_size", value, alignment)
         assert info.value.hint == hint
+
+
+def test_bandwidth_overwrite_is_a_checked_files_only_option():
+    """bandwidth.overwrite (IOR -k): off by default, a boolean, and refused on s3, where a PUT
+    replaces the whole object and no iteration could overwrite in place."""
+    assert build().bandwidth.overwrite is False
+    assert build("bandwidth.overwrite=true").bandwidth.overwrite is True
+    with pytest.raises(ConfigError, match="'bandwidth.overwrite' must be true or false"):
+        build("bandwidth.overwrite=sometimes")
+    s3 = {"workload": "bandwidth", "storage": {"type": "s3", "root": "s3://bucket/prefix"}}
+    assert build(base=s3).bandwidth.overwrite is False
+    with pytest.raises(ConfigError, match="bandwidth.overwrite applies to files only") as info:
+        build("bandwidth.overwrite=true", base=s3)
+    assert "local_fs or direct_fs" in info.value.line()

@@ -19,6 +19,7 @@ import pytest
 from conftest import CONFIGS, run_cli
 
 from mpibench.metrics import LatencyHistogram
+from mpibench.report import phase_table, run_header
 from mpibench.reporting import (
     FIGURES,
     _check_target,
@@ -48,6 +49,33 @@ def small_run(tmp_path_factory: pytest.TempPathFactory, name: str, *overrides: s
         shutil.rmtree(data, ignore_errors=True)
     assert done.returncode == 0, done.stderr
     return out
+
+
+def workload_runs(tmp_path_factory: pytest.TempPathFactory, name: str,
+                  *runs: tuple[str, ...]) -> tuple[list[Path], list[str]]:
+    """Real 2-rank runs, one after the other in one data directory (datagen, then train);
+    the paths of their results files and what each printed."""
+    folder = tmp_path_factory.mktemp(name)
+    data = tempfile.mkdtemp(prefix="mpibench-report-", dir=os.environ.get("MPIBENCH_TEST_DIR"))
+    paths, outputs = [], []
+    try:
+        for i, args in enumerate(runs):
+            out = folder / f"result-{i}.json"
+            done = run_cli(2, "run", *args, f"storage.root={data}/d", "--output", str(out))
+            assert done.returncode == 0, done.stderr
+            paths.append(out)
+            outputs.append(done.stdout)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    return paths, outputs
+
+
+CHECKPOINT_RUN = (os.path.join(CONFIGS, "llama3-8b-quick.yaml"), "storage.type=local_fs", "checkpoint.scale=0.0002",
+                  "checkpoint.fsync=false", "checkpoint.num_checkpoints_write=1", "checkpoint.num_checkpoints_read=1")
+TRAIN_DATASET = ("dataset.num_files=6", "dataset.record_size=256KiB", "dataset.record_size_stdev=0")
+TRAIN_RUNS = ((os.path.join(CONFIGS, "unet3d-quick.yaml"), "workload=datagen", *TRAIN_DATASET),
+              (os.path.join(CONFIGS, "unet3d-quick.yaml"), *TRAIN_DATASET, "train.computation_time=0.001",
+               "train.epochs=4"))
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +236,131 @@ def test_stragglers_and_warnings(document):
     edited = copy.deepcopy(document)
     edited["phases"][0]["bandwidth_MiBps"] *= 2
     assert "does not match its per-rank values" in summary_text(edited)
+
+
+@pytest.fixture(scope="module")
+def unsynced_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Buffered writes without fsync, reads from a warm page cache: what the page cache gives."""
+    return small_run(tmp_path_factory, "unsynced", "storage.type=local_fs", "bandwidth.fsync=false",
+                     "bandwidth.cache=warm", "bandwidth.iterations=1")
+
+
+def cache_rows(text: str) -> dict[str, list[str]]:
+    """The rows of the report's cache table by phase name (cells split on runs of spaces)."""
+    table = text.split("\nCache;")[1].split("\n\n")[0].splitlines()
+    header = next(i for i, line in enumerate(table) if line.startswith("phase "))
+    return {re.split(r"\s{2,}", line)[0]: re.split(r"\s{2,}", line) for line in table[header + 1:]}
+
+
+def test_write_without_fsync_is_not_reported_as_reaching_storage(unsynced_path):
+    document = json.loads(unsynced_path.read_text())
+    write = next(p for p in document["phases"] if p["name"] == "write")
+    # The run flags the phase in the results file, with the device's own counter.
+    assert write["fsync"] is False and write["cache"]["state"] == "buffered"
+    assert "without fsync" in write["cache"]["warning"] and "bandwidth.fsync=true" in write["cache"]["warning"]
+    device = write["hosts"][0]["block_device"]
+    assert write["cache"]["device_write_bytes"] == (device["write_bytes"] if device else None)
+    # ... in what `run` prints ...
+    assert "warning: write iteration 0: write phase on local_fs without fsync" in phase_table(document)
+    # ... and in the report, whose cache table no longer reads the dirtied bytes as reaching storage.
+    text = summary_text(document)
+    assert "warning: write iteration 0: write phase on local_fs without fsync: the figure" in text
+    row = cache_rows(text)["write"]
+    assert row[6].endswith(" device") or row[6] == "? no fsync", row
+    assert row[6] != "100%"
+    assert "no fsync" in row[-1]
+    assert "kernel written" in text and "storage written" not in text
+    # A file written before the flag existed gets the same warning from the report.
+    legacy = copy.deepcopy(document)
+    for phase in legacy["phases"]:
+        if phase["name"] == "write":
+            phase["cache"] = {"state": "buffered", "method": "page cache"}
+    assert "write phase on local_fs without fsync" in summary_text(legacy)
+    assert "write phase on local_fs without fsync" in phase_table(legacy)
+
+
+def test_synced_and_direct_writes_are_not_flagged(document):
+    assert document["config"]["storage"]["type"] == "direct_fs"
+    text = summary_text(document)
+    flag = "write phase on local_fs without fsync"
+    assert flag not in text and flag not in phase_table(document)
+    assert cache_rows(text)["write"][6].endswith("%")
+    buffered = copy.deepcopy(document)
+    buffered["config"]["storage"]["type"] = "local_fs"
+    for phase in buffered["phases"]:
+        phase["cache"] = {"state": "buffered", "method": "page cache, fsync before close"}
+    assert flag not in summary_text(buffered)  # fsync: the data reached the device
+
+
+def test_reached_counts_the_phase_direction(unsynced_path):
+    document = json.loads(unsynced_path.read_text())
+    read = next(p for p in document["phases"] if p["name"] == "read")
+    read["storage_bytes"] = {"read_bytes": 0, "write_bytes": read["bytes"]}  # writes of others do not count
+    # A file-backed read served by the page cache reached 0 % of storage, not "none counted".
+    assert cache_rows(summary_text(document))["read"][6] == "0%"
+    read["storage_bytes"] = {"read_bytes": read["bytes"] // 4, "write_bytes": read["bytes"]}
+    assert cache_rows(summary_text(document))["read"][6] == "25%"
+    # Network I/O is not counted by the kernel: "-".
+    remote = copy.deepcopy(document)
+    remote["config"]["storage"]["type"] = "s3"
+    assert cache_rows(summary_text(remote))["read"][6] == "-"
+
+
+@pytest.fixture(scope="module")
+def checkpoint_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    (path,), (printed,) = workload_runs(tmp_path_factory, "checkpoint", CHECKPOINT_RUN)
+    return path, printed
+
+
+def test_report_prints_the_checkpoint_headline_and_flags_unsynced_writes(checkpoint_run):
+    path, printed = checkpoint_run
+    document = json.loads(path.read_text())
+    write = next(p for p in document["phases"] if p["name"] == "write")
+    assert write["cache"]["state"] == "buffered" and "checkpoint.fsync=true" in write["cache"]["warning"]
+    done = run_cli(0, "report", str(path))
+    assert done.returncode == 0, done.stderr
+    for needle in ("checkpoint llama3-8b:", "SCALED by 0.0002", "GiB/s mean", "warning: write iteration 0: write "
+                   "phase on local_fs without fsync"):
+        assert needle in printed and needle in done.stdout, needle
+    assert cache_rows(done.stdout)["write"][2] == "buffered"
+
+
+@pytest.fixture(scope="module")
+def train_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], list[str]]:
+    return workload_runs(tmp_path_factory, "train", *TRAIN_RUNS)
+
+
+def test_report_prints_the_train_and_datagen_headlines(train_runs):
+    paths, printed = train_runs
+    for path, run_text, needles in zip(paths, printed, (("datagen: 6 npz files", "files/s"),
+                                                        ("train: 6 npz files", "AU mean", "samples/s",
+                                                         "each file once", "bytes = dataset", "overall:")),
+                                       strict=True):
+        done = run_cli(0, "report", str(path))
+        assert done.returncode == 0, done.stderr
+        for needle in needles:
+            assert needle in run_text and needle in done.stdout, needle
+
+
+def test_s3_header_and_upload_note(unsynced_path):
+    document = json.loads(unsynced_path.read_text())
+    document["config"]["storage"].update(type="s3", root="s3://bench/mpibench")
+    document["environment"]["filesystem"] = {"fstype": "s3", "source": "http://127.0.0.1:9000",
+                                             "mount": "s3://bench"}
+    document["environment"]["backend"] = {"backend": "s3", "direct": True, "alignment": 1,
+                                          "endpoint": "http://127.0.0.1:9000", "bucket": "bench"}
+    for phase in document["phases"]:
+        phase["cache"] = {"state": "direct", "method": "s3"}  # as files written before "object" were
+        phase.pop("fsync", None) if phase["name"] == "read" else None
+    header = run_header(document)
+    assert "endpoint http://127.0.0.1:9000, bucket bench" in header
+    assert "alignment" not in header and "fsync" not in header and " on None" not in header
+    table = phase_table(document)
+    assert "direct" not in table and "object" in table
+    assert "note: write: S3 multipart upload" in table and "hand-off of its buffer" in table
+    text = summary_text(document)
+    assert "note: write: S3 multipart upload" in text and "note: read" not in text
+    assert cache_rows(text)["write"][2] == "object"
+    # One object per transfer: each write is a PUT, its latency is the request's.
+    document["config"]["bandwidth"]["object_size"] = document["config"]["bandwidth"]["transfer_size"]
+    assert "multipart" not in phase_table(document)

@@ -446,3 +446,26 @@ def test_backend_protocol_without_server():
     with pytest.raises(Exception, match="written front to back"):
         backend.write_at(handle, memoryview(bytearray(10)), 100)
     assert backend.path_of("k") == "s3://bkt/p/k"
+
+
+@pytest.mark.s3
+def test_s3_report_labels(s3, tmp_path):
+    """The header names the endpoint and bucket, the cache column says `object`, and a multipart
+    upload's write latencies are named buffer hand-offs, in `run` and in `report`."""
+    before = s3.listing()
+    output = tmp_path / "s3.json"
+    done = run_cli(2, "run", S3_YAML, f"storage.root={s3.root}", "bandwidth.transfer_size=1MiB",
+                   "bandwidth.block_size=8MiB", "bandwidth.iterations=1", "--output", str(output),
+                   env=s3.cli_env(), timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = run_cli(0, "report", str(output))
+    assert report.returncode == 0, report.stderr
+    doc = json.loads(output.read_text())
+    assert {p["cache"]["state"] for p in doc["phases"]} == {"object"}
+    for text in (done.stdout, report.stdout):
+        header = text.splitlines()[2]
+        assert header.endswith(f"endpoint {s3.endpoint}, bucket {s3.root[len('s3://'):].split('/')[0]}"), header
+        assert "alignment" not in text and "fsync" not in text.splitlines()[3] and "direct" not in text
+        assert "note: write: S3 multipart upload (each object written in 1.00 MiB pieces)" in text
+        assert "note: read" not in text
+    assert_untouched(s3, before)

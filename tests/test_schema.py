@@ -76,3 +76,37 @@ def test_module_command(tmp_path, result_path, document):
     bad.write_text(json.dumps(dict(document, complete="yes")))
     done = subprocess.run([sys.executable, "-m", "mpibench.schema", str(bad)], capture_output=True, text=True)
     assert done.returncode == 2 and "complete: 'yes' is not of type 'boolean'" in done.stdout
+
+
+def test_workload_fields_of_phases_and_ranks(document):
+    """The fields the workloads add: fresh_files (bandwidth write phases), compute_s,
+    compute_measured_s and file_index_hash (train ranks) are checked where present."""
+    extended = copy.deepcopy(document)
+    extended["phases"][0]["fresh_files"] = True
+    extended["phases"][0]["ranks"][0].update(compute_s=0.5, compute_measured_s=0.56,
+                                             file_index_hash="0123456789abcdef")
+    validate_document(extended)
+    for where, key, value, fragment in [
+            ((), "fresh_files", "yes", "'yes' is not of type 'boolean'"),
+            (("ranks", 0), "compute_measured_s", -1.0, "less than the minimum"),
+            (("ranks", 0), "file_index_hash", 12345, "is not of type 'string'"),
+            (("ranks", 0), "file_index_hash", "0123456789ABCDEF", "does not match")]:
+        broken = copy.deepcopy(extended)
+        target = broken["phases"][0]
+        for step in where:
+            target = target[step]
+        target[key] = value
+        with pytest.raises(ResultsError, match=fragment):
+            validate_document(broken)
+
+
+def test_cache_device_write_bytes(document):
+    flagged = copy.deepcopy(document)
+    flagged["phases"][0]["cache"] = {"state": "buffered", "method": "page cache", "device_write_bytes": None,
+                                     "warning": "write phase on local_fs without fsync: ..."}
+    validate_document(flagged)
+    flagged["phases"][0]["cache"]["device_write_bytes"] = 4096
+    validate_document(flagged)
+    flagged["phases"][0]["cache"]["device_write_bytes"] = -1
+    with pytest.raises(ResultsError, match="phases/0/cache"):
+        validate_document(flagged)

@@ -97,7 +97,11 @@ def test_datagen_then_train(shared_tmpdir, opened, kind, fmt, extra):
     assert 75.0 <= t["au_pct_mean"] <= 100.5, t
     for phase in doc["phases"]:
         for r in phase["ranks"]:
-            assert r["compute_s"] >= r["batches"] * COMPUTE * 0.99  # measured, never less than asked
+            assert r["compute_s"] == pytest.approx(r["batches"] * COMPUTE)  # the configured time
+            assert r["compute_measured_s"] >= r["compute_s"] * 0.99  # sleeps never end early
+            if r["au_pct"] is not None:  # AU counts the configured compute, not the oversleep
+                assert r["au_pct"] == pytest.approx(100 * COMPUTE * (r["batches"] - 1) / r["au_wall_s"])
+            assert len(r["file_index_hash"]) == 16
             # AU% = compute of batches 1.. / wall time after batch 0: at most 100%.
             assert r["au_pct"] is None or 0 < r["au_pct"] <= 100.5
     assert t["samples"] == epochs * dataset["num_files"]

@@ -29,7 +29,17 @@ from mpibench.plan import epoch_files
 from mpibench.run import execute
 from mpibench.workloads import get_workload
 from mpibench.workloads.datagen import check_dataset_name
-from mpibench.workloads.train import index_sums
+from mpibench.workloads.train import (
+    HASH_SLICE,
+    MASK64,
+    every_file_once,
+    expected_file_checks,
+    file_checks,
+    index_hash,
+    index_hash_key,
+    index_hashes,
+    index_sums,
+)
 
 # -- sharding of files to ranks -------------------------------------------------------------
 
@@ -47,6 +57,75 @@ def test_every_file_once_per_epoch_balanced(num_files, size, epoch, shuffle, see
     assert max(counts) - min(counts) <= 1
     want_sum, want_sumsq = index_sums(num_files)
     assert sum(seen) == want_sum and sum(i * i for i in seen) == want_sumsq
+
+
+def _rank_reports(parts: list[list[int]], key: int) -> list[dict]:
+    """What ranks that read these files report for every_file_once."""
+    reports = []
+    for files in parts:
+        count, total, squares, hashed = file_checks(files, key)
+        reports.append({"files": count, "file_index_sum": total, "file_index_sumsq": squares,
+                        "file_index_hash": f"{hashed:016x}"})
+    return reports
+
+
+def test_every_file_once_is_not_fooled_by_equal_moments():
+    """{0,0,4,5} and {0,1,2,6} have the same count, sum and sum of squares (4, 9, 41): the
+    hash sum tells them apart. So does every_file_once when ranks read 0,0,3,4,4,5,5 (files
+    1, 2 and 6 never, 0, 4 and 5 twice) instead of 0..6, which the moments alone passed."""
+    key = index_hash_key(42, 0)
+    wrong, right = file_checks([0, 0, 4, 5], key), file_checks([0, 1, 2, 6], key)
+    assert wrong[:3] == right[:3] == (4, 9, 41)
+    assert wrong[3] != right[3]
+    assert expected_file_checks(7, key)[:3] == file_checks([0, 0, 3, 4, 4, 5, 5], key)[:3]
+    assert every_file_once(7, key, _rank_reports([[0, 1, 2], [3, 4, 5, 6]], key))
+    assert not every_file_once(7, key, _rank_reports([[0, 0, 3], [4, 4, 5, 5]], key))
+    assert not every_file_once(7, key, [{"files": 7}])  # a rank that reported nothing else
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 3000), st.integers(1, 16), st.integers(0, 5), st.booleans(), st.integers(0, 2**63),
+       st.data())
+def test_every_file_once_passes_each_epoch_and_catches_any_change(num_files, size, epoch, shuffle, seed, data):
+    """Every file once (any rank count, epoch, order) passes; one file read in place of
+    another, one more or one fewer fails. The hash is keyed by seed and epoch, and the
+    expected sum made a slice at a time equals the sum of the per-file hashes."""
+    key = index_hash_key(seed, epoch)
+    parts = [epoch_files(num_files, size, rank, epoch, shuffle, seed).tolist() for rank in range(size)]
+    assert every_file_once(num_files, key, _rank_reports(parts, key))
+    flat = [i for part in parts for i in part]
+    position = data.draw(st.integers(0, num_files - 1))
+    other = data.draw(st.integers(0, num_files + 3).filter(lambda v: v != flat[position]))
+    changed = flat[:position] + [other] + flat[position + 1:]
+    assert not every_file_once(num_files, key, _rank_reports([changed], key))
+    assert not every_file_once(num_files, key, _rank_reports([flat + [other]], key))
+    assert not every_file_once(num_files, key, _rank_reports([flat[:position] + flat[position + 1:]], key))
+    assert key != index_hash_key(seed, epoch + 1) and key != index_hash_key(seed + 1, epoch)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 2**48), min_size=1, max_size=50), st.integers(0, MASK64))
+def test_index_hash_vectorised_equals_scalar(indices, key):
+    assert [int(h) for h in index_hashes(np.array(indices, dtype=np.uint64), key)] == \
+        [index_hash(i, key) for i in indices]
+    assert all(0 <= index_hash(i, key) <= MASK64 for i in indices)
+
+
+def test_expected_file_checks_in_slices_with_bounded_memory():
+    """Across slice boundaries the expected hash sum is the plain sum; for 10 million files
+    rank 0 needs well under a megabyte beside the slice (docs/performance.md)."""
+    import tracemalloc
+
+    key = index_hash_key(7, 2)
+    n = 2 * HASH_SLICE + 3
+    assert expected_file_checks(n, key) == file_checks(range(n), key)
+    tracemalloc.start()
+    try:
+        expected_file_checks(10_000_000, key)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20
 
 
 def test_shuffle_changes_each_epoch_and_is_seeded():
@@ -192,6 +271,37 @@ def test_datagen_then_train_one_rank(tmp_path):
     with pytest.raises(PreflightError, match="num_files=9 \\(config says 10\\)"):
         execute(_config(root, "train", dataset={**DS, "num_files": 10}), comm, output=None)
     assert sorted(os.listdir(root)) == ["ds"]
+
+
+def test_au_counts_the_configured_compute_not_the_oversleep(tmp_path, monkeypatch):
+    """The emulated compute oversleeps (here by 15 ms per sleep of a 20 ms step): AU is the
+    configured compute time over the wall time, so the lost time lowers AU; the measured
+    time is recorded beside it and the report names the overshoot."""
+    import time
+    import types
+
+    from mpibench.workloads import train as train_module
+
+    root = str(tmp_path / "root")
+    comm = one_rank()
+    ds = {"name": "ds", "num_files": 8, "samples_per_file": 1, "record_size": 4096, "format": "raw"}
+    execute(_config(root, "datagen", dataset=ds), comm, output=None)
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(
+        perf_counter=time.perf_counter, perf_counter_ns=time.perf_counter_ns,
+        sleep=lambda seconds: time.sleep(seconds + 0.015)))
+    step = 0.02
+    train = {"epochs": 1, "batch_size": 1, "computation_time": step, "read_threads": 2, "prefetch": 4}
+    doc = execute(_config(root, "train", dataset=ds, train=train), comm, output=None)
+    rank = doc["phases"][0]["ranks"][0]
+    assert rank["batches"] == 8
+    assert rank["compute_s"] == pytest.approx(8 * step)
+    assert rank["compute_measured_s"] >= 8 * (step + 0.015)
+    assert rank["au_pct"] == pytest.approx(100 * step * 7 / rank["au_wall_s"])
+    assert rank["au_pct"] < 100 * step / (step + 0.015) + 1  # at most about 57 %, not about 100 %
+    t = doc["train"]
+    assert t["compute_measured_s_per_batch"] >= step + 0.015
+    assert t["compute_overshoot_pct"] >= 70
+    assert any(line.startswith("note: the emulated compute slept") for line in get_workload("train").report_lines(doc))
 
 
 def test_train_without_dataset_says_run_datagen(tmp_path):

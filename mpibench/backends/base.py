@@ -116,6 +116,11 @@ class Backend(ABC):
         """Drop `key` from the client cache; True when the eviction is known to have worked."""
         return self.direct
 
+    def sync_filesystem(self) -> None:
+        """Finish the storage's deferred work (a file system's journal commit, with the frees
+        and discards of removed files) now, so that it does not land in a later timed phase;
+        nothing to do where there is none."""
+
     def path_of(self, key: str) -> str:
         """A human-readable location of `key` for messages."""
         return key

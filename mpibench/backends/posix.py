@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import functools
 import json
@@ -35,6 +37,20 @@ def _refuse_pseudo(root: str, fs: dict[str, str]) -> None:
         raise PreflightError(f"storage.root {root} is on {fs['fstype']} at {fs['mount']}, a kernel "
                              "pseudo-filesystem that holds no files of its own",
                              "choose a directory on a real, writable filesystem")
+
+
+@functools.cache
+def _syncfs() -> Any:
+    """libc's syncfs(2), or None where the C library has none."""
+    name = ctypes.util.find_library("c")
+    try:
+        function = ctypes.CDLL(name, use_errno=True).syncfs if name else None
+    except (OSError, AttributeError):
+        return None
+    if function is not None:
+        function.argtypes = [ctypes.c_int]
+        function.restype = ctypes.c_int
+    return function
 
 
 def _mkdir_hint(exc: OSError) -> str:
@@ -416,6 +432,25 @@ class PosixBackend(Backend):
                     os.close(fd)
         except OSError:
             pass  # not empty (something not ours is inside), a link, or already gone: leave it
+
+    def sync_filesystem(self) -> None:
+        """syncfs(2) on the file system holding the root (sync(2) where there is no syncfs):
+        commits the journal, with the frees of removed files and their discards (a
+        filesystem mounted with `discard` sends them at the commit), and writes back dirty
+        data."""
+        syncfs = _syncfs()
+        if syncfs is not None:
+            try:
+                fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                fd = -1
+            if fd >= 0:
+                try:
+                    if syncfs(fd) == 0:
+                        return
+                finally:
+                    os.close(fd)
+        os.sync()
 
     def evict(self, key: str) -> bool:
         """posix_fadvise(DONTNEED) on the file; confirmed when mincore-free reads follow."""

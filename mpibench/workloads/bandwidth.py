@@ -108,10 +108,12 @@ class BandwidthWorkload(Workload):
             written["ops"] = rec.ops
 
         for iteration in range(bw.iterations):
+            if iteration > 0 and not bw.overwrite:
+                self._remove_written(ctx)
             ctx.phase("write", iteration, write_body,
                       expected_bytes=bw.block_size * comm.size, cache=self._write_cache(ctx), file_mode=bw.file_mode, transfer_size=bw.transfer_size,
                       block_size=bw.block_size, io_depth=ctx.io_depth, access=bw.access,
-                      fsync=bw.fsync)
+                      fsync=bw.fsync, fresh_files=iteration == 0 or not bw.overwrite)
             if bw.deadline > 0:
                 # A stonewalled writer wrote only its first transfers (a prefix of its
                 # order, whatever the io_depth): read back exactly those, as IOR does.
@@ -134,6 +136,32 @@ class BandwidthWorkload(Workload):
                               reorder_reads=bw.reorder_reads, verified=config.verify)
             if phase is not None:
                 annotate_cache(phase)
+
+    def _remove_written(self, ctx: RunContext) -> None:
+        """Remove the previous iteration's files before the next write phase, as IOR does
+        without -k, so that every iteration measures writes into new files (allocating
+        writes), never overwrites in place: each rank its own file, rank 0 a shared one.
+
+        Outside the timed window: the phase's start barrier comes after. The file system's
+        deferred work for the removal (the journal commit, with the frees and, on a
+        filesystem mounted with `discard`, the discards of the freed blocks) would
+        otherwise be done inside the next timed phase, at its first fsync; so once every
+        rank has removed, the node's first rank syncs the file system (syncfs)."""
+        comm = ctx.comm
+        file_mode = ctx.config.bandwidth.file_mode
+
+        def remove() -> None:
+            try:
+                if file_mode == "per_rank":
+                    ctx.backend.remove(ctx.key(bandwidth_file("per_rank", comm.rank, 0).key))
+                elif comm.is_root:
+                    ctx.backend.remove(ctx.key(bandwidth_file("shared", 0, 0).key))
+            finally:
+                comm.idle_barrier()  # ranks done first sleep while the others still remove
+
+        ctx.setup(remove)  # every rank has removed its file, or all learn that one could not
+        if ctx.layout.local_rank == 0:
+            ctx.backend.sync_filesystem()
 
     def _write_cache(self, ctx: RunContext) -> dict[str, Any]:
         if ctx.backend.direct:

@@ -166,7 +166,7 @@ class CheckpointWorkload(Workload):
                 time.sleep(ck.interval)  # the training steps between two checkpoints
             work = ctx.setup(lambda c=n: shard_patterns(config.seed, c, mine, ck.transfer_size))
             ctx.phase("write", n, lambda rec, w=work, c=n: self._shards(ctx, rec, "write", c, w, False),
-                      expected_bytes=total, checkpoint=n, fsync=ck.fsync, cache=None, **meta)
+                      expected_bytes=total, checkpoint=n, fsync=ck.fsync, cache=self._write_cache(ctx), **meta)
             del work
         for n in range(ck.num_checkpoints_read):
             work = ctx.setup(lambda c=n: shard_patterns(config.seed, c, theirs, ck.transfer_size))
@@ -177,6 +177,12 @@ class CheckpointWorkload(Workload):
             if phase is not None:
                 annotate_cache(phase)
             del work
+
+    def _write_cache(self, ctx: RunContext) -> dict[str, Any]:
+        if ctx.backend.direct:
+            return {"state": "direct", "method": ctx.backend.name}
+        return {"state": "buffered", "method": "page cache" + (", fsync before close" if ctx.config.checkpoint.fsync
+                                                               else ", no fsync")}
 
     def _evict(self, ctx: RunContext, n: int, shards: list[Shard]) -> dict[str, Any]:
         backend = ctx.backend
