@@ -479,9 +479,10 @@ def _print_plan(config: Any, args: argparse.Namespace, comm: Any) -> None:
     show = sorted(set(list(range(min(args.show, size))) + [size - 1]))
     ranks = [workload.describe_plan(config, size, r, per_node, num_nodes) for r in show]
     planned = workload.planned_bytes(config, size)
+    buffers = _plan_buffers(config, workload, size, per_node)
     checks = _preflight_checks(config)
     plan = {"workload": config.workload, "ranks": size, "ranks_per_node": per_node, "nodes": num_nodes,
-            "planned_bytes": planned, "per_rank": ranks, "preflight_checks": checks,
+            "planned_bytes": planned, "buffers": buffers, "per_rank": ranks, "preflight_checks": checks,
             "totals": workload.describe_plan(config, size, -1, per_node, num_nodes).get("totals", {})
             if hasattr(workload, "describe_totals") else {}}
     if args.json:
@@ -492,11 +493,33 @@ def _print_plan(config: Any, args: argparse.Namespace, comm: Any) -> None:
     print(f"workload {config.workload} on {config.storage.type} at {config.storage.root}: "
           f"{size} rank(s), {per_node} per node, {num_nodes} node(s)")
     print(f"peak bytes on storage: {planned} ({format_size(planned)})")
+    if buffers["per_rank_bytes"]:
+        print(f"I/O buffers: {format_size(buffers['per_rank_bytes'])} per rank ({buffers['sized_by']}), "
+              f"{format_size(buffers['per_node_bytes'])} per node of {per_node} rank(s){buffers['note']}")
     for r in ranks:
         print(textwrap.indent(json.dumps(r, indent=None), "  "))
     print("preflight will check:")
     for check in checks:
         print(f"  - {check}")
+
+
+def _plan_buffers(config: Any, workload: Any, size: int, per_node: int) -> dict[str, Any]:
+    """The I/O buffers a rank allocates and a node's ranks together (what preflight checks
+    against the node's available memory); io_depth auto is sized on this host's cores."""
+    from mpibench.comm import NodeLayout
+    from mpibench.config import AUTO
+    from mpibench.run import resolve_io_depth
+
+    layout = NodeLayout(host="", node_index=0, num_nodes=1, local_rank=0, local_size=per_node,
+                        ranks_per_node=[per_node], hosts=[])
+    depth = resolve_io_depth(config, layout)
+    per_rank, driver, _ = workload.buffer_bytes(config, size, per_node, depth)
+    note = ""
+    if config.bandwidth.io_depth == AUTO and config.storage.type != "local_fs" and config.workload in (
+            "bandwidth", "checkpoint"):
+        note = f"; io_depth auto is {depth} with {os.cpu_count() or 1} cores per node, as on this host"
+    return {"per_rank_bytes": per_rank, "per_node_bytes": per_rank * per_node, "sized_by": driver,
+            "io_depth": depth, "note": note}
 
 
 def _preflight_checks(config: Any) -> list[str]:
@@ -509,6 +532,7 @@ def _preflight_checks(config: Any) -> list[str]:
                 "a tiny object can be put, read and deleted under the run prefix (through s3dlio)"]
     checks = ["storage.root exists and is a writable directory (the leaf is created if its parent exists)",
               "free space covers the planned bytes",
+              "the I/O buffers of a node's ranks fit in its available memory (MemAvailable or the cgroup's limit)",
               "the run directory mpibench-<run_id> does not exist yet, and is created"]
     if storage.type == "direct_fs":
         checks.append("O_DIRECT opens and transfers in the run directory; sizes are multiples of the "

@@ -97,6 +97,16 @@ def test_plan_and_preflight_commands(tmp_path):
     assert "64 rank(s), 8 per node, 8 node(s)" in done.stdout
     assert '"written_by": 8' in done.stdout  # rank 0 reads what the first rank of node 1 wrote
     assert "preflight will check" in done.stdout
+    assert "buffers of a node's ranks fit in its available memory" in done.stdout
+    # The I/O buffers preflight checks against memory: transfer_size x (io_depth + 2) per rank.
+    done = run_cli(0, "plan", os.path.join(CONFIGS, "bandwidth.yaml"), "bandwidth.io_depth=4", "--ranks", "64",
+                   "--ranks-per-node", "8")
+    assert "I/O buffers: 6.00 MiB per rank (bandwidth.transfer_size x (io_depth 4 + 2)), 48.00 MiB per node " \
+           "of 8 rank(s)\n" in done.stdout, done.stdout
+    done = run_cli(0, "plan", os.path.join(CONFIGS, "bandwidth.yaml"), "--ranks", "4", "--json")
+    buffers = json.loads(done.stdout)["buffers"]
+    assert buffers["per_node_bytes"] == 4 * buffers["per_rank_bytes"] == 4 * (buffers["io_depth"] + 2) * 2**20
+    assert "io_depth auto is" in buffers["note"]
     before = tree(str(tmp_path))
     done = run_cli(2, "preflight", QUICK, f"storage.root={tmp_path}")
     assert done.returncode == 0, done.stderr
