@@ -26,6 +26,14 @@ a target is judged on the ratio of medians.
 Only what the run creates under --workdir is written (a fresh folder, removed at the end
 unless --keep); results go to --output (JSON with every raw value) and --markdown.
 
+Rank r of every tool runs on the same CPU (the r-th this script may use, round robin):
+mpibench's ranks through `taskset` in an MPMD launch, fio's jobs with
+--cpus_allowed_policy=split, the Python loops with sched_setaffinity. Which CPU a
+process waits on moves its small-transfer figures by 10-20 % on some machines (the one
+taking the disk's interrupts wakes it sooner), so leaving the placement to the scheduler
+(--bind none) makes two tools differ by where they happened to run. The s3 case is not
+bound: the server shares the CPUs.
+
 Nothing is installed: a peer whose tool is missing (fio, its io_uring engine, boto3,
 the weed server) is skipped with a message saying what to install.
 """
@@ -53,6 +61,24 @@ KiB, MiB, GiB = 1024, 1024**2, 1024**3
 LAUNCHER_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "MPIR_", "OMPI_", "SLURM_")
 TARGETS = {"seq": 0.95, "rand": 0.90, "train": 0.90}
 SETTLE_S = 2.0
+CPUS: list[int] = []  # --bind cpus: rank r of every tool runs on CPUS[r % len(CPUS)]; empty: not bound
+
+
+def rank_cpu(rank: int) -> int | None:
+    """The CPU rank `rank` of every tool is bound to, or None when nothing is bound."""
+    return CPUS[rank % len(CPUS)] if CPUS else None
+
+
+def bind_self() -> None:
+    """In a worker process: run on the CPU the parent chose for it (PEERS_CPU)."""
+    cpu = os.environ.get("PEERS_CPU")
+    if cpu:
+        os.sched_setaffinity(0, {int(cpu)})
+
+
+def worker_env(rank: int) -> dict[str, str]:
+    cpu = rank_cpu(rank)
+    return clean_env({"PEERS_CPU": str(cpu)} if cpu is not None else {})
 
 
 # -- sizes of the full run and of --quick ---------------------------------------------------------
@@ -109,6 +135,7 @@ class Tools:
         self.mpiexec = str(bindir / "mpiexec") if (bindir / "mpiexec").exists() else shutil.which("mpiexec")
         if not self.mpiexec:
             raise SystemExit("mpiexec not found: install the project with pip install -e '.[mpich,test]'")
+        self.taskset = shutil.which("taskset") or ""
         self.fio = shutil.which("fio")
         self.fio_version = ""
         self.fio_engines: list[str] = []
@@ -153,11 +180,19 @@ def settle(seconds: float) -> None:
 
 # -- one measurement each -------------------------------------------------------------------------
 def mpibench_run(tools: Tools, ranks: int, workdir: Path, config: str, overrides: list[str],
-                 env: dict[str, str] | None = None) -> dict[str, Any]:
-    """`mpiexec -n RANKS mpibench run CONFIG OVERRIDES --quiet`; the results document."""
+                 env: dict[str, str] | None = None, bind: bool = True) -> dict[str, Any]:
+    """`mpiexec -n RANKS mpibench run CONFIG OVERRIDES --quiet`; the results document.
+
+    Bound (CPUS set and `bind`): an MPMD launch, `-n 1 taskset -c CPU mpibench ... : ...`,
+    so that rank r runs on rank_cpu(r) as fio's job r and the Python loops' process r do.
+    """
     out = workdir / f"result-{time.monotonic_ns()}.json"
-    cmd = [tools.mpiexec, "-n", str(ranks), sys.executable, "-m", "mpibench", "run", config,
-           *overrides, "--quiet", "--output", str(out)]
+    command = [sys.executable, "-m", "mpibench", "run", config, *overrides, "--quiet", "--output", str(out)]
+    cmd = [tools.mpiexec, "-n", str(ranks), *command]
+    if CPUS and bind:
+        cmd = [tools.mpiexec]
+        for rank in range(ranks):
+            cmd += [":"] * (rank > 0) + ["-n", "1", tools.taskset, "-c", str(rank_cpu(rank)), *command]
     run(cmd, env=clean_env(env), cwd=str(workdir))
     try:
         return json.loads(out.read_text())
@@ -178,8 +213,9 @@ def fio_run(tools: Tools, args: list[str]) -> dict[str, Any]:
 
 
 def fio_common(directory: Path, ranks: int, engine: str, transfer: int, nbytes: int) -> list[str]:
+    bound = [f"--cpus_allowed={','.join(map(str, CPUS))}", "--cpus_allowed_policy=split"] if CPUS else []
     return [f"--directory={directory}", f"--numjobs={ranks}", f"--ioengine={engine}", "--direct=1",
-            f"--bs={transfer}", f"--size={nbytes}", "--fallocate=none"]
+            f"--bs={transfer}", f"--size={nbytes}", "--fallocate=none", *bound]
 
 
 def seq_mpibench(tools: Tools, work: Path, ranks: int, transfer: int, nbytes: int) -> dict[str, float]:
@@ -242,7 +278,7 @@ def rand_python_threads(work: Path, ranks: int, nbytes: int) -> dict[str, float]
         start_at = time.time() + 1.0
         procs = [subprocess.Popen([sys.executable, __file__, "_worker", "pyrand", str(directory / f"rank-{rank}"),
                                    "16", str(start_at), str(rank)], stdout=subprocess.PIPE, text=True,
-                                  env=clean_env()) for rank in range(ranks)]
+                                  env=worker_env(rank)) for rank in range(ranks)]
         results = []
         for proc in procs:
             out, _ = proc.communicate(timeout=900)
@@ -259,6 +295,7 @@ def worker_pyrand(path: str, threads: int, start_at: float, seed: int) -> None:
     """Random 4 KiB O_DIRECT reads of every block of `path` by `threads` threads, no bookkeeping."""
     import numpy as np
 
+    bind_self()
     count = os.path.getsize(path) // (4 * KiB)
     offsets = (np.random.default_rng(seed).permutation(count) * (4 * KiB)).tolist()
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
@@ -295,7 +332,7 @@ def train_prepare(tools: Tools, work: Path, sizes: dict[str, Any]) -> None:
     """Generate the dataset once (not timed): raw files of train_file_bytes."""
     (work / "dataset").mkdir(exist_ok=True)
     mpibench_run(tools, 2, work, str(REPO / "configs" / "unet3d-quick.yaml"),
-                 ["workload=datagen", *train_overrides(work, sizes, 1)])
+                 ["workload=datagen", *train_overrides(work, sizes, 1)], bind=False)
 
 
 def train_mpibench(tools: Tools, work: Path, ranks: int, sizes: dict[str, Any]) -> dict[str, float]:
@@ -310,7 +347,7 @@ def train_plain(work: Path, ranks: int, sizes: dict[str, Any]) -> dict[str, floa
     start_at = time.time() + 1.5  # every process starts reading at the same moment, as after a barrier
     procs = [subprocess.Popen([sys.executable, __file__, "_worker", "plainread", str(folder), str(rank),
                                str(ranks), str(sizes["train_threads"]), str(start_at)],
-                              stdout=subprocess.PIPE, text=True, env=clean_env())
+                              stdout=subprocess.PIPE, text=True, env=worker_env(rank))
              for rank in range(ranks)]
     results = []
     for proc in procs:
@@ -325,6 +362,7 @@ def train_plain(work: Path, ranks: int, sizes: dict[str, Any]) -> dict[str, floa
 
 def worker_plainread(folder: str, rank: int, ranks: int, threads: int, start_at: float) -> None:
     """A plain loop: open(O_DIRECT), preadv the whole file into an aligned buffer, close."""
+    bind_self()
     names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
     base, extra = divmod(len(names), ranks)
     first = rank * base + min(rank, extra)
@@ -381,7 +419,7 @@ def s3_mpibench(tools: Tools, work: Path, s3: S3Session, size: int, count: int, 
     doc = mpibench_run(tools, 1, work, str(REPO / "configs" / "s3.yaml"), [
         f"storage.root=s3://{S3Session.BUCKET}/mpibench", f"bandwidth.transfer_size={size}",
         f"bandwidth.object_size={size}", f"bandwidth.block_size={size * count}", "bandwidth.iterations=1",
-        "bandwidth.reorder_reads=false", f"bandwidth.io_depth={depth}"], env=s3.env)
+        "bandwidth.reorder_reads=false", f"bandwidth.io_depth={depth}"], env=s3.env, bind=False)
     return {"put": phase_bw(doc, "write"), "get": phase_bw(doc, "read")}
 
 
@@ -616,6 +654,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=None, help="results JSON (default: peers-<date>.json in the workdir's parent)")
     parser.add_argument("--markdown", default=None, help="also write the table as Markdown to this file")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark's folder")
+    parser.add_argument("--bind", choices=("cpus", "none"), default="cpus",
+                        help="cpus (default): rank r of every tool on the same CPU, round robin over the CPUs "
+                             "this script may use; none: where the scheduler puts them")
     parser.add_argument("--settle", type=float, default=SETTLE_S,
                         help=f"seconds to wait after a sync before each tool runs (default {SETTLE_S})")
     args = parser.parse_args(argv)
@@ -633,7 +674,16 @@ def main(argv: list[str] | None = None) -> int:
         tools = Tools(work)
         for name, why in tools.skipped.items():
             print(f"skipping {name}: {why}", flush=True)
+        if args.bind == "cpus":
+            if tools.taskset:
+                CPUS[:] = sorted(os.sched_getaffinity(0))
+                print(f"rank r of every tool runs on CPU r of {','.join(map(str, CPUS))} (round robin); "
+                      "the s3 case is not bound", flush=True)
+            else:
+                print("not binding: taskset not found (util-linux); every tool runs where the scheduler "
+                      "puts it", flush=True)
         info = machine_info(work, tools)
+        info["bound_cpus"] = list(CPUS)
         if info["filesystem"].get("fstype") in ("tmpfs", "ramfs"):
             print(f"warning: {work} is on {info['filesystem']['fstype']}: the numbers measure memory, not a disk",
                   flush=True)
