@@ -182,6 +182,7 @@ class Comm:
         sys.stdout.flush()
         sys.stderr.flush()
         unlink_mpi_shared_memory()
+        unlink_launcher_topology()
         if self._comm is not None and self.size > 1:
             # Give the launcher a moment to forward the line just written: Hydra can tear
             # the job down on the abort before it has relayed the rank's last output.
@@ -244,6 +245,43 @@ def unlink_mpi_shared_memory() -> list[str]:
                 os.unlink(path)
                 removed.append(path)
             except OSError:  # another rank of the node removed it first
+                pass
+    return removed
+
+
+HYDRA_PROXY = "hydra_pmi_proxy"
+HYDRA_TOPOLOGY_PREFIX = "hydra_hwloc_xmlfile_"
+
+
+def unlink_launcher_topology() -> list[str]:
+    """Remove the node's topology file of MPICH's launcher when this rank aborts the job.
+
+    Hydra's proxy (this rank's parent process under mpiexec) writes the node's hardware
+    topology to /tmp/hydra_hwloc_xmlfile_* and removes it when it exits normally; when a
+    rank calls MPI_Abort the proxy is killed and the file stays, one per aborted job and
+    node. The aborting rank removes its own node's (the proxy keeps its open copy; other
+    nodes' proxies cannot be reached from here). Under any other launcher nothing is
+    done. Returns the paths removed.
+    """
+    proxy = f"/proc/{os.getppid()}"
+    removed = []
+    try:
+        with open(f"{proxy}/comm", encoding="utf-8") as comm:
+            if comm.read().strip() != HYDRA_PROXY:
+                return []
+        descriptors = os.listdir(f"{proxy}/fd")
+    except OSError:
+        return []
+    for fd in descriptors:
+        try:
+            target = os.readlink(f"{proxy}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("/") and os.path.basename(target).startswith(HYDRA_TOPOLOGY_PREFIX):
+            try:
+                os.unlink(target)
+                removed.append(target)
+            except OSError:
                 pass
     return removed
 

@@ -109,13 +109,40 @@ def unmapped(paths: set[str]) -> set[str]:
     return left
 
 
+def launcher_files() -> set[str]:
+    """The topology files of MPICH's launcher in /tmp (see comm.unlink_launcher_topology)."""
+    from mpibench.comm import HYDRA_TOPOLOGY_PREFIX
+
+    try:
+        return {os.path.join("/tmp", name) for name in os.listdir("/tmp") if name.startswith(HYDRA_TOPOLOGY_PREFIX)}
+    except OSError:
+        return set()
+
+
+def unopened(paths: set[str]) -> set[str]:
+    """Those of `paths` that no live process has open: what a finished launcher left behind."""
+    left = set(paths)
+    for pid in os.listdir("/proc"):
+        if not left or not pid.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                left.discard(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return left
+
+
 @pytest.fixture(autouse=True, scope="session")
 def no_mpi_segments_left_behind() -> Iterator[None]:
-    """Remove the MPI shared-memory files of jobs the tests killed (SIGKILL to a rank, a
-    stuck rank's abort by the launcher): no process was left to remove them."""
-    before = mpi_segments()
+    """Remove the MPI shared-memory files and the launcher's topology files of jobs the
+    tests killed (SIGKILL to a rank or to mpiexec, a stuck rank's abort by the
+    launcher): no process was left to remove them."""
+    before, files = mpi_segments(), launcher_files()
     yield
-    for path in unmapped(mpi_segments() - before):
+    for path in unmapped(mpi_segments() - before) | unopened(launcher_files() - files):
         with contextlib.suppress(OSError):
             os.unlink(path)
 

@@ -24,7 +24,17 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import CONFIGS, Completed, clean_env, mpi_segments, mpibench_cmd, tree, unmapped
+from conftest import (
+    CONFIGS,
+    Completed,
+    clean_env,
+    launcher_files,
+    mpi_segments,
+    mpibench_cmd,
+    tree,
+    unmapped,
+    unopened,
+)
 
 from mpibench import uring
 
@@ -517,15 +527,17 @@ def test_rank_fails_outside_a_phase(request, jobs, sandbox, ranks, rank):
     """An error only one rank raises outside a phase's agreement (here as it sets up)
     cannot be agreed on: that rank names itself and ends the job (MPI_Abort) instead of
     leaving the others waiting at the first phase's barrier."""
-    before, segments = tree(sandbox["box"]), mpi_segments()
+    before, segments, topology = tree(sandbox["box"]), mpi_segments(), launcher_files()
     done = run(jobs, ranks, "run", QUICK, f"storage.root={sandbox['root']}", *SMALL, "run_id=setup",
                "--output", sandbox["output"], fault=f"ioerror:rank={rank}:phase=start")
     _record(request, done.seconds)
     check_contract(done, 1, f"rank {rank}: injected I/O error in phase start")
     assert_only_run_dir_changed(before, tree(sandbox["box"]), "setup")
-    # MPI_Abort skips MPI_Finalize, which would remove MPICH's shared-memory file: the
-    # aborting rank removes it first.
+    # MPI_Abort skips MPI_Finalize, which would remove MPICH's shared-memory file, and
+    # Hydra's proxy is killed before it removes its topology file: the aborting rank
+    # removes both first.
     assert not unmapped(mpi_segments() - segments)
+    assert not unopened(launcher_files() - topology)
 
 
 def test_debug_shows_the_traceback(jobs, sandbox):
