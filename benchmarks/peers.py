@@ -62,6 +62,8 @@ LAUNCHER_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "MPIR_", "OMPI_", "SLURM_")
 TARGETS = {"seq": 0.95, "rand": 0.90, "train": 0.90}
 SETTLE_S = 2.0
 CPUS: list[int] = []  # --bind cpus: rank r of every tool runs on CPUS[r % len(CPUS)]; empty: not bound
+HUGE = {"on": False}  # --huge-pages: every tool's I/O buffers in 2 MiB huge pages
+HUGE_PAGE = 2 * MiB
 
 
 def rank_cpu(rank: int) -> int | None:
@@ -81,6 +83,16 @@ def worker_env(rank: int) -> dict[str, str]:
     return clean_env({"PEERS_CPU": str(cpu)} if cpu is not None else {})
 
 
+def io_buffer(size: int) -> mmap.mmap:
+    """A worker's I/O buffer: private anonymous memory, as mpibench's and fio's; in 2 MiB
+    transparent huge pages when the parent ran with --huge-pages (PEERS_HUGE)."""
+    if os.environ.get("PEERS_HUGE") != "1":
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf = mmap.mmap(-1, -(-size // HUGE_PAGE) * HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf.madvise(mmap.MADV_HUGEPAGE)
+    return buf
+
+
 # -- sizes of the full run and of --quick ---------------------------------------------------------
 FULL = {
     "reps": 5,
@@ -98,6 +110,12 @@ QUICK = {
 }
 
 
+def hugetlb_free_bytes() -> int:
+    """Bytes of reserved huge pages free now (/proc/meminfo), which fio --mem=shmhuge takes."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+    return int(fields.get("HugePages_Free", "0").split()[0]) * int(fields.get("Hugepagesize", "0 kB").split()[0]) * KiB
+
+
 def size_text(n: int) -> str:
     """4096 -> '4KiB' (exact binary units, as mpibench's configs take them)."""
     for unit, name in ((GiB, "GiB"), (MiB, "MiB"), (KiB, "KiB")):
@@ -110,6 +128,8 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This environment without an enclosing MPI launch's variables (plus `extra`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCHER_PREFIXES)}
     env["PYTHONUNBUFFERED"] = "1"
+    if HUGE["on"]:
+        env["PEERS_HUGE"] = "1"
     env.update(extra or {})
     return env
 
@@ -187,6 +207,8 @@ def mpibench_run(tools: Tools, ranks: int, workdir: Path, config: str, overrides
     so that rank r runs on rank_cpu(r) as fio's job r and the Python loops' process r do.
     """
     out = workdir / f"result-{time.monotonic_ns()}.json"
+    if HUGE["on"] and Path(config).name != "s3.yaml":
+        overrides = [*overrides, "huge_pages=true"]
     command = [sys.executable, "-m", "mpibench", "run", config, *overrides, "--quiet", "--output", str(out)]
     cmd = [tools.mpiexec, "-n", str(ranks), *command]
     if CPUS and bind:
@@ -215,7 +237,8 @@ def fio_run(tools: Tools, args: list[str]) -> dict[str, Any]:
 def fio_common(directory: Path, ranks: int, engine: str, transfer: int, nbytes: int) -> list[str]:
     bound = [f"--cpus_allowed={','.join(map(str, CPUS))}", "--cpus_allowed_policy=split"] if CPUS else []
     return [f"--directory={directory}", f"--numjobs={ranks}", f"--ioengine={engine}", "--direct=1",
-            f"--bs={transfer}", f"--size={nbytes}", "--fallocate=none", *bound]
+            f"--bs={transfer}", f"--size={nbytes}", "--fallocate=none", *bound,
+            *(["--mem=shmhuge"] if HUGE["on"] else [])]
 
 
 def seq_mpibench(tools: Tools, work: Path, ranks: int, transfer: int, nbytes: int) -> dict[str, float]:
@@ -231,7 +254,10 @@ def seq_fio(tools: Tools, work: Path, engine: str, ranks: int, transfer: int, nb
     directory.mkdir(parents=True)
     try:
         common = fio_common(directory, ranks, engine, transfer, nbytes)
-        wrote = fio_run(tools, ["--name=seq", "--rw=write", "--iodepth=1", "--end_fsync=1", *common])
+        # --scramble_buffers=0: fio's default rewrites every 512 bytes of its buffer before each
+        # write, which cost it 15-20 % at 1 MiB here (docs/performance.md); the peer runs at its fastest.
+        wrote = fio_run(tools, ["--name=seq", "--rw=write", "--iodepth=1", "--end_fsync=1",
+                                "--scramble_buffers=0", *common])
         read = fio_run(tools, ["--name=seq", "--rw=read", "--iodepth=1", *common])
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -302,7 +328,7 @@ def worker_pyrand(path: str, threads: int, start_at: float, seed: int) -> None:
     shared = iter(offsets)
 
     def read(slot: int) -> None:
-        views = [memoryview(mmap.mmap(-1, 4 * KiB))]
+        views = [memoryview(io_buffer(4 * KiB))]
         preadv = os.preadv
         for offset in shared:
             preadv(fd, views, offset)
@@ -368,7 +394,7 @@ def worker_plainread(folder: str, rank: int, ranks: int, threads: int, start_at:
     first = rank * base + min(rank, extra)
     mine = [os.path.join(folder, n) for n in names[first:first + base + (rank < extra)]]
     size = max(os.path.getsize(p) for p in mine)
-    buffers = [mmap.mmap(-1, -(-size // 4096) * 4096 + 4096) for _ in range(threads)]
+    buffers = [io_buffer(-(-size // 4096) * 4096 + 4096) for _ in range(threads)]
     shared = iter(mine)
     moved = [0] * threads
 
@@ -657,6 +683,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bind", choices=("cpus", "none"), default="cpus",
                         help="cpus (default): rank r of every tool on the same CPU, round robin over the CPUs "
                              "this script may use; none: where the scheduler puts them")
+    parser.add_argument("--huge-pages", action="store_true",
+                        help="every tool's I/O buffers in 2 MiB huge pages: mpibench huge_pages=true, "
+                             "fio --mem=shmhuge (needs reserved huge pages: sysctl vm.nr_hugepages=64), "
+                             "the Python loops' in transparent huge pages (not the s3 case)")
     parser.add_argument("--settle", type=float, default=SETTLE_S,
                         help=f"seconds to wait after a sync before each tool runs (default {SETTLE_S})")
     args = parser.parse_args(argv)
@@ -668,6 +698,14 @@ def main(argv: list[str] | None = None) -> int:
     parent = Path(args.workdir or os.environ.get("TMPDIR") or "/tmp").resolve()
     work = Path(tempfile.mkdtemp(prefix="mpibench-peers-", dir=parent))
     output = Path(args.output) if args.output else parent / f"peers-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    if args.huge_pages:
+        free = hugetlb_free_bytes()
+        need = 32 * HUGE_PAGE * max(args.ranks)
+        if free < need:
+            shutil.rmtree(work, ignore_errors=True)
+            parser.error(f"--huge-pages: fio's buffers need {need // MiB} MiB of reserved huge pages, "
+                         f"{free // MiB} MiB are free; as root: sysctl vm.nr_hugepages={need // HUGE_PAGE}")
+        HUGE["on"] = True
     print(f"workdir {work}", flush=True)
     args.s3 = None
     try:
@@ -684,6 +722,7 @@ def main(argv: list[str] | None = None) -> int:
                       "puts it", flush=True)
         info = machine_info(work, tools)
         info["bound_cpus"] = list(CPUS)
+        info["huge_pages"] = HUGE["on"]
         if info["filesystem"].get("fstype") in ("tmpfs", "ramfs"):
             print(f"warning: {work} is on {info['filesystem']['fstype']}: the numbers measure memory, not a disk",
                   flush=True)
@@ -723,8 +762,9 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.markdown).write_text(format_table(rows, markdown=True) + "\n")
             print(f"markdown table: {args.markdown}")
         if max(load) > 1.5:
-            print(f"note: the 1-minute load average reached {max(load):.1f} during the run; "
-                  "other work on the machine may have moved the numbers", flush=True)
+            print(f"note: the 1-minute load average reached {max(load):.1f} during the run (it counts "
+                  "the tools' own processes and I/O waits; other work on the machine may also have "
+                  "moved the numbers)", flush=True)
     finally:
         if args.s3 is not None:
             args.s3.stop()

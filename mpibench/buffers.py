@@ -29,19 +29,77 @@ _WORD = struct.Struct("<Q")
 _PACK_LIMIT = 8
 
 
+HUGE_PAGE = 2 * 1024**2
+# MADV_COLLAPSE (Linux 6.1): back a range with huge pages now, or fail; Python < 3.12 lacks the name.
+_MADV_COLLAPSE = getattr(mmap, "MADV_COLLAPSE", 25)
+_HUGE = {"on": False}
+# What this process asked for and got in huge pages (see use_huge_pages); read at each phase end.
+huge_page_bytes = {"requested": 0, "granted": 0}
+
+
+def use_huge_pages(on: bool) -> None:
+    """From now on, put the buffers of aligned_buffer larger than a page in 2 MiB
+    transparent huge pages (the run's `huge_pages` setting; every rank calls it)."""
+    _HUGE["on"] = bool(on)
+
+
+def buffer_footprint(size: int, huge: bool) -> int:
+    """The memory aligned_buffer takes for `size` bytes (rounded to huge pages if `huge`)."""
+    size = max(size, 1)
+    if huge and size > PAGE:
+        return -(-size // HUGE_PAGE) * HUGE_PAGE
+    return -(-size // PAGE) * PAGE
+
+
 def aligned_buffer(size: int) -> mmap.mmap:
     """An anonymous, page-aligned, zero-filled buffer of at least `size` bytes.
 
+    Private memory, as a program's own (malloc, numpy, a framework's tensors) is. With
+    use_huge_pages on, a buffer larger than a page is a whole number of 2 MiB pages that
+    the kernel backs with transparent huge pages, each physically contiguous: a transfer
+    then reaches the device as one segment per 2 MiB instead of one per 4 KiB page, which
+    decides how many requests a large transfer becomes (a queue's max_segments).
     Memory the kernel refuses (ENOMEM, a ulimit -v) is a one-line BenchIOError.
     """
+    huge = _HUGE["on"] and size > PAGE
+    length = buffer_footprint(size, True) if huge else max(size, 1)
     try:
-        return mmap.mmap(-1, max(size, 1))
+        buf = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     except MemoryError:
         raise out_of_memory(size) from None
     except OSError as exc:
         if exc.errno == errno.ENOMEM:
             raise out_of_memory(size) from None
         raise
+    if huge:
+        _back_with_huge_pages(buf)
+    return buf
+
+
+def _back_with_huge_pages(buf: mmap.mmap) -> None:
+    """Ask for huge pages, fault them in and confirm them (MADV_COLLAPSE succeeds only when
+    the whole range is, or could be made, huge pages); count what was granted."""
+    huge_page_bytes["requested"] += len(buf)
+    try:
+        buf.madvise(mmap.MADV_HUGEPAGE)
+        for at in range(0, len(buf), HUGE_PAGE):
+            buf[at] = 0  # the first write of each 2 MiB faults in a huge page where one is free
+        buf.madvise(_MADV_COLLAPSE)
+    except (OSError, AttributeError, ValueError):
+        return  # not confirmed: the buffer works, in 4 KiB pages; the results say how much
+    huge_page_bytes["granted"] += len(buf)
+
+
+def transparent_huge_pages() -> str:
+    """This host's transparent huge page mode (always, madvise, never), or "" where the
+    kernel has none."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            text = f.read()
+    except OSError:
+        return ""
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else ""
 
 
 def out_of_memory(size: int | None = None) -> BenchIOError:
@@ -165,3 +223,45 @@ class DataPattern:
         if np.array_equal(want, got):
             return -1
         return offset + int(np.flatnonzero(want != got)[0])
+
+
+class BufferPool:
+    """A rank's working buffers, allocated once and reused by every phase, as IOR and fio
+    allocate theirs before they time anything.
+
+    Allocating inside a timed phase charged its first transfers with the kernel zeroing
+    (and, in a VM, the host backing) fresh memory: with 16 MiB transfers about 50 ms of a
+    0.47 s phase. A workload keeps its buffers in its untimed setup (:meth:`take` with
+    keep), and the engine takes the same ones again inside the phase; sizes nobody kept
+    (a checkpoint shard's tail) get fresh buffers each time. Writes and reads share the
+    buffers (a rank runs one region at a time), so memory stays one buffer per I/O in
+    flight. Write buffers hold a pattern's base content, copied in again only when another
+    base is wanted or a read has overwritten it, which is why a workload takes them again
+    before each write phase; every transfer rewrites all its stamps, so patterns sharing
+    a base (DataPattern.for_file) share buffers.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[int, list[mmap.mmap]] = {}
+        self._holds: dict[int, Any] = {}  # id(buffer) -> the base whose bytes it holds
+
+    def take(self, writing: bool, transfer_size: int, count: int,
+             pattern: DataPattern | None = None, keep: bool = False) -> list[mmap.mmap]:
+        """`count` buffers for transfers of `transfer_size`; for writes, holding `pattern`'s
+        base. Kept ones (`keep`, or a size kept before) are reused by later calls."""
+        key = transfer_size
+        kept = keep or key in self._buffers
+        found = self._buffers.setdefault(key, []) if kept else []
+        while len(found) < count:
+            buf = aligned_buffer(max(transfer_size, PAGE))
+            np.frombuffer(buf, dtype=np.uint8)[::PAGE] = 0  # fault every page in now, untimed
+            found.append(buf)
+        bufs = found[:count]
+        for buf in bufs:
+            if not writing or pattern is None:
+                self._holds.pop(id(buf), None)  # a read overwrites what it held
+            elif not kept or self._holds.get(id(buf)) is not pattern.base:
+                buf[:transfer_size] = pattern.base[:transfer_size]
+                if kept:  # only a kept buffer's id stays its own (a freed one's is reused)
+                    self._holds[id(buf)] = pattern.base
+        return bufs

@@ -170,6 +170,9 @@ class Config:
     run_id: str | None = _opt(None, "optional_str", doc="name of the run (default: time + random)")
     keep_files: bool = _opt(False, "bool", doc="keep the files the run wrote")
     verify: bool = _opt(False, "bool", doc="check every byte read against the seeded content")
+    huge_pages: bool = _opt(False, "bool",
+                            doc="I/O buffers in 2 MiB transparent huge pages (physically contiguous, "
+                                "as fio --mem=mmaphuge); default: ordinary 4 KiB pages")
     seed: int = _opt(42, "int", minimum=0, doc="seed of the data written")
 
     def to_dict(self) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from mpibench.backends.base import io_error
 from mpibench.buffers import DataPattern, aligned_buffer
 from mpibench.errors import BenchIOError, VerifyError
 from mpibench.metrics import FLUSH_EVERY, PhaseRecorder
-from mpibench.plan import PAGE
 
 if TYPE_CHECKING:
     from mpibench.backends.base import Backend
@@ -37,18 +36,18 @@ def transfer_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, p
     backend that takes them only in order (random_write false: an S3 upload) use one
     thread; such a backend keeps its own writes in flight.
     """
-    depth = max(1, min(ctx.io_depth, len(offsets)))
-    if op == "write" and not ctx.backend.random_write:
-        depth = 1
+    depth = region_depth(ctx, op, len(offsets))
     absolute = (offsets + base).tolist()
+    writing = op == "write"
+    bufs = ctx.buffers.take(writing, transfer_size, depth, pattern if writing else None)
     fd = ctx.backend.fileno(handle) if depth > 1 and ctx.io_engine == "io_uring" else None
     if fd is not None:
         from mpibench.uring import uring_region
 
         return uring_region(ctx, rec, handle, fd, op, path, absolute, transfer_size, pattern,
-                            depth, verify=verify, deadline_ns=deadline_ns)
+                            bufs, verify=verify, deadline_ns=deadline_ns)
     if depth == 1:
-        return _loop(ctx, rec, handle, op, path, absolute, transfer_size, pattern,
+        return _loop(ctx, rec, handle, op, path, absolute, transfer_size, pattern, bufs[0],
                      verify, deadline_ns, None)
     shared = iter(absolute)  # a list iterator hands out each item once, under the GIL
     stop = threading.Event()
@@ -58,7 +57,7 @@ def transfer_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, p
     def worker(slot: int) -> None:
         try:
             moved[slot] = _loop(ctx, rec, handle, op, path, shared, transfer_size,
-                                pattern, verify, deadline_ns, stop)
+                                pattern, bufs[slot], verify, deadline_ns, stop)
         except BaseException as exc:  # handed to the main thread
             errors.append(exc)
             stop.set()
@@ -81,10 +80,27 @@ def transfer_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, p
     return sum(moved)
 
 
+def region_depth(ctx: RunContext, op: str, transfers: int) -> int:
+    """The operations transfer_region keeps in flight for `transfers` transfers."""
+    if op == "write" and not ctx.backend.random_write:
+        return 1
+    return max(1, min(ctx.io_depth, transfers))
+
+
+def prepare_buffers(ctx: RunContext, op: str, transfers: int, transfer_size: int,
+                    pattern: DataPattern | None) -> None:
+    """Outside the timed phases: allocate (and fault in, and fill) the buffers a region of
+    `transfers` transfers will take from ctx.buffers."""
+    writing = op == "write"
+    ctx.buffers.take(writing, transfer_size, region_depth(ctx, op, transfers), pattern if writing else None,
+                     keep=True)
+
+
 def _loop(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, path: str,
-          offsets: Iterable[int], transfer_size: int, pattern: DataPattern, verify: bool,
+          offsets: Iterable[int], transfer_size: int, pattern: DataPattern, buf: Any, verify: bool,
           deadline_ns: int, stop: threading.Event | None) -> int:
-    """One thread's I/Os at the given absolute offsets.
+    """One thread's I/Os at the given absolute offsets, from or into `buf` (from ctx.buffers:
+    for writes it holds the pattern's base).
 
     The per-operation path is kept to a few hundred nanoseconds: stamp (writes), the
     backend's call (for POSIX files os.pwrite/os.preadv itself, no Python frame), one
@@ -96,8 +112,6 @@ def _loop(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, path: str,
     """
     writing = op == "write"
     backend = ctx.backend
-    # A read buffer's content is overwritten by the read: only writes start from the pattern.
-    buf = pattern.new_buffer() if writing else aligned_buffer(max(transfer_size, PAGE))
     view = memoryview(buf)[:transfer_size]
     io = backend.writer(handle, view) if writing else backend.reader(handle, view, keep=verify)
     single = pattern.single_stamp(buf) if writing else None

@@ -82,6 +82,17 @@ def upload_at_close(phase: dict[str, Any], document: dict[str, Any]) -> bool:
     return not (object_size and transfer and int(object_size) <= int(transfer))
 
 
+def huge_page_notes(document: dict[str, Any]) -> list[str]:
+    """A warning when ranks asked for huge-page buffers and the kernel granted fewer."""
+    bufs = (document.get("environment") or {}).get("io_buffers") or {}
+    requested, granted = int(bufs.get("huge_requested_bytes") or 0), int(bufs.get("huge_granted_bytes") or 0)
+    if not bufs.get("huge_pages") or granted >= requested:
+        return []
+    return [f"warning: huge_pages: the kernel granted {format_size(granted)} of the {format_size(requested)} "
+            "of I/O buffers asked for in huge pages; the rest are 4 KiB pages (memory too fragmented: "
+            "compact it with echo 1 > /proc/sys/vm/compact_memory, or reserve memory earlier)"]
+
+
 def upload_notes(document: dict[str, Any]) -> list[str]:
     """One line per S3 write phase name whose operation latencies are buffer hand-offs."""
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -137,6 +148,10 @@ def run_header(document: dict[str, Any]) -> str:
         f"({', '.join(map(str, env.get('ranks_per_node', [])))} per node), launcher {env.get('launcher', {}).get('kind')}",
         f"storage {storage.get('type')} ({backend.get('backend')}) at {storage.get('root')}{where}",
     ]
+    bufs = env.get("io_buffers") or {}
+    if bufs.get("huge_pages"):
+        parts.append(f"I/O buffers in 2 MiB huge pages: {format_size(int(bufs.get('huge_granted_bytes') or 0))} "
+                     f"of {format_size(int(bufs.get('huge_requested_bytes') or 0))} granted")
     if cfg.get("workload") == "bandwidth":
         bw = cfg.get("bandwidth", {})
         depth = f"io_depth {env.get('io_depth')}"

@@ -23,6 +23,7 @@ from mpibench.errors import MpibenchError, ResultsError
 from mpibench.metrics import LatencyHistogram
 from mpibench.report import (
     cache_state,
+    huge_page_notes,
     phase_warning,
     run_header,
     storage_type,
@@ -353,7 +354,7 @@ def summary_text(document: dict[str, Any]) -> str:
         elif (p.get("cache") or {}).get("state") == "warm":
             warnings.append(f"note: {p['name']} iteration {p['iteration']}: warm cache, reads may be served "
                             "from the page cache")
-    warnings += upload_notes(document)
+    warnings += upload_notes(document) + huge_page_notes(document)
     mismatches = recompute_mismatches(document)
     if mismatches:
         warnings += [f"warning: figure does not match its per-rank values: {m}" for m in mismatches]

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mpibench import environment, faults, uring
+from mpibench import buffers, environment, faults, uring
 from mpibench.backends import backend_class, make_backend
 from mpibench.backends.base import Backend
 from mpibench.buffers import out_of_memory
@@ -180,6 +180,18 @@ def check_memory(config: Config, workload: Workload, size: int, layout: NodeLayo
             f"fit in the {format_size(usable)} of memory available")
 
 
+def check_huge_pages() -> str:
+    """huge_pages needs the kernel's transparent huge pages (mode always or madvise)."""
+    mode = buffers.transparent_huge_pages()
+    if mode not in ("always", "madvise"):
+        state = f"off ({mode})" if mode else "not available in this kernel"
+        raise PreflightError(f"huge_pages is true but transparent huge pages are {state} on this host",
+                             "as root: echo madvise > /sys/kernel/mm/transparent_hugepage/enabled; "
+                             "or set huge_pages: false")
+    return (f"I/O buffers in 2 MiB transparent huge pages (this host's mode: {mode}); "
+            "each rank counts what the kernel grants")
+
+
 def preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
     """Rank 0's checks of the configuration and the storage, before any benchmark I/O."""
     workload = get_workload(config.workload)
@@ -200,6 +212,8 @@ def preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
                        f"({cls.name}), {size} rank(s) on {layout.num_nodes} node(s)")
     if memory:
         info.checks.append(memory)
+    if config.huge_pages:
+        info.checks.append(check_huge_pages())
     backend_pre = getattr(cls, "preflight_storage", None)
     if backend_pre is not None:
         found = backend_pre(config, info.run_key, info.planned_bytes, layout)
@@ -251,6 +265,8 @@ class RunContext:
         self.progress = progress
         self.io_depth = resolve_io_depth(config, self.layout)
         self.io_engine = resolve_io_engine(config)
+        buffers.use_huge_pages(config.huge_pages)
+        self.buffers = buffers.BufferPool()  # working buffers, allocated untimed, reused by every phase
         self._next_poll = 0
         self.failure: MpibenchError | None = None
         # The node's first rank reads the block device counters of the root around each phase.
@@ -324,6 +340,8 @@ class RunContext:
             # done: the node's other ranks may still be writing when this one finishes.
             rec.extra["block_device"] = {"stat": self.block_stat,
                                          **environment.block_delta(block_before, environment.read_block_stat(self.block_stat))}
+        if self.config.huge_pages:  # this process's buffers so far: requested and granted
+            rec.extra["huge_page_bytes"] = dict(buffers.huge_page_bytes)
         # The phase is reduced even when it failed: the partial result shows how far it got.
         phase = self._reduce(rec, {**meta, "complete": worst == 0} if worst else meta)
         if worst == 2:
@@ -535,6 +553,7 @@ def _document(config: Config, comm: Comm, info: PreflightInfo, ctx: RunContext, 
                 "alignment_source": info.alignment_source,
                 "io_depth": ctx.io_depth,
                 "io_engine": ctx.io_engine,
+                "io_buffers": io_buffers_record(config, ctx.phases),
                 "backend": {**backend.describe(), **info.backend},
             },
             "preflight": {"checks": info.checks, "warnings": info.warnings,
@@ -552,6 +571,18 @@ def _document(config: Config, comm: Comm, info: PreflightInfo, ctx: RunContext, 
         failure.partial_result = document  # type: ignore[attr-defined]
         raise agreed(failure)  # every rank has passed the cleanup's last barrier
     return document
+
+
+def io_buffers_record(config: Config, phases: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the I/O buffers were backed: 4 KiB pages, or huge pages with what the ranks asked
+    for and were granted (each rank's total at its last phase)."""
+    record: dict[str, Any] = {"huge_pages": config.huge_pages}
+    if config.huge_pages:
+        last = [r.get("huge_page_bytes", {}) for r in (phases[-1].get("ranks", []) if phases else [])]
+        record.update(transparent_huge_pages=buffers.transparent_huge_pages(),
+                      huge_requested_bytes=sum(int(b.get("requested", 0)) for b in last),
+                      huge_granted_bytes=sum(int(b.get("granted", 0)) for b in last))
+    return record
 
 
 def _make_rank_backend(config: Config, info: PreflightInfo, layout: NodeLayout) -> Backend:

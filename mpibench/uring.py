@@ -29,7 +29,6 @@ from mpibench.buffers import DataPattern, aligned_buffer
 from mpibench.engine import POLL_INTERVAL_NS, complete_short
 from mpibench.errors import BenchIOError, VerifyError
 from mpibench.metrics import FLUSH_EVERY
-from mpibench.plan import PAGE
 
 _import_error = ""
 try:  # a binary dependency with Linux x86_64 wheels only
@@ -93,7 +92,7 @@ def _ring_entries(depth: int) -> int:
 
 
 def uring_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, fd: int, op: str, path: str,
-                 offsets: list[int], transfer_size: int, pattern: DataPattern, depth: int,
+                 offsets: list[int], transfer_size: int, pattern: DataPattern, bufs: list[Any],
                  *, verify: bool = False, deadline_ns: int = 0) -> int:
     """Write or read `transfer_size` bytes at each absolute offset, `depth` in flight.
 
@@ -104,9 +103,7 @@ def uring_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, fd: int, op: 
     lu = _lu
     writing = op == "write"
     backend = ctx.backend
-    depth = max(1, min(depth, len(offsets)))
-    bufs = [pattern.new_buffer() if writing else aligned_buffer(max(transfer_size, PAGE))
-            for _ in range(depth)]
+    depth = len(bufs)  # one buffer per operation in flight (ctx.buffers; writes hold the base)
     views = [memoryview(buf)[:transfer_size] for buf in bufs]
     iovecs = [lu.Iovec([view]) for view in views]  # held for the whole region
     stamps = [pattern.stamper(buf) for buf in bufs] if writing else None

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from mpibench import faults, uring
+from mpibench import buffers, environment, faults, uring
 from mpibench.comm import Comm
 from mpibench.config import build_config
 from mpibench.plan import bandwidth_file, reorder_partner
@@ -245,6 +245,53 @@ def test_kernel_counters_match_direct_io(shared_tmpdir, monkeypatch):
         if device:
             # Device counters are per node and shared with other processes: a sanity bound only.
             assert device["write_bytes"] >= 0.9 * write["bytes"]
+
+
+def _max_request_bytes(root: str) -> int | None:
+    """The largest request the block device under `root` takes (queue/max_sectors_kb), if known."""
+    stat = environment.block_stat_path(root)
+    if stat is None:
+        return None
+    device = os.path.dirname(os.path.realpath(stat))
+    for queue in (os.path.join(device, "queue"), os.path.join(os.path.dirname(device), "queue")):
+        try:
+            with open(os.path.join(queue, "max_sectors_kb")) as f:
+                return int(f.read()) * 1024
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def test_huge_page_buffers_reach_the_device_one_request_per_transfer(shared_tmpdir):
+    """huge_pages: every rank's buffers are granted in huge pages, and a 1 MiB O_DIRECT transfer
+    reaches the device as the fewest requests its size limit allows (with 4 KiB pages a queue's
+    segment limit can split it: 254 segments on a virtio disk, 256 pages in 1 MiB)."""
+    comm = Comm()
+    root = os.path.join(shared_tmpdir, "root")
+    mode = buffers.transparent_huge_pages() if comm.is_root else None
+    if comm.bcast(mode) not in ("always", "madvise"):
+        pytest.skip("transparent huge pages are off on this host")
+    transfer = 2**20
+    cfg = bandwidth_config(root, "direct_fs", "per_rank", bandwidth__iterations=1,
+                           bandwidth__transfer_size=transfer, bandwidth__block_size=16 * transfer,
+                           bandwidth__io_depth=1)
+    doc = execute(cfg.__class__(**{**cfg.__dict__, "huge_pages": True}), comm, output=None)
+    if not comm.is_root:
+        return
+    bufs = doc["environment"]["io_buffers"]
+    assert bufs["huge_pages"] is True and bufs["transparent_huge_pages"] == mode
+    assert bufs["huge_requested_bytes"] >= comm.size * 3 * buffers.HUGE_PAGE
+    if bufs["huge_granted_bytes"] < bufs["huge_requested_bytes"]:
+        pytest.skip("the kernel had too few free 2 MiB pages (fragmented memory)")
+    limit = _max_request_bytes(root)
+    for phase in doc["phases"]:
+        device = phase["hosts"][0].get("block_device")
+        if not device or limit is None:
+            continue
+        requests = device["writes"] if phase["name"] == "write" else device["reads"]
+        fewest = phase["ops"] * -(-transfer // limit)
+        # The counters are the whole device's: allow for the filesystem's own and other processes' I/O.
+        assert fewest <= requests <= fewest * 1.1 + 16, (phase["name"], requests, fewest)
 
 
 def _require_io_uring() -> None:

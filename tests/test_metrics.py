@@ -5,7 +5,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpibench.buffers import DataPattern, aligned_buffer
+from mpibench.buffers import (
+    HUGE_PAGE,
+    BufferPool,
+    DataPattern,
+    aligned_buffer,
+    buffer_footprint,
+    huge_page_bytes,
+    transparent_huge_pages,
+    use_huge_pages,
+)
 from mpibench.metrics import LatencyHistogram, OpLog
 from mpibench.results import phase_bandwidth, rank_spread, summarize_repetitions
 
@@ -148,3 +157,89 @@ def test_stamper_writes_what_verify_expects(transfer_size, block):
         words, key = single
         words[0] = key | offset
         assert bytes(inline[:transfer_size]) == bytes(buf[:transfer_size])
+
+
+def _mapping_of(buf) -> tuple[str, int]:
+    """The /proc/self/smaps entry of the mapping holding `buf`: its permissions and AnonHugePages bytes."""
+    import ctypes
+
+    address = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    lines = open("/proc/self/smaps").read().splitlines()
+    for i, line in enumerate(lines):
+        head = line.split()
+        if "-" in head[0] and len(head) >= 2 and len(head[1]) == 4:
+            start, end = (int(x, 16) for x in head[0].split("-"))
+            if start <= address < end:
+                for entry in lines[i + 1:]:
+                    if entry.startswith("AnonHugePages:"):
+                        return head[1], int(entry.split()[1]) * 1024
+    raise AssertionError("buffer mapping not found")
+
+
+def test_buffers_are_private_memory_in_4k_pages_by_default():
+    """An application's own memory is private: the I/O buffers are too (not shared memory)."""
+    buf = aligned_buffer(3 * 2**20)
+    perms, huge = _mapping_of(buf)
+    assert perms.startswith("rw") and perms[3] == "p"
+    assert len(buf) == 3 * 2**20 and huge == 0
+    assert buffer_footprint(3 * 2**20, False) == 3 * 2**20 and buffer_footprint(1, False) == 4096
+
+
+@settings(max_examples=60)
+@given(st.integers(1, 2**36), st.booleans())
+def test_buffer_footprint_rounds_to_the_pages_used(size, huge):
+    footprint = buffer_footprint(size, huge)
+    page = HUGE_PAGE if huge and size > 4096 else 4096
+    assert footprint % page == 0 and size <= footprint < size + page
+
+
+def test_huge_page_buffers_are_granted_and_counted():
+    """huge_pages: a buffer larger than a page is whole 2 MiB pages, 2 MiB-aligned, backed by
+    transparent huge pages as the kernel confirms, and counted as granted; one page stays one page."""
+    if transparent_huge_pages() not in ("always", "madvise"):
+        pytest.skip("transparent huge pages are off on this host")
+    import ctypes
+
+    before = dict(huge_page_bytes)
+    use_huge_pages(True)
+    try:
+        buf = aligned_buffer(2**20 + 1)
+        small = aligned_buffer(4096)
+    finally:
+        use_huge_pages(False)
+    assert len(buf) == HUGE_PAGE and len(small) == 4096
+    assert ctypes.addressof(ctypes.c_char.from_buffer(buf)) % HUGE_PAGE == 0
+    assert huge_page_bytes["requested"] - before["requested"] == HUGE_PAGE
+    granted = huge_page_bytes["granted"] - before["granted"]
+    perms, huge = _mapping_of(buf)
+    assert perms[3] == "p" and huge == granted  # what was counted is what the kernel shows
+    if granted == 0:
+        pytest.skip("the kernel had no free 2 MiB page (fragmented memory): counted as not granted")
+    buf[: 2**20] = b"\x5a" * 2**20  # usable as any buffer
+    assert _mapping_of(buf)[1] == HUGE_PAGE and _mapping_of(small)[1] == 0
+
+
+def test_buffer_pool_reuses_kept_buffers_and_refills_what_reads_overwrote():
+    """Working buffers are allocated once (untimed) and reused: a write takes them holding its
+    pattern's base, a read may overwrite them, the next write gets the base back; buffers of a
+    size nobody kept are fresh, and always hold the base, however often memory is reused."""
+    size = 64 * 2**10
+    pool = BufferPool()
+    first = DataPattern(seed=1, file_id=2, transfer_size=size)
+    sibling, other = first.for_file(3), DataPattern(seed=1, file_id=9, transfer_size=size)
+    kept = pool.take(True, size, 2, first, keep=True)
+    assert all(bytes(b[:size]) == bytes(first.base[:size]) for b in kept)
+    kept[0][:8] = b"stamped!"  # a transfer's stamp: the next one rewrites it, no copy needed
+    again = pool.take(True, size, 2, sibling)
+    assert again[0] is kept[0] and again[1] is kept[1] and bytes(again[0][:8]) == b"stamped!"
+    read = pool.take(False, size, 3)
+    assert read[0] is kept[0] and len(read) == 3
+    for buf in read:
+        buf[:size] = b"\xee" * size  # what a read leaves
+    assert all(bytes(b[:size]) == bytes(first.base[:size]) for b in pool.take(True, size, 3, first))
+    assert bytes(pool.take(True, size, 1, other)[0][:size]) == bytes(other.base[:size])
+    tail = DataPattern(seed=1, file_id=2, transfer_size=8192)
+    for _ in range(50):  # never kept: a fresh buffer each time, filled even where an id repeats
+        fresh = pool.take(True, 8192, 1, tail)[0]
+        assert bytes(fresh[:8192]) == bytes(tail.base[:8192])
+        del fresh

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mpibench import buffers
 from mpibench.comm import Comm
 from mpibench.config import DatasetConfig, build_config
 from mpibench.errors import ConfigError, PreflightError, VerifyError
@@ -26,7 +28,7 @@ from mpibench.formats import (
     size_bound,
 )
 from mpibench.plan import epoch_files
-from mpibench.run import execute
+from mpibench.run import check_huge_pages, execute
 from mpibench.workloads import get_workload
 from mpibench.workloads.datagen import check_dataset_name
 from mpibench.workloads.train import (
@@ -332,3 +334,24 @@ def test_checkpoint_rank_count_must_match(tmp_path):
         execute(_config(str(tmp_path), "checkpoint", checkpoint={
             "model": "llama3-8b", "ranks": 8, "scale": 0.001, "num_checkpoints_write": 2,
             "num_checkpoints_read": 3}), one_rank(), output=None)
+
+
+def test_huge_pages_need_transparent_huge_pages(monkeypatch):
+    """huge_pages on a host whose transparent huge pages are off: one line naming the fix."""
+    for mode, said in (("never", "off (never)"), ("", "not available in this kernel")):
+        monkeypatch.setattr(buffers, "transparent_huge_pages", lambda mode=mode: mode)
+        with pytest.raises(PreflightError, match=rf"transparent huge pages are {re.escape(said)}") as caught:
+            check_huge_pages()
+        assert "huge_pages: false" in caught.value.line()
+    monkeypatch.setattr(buffers, "transparent_huge_pages", lambda: "madvise")
+    assert "2 MiB transparent huge pages" in check_huge_pages()
+
+
+def test_memory_estimate_counts_huge_pages_whole():
+    """The preflight's buffer estimate uses what a buffer really takes: whole 2 MiB pages."""
+    workload = get_workload("bandwidth")
+    data = {"workload": "bandwidth", "storage": {"type": "direct_fs", "root": "/x"},
+            "bandwidth": {"transfer_size": "1MiB", "block_size": "64MiB", "io_depth": 4}}
+    plain, _, _ = workload.buffer_bytes(build_config(data), 2, 2, 4)
+    huge, _, _ = workload.buffer_bytes(build_config({**data, "huge_pages": True}), 2, 2, 4)
+    assert plain == 6 * 2**20 and huge == 6 * 2 * 2**20  # io_depth working buffers + 2 bases

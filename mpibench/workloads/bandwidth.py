@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mpibench.buffers import DataPattern
+from mpibench.buffers import DataPattern, buffer_footprint
 from mpibench.config import Config
-from mpibench.engine import timed_close, timed_fsync, transfer_region
+from mpibench.engine import prepare_buffers, timed_close, timed_fsync, transfer_region
 from mpibench.errors import ConfigError
 from mpibench.metrics import PhaseRecorder
 from mpibench.plan import (
@@ -54,11 +54,12 @@ class BandwidthWorkload(Workload):
 
     def buffer_bytes(self, config: Config, size: int, ranks_per_node: int, io_depth: int) -> tuple[int, str, str]:
         # Per rank: the write and the read pattern, one buffer per I/O in flight (never
-        # more than the block's transfers) and, verifying, a scratch buffer.
+        # more than the block's transfers; kept for every phase) and, verifying, a scratch buffer.
         bw = config.bandwidth
         depth = max(1, min(io_depth, bw.block_size // bw.transfer_size))
         count = depth + 2 + (1 if config.verify else 0)
-        return (count * bw.transfer_size, f"bandwidth.transfer_size x (io_depth {depth} + 2)",
+        return (count * buffer_footprint(bw.transfer_size, config.huge_pages),
+                f"bandwidth.transfer_size x (io_depth {depth} + 2)",
                 "lower bandwidth.transfer_size or bandwidth.io_depth, or run fewer ranks per node")
 
     def check(self, config: Config, size: int, alignment: int) -> None:
@@ -95,11 +96,17 @@ class BandwidthWorkload(Workload):
         theirs = bandwidth_file(bw.file_mode, partner, bw.block_size)
         # Every rank makes its content before the first phase; out of memory on any one
         # ends them all the same way (ctx.setup), with the cleanup.
-        write_pattern, read_pattern = ctx.setup(lambda: (
-            DataPattern(config.seed, mine.owner, bw.transfer_size),
-            DataPattern(config.seed, theirs.owner, bw.transfer_size)))
         write_offsets = transfer_offsets(mine.length, bw.transfer_size, bw.access, config.seed + comm.rank)
         read_offsets = transfer_offsets(theirs.length, bw.transfer_size, bw.access, config.seed + 7919 * comm.rank + 1)
+
+        def make_content() -> tuple[DataPattern, DataPattern]:
+            write, read = (DataPattern(config.seed, mine.owner, bw.transfer_size),
+                           DataPattern(config.seed, theirs.owner, bw.transfer_size))
+            prepare_buffers(ctx, "write", len(write_offsets), bw.transfer_size, write)
+            prepare_buffers(ctx, "read", len(read_offsets), bw.transfer_size, None)
+            return write, read
+
+        write_pattern, read_pattern = ctx.setup(make_content)
         cache = self._cache_state(ctx)
         written: dict[str, int] = {}
 
@@ -110,6 +117,8 @@ class BandwidthWorkload(Workload):
         for iteration in range(bw.iterations):
             if iteration > 0 and not bw.overwrite:
                 self._remove_written(ctx)
+            if iteration > 0:  # untimed: the base content back into the buffers the reads used
+                prepare_buffers(ctx, "write", len(write_offsets), bw.transfer_size, write_pattern)
             ctx.phase("write", iteration, write_body,
                       expected_bytes=bw.block_size * comm.size, cache=self._write_cache(ctx), file_mode=bw.file_mode, transfer_size=bw.transfer_size,
                       block_size=bw.block_size, io_depth=ctx.io_depth, access=bw.access,

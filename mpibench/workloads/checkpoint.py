@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mpibench.buffers import DataPattern
+from mpibench.buffers import DataPattern, buffer_footprint
 from mpibench.config import Config
-from mpibench.engine import timed_close, timed_fsync, transfer_region
+from mpibench.engine import prepare_buffers, timed_close, timed_fsync, transfer_region
 from mpibench.errors import ConfigError
 from mpibench.metrics import PhaseRecorder
 from mpibench.plan import reorder_partner
@@ -96,13 +96,15 @@ class CheckpointWorkload(Workload):
         return checkpoint_bytes(self._model(config, size), ck.scale) * ck.num_checkpoints_write
 
     def buffer_bytes(self, config: Config, size: int, ranks_per_node: int, io_depth: int) -> tuple[int, str, str]:
-        # Per rank: the content of full transfers and of a shard's tail, and one buffer per
-        # I/O in flight (a shard smaller than a transfer needs no more than the shard).
+        # Per rank: the content of full transfers and of a shard's tail, one buffer per I/O
+        # in flight kept for every phase, as many for a region of another size (a shard
+        # smaller than a transfer needs no more than the shard).
         ck = config.checkpoint
         shards = rank_shards(self._model(config, size), ck.scale, 1, 0)  # every shard: the largest counts
         unit = min(ck.transfer_size, max((s.nbytes for s in shards), default=0))
-        count = io_depth + 2 + (1 if ck.verify or config.verify else 0)
-        return (count * unit, f"checkpoint.transfer_size x (io_depth {io_depth} + 2)",
+        count = 2 * io_depth + 2 + (1 if ck.verify or config.verify else 0)
+        return (count * buffer_footprint(unit, config.huge_pages),
+                f"checkpoint.transfer_size x (2 x io_depth {io_depth} + 2)",
                 "lower checkpoint.transfer_size or bandwidth.io_depth, or run fewer ranks per node")
 
     def check(self, config: Config, size: int, alignment: int) -> None:
@@ -164,12 +166,12 @@ class CheckpointWorkload(Workload):
         for n in range(ck.num_checkpoints_write):
             if n and ck.interval > 0:
                 time.sleep(ck.interval)  # the training steps between two checkpoints
-            work = ctx.setup(lambda c=n: shard_patterns(config.seed, c, mine, ck.transfer_size))
+            work = ctx.setup(lambda c=n: self._content(ctx, c, mine, "write"))
             ctx.phase("write", n, lambda rec, w=work, c=n: self._shards(ctx, rec, "write", c, w, False),
                       expected_bytes=total, checkpoint=n, fsync=ck.fsync, cache=self._write_cache(ctx), **meta)
             del work
         for n in range(ck.num_checkpoints_read):
-            work = ctx.setup(lambda c=n: shard_patterns(config.seed, c, theirs, ck.transfer_size))
+            work = ctx.setup(lambda c=n: self._content(ctx, c, theirs, "read"))
             cache = self._evict(ctx, n, theirs)
             phase = ctx.phase("read", n, lambda rec, w=work, c=n: self._shards(ctx, rec, "read", c, w, verify),
                               expected_bytes=total, checkpoint=n, cache=cache, written_by=partner,
@@ -220,6 +222,16 @@ class CheckpointWorkload(Workload):
                 timed_close(backend, handle, rec)
             ctx.check_stop()
         rec.extra["shards"] = len(work)
+
+    def _content(self, ctx: RunContext, n: int, shards: list[Shard], op: str,
+                 ) -> list[tuple[Shard, DataPattern, DataPattern | None]]:
+        """Checkpoint n's shard patterns, with the buffers of its largest shards' transfers
+        allocated and filled now, untimed (other sizes get theirs in the phase)."""
+        work = shard_patterns(ctx.config.seed, n, shards, ctx.config.checkpoint.transfer_size)
+        if work:
+            shard, full, _ = max(work, key=lambda item: item[1].transfer_size)
+            prepare_buffers(ctx, op, shard.nbytes // full.transfer_size, full.transfer_size, full)
+        return work
 
     def cleanup(self, ctx: RunContext) -> None:
         ck = ctx.config.checkpoint

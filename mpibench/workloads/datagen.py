@@ -23,6 +23,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from mpibench.buffers import buffer_footprint
 from mpibench.config import Config
 from mpibench.engine import timed_close, timed_fsync
 from mpibench.errors import BenchIOError, ConfigError, MpibenchError, PreflightError
@@ -122,7 +123,7 @@ class DatagenWorkload(Workload):
         # one encoded file per producer, and the writer one more.
         ds = config.dataset
         producers = producer_threads(ranks_per_node, -(-ds.num_files // size))
-        return ((3 * producers + 1) * size_bound(ds, 0, ds.record_size),
+        return ((3 * producers + 1) * buffer_footprint(size_bound(ds, 0, ds.record_size), config.huge_pages),
                 f"dataset.record_size x samples_per_file x ({3 * producers + 1} files in memory)",
                 "lower dataset.record_size or dataset.samples_per_file, or run fewer ranks per node")
 

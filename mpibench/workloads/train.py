@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mpibench.buffers import aligned_buffer
+from mpibench.buffers import aligned_buffer, buffer_footprint
 from mpibench.config import Config
 from mpibench.environment import memory_total_bytes
 from mpibench.errors import PreflightError
@@ -378,10 +378,10 @@ class TrainWorkload(Workload):
             indices = np.arange(first, min(ds.num_files, first + (1 << 20)), dtype=np.int64)
             largest = max(largest, int(record_sizes(ds, indices).max()))
         per_file = round_up(size_bound(ds, 0, largest), 4096)
-        copies = 2 if (tc.decode or config.verify) and ds.format != "raw" else 1
-        return (threads * copies * per_file,
+        decoded = per_file if (tc.decode or config.verify) and ds.format != "raw" else 0
+        return (threads * (buffer_footprint(per_file, config.huge_pages) + decoded),
                 f"train.read_threads {threads} x file size {format_size(per_file)}"
-                + (" x 2 (decoded)" if copies == 2 else ""),
+                + (" x 2 (decoded)" if decoded else ""),
                 "lower train.read_threads or dataset.record_size, or run fewer ranks per node")
 
     def check(self, config: Config, size: int, alignment: int) -> None:
