@@ -64,6 +64,9 @@ SETTLE_S = 2.0
 CPUS: list[int] = []  # --bind cpus: rank r of every tool runs on CPUS[r % len(CPUS)]; empty: not bound
 HUGE = {"on": False}  # --huge-pages: every tool's I/O buffers in 2 MiB huge pages
 HUGE_PAGE = 2 * MiB
+# seq cases: the block device's requests per transfer, by "case tool phase" (its /sys counters,
+# the whole device's): how many requests a transfer became, which its buffer's pages decide.
+REQUESTS: dict[str, list[float]] = {}
 
 
 def rank_cpu(rank: int) -> int | None:
@@ -241,11 +244,32 @@ def fio_common(directory: Path, ranks: int, engine: str, transfer: int, nbytes: 
             *(["--mem=shmhuge"] if HUGE["on"] else [])]
 
 
+def device_requests(path: Path) -> tuple[int, int]:
+    """Reads and writes completed by the block device holding `path` ((0, 0) where unknown)."""
+    from mpibench.environment import block_stat_path
+
+    stat = block_stat_path(str(path))
+    if stat is None:
+        return 0, 0
+    fields = Path(stat).read_text().split()
+    return int(fields[0]), int(fields[4])
+
+
+def note_requests(case: str, tool: str, phase: str, requests: int, transfers: int) -> None:
+    if requests > 0:
+        REQUESTS.setdefault(f"{case} {tool} {phase}", []).append(requests / transfers)
+
+
 def seq_mpibench(tools: Tools, work: Path, ranks: int, transfer: int, nbytes: int) -> dict[str, float]:
     doc = mpibench_run(tools, ranks, work, str(REPO / "configs" / "bandwidth.yaml"), [
         "storage.type=direct_fs", f"storage.root={work / 'data'}", f"bandwidth.transfer_size={transfer}",
         f"bandwidth.block_size={nbytes}", "bandwidth.iterations=1", "bandwidth.reorder_reads=false",
         "bandwidth.io_depth=1", "bandwidth.fsync=true", "bandwidth.file_mode=per_rank"])
+    case = f"seq {size_text(transfer)} {ranks}r"
+    for phase in doc["phases"]:
+        device = phase["hosts"][0].get("block_device") or {}
+        count = device.get("writes" if phase["name"] == "write" else "reads", 0)
+        note_requests(case, "mpibench", phase["name"], count, ranks * nbytes // transfer)
     return {"write": phase_bw(doc, "write"), "read": phase_bw(doc, "read")}
 
 
@@ -255,10 +279,16 @@ def seq_fio(tools: Tools, work: Path, engine: str, ranks: int, transfer: int, nb
     try:
         common = fio_common(directory, ranks, engine, transfer, nbytes)
         # --scramble_buffers=0: fio's default rewrites every 512 bytes of its buffer before each
-        # write, which cost it 15-20 % at 1 MiB here (docs/performance.md); the peer runs at its fastest.
+        # write, which cost it 21-27 % at 1 MiB here (docs/performance.md); the peer runs at its fastest.
+        before = device_requests(work)
         wrote = fio_run(tools, ["--name=seq", "--rw=write", "--iodepth=1", "--end_fsync=1",
                                 "--scramble_buffers=0", *common])
+        middle = device_requests(work)
         read = fio_run(tools, ["--name=seq", "--rw=read", "--iodepth=1", *common])
+        after = device_requests(work)
+        case, transfers = f"seq {size_text(transfer)} {ranks}r", ranks * nbytes // transfer
+        note_requests(case, f"fio-{engine}", "write", middle[1] - before[1], transfers)
+        note_requests(case, f"fio-{engine}", "read", after[0] - middle[0], transfers)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     return {"write": wrote["write"], "read": read["read"]}
@@ -751,11 +781,16 @@ def main(argv: list[str] | None = None) -> int:
         table = format_table(rows, markdown=False)
         print()
         print(table)
+        if REQUESTS:
+            print("\nseq: the device's requests per transfer, median (its counters: every process's I/O)")
+            for key, values in REQUESTS.items():
+                print(f"  {key:<40} {statistics.median(values):.2f}")
         info["load_average_1min"] = load
         info["seconds"] = round(time.time() - started, 1)
         document = {"machine": info, "repetitions": reps, "quick": args.quick, "skipped": tools.skipped,
                     "cases": [{k: v for k, v in c.items() if k != "tools"} for c in cases],
-                    "raw_MiBps": raw, "summary": rows}
+                    "raw_MiBps": raw, "summary": rows,
+                    "device_requests_per_transfer": REQUESTS}
         output.write_text(json.dumps(document, indent=1))
         print(f"\nresults: {output}")
         if args.markdown:
