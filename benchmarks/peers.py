@@ -544,6 +544,7 @@ def worker_s3(client: str, bucket: str, threads: int, size: int, count: int) -> 
 
 # -- the run --------------------------------------------------------------------------------------
 def machine_info(workdir: Path, tools: Tools) -> dict[str, Any]:
+    from mpibench.buffers import transparent_huge_pages
     from mpibench.environment import filesystem_of
 
     cpu = ""
@@ -557,6 +558,8 @@ def machine_info(workdir: Path, tools: Tools) -> dict[str, Any]:
             "kernel": platform.release(), "python": platform.python_version(),
             "filesystem": filesystem_of(str(workdir)), "fio": tools.fio_version,
             "mpiexec": next((line.strip() for line in mpi if "Version" in line), mpi[0] if mpi else ""),
+            # which pages a buffer gets moves the large-transfer figures (docs/performance.md, I/O buffers)
+            "transparent_huge_pages": transparent_huge_pages() or "none",
             "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
 
 
