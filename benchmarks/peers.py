@@ -17,6 +17,8 @@ Cases (docs/performance.md says what each compares and why it is fair):
          loop reading the same files with O_DIRECT, with as many threads.
   s3     mpibench on s3 (a local SeaweedFS) vs raw s3dlio used sequentially, s3dlio and
          boto3 with 8 threads: PUT then GET of the same number of objects of one size.
+         Also prints each tool's client CPU per object. --s3-unsigned adds mpibench
+         (storage.sign_payload=false) and s3dlio with unsigned PUT bodies.
 
 Every repetition runs every case and, within a case, every tool once (the order of the
 tools rotates from one repetition to the next); the table gives, per case and tool, the
@@ -46,6 +48,7 @@ import json
 import mmap
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -67,6 +70,8 @@ HUGE_PAGE = 2 * MiB
 # seq cases: the block device's requests per transfer, by "case tool phase" (its /sys counters,
 # the whole device's): how many requests a transfer became, which its buffer's pages decide.
 REQUESTS: dict[str, list[float]] = {}
+#: s3: "<case> <tool> <phase>" -> client CPU microseconds per object, one value per repetition
+CLIENT_CPU: dict[str, list[float]] = {}
 
 
 def rank_cpu(rank: int) -> int | None:
@@ -471,18 +476,33 @@ class S3Session:
         self.server.stop()
 
 
-def s3_mpibench(tools: Tools, work: Path, s3: S3Session, size: int, count: int, depth: int) -> dict[str, float]:
+def s3_cpu(case: str, tool: str, cpu_us: dict[str, float]) -> None:
+    for phase, value in cpu_us.items():
+        CLIENT_CPU.setdefault(f"{case} {tool} {phase}", []).append(value)
+
+
+def s3_mpibench(tools: Tools, work: Path, s3: S3Session, size: int, count: int, depth: int,
+                case: str, tool: str, signed: bool = True) -> dict[str, float]:
     doc = mpibench_run(tools, 1, work, str(REPO / "configs" / "s3.yaml"), [
         f"storage.root=s3://{S3Session.BUCKET}/mpibench", f"bandwidth.transfer_size={size}",
         f"bandwidth.object_size={size}", f"bandwidth.block_size={size * count}", "bandwidth.iterations=1",
-        "bandwidth.reorder_reads=false", f"bandwidth.io_depth={depth}"], env=s3.env, bind=False)
-    return {"put": phase_bw(doc, "write"), "get": phase_bw(doc, "read")}
+        "bandwidth.reorder_reads=false", f"bandwidth.io_depth={depth}",
+        f"storage.sign_payload={str(signed).lower()}"], env=s3.env, bind=False)
+    phases = {"put": "write", "get": "read"}
+    found = {ours: next(p for p in doc["phases"] if p["name"] == name) for ours, name in phases.items()}
+    s3_cpu(case, tool, {ours: (p["client_cpu"]["user_s"] + p["client_cpu"]["system_s"]) / p["ops"] * 1e6
+                        for ours, p in found.items()})
+    return {ours: p["bandwidth_MiBps"] for ours, p in found.items()}
 
 
-def s3_peer(s3: S3Session, client: str, threads: int, size: int, count: int) -> dict[str, float]:
-    out = run([sys.executable, __file__, "_worker", client, S3Session.BUCKET, str(threads), str(size),
-               str(count)], env=clean_env(s3.env), timeout=900)
-    return json.loads(out)
+def s3_peer(s3: S3Session, client: str, threads: int, size: int, count: int, case: str, tool: str,
+            signed: bool = True) -> dict[str, float]:
+    # As in mpibench's processes (mpibench/__init__.py): no OpenBLAS thread per core.
+    env = {**s3.env, "S3DLIO_UNSIGNED_PAYLOAD": "0" if signed else "1", "OPENBLAS_NUM_THREADS": "1"}
+    out = json.loads(run([sys.executable, __file__, "_worker", client, S3Session.BUCKET, str(threads), str(size),
+                          str(count)], env=clean_env(env), timeout=900))
+    s3_cpu(case, tool, out.pop("cpu_us"))
+    return out
 
 
 def worker_s3(client: str, bucket: str, threads: int, size: int, count: int) -> None:
@@ -525,7 +545,21 @@ def worker_s3(client: str, bucket: str, threads: int, size: int, count: int) -> 
         def delete(i: int) -> None:
             s3.delete_object(Bucket=bucket, Key=keys[i])
 
-    def timed(op: Any) -> float:
+    # Untimed first: the client's set-up (credentials, connection, s3dlio's runtime) happens
+    # at its first request; mpibench's happens in its preflight, before its timed phases.
+    warm = f"{prefix}/warm-up"
+    if client == "s3dlio":
+        s3dlio.put_bytes(f"s3://{bucket}/{warm}", source)
+        s3dlio.get(f"s3://{bucket}/{warm}")
+        s3dlio.delete(f"s3://{bucket}/{warm}")
+    else:
+        s3.put_object(Bucket=bucket, Key=warm, Body=body)
+        s3.get_object(Bucket=bucket, Key=warm)["Body"].read()
+        s3.delete_object(Bucket=bucket, Key=warm)
+    cpu_us: dict[str, float] = {}
+
+    def timed(name: str, op: Any) -> float:
+        before = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         if threads == 1:
             moved = sum(op(i) for i in range(count))
@@ -533,10 +567,12 @@ def worker_s3(client: str, bucket: str, threads: int, size: int, count: int) -> 
             with concurrent.futures.ThreadPoolExecutor(threads) as pool:
                 moved = sum(pool.map(op, range(count)))
         seconds = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_SELF)
         assert moved == size * count, (moved, size * count)
+        cpu_us[name] = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / count * 1e6
         return moved / MiB / seconds
 
-    result = {"put": timed(put), "get": timed(get)}
+    result: dict[str, Any] = {"put": timed("put", put), "get": timed("get", get), "cpu_us": cpu_us}
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(delete, range(count)))
     print(json.dumps(result))
@@ -602,15 +638,27 @@ def build_cases(args: argparse.Namespace, sizes: dict[str, Any], tools: Tools) -
                           "peers": ["plain-loop"]})
     if "s3" in args.cases and tools.weed:
         for size, count in sizes["s3_objects"].items():
+            name = f"s3 {size_text(size)} objects x{count}"
             tools_of = {
-                "mpibench-qd1": lambda w, s=size, c=count: s3_mpibench(tools, w, args.s3, s, c, 1),
-                "mpibench-qd8": lambda w, s=size, c=count: s3_mpibench(tools, w, args.s3, s, c, 8),
-                "s3dlio-seq": lambda w, s=size, c=count: s3_peer(args.s3, "s3dlio", 1, s, c),
-                "s3dlio-8thr": lambda w, s=size, c=count: s3_peer(args.s3, "s3dlio", 8, s, c),
+                "mpibench-qd1": lambda w, s=size, c=count, n=name: s3_mpibench(tools, w, args.s3, s, c, 1, n,
+                                                                                "mpibench-qd1"),
+                "mpibench-qd8": lambda w, s=size, c=count, n=name: s3_mpibench(tools, w, args.s3, s, c, 8, n,
+                                                                                "mpibench-qd8"),
+                "s3dlio-seq": lambda w, s=size, c=count, n=name: s3_peer(args.s3, "s3dlio", 1, s, c, n, "s3dlio-seq"),
+                "s3dlio-8thr": lambda w, s=size, c=count, n=name: s3_peer(args.s3, "s3dlio", 8, s, c, n,
+                                                                          "s3dlio-8thr"),
             }
             if tools.boto3:
-                tools_of["boto3-8thr"] = lambda w, s=size, c=count: s3_peer(args.s3, "boto3", 8, s, c)
-            cases.append({"kind": "s3", "name": f"s3 {size_text(size)} objects x{count}", "ranks": 1,
+                tools_of["boto3-8thr"] = lambda w, s=size, c=count, n=name: s3_peer(args.s3, "boto3", 8, s, c, n,
+                                                                                    "boto3-8thr")
+            if args.s3_unsigned:  # PUT bodies not hashed (storage.sign_payload: false), mpibench and s3dlio alike
+                for tool, depth in (("mpibench-qd1-unsigned", 1), ("mpibench-qd8-unsigned", 8)):
+                    tools_of[tool] = lambda w, s=size, c=count, n=name, d=depth, t=tool: s3_mpibench(
+                        tools, w, args.s3, s, c, d, n, t, signed=False)
+                for tool, threads in (("s3dlio-seq-unsigned", 1), ("s3dlio-8thr-unsigned", 8)):
+                    tools_of[tool] = lambda w, s=size, c=count, n=name, k=threads, t=tool: s3_peer(
+                        args.s3, "s3dlio", k, s, c, n, t, signed=False)
+            cases.append({"kind": "s3", "name": name, "ranks": 1,
                           "object_bytes": size, "objects": count, "tools": tools_of,
                           "peers": ["s3dlio-seq", "boto3-8thr", "s3dlio-8thr"]})
     return cases
@@ -650,7 +698,12 @@ def summarize(cases: list[dict[str, Any]], raw: dict[str, dict[str, dict[str, li
                     row["met"] = row["ratios"][key] >= row["target"]
             else:
                 checks = [("mpibench-qd1", "s3dlio-seq", 1.0), ("mpibench-qd8", "s3dlio-seq", 1.0),
-                          ("mpibench-qd8", "boto3-8thr", 1.3), ("mpibench-qd8", "s3dlio-8thr", None)]
+                          ("mpibench-qd8", "boto3-8thr", 1.3), ("mpibench-qd8", "s3dlio-8thr", None),
+                          # --s3-unsigned: like for like with s3dlio unsigned; against boto3 (which signs
+                          # over http) for what the option buys, not as the target
+                          ("mpibench-qd1-unsigned", "s3dlio-seq-unsigned", None),
+                          ("mpibench-qd8-unsigned", "s3dlio-8thr-unsigned", None),
+                          ("mpibench-qd8-unsigned", "boto3-8thr", None)]
                 row["targets"] = {}
                 for ours, peer, target in checks:
                     if ours in stats and peer in stats:
@@ -706,6 +759,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5; --quick 3)")
     parser.add_argument("--cases", default="seq,rand,train,s3", help="comma-separated: seq,rand,train,s3")
     parser.add_argument("--ranks", default="1,2", help="rank counts (default 1,2)")
+    parser.add_argument("--s3-unsigned", action="store_true",
+                        help="s3: also run mpibench (storage.sign_payload=false) and s3dlio with unsigned PUT bodies")
     parser.add_argument("--transfer-sizes", default="", help="seq: only these sizes in bytes, e.g. 4096,1048576")
     parser.add_argument("--workdir", default=None,
                         help="parent of the benchmark's own folder (default: $TMPDIR or /tmp); must be a "
@@ -788,12 +843,17 @@ def main(argv: list[str] | None = None) -> int:
             print("\nseq: the device's requests per transfer, median (its counters: every process's I/O)")
             for key, values in REQUESTS.items():
                 print(f"  {key:<40} {statistics.median(values):.2f}")
+        if CLIENT_CPU:
+            print("\ns3: the client's CPU per object in microseconds, median (mpibench: its phase's client_cpu; "
+                  "the peers: getrusage around their loop)")
+            for key, values in CLIENT_CPU.items():
+                print(f"  {key:<56} {statistics.median(values):.0f}")
         info["load_average_1min"] = load
         info["seconds"] = round(time.time() - started, 1)
         document = {"machine": info, "repetitions": reps, "quick": args.quick, "skipped": tools.skipped,
                     "cases": [{k: v for k, v in c.items() if k != "tools"} for c in cases],
                     "raw_MiBps": raw, "summary": rows,
-                    "device_requests_per_transfer": REQUESTS}
+                    "device_requests_per_transfer": REQUESTS, "s3_client_cpu_us_per_object": CLIENT_CPU}
         output.write_text(json.dumps(document, indent=1))
         print(f"\nresults: {output}")
         if args.markdown:

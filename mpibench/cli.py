@@ -12,6 +12,7 @@ import signal
 import stat
 import sys
 import threading
+import time
 import warnings
 from typing import Any, NoReturn
 
@@ -33,6 +34,7 @@ CONFIG_EXAMPLE = "e.g. mpibench {command} configs/quickstart.yaml (configs/ hold
 # Where a launcher puts the rank, so that only rank 0 speaks before MPI is up.
 LAUNCHER_RANK_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
 NOT_STARTED = "before the run started; nothing was measured"
+ROOT_SPEAKS_WITHIN_S = 10.0  # an interrupted rank waits this long for rank 0 to report and end the job
 
 RUN_EXAMPLES = """\
 examples:
@@ -350,10 +352,19 @@ def _main_mpi(args: argparse.Namespace) -> int:
 
 def _interrupted(exc: KeyboardInterrupt, comm: Any) -> int:
     """SIGINT/SIGTERM outside the run's own graceful handling (loading, preflight): the other
-    ranks may be waiting in a collective for this one, so the whole job is ended."""
+    ranks may be waiting in a collective for this one, so the whole job is ended.
+
+    Rank 0 says so and ends the job. Another rank first leaves rank 0, which the launcher
+    signalled too, time to do that: ending the job at once could kill rank 0 before its
+    line is out. Should rank 0 not end it (the signal reached only this rank), this rank
+    says so itself and ends it."""
     _ignore_signals()
-    if comm.is_root:
-        name = exc.args[0] if exc.args else "SIGINT"
+    name = exc.args[0] if exc.args else "SIGINT"
+    if not comm.is_root:
+        time.sleep(ROOT_SPEAKS_WITHIN_S)
+        print(f"mpibench: error: rank {comm.rank}: interrupted by {name} {NOT_STARTED}", file=sys.stderr,
+              flush=True)
+    else:
         print(f"mpibench: error: interrupted by {name} {NOT_STARTED}", file=sys.stderr, flush=True)
     if comm.size > 1:
         comm.abort(EXIT_INTERRUPTED)

@@ -60,6 +60,9 @@ class StorageConfig:
                           doc="s3: bytes per multipart-upload part (at least 5 MiB)")
     parts_in_flight: int = _opt(8, "int", minimum=1,
                                 doc="s3: parts of one multipart upload being sent at once")
+    sign_payload: bool = _opt(True, "bool",
+                              doc="s3: put the SHA-256 of each PUT body in its signature (false: "
+                                  "UNSIGNED-PAYLOAD, no hashing on the client; only for endpoints you trust)")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from mpibench.results import write_new_text, write_text_atomic
 
 COLUMNS = ["run_id", "workload", "phase", "iteration", "ranks", "bytes", "seconds", "bandwidth_MiBps",
            "bandwidth_GBps", "ops", "ops_per_s", "latency_mean_s", "latency_p50_s", "latency_p99_s",
-           "latency_max_s", "slowest_rank", "slowest_over_median", "cache", "stonewalled"]
+           "latency_max_s", "slowest_rank", "slowest_over_median", "cache", "stonewalled", "client_cpu_cores"]
 
 
 def write_csv(path: str, document: dict[str, Any], force: bool = False) -> str:
@@ -30,6 +30,7 @@ def write_csv(path: str, document: dict[str, Any], force: bool = False) -> str:
             lat.get("p50_s", ""), lat.get("p99_s", ""), lat.get("max_s", ""),
             p.get("spread", {}).get("slowest_rank", ""), p.get("spread", {}).get("slowest_over_median", ""),
             (p.get("cache") or {}).get("state", ""), p.get("stonewalled", False),
+            f"{p['client_cpu']['cores']:.3f}" if p.get("client_cpu") else "",
         ])
     if force:
         write_text_atomic(path, out.getvalue())

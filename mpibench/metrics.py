@@ -9,6 +9,7 @@ operations, so memory stays bounded however long a phase runs.
 from __future__ import annotations
 
 import math
+import resource
 import time
 from array import array
 from dataclasses import dataclass, field
@@ -119,6 +120,13 @@ def read_proc_io() -> dict[str, int]:
             return {k.strip(): int(v) for k, v in pairs}
     except OSError:
         return {}
+
+
+def process_cpu() -> tuple[float, float]:
+    """CPU seconds this process has used so far, (user, system), summed over its threads
+    (the I/O threads and the storage library's own included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # precise to the microsecond, unlike os.times()
+    return usage.ru_utime, usage.ru_stime
 
 
 class OpLog:
@@ -233,18 +241,22 @@ class PhaseRecorder:
     extra: dict[str, Any] = field(default_factory=dict)
     io_before: dict[str, int] = field(default_factory=dict)
     io_after: dict[str, int] = field(default_factory=dict)
+    cpu_before: tuple[float, float] = (0.0, 0.0)  # this process's (user, system) CPU seconds, all threads
+    cpu_after: tuple[float, float] = (0.0, 0.0)
     t0_ns: int = 0
     logs: list[OpLog] = field(default_factory=list)
 
     def begin(self, wtime: float) -> None:
         """Mark the phase start on this rank (call right after the barrier)."""
         self.io_before = read_proc_io()
+        self.cpu_before = process_cpu()
         self.t0_ns = time.perf_counter_ns()
         self.start = wtime
 
     def finish(self, wtime: float) -> None:
         """Mark the phase end on this rank and fold all operation logs."""
         self.end = wtime
+        self.cpu_after = process_cpu()
         self.io_after = read_proc_io()
         for log in self.logs:
             log.flush()
@@ -309,6 +321,8 @@ class PhaseRecorder:
             "latency_max_s": hist.max_ns / 1e9,
             "stonewalled": self.stonewalled,
             "proc_io": self.io_delta(),
+            "cpu_user_s": max(0.0, self.cpu_after[0] - self.cpu_before[0]),
+            "cpu_system_s": max(0.0, self.cpu_after[1] - self.cpu_before[1]),
             "series_bytes": self.series(),
             **self.extra,
         }

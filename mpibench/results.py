@@ -67,6 +67,26 @@ def host_bandwidth(ranks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: row["bandwidth_MiBps"])
 
 
+def client_cpu(ranks: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """{"client_cpu": ...}: the CPU the ranks' processes used during the phase (all their
+    threads), or {} for rank records without it."""
+    if not ranks or any("cpu_user_s" not in r for r in ranks):
+        return {}
+    user = sum(float(r["cpu_user_s"]) for r in ranks)
+    system = sum(float(r["cpu_system_s"]) for r in ranks)
+    busiest = max(ranks, key=lambda r: (float(r["cpu_user_s"]) + float(r["cpu_system_s"]))
+                  / max(float(r["end"]) - float(r["start"]), 1e-9))
+    span = float(busiest["end"]) - float(busiest["start"])
+    return {"client_cpu": {
+        "user_s": user,
+        "system_s": system,
+        "cores": (user + system) / seconds if seconds > 0 else 0.0,
+        "busiest_rank": int(busiest["rank"]),
+        "busiest_rank_cores": (float(busiest["cpu_user_s"]) + float(busiest["cpu_system_s"])) / span
+        if span > 0 else 0.0,
+    }}
+
+
 def summarize_phase(name: str, iteration: int, ranks: list[dict[str, Any]],
                     hist: LatencyHistogram, **meta: Any) -> dict[str, Any]:
     """One phase's record: totals, IOR bandwidth, latency, spread and the raw rank values."""
@@ -92,6 +112,7 @@ def summarize_phase(name: str, iteration: int, ranks: list[dict[str, Any]],
         "spread": rank_spread(ranks),
         "hosts": host_bandwidth(ranks),
         "storage_bytes": {"read_bytes": io_read, "write_bytes": io_write},
+        **client_cpu(ranks, seconds),
         "stonewalled": any(r.get("stonewalled") for r in ranks),
         **meta,
         "ranks": ranks,

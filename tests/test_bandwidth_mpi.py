@@ -241,6 +241,14 @@ def test_kernel_counters_match_direct_io(shared_tmpdir, monkeypatch):
             assert rank["bytes"] <= rank["proc_io"]["write_bytes"] <= rank["bytes"] + 2**20
         for rank in read["ranks"]:
             assert rank["bytes"] <= rank["proc_io"]["read_bytes"] <= rank["bytes"] + 2**20
+        for phase in (write, read):
+            for rank in phase["ranks"]:
+                cpu = rank["cpu_user_s"] + rank["cpu_system_s"]
+                assert 0 < cpu < rank["end"] - rank["start"]
+            assert phase["client_cpu"]["cores"] == pytest.approx(
+                sum(r["cpu_user_s"] + r["cpu_system_s"] for r in phase["ranks"]) / phase["seconds"])
+        stalled = write["ranks"][comm.size - 1]
+        assert stalled["cpu_user_s"] + stalled["cpu_system_s"] < stalled["end"] - stalled["start"] - 0.4
         device = write["hosts"][0]["block_device"]
         if device:
             # Device counters are per node and shared with other processes: a sanity bound only.

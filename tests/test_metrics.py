@@ -1,5 +1,8 @@
 """Latency histograms and the bandwidth reduction."""
 
+import threading
+import time
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -15,8 +18,8 @@ from mpibench.buffers import (
     transparent_huge_pages,
     use_huge_pages,
 )
-from mpibench.metrics import LatencyHistogram, OpLog
-from mpibench.results import phase_bandwidth, rank_spread, summarize_repetitions
+from mpibench.metrics import LatencyHistogram, OpLog, PhaseRecorder
+from mpibench.results import phase_bandwidth, rank_spread, summarize_phase, summarize_repetitions
 
 
 @settings(max_examples=40)
@@ -111,6 +114,35 @@ def test_bandwidth_is_total_over_span():
     spread = rank_spread(ranks)
     assert spread["slowest_rank"] == 1 and spread["last_rank"] == 1
     assert spread["last_behind_first_s"] == pytest.approx(1.0)
+
+
+def test_client_cpu_counts_every_thread_of_the_rank():
+    """A phase's CPU is the process's, I/O threads included; waiting costs none."""
+    rec = PhaseRecorder("read", 0, 1.0)
+    rec.begin(100.0)
+
+    def spin(seconds: float) -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    worker = threading.Thread(target=spin, args=(0.3,))
+    worker.start()
+    worker.join()
+    time.sleep(0.3)
+    rec.finish(100.0 + 0.6)
+    record = rec.rank_record(0, "h")
+    cpu = record["cpu_user_s"] + record["cpu_system_s"]
+    assert 0.3 <= cpu < 0.45  # the other thread's 0.3 s, not the 0.3 s asleep
+    quiet = {**record, "rank": 1, "cpu_user_s": 0.0, "cpu_system_s": 0.05, "start": 100.0, "end": 101.0}
+    phase = summarize_phase("read", 0, [record, quiet], LatencyHistogram())
+    assert phase["seconds"] == pytest.approx(1.0)
+    assert phase["client_cpu"]["user_s"] == pytest.approx(record["cpu_user_s"])
+    assert phase["client_cpu"]["cores"] == pytest.approx(cpu + 0.05)
+    assert phase["client_cpu"]["busiest_rank"] == 0
+    assert phase["client_cpu"]["busiest_rank_cores"] == pytest.approx(cpu / 0.6)
+    old = [{k: v for k, v in r.items() if not k.startswith("cpu_")} for r in (record, quiet)]
+    assert "client_cpu" not in summarize_phase("read", 0, old, LatencyHistogram())  # files from before
 
 
 def test_repetition_summary():

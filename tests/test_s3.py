@@ -11,6 +11,7 @@ import contextlib
 import http.server
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -327,7 +328,11 @@ def test_create_bucket_and_remove_it_when_empty(s3, tmp_path):
 
 
 class Forwarder:
-    """A TCP forwarder to the server on another port: a second 'gateway' that counts its clients."""
+    """A TCP forwarder to the server on another port: a second 'gateway' that counts its clients
+    and records the method, path and x-amz-content-sha256 header of each request it passes on."""
+
+    REQUEST = re.compile(rb"(PUT|POST|GET|HEAD|DELETE) (\S+) HTTP/1\.1\r\n(?:[^\r\n]+\r\n)*?"
+                         rb"(?i:x-amz-content-sha256): *([^\r\n]*)\r\n")
 
     def __init__(self, target: str) -> None:
         host, port = target.removeprefix("http://").split(":")
@@ -335,6 +340,7 @@ class Forwarder:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.connections = 0
+        self.requests: list[tuple[str, str, str]] = []  # (method, path, x-amz-content-sha256)
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -345,14 +351,24 @@ class Forwarder:
                 return
             self.connections += 1
             upstream = socket.create_connection(self.target)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, tap in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pipe, args=(a, b, tap), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, tap: bool) -> None:
+        window, start = b"", 0  # the stream's last bytes (a request head may span reads), and
+        seen = 0                # the stream offset of window[0]; requests found before `seen`
         try:
             while data := source.recv(1 << 16):
                 sink.sendall(data)
+                if not tap:
+                    continue
+                window += data
+                for match in self.REQUEST.finditer(window):
+                    if start + match.start() >= seen:
+                        self.requests.append(tuple(part.decode() for part in match.groups()))
+                        seen = start + match.end()
+                cut = max(0, len(window) - 8192)
+                window, start = window[cut:], start + cut
         except OSError:
             pass
         finally:
@@ -386,6 +402,38 @@ def test_ranks_spread_over_endpoints(s3, tmp_path):
     assert backend["endpoints"] == [s3.endpoint, gateway.endpoint]
     assert backend["endpoint"] == s3.endpoint  # rank 0's
     assert "interleaved over nodes" in backend["endpoint_assignment"]
+    assert_untouched(s3, before)
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("sign", [True, False])
+def test_payload_signing(s3, tmp_path, sign):
+    """storage.sign_payload: every PUT (whole objects, multipart parts, the preflight probe)
+    carries its body's SHA-256, or UNSIGNED-PAYLOAD when false; the server takes both and
+    the data reads back intact."""
+    before = s3.listing()
+    gateway = Forwarder(s3.endpoint)
+    try:
+        for name, layout in (("objects", ["bandwidth.object_size=1MiB"]), ("multipart", ["storage.part_size=5MiB"])):
+            output = tmp_path / f"{name}.json"
+            done = run_cli(2, "run", S3_YAML, f"storage.root={s3.root}", f"storage.endpoint={gateway.endpoint}",
+                           f"storage.sign_payload={str(sign).lower()}", "bandwidth.transfer_size=1MiB",
+                           "bandwidth.block_size=12MiB", "bandwidth.iterations=1", "verify=true", *layout,
+                           "--output", str(output), env=s3.cli_env(), timeout=120)
+            assert done.returncode == 0, done.stderr[-2000:]
+            doc = json.loads(output.read_text())
+            assert doc["config"]["storage"]["sign_payload"] is sign
+            assert doc["environment"]["backend"]["sign_payload"] is sign
+    finally:
+        gateway.close()
+    puts = [(path, digest) for method, path, digest in gateway.requests if method == "PUT"]
+    parts = [path for path, _ in puts if "partNumber=" in path]
+    assert len(parts) >= 2 * 3 and len(puts) >= 2 * 12 + len(parts)  # 12 objects per rank, 3 parts per rank
+    for path, digest in puts:
+        if sign:
+            assert re.fullmatch("[0-9a-f]{64}", digest), (path, digest)
+        else:
+            assert digest == "UNSIGNED-PAYLOAD", (path, digest)
     assert_untouched(s3, before)
 
 
