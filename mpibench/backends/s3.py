@@ -19,9 +19,9 @@ How the offset-based Backend protocol maps onto objects:
   transfers may run concurrently and in any order.
 
 s3dlio reads its settings (endpoint, credentials, timeouts, retries, payload signing,
-runtime threads) once, at its first S3 call in a process, and a process forked after that call hangs on
-its own first call. So :func:`configure_process` writes them into the environment before
-any s3dlio call, and mpibench never forks.
+runtime threads) once, at its first S3 call in a process, and a process forked after that
+call hangs on its own first call. So :func:`configure_process` writes them into the
+environment before any s3dlio call, and mpibench never forks.
 """
 
 from __future__ import annotations
@@ -215,8 +215,8 @@ def configure_process(storage: StorageConfig, endpoint: str | None, threads: int
     Sets the endpoint (AWS_ENDPOINT_URL_S3 and AWS_ENDPOINT_URL), the per-request timeout
     (storage.timeout), the connect timeout (min(5 s, timeout)), the attempts
     (storage.retries + 1), payload signing (storage.sign_payload) and the runtime threads,
-    before the process's first s3dlio call. Credentials from an AWS profile are put into this process's environment when
-    the variables are not set.
+    before the process's first s3dlio call. Credentials from an AWS profile are put into
+    this process's environment when the variables are not set.
     """
     with _PROCESS_LOCK:
         if _PROCESS:
@@ -232,7 +232,7 @@ def configure_process(storage: StorageConfig, endpoint: str | None, threads: int
         env["S3DLIO_OPERATION_TIMEOUT_SECS"] = str(max(1, math.ceil(storage.timeout)))
         env["S3DLIO_CONNECT_TIMEOUT_SECS"] = str(max(1, math.ceil(min(5.0, storage.timeout))))
         env["S3DLIO_MAX_RETRY_ATTEMPTS"] = str(storage.retries + 1)
-        # s3dlio hashes each PUT body (SHA-256, about a third of a PUT's client CPU) unless set.
+        # s3dlio hashes each PUT body (SHA-256: 40-45 % of a 1 MiB PUT's client CPU) unless set.
         env["S3DLIO_UNSIGNED_PAYLOAD"] = "0" if storage.sign_payload else "1"
         if threads:
             env["S3DLIO_RT_THREADS"] = str(threads)
