@@ -455,6 +455,9 @@ def validate(config: Config) -> None:
             if getattr(storage, name):
                 raise ConfigError(f"storage.{name} applies to storage.type=s3 only, not {storage.type}",
                                   f"remove storage.{name}, or set storage.type=s3 with an s3://bucket/prefix root")
+        if not storage.sign_payload:  # a file has no request to sign: the setting would do nothing
+            raise ConfigError(f"storage.sign_payload applies to storage.type=s3 only, not {storage.type}",
+                              "remove storage.sign_payload, or set storage.type=s3 with an s3://bucket/prefix root")
     if config.run_id is not None:
         rid = config.run_id
         if not RUN_ID_PATTERN.fullmatch(rid) or rid in (".", ".."):

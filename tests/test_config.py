@@ -229,8 +229,12 @@ def test_endpoints_only_for_s3():
                                      "storage.endpoints, or set storage.type=s3 with an s3://bucket/prefix root")
         with pytest.raises(ConfigError, match="storage.endpoint applies to storage.type=s3 only"):
             build(f"storage.type={kind}", "storage.endpoint=http://a:1")
+        with pytest.raises(ConfigError, match="storage.sign_payload applies to storage.type=s3 only"):
+            build(f"storage.type={kind}", "storage.sign_payload=false")
+        assert build(f"storage.type={kind}", "storage.sign_payload=true").storage.sign_payload  # the default
     cfg = build("storage.type=s3", "storage.root=s3://b/p", "storage.endpoints=http://a:1,http://b:1")
     assert cfg.storage.endpoints == ["http://a:1", "http://b:1"]
+    assert build("storage.type=s3", "storage.root=s3://b/p", "storage.sign_payload=false").storage.sign_payload is False
 
 
 def test_alignment_hint_names_each_size_once():
