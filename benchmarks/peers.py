@@ -18,7 +18,8 @@ Cases (docs/performance.md says what each compares and why it is fair):
   s3     mpibench on s3 (a local SeaweedFS) vs raw s3dlio used sequentially, s3dlio and
          boto3 with 8 threads: PUT then GET of the same number of objects of one size.
          Also prints each tool's client CPU per object. --s3-unsigned adds mpibench
-         (storage.sign_payload=false) and s3dlio with unsigned PUT bodies.
+         (storage.sign_payload=false) and s3dlio with unsigned PUT bodies;
+         --s3-server-cpus 0 keeps the server on CPU 0 and the clients off it.
 
 Every repetition runs every case and, within a case, every tool once (the order of the
 tools rotates from one repetition to the next); the table gives, per case and tool, the
@@ -208,11 +209,13 @@ def settle(seconds: float) -> None:
 
 # -- one measurement each -------------------------------------------------------------------------
 def mpibench_run(tools: Tools, ranks: int, workdir: Path, config: str, overrides: list[str],
-                 env: dict[str, str] | None = None, bind: bool = True) -> dict[str, Any]:
+                 env: dict[str, str] | None = None, bind: bool = True,
+                 prefix: list[str] | None = None) -> dict[str, Any]:
     """`mpiexec -n RANKS mpibench run CONFIG OVERRIDES --quiet`; the results document.
 
     Bound (CPUS set and `bind`): an MPMD launch, `-n 1 taskset -c CPU mpibench ... : ...`,
     so that rank r runs on rank_cpu(r) as fio's job r and the Python loops' process r do.
+    `prefix` (e.g. a taskset command) goes before the whole launch.
     """
     out = workdir / f"result-{time.monotonic_ns()}.json"
     if HUGE["on"] and Path(config).name != "s3.yaml":
@@ -223,7 +226,7 @@ def mpibench_run(tools: Tools, ranks: int, workdir: Path, config: str, overrides
         cmd = [tools.mpiexec]
         for rank in range(ranks):
             cmd += [":"] * (rank > 0) + ["-n", "1", tools.taskset, "-c", str(rank_cpu(rank)), *command]
-    run(cmd, env=clean_env(env), cwd=str(workdir))
+    run([*(prefix or []), *cmd], env=clean_env(env), cwd=str(workdir))
     try:
         return json.loads(out.read_text())
     finally:
@@ -465,10 +468,26 @@ class S3Session:
 
     BUCKET = "peers"
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, server_cpus: list[int] | None = None, taskset: str = "") -> None:
+        """With `server_cpus`, the server runs on those CPUs and the s3 clients on the others
+        (through `taskset`): on a machine with cores to spare this keeps the two from taking
+        each other's CPU, as with a server on its own machines."""
         from mpibench.s3server import LocalS3Server
 
-        self.server = LocalS3Server(data_dir=work / "s3-server").start()
+        self.client_prefix: list[str] = []
+        mine = os.sched_getaffinity(0)
+        if server_cpus:
+            clients = sorted(mine - set(server_cpus))
+            if not set(server_cpus) <= mine or not clients or not taskset:
+                raise SystemExit(f"--s3-server-cpus {','.join(map(str, server_cpus))}: give some of the CPUs "
+                                 f"{','.join(map(str, sorted(mine)))} and leave at least one for the clients "
+                                 "(taskset from util-linux is needed)")
+            self.client_prefix = [taskset, "-c", ",".join(map(str, clients))]
+            os.sched_setaffinity(0, server_cpus)  # the server inherits it
+        try:
+            self.server = LocalS3Server(data_dir=work / "s3-server").start()
+        finally:
+            os.sched_setaffinity(0, mine)
         self.server.create_bucket(self.BUCKET)
         self.env = self.server.env()
 
@@ -487,7 +506,7 @@ def s3_mpibench(tools: Tools, work: Path, s3: S3Session, size: int, count: int, 
         f"storage.root=s3://{S3Session.BUCKET}/mpibench", f"bandwidth.transfer_size={size}",
         f"bandwidth.object_size={size}", f"bandwidth.block_size={size * count}", "bandwidth.iterations=1",
         "bandwidth.reorder_reads=false", f"bandwidth.io_depth={depth}",
-        f"storage.sign_payload={str(signed).lower()}"], env=s3.env, bind=False)
+        f"storage.sign_payload={str(signed).lower()}"], env=s3.env, bind=False, prefix=s3.client_prefix)
     phases = {"put": "write", "get": "read"}
     found = {ours: next(p for p in doc["phases"] if p["name"] == name) for ours, name in phases.items()}
     s3_cpu(case, tool, {ours: (p["client_cpu"]["user_s"] + p["client_cpu"]["system_s"]) / p["ops"] * 1e6
@@ -499,8 +518,8 @@ def s3_peer(s3: S3Session, client: str, threads: int, size: int, count: int, cas
             signed: bool = True) -> dict[str, float]:
     # As in mpibench's processes (mpibench/__init__.py): no OpenBLAS thread per core.
     env = {**s3.env, "S3DLIO_UNSIGNED_PAYLOAD": "0" if signed else "1", "OPENBLAS_NUM_THREADS": "1"}
-    out = json.loads(run([sys.executable, __file__, "_worker", client, S3Session.BUCKET, str(threads), str(size),
-                          str(count)], env=clean_env(env), timeout=900))
+    out = json.loads(run([*s3.client_prefix, sys.executable, __file__, "_worker", client, S3Session.BUCKET,
+                          str(threads), str(size), str(count)], env=clean_env(env), timeout=900))
     s3_cpu(case, tool, out.pop("cpu_us"))
     return out
 
@@ -759,6 +778,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5; --quick 3)")
     parser.add_argument("--cases", default="seq,rand,train,s3", help="comma-separated: seq,rand,train,s3")
     parser.add_argument("--ranks", default="1,2", help="rank counts (default 1,2)")
+    parser.add_argument("--s3-server-cpus", default="",
+                        help="s3: run the server on these CPUs (e.g. 0) and the clients on the others; "
+                             "default: both anywhere")
     parser.add_argument("--s3-unsigned", action="store_true",
                         help="s3: also run mpibench (storage.sign_payload=false) and s3dlio with unsigned PUT bodies")
     parser.add_argument("--transfer-sizes", default="", help="seq: only these sizes in bytes, e.g. 4096,1048576")
@@ -815,7 +837,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {work} is on {info['filesystem']['fstype']}: the numbers measure memory, not a disk",
                   flush=True)
         if "s3" in args.cases and tools.weed:
-            args.s3 = S3Session(work)
+            try:
+                server_cpus = [int(c) for c in args.s3_server_cpus.split(",") if c.strip()]
+            except ValueError:
+                raise SystemExit(f"--s3-server-cpus {args.s3_server_cpus}: give CPU numbers, e.g. 0 or 0,1") from None
+            args.s3 = S3Session(work, server_cpus, tools.taskset)
+            info["s3_server_cpus"] = server_cpus
+            if server_cpus:
+                print(f"s3: the server on CPU {args.s3_server_cpus}, the clients on "
+                      f"{args.s3.client_prefix[-1]}", flush=True)
         cases = build_cases(args, sizes, tools)
         if "train" in args.cases:
             print("generating the train dataset (not timed)", flush=True)

@@ -528,7 +528,7 @@ def _plan_buffers(config: Any, workload: Any, size: int, per_node: int) -> dict[
     note = ""
     if config.bandwidth.io_depth == AUTO and config.storage.type != "local_fs" and config.workload in (
             "bandwidth", "checkpoint"):
-        note = f"; io_depth auto is {depth} with {os.cpu_count() or 1} cores per node, as on this host"
+        note = f"; io_depth auto is {depth} with {layout.node_cpus()} CPUs per node, as this process may use"
     return {"per_rank_bytes": per_rank, "per_node_bytes": per_rank * per_node, "sized_by": driver,
             "io_depth": depth, "note": note}
 

@@ -30,6 +30,22 @@ except Exception as exc:  # pragma: no cover - depends on the installation
     _MPI_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (a cgroup's cpuset, `srun --cpu-bind`,
+    `taskset`), which os.cpu_count() ignores."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no affinity on this platform
+        return os.cpu_count() or 1
+
+
+def _affinity_mask() -> int:
+    try:
+        return sum(1 << cpu for cpu in os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return (1 << (os.cpu_count() or 1)) - 1
+
+
 @dataclass(frozen=True)
 class NodeLayout:
     """Where this rank sits: its host, its node-local rank and the shape of the job."""
@@ -41,6 +57,12 @@ class NodeLayout:
     local_size: int
     ranks_per_node: list[int]
     hosts: list[str]
+    #: CPUs the ranks of this node may run on, together (0: not known, see node_cpus())
+    usable_cpus: int = 0
+
+    def node_cpus(self) -> int:
+        """The CPUs this node's ranks share: what 'auto' sizes divide among them."""
+        return self.usable_cpus or usable_cpus()
 
 
 class Comm:
@@ -196,10 +218,16 @@ class Comm:
             return self._layout
         host = socket.gethostname()
         if self._comm is None or self.size == 1:
-            self._layout = NodeLayout(host, 0, 1, 0, 1, [1], [host])
+            self._layout = NodeLayout(host, 0, 1, 0, 1, [1], [host], usable_cpus())
             return self._layout
         local = self._comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         local_rank, local_size = local.Get_rank(), local.Get_size()
+        # The node's usable CPUs: the union of its ranks' affinities (each rank may be bound
+        # to a few; unbound, each has them all).
+        node_mask = 0
+        for mask in local.allgather(_affinity_mask()):
+            node_mask |= mask
+        node_cpus = bin(node_mask).count("1")
         # Node leaders number the nodes; each rank learns its node's index from its leader.
         leader = self._comm.Split(0 if local_rank == 0 else MPI.UNDEFINED, key=self.rank)
         node_index = leader.Get_rank() if leader != MPI.COMM_NULL else -1
@@ -215,7 +243,7 @@ class Comm:
             ranks_per_node[idx] += 1
             hosts[idx] = name
         self._layout = NodeLayout(host, node_index, num_nodes, local_rank, local_size,
-                                  ranks_per_node, hosts)
+                                  ranks_per_node, hosts, node_cpus)
         return self._layout
 
 

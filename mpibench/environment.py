@@ -215,6 +215,7 @@ def collect(comm: Comm) -> dict[str, Any]:
         "versions": versions,
         "platform": platform.platform(),
         "cpus_per_node": os.cpu_count() or 1,
+        "usable_cpus_per_node": layout.node_cpus(),
         "memory_per_node_bytes": memory_total_bytes(),
         "launcher": detect_launcher(),
         "argv": sys.argv,

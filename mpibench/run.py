@@ -9,7 +9,6 @@ everywhere, cleanup runs, and rank 0 writes a partial result marked incomplete.
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
 import sys
@@ -118,14 +117,13 @@ def new_run_id() -> str:
 
 
 def resolve_io_depth(config: Config, layout: NodeLayout) -> int:
-    """bandwidth.io_depth, with 'auto' sized from the cores per node over the ranks per node."""
+    """bandwidth.io_depth, with 'auto' sized from the node's usable CPUs over its ranks."""
     depth = config.bandwidth.io_depth
     if depth != AUTO:
         return int(depth)
     if config.storage.type == "local_fs":
         return 1
-    cores = os.cpu_count() or 1
-    return max(1, min(16, cores // max(1, layout.local_size)))
+    return max(1, min(16, layout.node_cpus() // max(1, layout.local_size)))
 
 
 def uses_files(config: Config) -> bool:
@@ -150,10 +148,10 @@ def resolve_io_engine(config: Config) -> str:
 
 
 def resolve_threads(config: Config, layout: NodeLayout) -> int:
-    """s3dlio runtime threads per rank: cores of the node divided by the ranks on it."""
+    """s3dlio runtime threads per rank: the node's usable CPUs divided by the ranks on it."""
     if config.storage.threads != AUTO:
         return int(config.storage.threads)
-    return max(1, (os.cpu_count() or 1) // max(1, layout.local_size))
+    return max(1, layout.node_cpus() // max(1, layout.local_size))
 
 
 def check_memory(config: Config, workload: Workload, size: int, layout: NodeLayout) -> str | None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
-from conftest import CONFIGS, REPO, run_cli, tree
+from conftest import BIN, CONFIGS, REPO, clean_env, run_cli, tree
 
 QUICK = os.path.join(CONFIGS, "quickstart.yaml")
 
@@ -89,6 +90,44 @@ def test_results_file_is_never_overwritten(tmp_path):
     assert done.returncode == 2 and "already exists" in done.stderr and "--force" in done.stderr
     assert output.read_text() == "precious"
     assert not (tmp_path / "d").exists()
+
+
+TASKSET = shutil.which("taskset")
+
+
+@pytest.mark.skipif(TASKSET is None, reason="taskset (util-linux) not installed")
+def test_auto_sizes_count_the_cpus_the_ranks_may_use(shared_tmpdir):
+    """io_depth and the s3dlio runtime threads 'auto' divide the CPUs the node's ranks may
+    run on (the union of their affinities), not the host's core count: a Slurm cpuset or
+    binding must not give each rank threads for cores it cannot use."""
+    mine = sorted(os.sched_getaffinity(0))
+    mpiexec, cli = os.path.join(BIN, "mpiexec"), os.path.join(BIN, "mpibench")
+    bench = ["run", os.path.join(CONFIGS, "bandwidth.yaml"), "storage.type=direct_fs", "bandwidth.iterations=1",
+             "bandwidth.block_size=1MiB", "bandwidth.transfer_size=256KiB", "--quiet"]
+
+    def run(name: str, *segments: list[str], prefix: tuple[str, ...] = ()) -> dict:
+        """mpibench under mpiexec, one rank per segment (a taskset command, or nothing)."""
+        out = os.path.join(shared_tmpdir, f"{name}.json")
+        args = [*bench, f"storage.root={os.path.join(shared_tmpdir, name)}", "--output", out]
+        command = [*prefix, mpiexec]
+        for i, segment in enumerate(segments):
+            command += [":"] * (i > 0) + ["-n", "1", *segment, cli, *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=clean_env(),
+                              stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stderr
+        with open(out) as f:
+            return json.load(f)
+
+    one_cpu = run("one", [], prefix=(TASKSET, "-c", str(mine[0])))
+    assert one_cpu["environment"]["usable_cpus_per_node"] == 1
+    assert {p["io_depth"] for p in one_cpu["phases"]} == {1}
+    every = run("all", [])
+    assert every["environment"]["usable_cpus_per_node"] == len(mine)
+    assert {p["io_depth"] for p in every["phases"]} == {max(1, min(16, len(mine)))}
+    if len(mine) >= 2:  # two ranks bound to a CPU each: their node has both
+        doc = run("bound", [TASKSET, "-c", str(mine[0])], [TASKSET, "-c", str(mine[1])])
+        assert doc["environment"]["usable_cpus_per_node"] == 2
+        assert {p["io_depth"] for p in doc["phases"]} == {1}
 
 
 def test_plan_and_preflight_commands(tmp_path):

@@ -103,9 +103,11 @@ def write_manifest(backend: Backend, ds: Any, doc: dict[str, Any]) -> None:
         backend.close(handle)
 
 
-def producer_threads(ranks_on_node: int, files: int) -> int:
-    """Threads generating files per rank: the node's cores shared by its ranks, 1 to 4."""
-    return max(1, min(4, (os.cpu_count() or 1) // max(1, ranks_on_node), files))
+def producer_threads(ranks_on_node: int, files: int, node_cpus: int | None = None) -> int:
+    """Threads generating files per rank: the node's usable CPUs shared by its ranks, 1 to 4
+    (without `node_cpus`, the host's CPUs: an upper bound, as the memory check wants)."""
+    cpus = node_cpus if node_cpus is not None else os.cpu_count() or 1
+    return max(1, min(4, cpus // max(1, ranks_on_node), files))
 
 
 class DatagenWorkload(Workload):
@@ -199,7 +201,7 @@ class DatagenWorkload(Workload):
     def _generate(self, ctx: RunContext, rec: PhaseRecorder, start: int, count: int) -> None:
         ds = ctx.config.dataset
         alignment = ctx.backend.alignment
-        producers = producer_threads(ctx.layout.local_size, count)
+        producers = producer_threads(ctx.layout.local_size, count, ctx.layout.node_cpus())
         ready: queue.Queue[EncodedFile] = queue.Queue(maxsize=producers)
         stop = threading.Event()
         failed: list[BaseException] = []
