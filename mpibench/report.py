@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 from mpibench.results import S3_CACHE, phase_writes, write_cache_warning
@@ -37,10 +38,12 @@ def phase_table(document: dict[str, Any]) -> str:
     summary = document.get("summary", [])
     if summary:
         lines.append("")
-        lines.append(f"{'phase':<10}{'iters':>6}{'median MiB/s':>14}{'min MiB/s':>11}{'max MiB/s':>11}{'spread %':>10}")
+        lines.append(f"{'phase':<10}{'iters':>6}{'median MiB/s':>14}{'min MiB/s':>11}{'max MiB/s':>11}{'spread %':>10}"
+                     f"{'client CPU cores':>18}")
         for row in summary:
             lines.append(f"{row['name']:<10}{row['iterations']:>6}{row['median_MiBps']:>14.1f}"
-                         f"{row['min_MiBps']:>11.1f}{row['max_MiBps']:>11.1f}{row['spread_pct']:>10.1f}")
+                         f"{row['min_MiBps']:>11.1f}{row['max_MiBps']:>11.1f}{row['spread_pct']:>10.1f}"
+                         f"{client_cores(document, row['name']):>18}")
     if any(p.get("stonewalled") for p in document.get("phases", [])):
         lines.append("* stonewalled: ranks stopped at the deadline; bytes are those moved by then")
     if any(p.get("complete") is False for p in document.get("phases", [])):
@@ -49,6 +52,14 @@ def phase_table(document: dict[str, Any]) -> str:
     lines.extend(upload_notes(document))
     lines.extend(workload_lines(document))
     return "\n".join(lines)
+
+
+def client_cores(document: dict[str, Any], name: str) -> str:
+    """The median over a phase name's iterations of the cores its ranks kept busy (all
+    ranks together), or "-" for results without it."""
+    cores = [p["client_cpu"]["cores"] for p in document.get("phases", [])
+             if p.get("name") == name and p.get("client_cpu")]
+    return f"{statistics.median(cores):.2f}" if cores else "-"
 
 
 def storage_type(document: dict[str, Any]) -> str:

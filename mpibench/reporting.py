@@ -365,11 +365,12 @@ def summary_text(document: dict[str, Any]) -> str:
 
 def _bandwidth_section(phases: list[dict[str, Any]]) -> list[str]:
     rows = [[_label(p), str(p["iteration"]), format_size(p["bytes"]), f"{p['seconds']:.3f}",
-             f"{p['bandwidth_MiBps']:.1f}", f"{p['bandwidth_GBps']:.3f}", f"{p['ops_per_s']:.0f}", str(p["ops"])]
+             f"{p['bandwidth_MiBps']:.1f}", f"{p['bandwidth_GBps']:.3f}", f"{p['ops_per_s']:.0f}", str(p["ops"]),
+             f"{p['client_cpu']['cores']:.2f}" if p.get("client_cpu") else "-"]
             for p in phases]
     return ["Bandwidth = sum of rank bytes / (last rank end - first rank start); MiB/s = 2^20 B/s, "
-            "GB/s = 10^9 B/s",
-            *text_table(["phase", "iter", "bytes", "seconds", "MiB/s", "GB/s", "IOPS", "ops"], rows)]
+            "GB/s = 10^9 B/s; client cores = CPU seconds of the ranks (every thread) / seconds",
+            *text_table(["phase", "iter", "bytes", "seconds", "MiB/s", "GB/s", "IOPS", "ops", "client cores"], rows)]
 
 
 def _latency_section(phases: list[dict[str, Any]]) -> list[str]:

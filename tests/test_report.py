@@ -10,6 +10,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import struct
 import tempfile
 from pathlib import Path
@@ -135,6 +136,15 @@ def test_report_text(result_path, document):
         assert needle in out, needle
     assert document["run_id"] in out
     assert "Traceback" not in out + done.stderr
+    # Each phase's client CPU, as the bandwidth table's last column and in run's summary table.
+    lines = out.splitlines()
+    head = lines.index(next(line for line in lines if line.startswith("phase  iter") and "client cores" in line))
+    for phase, line in zip(document["phases"], lines[head + 1:], strict=False):
+        assert line.split()[-1] == f"{phase['client_cpu']['cores']:.2f}", line
+    summary = phase_table(document).splitlines()
+    at = next(i for i, line in enumerate(summary) if line.endswith("client CPU cores"))
+    write = statistics.median(p["client_cpu"]["cores"] for p in document["phases"] if p["name"] == "write")
+    assert summary[at + 1].split()[0] == "write" and summary[at + 1].split()[-1] == f"{write:.2f}"
 
 
 def test_report_png_and_html(tmp_path, result_path):
