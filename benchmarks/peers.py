@@ -804,7 +804,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="s3: run the server on these CPUs (e.g. 0) and the clients on the others; "
                              "default: both anywhere")
     parser.add_argument("--s3-shared-buffer", action="store_true",
-                        help="s3: the peers' threads all send one buffer (the runs before 2026-12-04 20:45) "
+                        help="s3: the peers' threads all send one buffer (the runs before 2026-12-04 20:33) "
                              "instead of one each, as mpibench's I/O threads do")
     parser.add_argument("--s3-unsigned", action="store_true",
                         help="s3: also run mpibench (storage.sign_payload=false) and s3dlio with unsigned PUT bodies")
