@@ -699,6 +699,13 @@ def build_cases(args: argparse.Namespace, sizes: dict[str, Any], tools: Tools) -
                 for tool, threads in (("s3dlio-seq-unsigned", 1), ("s3dlio-8thr-unsigned", 8)):
                     tools_of[tool] = lambda w, s=size, c=count, n=name, k=threads, t=tool: s3_peer(
                         args.s3, "s3dlio", k, s, c, n, t, signed=False)
+            if args.s3_tools:
+                wanted = args.s3_tools.split(",")
+                unknown = sorted(set(wanted) - set(tools_of))
+                if unknown:
+                    raise SystemExit(f"--s3-tools: no tool {', '.join(unknown)}; the s3 tools are "
+                                     f"{', '.join(tools_of)}")
+                tools_of = {tool: run_tool for tool, run_tool in tools_of.items() if tool in wanted}
             cases.append({"kind": "s3", "name": name, "ranks": 1,
                           "object_bytes": size, "objects": count, "tools": tools_of,
                           "peers": ["s3dlio-seq", "boto3-8thr", "s3dlio-8thr"]})
@@ -803,6 +810,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s3-server-cpus", default="",
                         help="s3: run the server on these CPUs (e.g. 0) and the clients on the others; "
                              "default: both anywhere")
+    parser.add_argument("--s3-tools", default="",
+                        help="s3: only these tools, e.g. mpibench-qd1,s3dlio-seq (a focused A/B)")
     parser.add_argument("--s3-shared-buffer", action="store_true",
                         help="s3: the peers' threads all send one buffer (the runs before 2026-12-04 20:33) "
                              "instead of one each, as mpibench's I/O threads do")
