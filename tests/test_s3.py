@@ -17,6 +17,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -35,6 +36,7 @@ from mpibench.backends.s3 import (
     reach_endpoint,
     scrub,
 )
+from mpibench.buffers import KEEP_HEAP
 from mpibench.config import StorageConfig, build_config
 from mpibench.errors import ConfigError, PreflightError
 from mpibench.s3server import signed_request
@@ -402,6 +404,44 @@ def test_ranks_spread_over_endpoints(s3, tmp_path):
     assert backend["endpoints"] == [s3.endpoint, gateway.endpoint]
     assert backend["endpoint"] == s3.endpoint  # rank 0's
     assert "interleaved over nodes" in backend["endpoint_assignment"]
+    assert_untouched(s3, before)
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize(("access", "skip_head"), [("sequential", None), ("random", None), ("sequential", "0")],
+                         ids=["sequential", "random", "user-wants-head"])
+def test_whole_objects_one_request_each(s3, tmp_path, access, skip_head):
+    """One object per transfer without verification (the shortest request path): every
+    object is PUT once and read back with one GET per read, no HEAD before it (s3dlio's
+    get asks for the size first unless told not to; a S3DLIO_SKIP_HEAD the user set is
+    kept), the sizes are checked, and the ranks' s3dlio keep their freed heap (recorded
+    in the results)."""
+    before = s3.listing()
+    gateway = Forwarder(s3.endpoint)
+    env = s3.cli_env() | ({"S3DLIO_SKIP_HEAD": skip_head} if skip_head else {})
+    try:
+        output = tmp_path / "r.json"
+        done = run_cli(2, "run", S3_YAML, f"storage.root={s3.root}", f"storage.endpoint={gateway.endpoint}",
+                       "bandwidth.transfer_size=1MiB", "bandwidth.object_size=1MiB", "bandwidth.block_size=4MiB",
+                       f"bandwidth.access={access}", "bandwidth.iterations=2", "verify=false",
+                       "--output", str(output), env=env, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        gateway.close()
+    doc = json.loads(output.read_text())
+    assert [(p["name"], p["bytes"], p["ops"]) for p in doc["phases"]] == [("write", 8 * MiB, 8), ("read", 8 * MiB, 8)] * 2
+    backend = doc["environment"]["backend"]
+    assert backend["malloc"] == {"applied": True, **KEEP_HEAP}
+    assert backend["head_before_get"] is (skip_head == "0")
+    objects = re.compile(r"/rank-\d+\.dat/obj-\d{6}$")
+    requests = [(method, path.partition("?")[0]) for method, path, _ in gateway.requests]
+    puts = Counter(path for method, path in requests if method == "PUT" and objects.search(path))
+    gets = Counter(path for method, path in requests if method == "GET" and objects.search(path))
+    heads = Counter(path for method, path in requests if method == "HEAD" and objects.search(path))
+    assert len(puts) == 2 * 4  # 2 ranks x 4 objects, written afresh in each iteration
+    assert set(puts.values()) == {2} and gets == puts  # one PUT and one GET per object and iteration
+    # Asked for, s3dlio sends a HEAD before an object's first GET (it caches the size a while)
+    assert set(heads) == (set(gets) if skip_head == "0" else set())
     assert_untouched(s3, before)
 
 

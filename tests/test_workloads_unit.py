@@ -355,3 +355,65 @@ def test_memory_estimate_counts_huge_pages_whole():
     plain, _, _ = workload.buffer_bytes(build_config(data), 2, 2, 4)
     huge, _, _ = workload.buffer_bytes(build_config({**data, "huge_pages": True}), 2, 2, 4)
     assert plain == 6 * 2**20 and huge == 6 * 2 * 2**20  # io_depth working buffers + 2 bases
+
+
+# A worker thread (as s3dlio's are: a heap of their own) allocates six 1 MiB blocks, writes
+# them and frees them, 60 rounds, after one 2 MiB block that sets glibc's thresholds as a
+# first large response would; prints the minor page faults per round over the last 50.
+HEAP_ROUNDS = """
+import ctypes, json, resource, sys, threading
+from mpibench.buffers import keep_freed_heap
+state = keep_freed_heap() if sys.argv[1] == "keep" else None
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def rounds(out):
+    first = libc.malloc(2 << 20); ctypes.memset(first, 1, 2 << 20); libc.free(first)
+    for i in range(60):
+        if i == 10:
+            start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        blocks = [libc.malloc(1 << 20) for _ in range(6)]
+        for block in blocks:
+            ctypes.memset(block, 1, 1 << 20)
+        for block in blocks:
+            libc.free(block)
+    out.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 50)
+out = []
+worker = threading.Thread(target=rounds, args=(out,))
+worker.start()
+worker.join()
+print(json.dumps({"faults_per_round": out[0], "state": state}))
+"""
+
+
+def _heap_rounds(mode: str, **env: str) -> dict:
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's malloc only")
+    proc = subprocess.run([sys.executable, "-c", HEAP_ROUNDS, mode], capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_"))} | env)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_freed_heap_is_kept_for_the_next_requests():
+    """glibc gives the top of a heap back to the kernel once more than its trim threshold is
+    free there, and the next round faults every page in again (1.5 thousand per round of
+    6 MiB here); with keep_freed_heap, as the s3 backends call it, the pages stay."""
+    default = _heap_rounds("default")
+    kept = _heap_rounds("keep")
+    assert default["faults_per_round"] > 1000, default
+    assert kept["faults_per_round"] < 20, kept
+    assert kept["state"] == {"applied": True, **buffers.KEEP_HEAP}
+
+
+def test_freed_heap_leaves_the_users_malloc_settings():
+    """A trim threshold the user set (MALLOC_TRIM_THRESHOLD_ or GLIBC_TUNABLES) stays theirs."""
+    state = _heap_rounds("keep", MALLOC_TRIM_THRESHOLD_="65536")["state"]
+    assert state["trim_threshold"] == "set by the user"
+    assert state["mmap_threshold"] == buffers.KEEP_HEAP["mmap_threshold"]
+    state = _heap_rounds("keep", GLIBC_TUNABLES="glibc.malloc.mmap_threshold=131072")["state"]
+    assert state["mmap_threshold"] == "set by the user" and state["applied"] is True
