@@ -9,9 +9,11 @@ alternates, round after round in rotated order, three ways of making the same re
 
   bare          s3dlio.put_bytes(uri, buffer), then s3dlio.get(uri)
   mpibench      what a rank does per object in `bandwidth` with object_size = transfer_size:
-                the stamp of the transfer, then S3Backend.write_at (one PUT); then
-                S3Backend.read_at without a copy (no verify: one GET)
+                the stamp of the transfer, then the S3Backend.writer closure (one PUT);
+                then the S3Backend.reader closure without a copy (no verify: one GET)
   bare-again    the bare way once more (an A/A control: how far two identical ways differ)
+
+(every way sends one GET per read: the backend sets S3DLIO_SKIP_HEAD for the process)
 
 and prints, per way, the median over the rounds of the client's CPU per request (user +
 system, every thread of the process, from getrusage) and of MiB/s, and each way's ratios
@@ -99,12 +101,14 @@ def main() -> int:
             writing, reading = backend.open(key, "w"), backend.open(key, "r")
             uris = [backend.path_of(f"{key}/obj-{i:06d}") for i in range(args.objects)]
 
+            write, read = backend.writer(writing, view), backend.reader(reading, view, keep=False)
+
             def put(i: int) -> None:
                 stamp(i * size)
-                backend.write_at(writing, view, i * size)
+                write(i * size)
 
             def get(i: int) -> None:
-                assert backend.read_at(reading, view, i * size, keep=False) == size
+                assert read(i * size) == size
 
             return uris, put, get
 
