@@ -238,6 +238,7 @@ def _say(line: str) -> None:
 
 
 _EARLY_SIGNAL: dict[str, Any] = {"defer": False, "pending": None}
+_DEFERRED: dict[str, str | None] = {"name": None}  # see _defer_interrupt
 
 
 def _exit_on_signals(defer: bool) -> None:
@@ -289,6 +290,20 @@ def _raise_interrupt(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def _defer_interrupt(signum: int, _frame: Any) -> None:
+    """A rank other than 0, from MPI's start to the run's own handling: note the first
+    SIGINT/SIGTERM and go on. Where the launcher signalled the whole job, rank 0 ends it
+    (undoing its preflight) and this rank with it; a signal that reached only this rank
+    is carried into the run, which stops at its first check and cleans up (run.execute),
+    instead of ending the job while rank 0 is half-way through its preflight. A second
+    signal ends the job at once."""
+    name = signal.Signals(signum).name
+    if _DEFERRED["name"] is None:
+        _DEFERRED["name"] = name
+        return
+    raise KeyboardInterrupt(name, "again")
+
+
 def _redeliver_interrupt(unraisable: Any) -> None:
     """sys.unraisablehook: a KeyboardInterrupt raised where Python cannot propagate it (a
     weakref callback of the import system, a __del__) would be printed with a traceback
@@ -310,12 +325,21 @@ def _main_mpi(args: argparse.Namespace) -> int:
     # MPI is up: a signal before the run starts now raises KeyboardInterrupt, so that the
     # preflight undoes what it created and the job ends as one (the run has its own handling).
     sys.unraisablehook = _redeliver_interrupt
-    signal.signal(signal.SIGINT, _raise_interrupt)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Rank 0 (or a job of one) raises at once; the other ranks mostly wait for rank 0 here,
+    # and a signal that reached only one of them is carried into the run (_defer_interrupt).
+    handler = _defer_interrupt if comm.size > 1 and not comm.is_root else _raise_interrupt
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
     try:
         if _EARLY_SIGNAL["pending"]:  # a signal came while MPI was starting up
             raise KeyboardInterrupt(_EARLY_SIGNAL["pending"])
-        return _dispatch(args, comm)
+        code = _dispatch(args, comm)
+        if _DEFERRED["name"] is not None:  # noted, and no run came to act on it (preflight, plan)
+            _ignore_signals()
+            print(f"mpibench: error: rank {comm.rank}: interrupted by {_DEFERRED['name']} {NOT_STARTED}",
+                  file=sys.stderr, flush=True)
+            return EXIT_INTERRUPTED
+        return code
     except MpibenchError as exc:
         _ignore_signals()
         if comm.size > 1 and not exc.agreed:
@@ -354,13 +378,14 @@ def _interrupted(exc: KeyboardInterrupt, comm: Any) -> int:
     """SIGINT/SIGTERM outside the run's own graceful handling (loading, preflight): the other
     ranks may be waiting in a collective for this one, so the whole job is ended.
 
-    Rank 0 says so and ends the job. Another rank first leaves rank 0, which the launcher
-    signalled too, time to do that: ending the job at once could kill rank 0 before its
-    line is out. Should rank 0 not end it (the signal reached only this rank), this rank
-    says so itself and ends it."""
+    Rank 0 says so and ends the job. Another rank gets here for a signal during MPI's
+    start-up (it first leaves rank 0, which the launcher signalled too, time to do that:
+    ending the job at once could kill rank 0 before its line is out; should rank 0 not end
+    it, this rank says so itself and ends it), or for a second signal after one it noted
+    (_defer_interrupt), which ends the job at once."""
     _ignore_signals()
     name = exc.args[0] if exc.args else "SIGINT"
-    if not comm.is_root:
+    if not comm.is_root and exc.args[1:] != ("again",):
         time.sleep(ROOT_SPEAKS_WITHIN_S)
         print(f"mpibench: error: rank {comm.rank}: interrupted by {name} {NOT_STARTED}", file=sys.stderr,
               flush=True)
@@ -406,7 +431,7 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
             _print_plan(config, args, comm)
         return 0
     if args.command == "preflight":
-        outcome = execute(config, comm, output=None, preflight_only=True)
+        outcome = execute(config, comm, output=None, preflight_only=True, deferred=_DEFERRED)
         if comm.is_root and outcome is not None:
             pre = outcome["preflight"]
             for check in pre["checks"]:
@@ -427,7 +452,8 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
     # Rank 0 writes the results here, after the run: a file that appeared at the name in
     # the meantime is kept, and the results go to a fresh name beside it (with a warning).
     try:
-        document = execute(config, comm, output=None, progress=progress, restore_signals=False)
+        document = execute(config, comm, output=None, progress=progress, restore_signals=False,
+                           deferred=_DEFERRED)
     except MpibenchError as exc:
         _ignore_signals()  # the run has ended: what it measured is written, whatever comes
         partial = getattr(exc, "partial_result", None)

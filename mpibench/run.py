@@ -470,8 +470,12 @@ def install_signal_handlers(ctx_holder: dict[str, Any]) -> dict[int, Any]:
 
 def execute(config: Config, comm: Comm, *, output: str | None, force: bool = False,
             progress: Any = None, printer: Callable[[str], None] = print,
-            preflight_only: bool = False, restore_signals: bool = True) -> dict[str, Any] | None:
+            preflight_only: bool = False, restore_signals: bool = True,
+            deferred: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Run the configured workload on every rank; return the results document on rank 0.
+
+    `deferred["name"]`: a SIGINT/SIGTERM this rank noted before the run's own handlers
+    (cli._defer_interrupt); the run then stops at its first check, as for one during it.
 
     Once the run's cleanup is over, SIGINT and SIGTERM are ignored while the results are
     put together (what was measured is never lost to a late signal); the handlers found
@@ -490,6 +494,9 @@ def execute(config: Config, comm: Comm, *, output: str | None, force: bool = Fal
     workload: Workload = get_workload(config.workload)
     holder: dict[str, Any] = {"ctx": None}
     previous_handlers = install_signal_handlers(holder)
+    if deferred is not None and deferred.get("name"):  # it came before: the run stops at once, gracefully
+        holder.setdefault("pending", deferred["name"])
+        deferred["name"] = None
     failure: MpibenchError | None = None
     started = time.time()
     try:

@@ -643,6 +643,63 @@ def test_signal_during_preflight_ends_every_rank(request, jobs, sandbox, signum)
     assert os.listdir(sandbox["results"]) == []
 
 
+def _rank_pid(run_id: str, rank: int) -> int:
+    """The pid of one rank of the job whose command line holds run_id=`run_id` (PMI_RANK)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read().split(b"\0")
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environ = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if f"run_id={run_id}".encode() in cmdline and f"PMI_RANK={rank}".encode() in environ:
+            return int(entry)
+    raise AssertionError(f"no rank {rank} of run {run_id}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_to_one_rank_during_preflight_is_carried_into_the_run(request, jobs, sandbox, signum):
+    """A signal that reaches only rank 2 while rank 0 is half-way through its preflight (run
+    directory made): the job is not ended under rank 0, which finishes the preflight; the
+    run then stops at its first check and cleans up, with one line and exit 130. A second
+    signal to that rank ends the job at once (test_second_signal_to_a_rank_aborts_at_once
+    covers the run)."""
+    before = tree(sandbox["box"])
+    job = launch(jobs, 4, "run", QUICK, f"storage.root={sandbox['root']}", *SMALL, "run_id=deferred",
+                 "--output", sandbox["output"], fault=f"pause:phase=preflight:dir={sandbox['faults']}")
+    wait_for(os.path.join(sandbox["faults"], "paused"), job)
+    assert os.path.isdir(run_dir_of(sandbox, "deferred"))
+    os.kill(_rank_pid("deferred", 2), signum)
+    time.sleep(1.0)
+    assert job.proc.poll() is None, "the job ended while rank 0 was in its preflight"
+    open(os.path.join(sandbox["faults"], "resume"), "w").close()
+    done = job.finish(since=time.monotonic())
+    _record(request, done.seconds)
+    check_contract(done, 130, "interrupted by a signal on another rank", "partial result is marked incomplete")
+    assert tree(sandbox["box"]) == before  # the preflight's run directory went in the cleanup
+    partial_result(sandbox["output"], "interrupted")
+    assert done.seconds < 5
+
+
+def test_signal_to_one_rank_during_preflight_only(request, jobs, sandbox):
+    """`mpibench preflight`, where no run comes to act on it: the preflight finishes and
+    undoes itself, and the signalled rank says it was interrupted (exit 130)."""
+    before = tree(sandbox["box"])
+    job = launch(jobs, 2, "preflight", QUICK, f"storage.root={sandbox['root']}", *SMALL, "run_id=deferred",
+                 fault=f"pause:phase=preflight:dir={sandbox['faults']}")
+    wait_for(os.path.join(sandbox["faults"], "paused"), job)
+    os.kill(_rank_pid("deferred", 1), signal.SIGTERM)
+    time.sleep(0.5)
+    open(os.path.join(sandbox["faults"], "resume"), "w").close()
+    done = job.finish(since=time.monotonic())
+    _record(request, done.seconds)
+    check_contract(done, 130, "rank 1: interrupted by SIGTERM before the run started")
+    assert tree(sandbox["box"]) == before
+
+
 def test_signal_while_a_rank_is_stuck_ends_the_job(request, jobs, sandbox):
     """A rank stuck in an I/O call that does not return cannot stop gracefully: the job
     must still end well within the contract's 30 s, not when the call returns."""
