@@ -322,11 +322,11 @@ def _main_mpi(args: argparse.Namespace) -> int:
     debug = bool(args.debug)
     if not debug:  # a warning is one line, like an error; --debug keeps where it came from
         warnings.formatwarning = _one_line_warning
-    # MPI is up: a signal before the run starts now raises KeyboardInterrupt, so that the
-    # preflight undoes what it created and the job ends as one (the run has its own handling).
+    # MPI is up: on rank 0 (or as one process) a signal before the run starts now raises
+    # KeyboardInterrupt, so that the preflight undoes what it created and the job ends as
+    # one (the run has its own handling). The other ranks mostly wait for rank 0 here, and
+    # a signal that reached only one of them is carried into the run (_defer_interrupt).
     sys.unraisablehook = _redeliver_interrupt
-    # Rank 0 (or a job of one) raises at once; the other ranks mostly wait for rank 0 here,
-    # and a signal that reached only one of them is carried into the run (_defer_interrupt).
     handler = _defer_interrupt if comm.size > 1 and not comm.is_root else _raise_interrupt
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
