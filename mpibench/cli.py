@@ -35,6 +35,7 @@ CONFIG_EXAMPLE = "e.g. mpibench {command} configs/quickstart.yaml (configs/ hold
 LAUNCHER_RANK_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
 NOT_STARTED = "before the run started; nothing was measured"
 ROOT_SPEAKS_WITHIN_S = 10.0  # an interrupted rank waits this long for rank 0 to report and end the job
+RUN_STARTS_WITHIN_S = 20.0  # a rank that noted a signal before the run waits this long for it to start
 
 RUN_EXAMPLES = """\
 examples:
@@ -238,7 +239,7 @@ def _say(line: str) -> None:
 
 
 _EARLY_SIGNAL: dict[str, Any] = {"defer": False, "pending": None}
-_DEFERRED: dict[str, str | None] = {"name": None}  # see _defer_interrupt
+_DEFERRED: dict[str, Any] = {}  # "name": a signal noted by _defer_interrupt; "comm": this rank's
 
 
 def _exit_on_signals(defer: bool) -> None:
@@ -296,12 +297,29 @@ def _defer_interrupt(signum: int, _frame: Any) -> None:
     (undoing its preflight) and this rank with it; a signal that reached only this rank
     is carried into the run, which stops at its first check and cleans up (run.execute),
     instead of ending the job while rank 0 is half-way through its preflight. A second
-    signal ends the job at once."""
+    signal ends the job at once, and so does this rank if the run has not started
+    RUN_STARTS_WITHIN_S later (rank 0 stuck in its preflight, say on a hung filesystem,
+    where it cannot act on a signal of its own)."""
     name = signal.Signals(signum).name
-    if _DEFERRED["name"] is None:
-        _DEFERRED["name"] = name
+    if "name" not in _DEFERRED and "noted" not in _DEFERRED:
+        _DEFERRED["name"] = _DEFERRED["noted"] = name
+        deadline = threading.Timer(RUN_STARTS_WITHIN_S, _run_not_started, (name,))
+        deadline.daemon = True  # a run that took the signal ends without waiting for it
+        deadline.start()
         return
     raise KeyboardInterrupt(name, "again")
+
+
+def _run_not_started(name: str) -> None:
+    """The deadline of a signal noted before the run: unless the run took it (or the rank
+    reported it), end the job with one line (a daemon timer's thread)."""
+    if _DEFERRED.pop("name", None) is None:  # taken (pop is atomic: only one side gets it)
+        return
+    comm = _DEFERRED["comm"]
+    print(f"mpibench: error: rank {comm.rank}: interrupted by {name} and the run did not start within "
+          f"{RUN_STARTS_WITHIN_S:.0f} s: aborting the job; the run directory may keep files, remove it by hand",
+          file=sys.stderr, flush=True)
+    comm.abort(EXIT_INTERRUPTED)
 
 
 def _redeliver_interrupt(unraisable: Any) -> None:
@@ -327,6 +345,7 @@ def _main_mpi(args: argparse.Namespace) -> int:
     # one (the run has its own handling). The other ranks mostly wait for rank 0 here, and
     # a signal that reached only one of them is carried into the run (_defer_interrupt).
     sys.unraisablehook = _redeliver_interrupt
+    _DEFERRED["comm"] = comm
     handler = _defer_interrupt if comm.size > 1 and not comm.is_root else _raise_interrupt
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
@@ -334,9 +353,10 @@ def _main_mpi(args: argparse.Namespace) -> int:
         if _EARLY_SIGNAL["pending"]:  # a signal came while MPI was starting up
             raise KeyboardInterrupt(_EARLY_SIGNAL["pending"])
         code = _dispatch(args, comm)
-        if _DEFERRED["name"] is not None:  # noted, and no run came to act on it (preflight, plan)
+        noted = _DEFERRED.pop("name", None)
+        if noted is not None:  # noted, and no run came to act on it (preflight, plan)
             _ignore_signals()
-            print(f"mpibench: error: rank {comm.rank}: interrupted by {_DEFERRED['name']} {NOT_STARTED}",
+            print(f"mpibench: error: rank {comm.rank}: interrupted by {noted} {NOT_STARTED}",
                   file=sys.stderr, flush=True)
             return EXIT_INTERRUPTED
         return code

@@ -494,9 +494,9 @@ def execute(config: Config, comm: Comm, *, output: str | None, force: bool = Fal
     workload: Workload = get_workload(config.workload)
     holder: dict[str, Any] = {"ctx": None}
     previous_handlers = install_signal_handlers(holder)
-    if deferred is not None and deferred.get("name"):  # it came before: the run stops at once, gracefully
-        holder.setdefault("pending", deferred["name"])
-        deferred["name"] = None
+    noted = deferred.pop("name", None) if deferred is not None else None  # atomic: see cli._run_not_started
+    if noted is not None:  # it came before: the run stops at once, gracefully
+        holder.setdefault("pending", noted)
     failure: MpibenchError | None = None
     started = time.time()
     try:

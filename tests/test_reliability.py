@@ -684,6 +684,25 @@ def test_signal_to_one_rank_during_preflight_is_carried_into_the_run(request, jo
     assert done.seconds < 5
 
 
+def test_signal_to_one_rank_while_the_preflight_hangs_ends_the_job(request, jobs, sandbox):
+    """The same signal while rank 0's preflight does not finish (held here; a hung
+    filesystem would do the same): the signalled rank ends the job itself once the run
+    has not started RUN_STARTS_WITHIN_S later, with one line naming itself."""
+    from mpibench.cli import RUN_STARTS_WITHIN_S
+
+    before = tree(sandbox["box"])
+    job = launch(jobs, 2, "run", QUICK, f"storage.root={sandbox['root']}", *SMALL, "run_id=deferred",
+                 "--output", sandbox["output"], fault=f"pause:phase=preflight:dir={sandbox['faults']}")
+    wait_for(os.path.join(sandbox["faults"], "paused"), job)
+    os.kill(_rank_pid("deferred", 1), signal.SIGINT)
+    done = job.finish(since=time.monotonic())
+    _record(request, done.seconds)
+    check_contract(done, 130, f"rank 1: interrupted by SIGINT and the run did not start within "
+                   f"{RUN_STARTS_WITHIN_S:.0f} s: aborting the job")
+    assert RUN_STARTS_WITHIN_S <= done.seconds < RUN_STARTS_WITHIN_S + 5
+    assert_only_run_dir_changed(before, tree(sandbox["box"]), "deferred")
+
+
 def test_signal_to_one_rank_during_preflight_only(request, jobs, sandbox):
     """`mpibench preflight`, where no run comes to act on it: the preflight finishes and
     undoes itself, and the signalled rank says it was interrupted (exit 130)."""
