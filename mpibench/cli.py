@@ -405,7 +405,10 @@ def _interrupted(exc: KeyboardInterrupt, comm: Any) -> int:
     (_defer_interrupt), which ends the job at once."""
     _ignore_signals()
     name = exc.args[0] if exc.args else "SIGINT"
-    if not comm.is_root and exc.args[1:] != ("again",):
+    if not comm.is_root and exc.args[1:] == ("again",):  # rank 0 may be half-way through its preflight
+        print(f"mpibench: error: rank {comm.rank}: interrupted again by {name} before the run started: "
+              "aborting the job; the run directory may keep files, remove it by hand", file=sys.stderr, flush=True)
+    elif not comm.is_root:
         time.sleep(ROOT_SPEAKS_WITHIN_S)
         print(f"mpibench: error: rank {comm.rank}: interrupted by {name} {NOT_STARTED}", file=sys.stderr,
               flush=True)

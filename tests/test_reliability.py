@@ -694,12 +694,34 @@ def test_signal_to_one_rank_while_the_preflight_hangs_ends_the_job(request, jobs
     job = launch(jobs, 2, "run", QUICK, f"storage.root={sandbox['root']}", *SMALL, "run_id=deferred",
                  "--output", sandbox["output"], fault=f"pause:phase=preflight:dir={sandbox['faults']}")
     wait_for(os.path.join(sandbox["faults"], "paused"), job)
-    os.kill(_rank_pid("deferred", 1), signal.SIGINT)
-    done = job.finish(since=time.monotonic())
+    pid = _rank_pid("deferred", 1)
+    sent = time.monotonic()  # before the kill: the rank's deadline starts after it
+    os.kill(pid, signal.SIGINT)
+    done = job.finish(since=sent)
     _record(request, done.seconds)
     check_contract(done, 130, f"rank 1: interrupted by SIGINT and the run did not start within "
                    f"{RUN_STARTS_WITHIN_S:.0f} s: aborting the job")
     assert RUN_STARTS_WITHIN_S <= done.seconds < RUN_STARTS_WITHIN_S + 5
+    assert_only_run_dir_changed(before, tree(sandbox["box"]), "deferred")
+
+
+def test_second_signal_to_one_rank_during_preflight_aborts_at_once(request, jobs, sandbox):
+    """A second signal to the rank that noted one: the job ends at once, that rank says so."""
+    before = tree(sandbox["box"])
+    job = launch(jobs, 2, "run", QUICK, f"storage.root={sandbox['root']}", *SMALL, "run_id=deferred",
+                 "--output", sandbox["output"], fault=f"pause:phase=preflight:dir={sandbox['faults']}")
+    wait_for(os.path.join(sandbox["faults"], "paused"), job)
+    pid = _rank_pid("deferred", 1)
+    os.kill(pid, signal.SIGTERM)
+    time.sleep(0.5)
+    assert job.proc.poll() is None
+    sent = time.monotonic()
+    os.kill(pid, signal.SIGTERM)
+    done = job.finish(since=sent)
+    _record(request, done.seconds)
+    check_contract(done, 130, "rank 1: interrupted again by SIGTERM before the run started: aborting the job",
+                   "may keep files")
+    assert done.seconds < 5
     assert_only_run_dir_changed(before, tree(sandbox["box"]), "deferred")
 
 
