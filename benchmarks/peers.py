@@ -22,7 +22,10 @@ Cases (docs/performance.md says what each compares and why it is fair):
          each object's first GET.
          Also prints each tool's client CPU per object. --s3-unsigned adds mpibench
          (storage.sign_payload=false) and s3dlio with unsigned PUT bodies;
-         --s3-server-cpus 0 keeps the server on CPU 0 and the clients off it.
+         --s3-server-cpus 0 keeps the server on CPU 0 and the clients off it;
+         --s3-client-cpu-quota 0.2 gives the clients together 0.2 CPUs' worth of time (a
+         cgroup CPU quota; root) and the server the rest, so that each client's own CPU
+         per request, not a server on the same cores, sets its pace.
 
 Every repetition runs every case and, within a case, every tool once (the order of the
 tools rotates from one repetition to the next); the table gives, per case and tool, the
@@ -466,15 +469,80 @@ def worker_plainread(folder: str, rank: int, ranks: int, threads: int, start_at:
 
 
 # -- s3: mpibench vs raw s3dlio and boto3 ------------------------------------------------------------
+class ClientCpuQuota:
+    """A CPU budget for the s3 clients (--s3-client-cpu-quota): a cgroup whose processes
+    together get `cpus` CPUs' worth of time per 100 ms (CFS bandwidth control), so that a
+    client's own CPU per request sets its pace, not a server sharing the machine's cores.
+
+    Every client process (mpiexec and its ranks, the peers' Python) starts in it through
+    `prefix`; the server and this script stay outside. cgroup v2 (cpu.max) or v1
+    (cpu.cfs_quota_us); needs the right to create a cgroup (root, usually)."""
+
+    PERIOD_US = 100_000
+
+    def __init__(self, cpus: float) -> None:
+        self.cpus = cpus
+        quota = round(cpus * self.PERIOD_US)
+        name = f"mpibench-peers-{os.getpid()}"
+        try:
+            base, version = self._cpu_hierarchy()
+            self.path = base / name
+            self.path.mkdir()
+            if version == 2:
+                (self.path / "cpu.max").write_text(f"{quota} {self.PERIOD_US}\n")
+            else:
+                (self.path / "cpu.cfs_period_us").write_text(f"{self.PERIOD_US}\n")
+                (self.path / "cpu.cfs_quota_us").write_text(f"{quota}\n")
+        except (OSError, LookupError) as exc:
+            self.remove()
+            raise SystemExit(f"--s3-client-cpu-quota {cpus:g}: cannot create a cgroup with a CPU quota "
+                             f"({exc}); run as root on a machine with the cgroup cpu controller, or "
+                             "leave the option out") from None
+        # `sh -c SCRIPT PROCS command...`: $0 is the cgroup.procs file, "$@" the command.
+        self.prefix = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.path / "cgroup.procs")]
+
+    @staticmethod
+    def _cpu_hierarchy() -> tuple[Path, int]:
+        """Our cgroup in the hierarchy holding the cpu controller, and that hierarchy's version."""
+        own: dict[str, str] = {}
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            for controller in controllers.split(",") if controllers else [""]:
+                own[controller] = path.lstrip("/")
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            _, mount, fstype, options = line.split()[:4]
+            if fstype == "cgroup" and "cpu" in options.split(",") and "cpu" in own:
+                return Path(mount) / own["cpu"], 1
+            if fstype == "cgroup2" and "" in own:
+                base = Path(mount) / own[""]
+                if "cpu" in (Path(mount) / "cgroup.controllers").read_text().split():
+                    enabled = base / "cgroup.subtree_control"
+                    if "cpu" not in enabled.read_text().split():
+                        enabled.write_text("+cpu\n")
+                    return base, 2
+        raise LookupError("no cgroup hierarchy with the cpu controller is mounted")
+
+    def remove(self) -> None:
+        """Remove the cgroup (its processes have all ended by then)."""
+        path = getattr(self, "path", None)
+        if path is not None and path.is_dir():
+            try:
+                path.rmdir()
+            except OSError as exc:
+                print(f"warning: could not remove the cgroup {path}: {exc}", flush=True)
+
+
 class S3Session:
     """A local SeaweedFS for the s3 case, with a bucket; stopped at the end."""
 
     BUCKET = "peers"
 
-    def __init__(self, work: Path, server_cpus: list[int] | None = None, taskset: str = "") -> None:
+    def __init__(self, work: Path, server_cpus: list[int] | None = None, taskset: str = "",
+                 client_cpu_quota: float = 0.0) -> None:
         """With `server_cpus`, the server runs on those CPUs and the s3 clients on the others
         (through `taskset`): on a machine with cores to spare this keeps the two from taking
-        each other's CPU, as with a server on its own machines."""
+        each other's CPU, as with a server on its own machines. With `client_cpu_quota`, the
+        clients share that many CPUs' worth of time (ClientCpuQuota) and the server has the rest."""
         from mpibench.s3server import LocalS3Server
 
         self.client_prefix: list[str] = []
@@ -488,8 +556,16 @@ class S3Session:
                                  "(taskset from util-linux is needed)")
             self.client_prefix = [taskset, "-c", ",".join(map(str, clients))]
             os.sched_setaffinity(0, server_cpus)  # the server inherits it
+        self.quota: ClientCpuQuota | None = None
         try:
+            if client_cpu_quota:
+                self.quota = ClientCpuQuota(client_cpu_quota)
+                self.client_prefix = [*self.quota.prefix, *self.client_prefix]
             self.server = LocalS3Server(data_dir=work / "s3-server").start()
+        except BaseException:
+            if self.quota is not None:
+                self.quota.remove()
+            raise
         finally:
             os.sched_setaffinity(0, mine)
         self.server.create_bucket(self.BUCKET)
@@ -497,6 +573,8 @@ class S3Session:
 
     def stop(self) -> None:
         self.server.stop()
+        if self.quota is not None:
+            self.quota.remove()
 
 
 def s3_cpu(case: str, tool: str, cpu_us: dict[str, float]) -> None:
@@ -819,6 +897,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s3-server-cpus", default="",
                         help="s3: run the server on these CPUs (e.g. 0) and the clients on the others; "
                              "default: both anywhere")
+    parser.add_argument("--s3-client-cpu-quota", type=float, default=0.0, metavar="CPUS",
+                        help="s3: the clients' processes together get this many CPUs' worth of time (a "
+                             "cgroup CPU quota, e.g. 0.2; needs root), the server the rest: a client's own CPU "
+                             "per request sets its pace, as on a node in front of a large store")
     parser.add_argument("--s3-tools", default="",
                         help="s3: only these tools, e.g. mpibench-qd1,s3dlio-seq (a focused A/B)")
     parser.add_argument("--s3-shared-buffer", action="store_true",
@@ -884,9 +966,16 @@ def main(argv: list[str] | None = None) -> int:
                 server_cpus = [int(c) for c in args.s3_server_cpus.split(",") if c.strip()]
             except ValueError:
                 raise SystemExit(f"--s3-server-cpus {args.s3_server_cpus}: give CPU numbers, e.g. 0 or 0,1") from None
-            args.s3 = S3Session(work, server_cpus, tools.taskset)
+            if args.s3_client_cpu_quota and not 0.01 <= args.s3_client_cpu_quota <= len(os.sched_getaffinity(0)):
+                raise SystemExit(f"--s3-client-cpu-quota {args.s3_client_cpu_quota:g}: give a number of CPUs "
+                                 f"between 0.01 and {len(os.sched_getaffinity(0))}, e.g. 0.2")
+            args.s3 = S3Session(work, server_cpus, tools.taskset, args.s3_client_cpu_quota)
             args.s3.shared_buffer = args.s3_shared_buffer
             info["s3_server_cpus"] = server_cpus
+            info["s3_client_cpu_quota"] = args.s3_client_cpu_quota or None
+            if args.s3.quota is not None:
+                print(f"s3: the clients share {args.s3_client_cpu_quota:g} CPUs' worth of time "
+                      f"(cgroup {args.s3.quota.path}); the server runs outside it", flush=True)
             if server_cpus:
                 print(f"s3: the server on CPU {args.s3_server_cpus}, the clients on "
                       f"{args.s3.client_prefix[-1]}", flush=True)

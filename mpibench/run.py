@@ -148,10 +148,15 @@ def resolve_io_engine(config: Config) -> str:
 
 
 def resolve_threads(config: Config, layout: NodeLayout) -> int:
-    """s3dlio runtime threads per rank: the node's usable CPUs divided by the ranks on it."""
+    """s3dlio runtime threads per rank: the node's usable CPUs divided by the ranks on it, and
+    no more than the rank's requests in flight. More workers than requests only pass each
+    request from thread to thread: one 1 MiB GET at a time cost 25 % more client CPU with two
+    workers than with one (docs/performance.md, "The s3dlio runtime's workers")."""
     if config.storage.threads != AUTO:
         return int(config.storage.threads)
-    return max(1, layout.node_cpus() // max(1, layout.local_size))
+    cpus = max(1, layout.node_cpus() // max(1, layout.local_size))
+    in_flight = get_workload(config.workload).requests_in_flight(config, resolve_io_depth(config, layout))
+    return max(1, min(cpus, in_flight))
 
 
 def check_memory(config: Config, workload: Workload, size: int, layout: NodeLayout) -> str | None:

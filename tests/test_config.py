@@ -262,3 +262,30 @@ def test_bandwidth_overwrite_is_a_checked_files_only_option():
     with pytest.raises(ConfigError, match="bandwidth.overwrite applies to files only") as info:
         build("bandwidth.overwrite=true", base=s3)
     assert "local_fs or direct_fs" in info.value.line()
+
+
+S3_BASE = {"workload": "bandwidth", "storage": {"type": "s3", "root": "s3://bench/x"}}
+
+
+@pytest.mark.parametrize("overrides, cpus, ranks, expected", [
+    # One object per transfer: as many workers as PUTs/GETs in flight, at most the CPUs per rank.
+    (["bandwidth.io_depth=1"], 16, 1, 1),
+    (["bandwidth.io_depth=8"], 16, 1, 8),
+    (["bandwidth.io_depth=16"], 16, 4, 4),
+    (["bandwidth.io_depth=auto"], 16, 2, 8),
+    # One object per block: each stream is a multipart upload with parts_in_flight parts on the way.
+    (["bandwidth.io_depth=1", "bandwidth.object_size=null", "storage.parts_in_flight=3"], 16, 1, 3),
+    (["workload=train", "train.read_threads=2"], 16, 1, 2),
+    (["workload=datagen"], 16, 1, 1),
+    (["storage.threads=3", "bandwidth.io_depth=1"], 16, 1, 3),  # set by the user: kept
+])
+def test_runtime_threads_auto_follow_the_requests_in_flight(overrides, cpus, ranks, expected):
+    """storage.threads auto: the node's usable CPUs over its ranks, but never more s3dlio
+    workers than the rank has requests in flight (more only pass requests between threads)."""
+    from mpibench.comm import NodeLayout
+    from mpibench.run import resolve_threads
+
+    base = {**S3_BASE, "bandwidth": {"transfer_size": "1MiB", "object_size": "1MiB", "block_size": "64MiB"}}
+    layout = NodeLayout(host="n0", node_index=0, num_nodes=1, local_rank=0, local_size=ranks,
+                        ranks_per_node=[ranks], hosts=["n0"], usable_cpus=cpus)
+    assert resolve_threads(build(*overrides, base=base), layout) == expected

@@ -414,8 +414,8 @@ def test_whole_objects_one_request_each(s3, tmp_path, access, skip_head):
     """One object per transfer without verification (the shortest request path): every
     object is PUT once and read back with one GET per read, no HEAD before it (s3dlio's
     get asks for the size first unless told not to; a S3DLIO_SKIP_HEAD the user set is
-    kept), the sizes are checked, and the ranks' s3dlio keep their freed heap (recorded
-    in the results)."""
+    kept), the sizes are checked, and the ranks' s3dlio keep their freed heap and run as
+    many runtime workers as they have requests in flight (recorded in the results)."""
     before = s3.listing()
     gateway = Forwarder(s3.endpoint)
     env = s3.cli_env() | ({"S3DLIO_SKIP_HEAD": skip_head} if skip_head else {})
@@ -433,6 +433,9 @@ def test_whole_objects_one_request_each(s3, tmp_path, access, skip_head):
     backend = doc["environment"]["backend"]
     assert backend["malloc"] == {"applied": True, **KEEP_HEAP}
     assert backend["head_before_get"] is (skip_head == "0")
+    # s3dlio's runtime: the CPUs per rank, but no more workers than requests in flight.
+    cpus_per_rank = doc["environment"]["usable_cpus_per_node"] // 2
+    assert backend["runtime_threads"] == max(1, min(cpus_per_rank, doc["phases"][0]["io_depth"]))
     objects = re.compile(r"/rank-\d+\.dat/obj-\d{6}$")
     requests = [(method, path.partition("?")[0]) for method, path, _ in gateway.requests]
     puts = Counter(path for method, path in requests if method == "PUT" and objects.search(path))

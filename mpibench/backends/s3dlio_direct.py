@@ -115,6 +115,7 @@ class S3dlioDirectBackend(DirectFsBackend):
 
         return {**super().describe(), "library": "s3dlio", "library_version": library_version(),
                 "uri_scheme": "direct://", "malloc": keep_freed_heap(),
+                "runtime_threads": _THREADS_SET[0] if _THREADS_SET else None,
                 "layout": "one write: one file; several writes: a folder of one file per write"}
 
     @classmethod
@@ -132,7 +133,7 @@ class S3dlioDirectBackend(DirectFsBackend):
 
     @classmethod
     def rank_options(cls, config: Any, info_backend: dict[str, Any], layout: Any, threads: int) -> dict[str, Any]:
-        """s3dlio runtime threads per rank (cores of the node / ranks on it)."""
+        """s3dlio runtime threads per rank (run.resolve_threads)."""
         return {"threads": threads}
 
     def _uri(self, path: str) -> str:

@@ -27,6 +27,12 @@ class Workload:
         drive it, and how to lower it; checked against the node's memory in preflight."""
         return 0, "", ""
 
+    def requests_in_flight(self, config: Config, io_depth: int) -> int:
+        """The most storage requests one rank has in flight at once (`storage.threads: auto`
+        gives s3dlio's runtime no more workers than that): by default each of io_depth
+        streams may be a multipart upload with storage.parts_in_flight parts on the way."""
+        return io_depth * config.storage.parts_in_flight
+
     def check(self, config: Config, size: int, alignment: int) -> None:
         """Rank 0: rules that depend on the rank count or the storage's alignment."""
 

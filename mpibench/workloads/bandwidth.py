@@ -62,6 +62,12 @@ class BandwidthWorkload(Workload):
                 f"bandwidth.transfer_size x (io_depth {depth} + 2)",
                 "lower bandwidth.transfer_size or bandwidth.io_depth, or run fewer ranks per node")
 
+    def requests_in_flight(self, config: Config, io_depth: int) -> int:
+        # One object per transfer: every write is one PUT, every read one GET.
+        if config.bandwidth.object_size is not None and config.bandwidth.object_size == config.bandwidth.transfer_size:
+            return io_depth
+        return super().requests_in_flight(config, io_depth)
+
     def check(self, config: Config, size: int, alignment: int) -> None:
         bw = config.bandwidth
         check_alignment("bandwidth.transfer_size", bw.transfer_size, alignment)

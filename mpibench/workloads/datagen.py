@@ -120,6 +120,9 @@ class DatagenWorkload(Workload):
         ds = config.dataset
         return ds.num_files * size_bound(ds, 0, ds.record_size)
 
+    def requests_in_flight(self, config: Config, io_depth: int) -> int:
+        return 1  # one writer: each file is one write (one PUT), then the next
+
     def buffer_bytes(self, config: Config, size: int, ranks_per_node: int, io_depth: int) -> tuple[int, str, str]:
         # Per rank: each producer holds a file's samples and its encoding, the queue holds
         # one encoded file per producer, and the writer one more.

@@ -368,6 +368,9 @@ class TrainWorkload(Workload):
     name = "train"
     describe_totals = True
 
+    def requests_in_flight(self, config: Config, io_depth: int) -> int:
+        return config.train.read_threads  # each reader thread reads one file at a time
+
     def buffer_bytes(self, config: Config, size: int, ranks_per_node: int, io_depth: int) -> tuple[int, str, str]:
         # Per rank: one buffer of the largest file per reader thread that has a file to
         # read (read_buffers) and, decoding, the arrays parsed from it.
