@@ -56,7 +56,7 @@ class StorageConfig:
     retries: int = _opt(3, "int", minimum=0, doc="S3 retries of a failed request")
     threads: int | str = _opt(AUTO, "int_or_auto", minimum=1,
                               doc="s3dlio runtime threads per rank (auto: usable CPUs per node / ranks per node, "
-                                  "at most the rank's requests in flight)")
+                                  "on S3 at most the rank's requests in flight)")
     part_size: int = _opt(16 * 1024**2, "size", minimum=1,
                           doc="s3: bytes per multipart-upload part (at least 5 MiB)")
     parts_in_flight: int = _opt(8, "int", minimum=1,

@@ -278,10 +278,14 @@ S3_BASE = {"workload": "bandwidth", "storage": {"type": "s3", "root": "s3://benc
     (["workload=train", "train.read_threads=2"], 16, 1, 2),
     (["workload=datagen"], 16, 1, 1),
     (["storage.threads=3", "bandwidth.io_depth=1"], 16, 1, 3),  # set by the user: kept
+    # direct:// files through s3dlio: the CPUs per rank, whatever the depth.
+    (["storage.type=direct_fs", "storage.root=/tmp/x", "storage.library=s3dlio", "bandwidth.object_size=null",
+      "bandwidth.io_depth=1"], 16, 2, 8),
 ])
 def test_runtime_threads_auto_follow_the_requests_in_flight(overrides, cpus, ranks, expected):
-    """storage.threads auto: the node's usable CPUs over its ranks, but never more s3dlio
-    workers than the rank has requests in flight (more only pass requests between threads)."""
+    """storage.threads auto: the node's usable CPUs over its ranks, but on S3 never more
+    s3dlio workers than the rank has requests in flight (more only pass requests between
+    threads); direct:// keeps the CPUs per rank."""
     from mpibench.comm import NodeLayout
     from mpibench.run import resolve_threads
 
