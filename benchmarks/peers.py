@@ -20,7 +20,7 @@ Cases (docs/performance.md says what each compares and why it is fair):
          s3dlio sends one GET per read, as mpibench has it do (S3DLIO_SKIP_HEAD=1);
          s3dlio-seq-head is the sequential loop with s3dlio's default, a HEAD before
          each object's first GET.
-         Also prints each tool's client CPU per object. --s3-unsigned adds mpibench
+         Also prints each tool's client CPU per object and the CPUs it kept busy. --s3-unsigned adds mpibench
          (storage.sign_payload=false) and s3dlio with unsigned PUT bodies;
          --s3-server-cpus 0 keeps the server on CPU 0 and the clients off it;
          --s3-client-cpu-quota 0.2 gives the clients together 0.2 CPUs' worth of time (a
@@ -582,6 +582,22 @@ def s3_cpu(case: str, tool: str, cpu_us: dict[str, float]) -> None:
         CLIENT_CPU.setdefault(f"{case} {tool} {phase}", []).append(value)
 
 
+def s3_client_cpus(cases: list[dict[str, Any]], raw: dict[str, dict[str, dict[str, list[float]]]]) -> dict[str, float]:
+    """Per "<case> <tool> <phase>" of CLIENT_CPU: the median over the repetitions of the CPUs the
+    client kept busy, its objects per second times its CPU seconds per object."""
+    busy: dict[str, float] = {}
+    for case in cases:
+        if case["kind"] != "s3":
+            continue
+        for tool, phases in raw[case["name"]].items():
+            for phase, rates in phases.items():
+                key = f"{case['name']} {tool} {phase}"
+                if key in CLIENT_CPU:
+                    busy[key] = statistics.median(rate * MiB / case["object_bytes"] * us / 1e6
+                                                  for rate, us in zip(rates, CLIENT_CPU[key], strict=True))
+    return busy
+
+
 def s3_mpibench(tools: Tools, work: Path, s3: S3Session, size: int, count: int, depth: int,
                 case: str, tool: str, signed: bool = True) -> dict[str, float]:
     doc = mpibench_run(tools, 1, work, str(REPO / "configs" / "s3.yaml"), [
@@ -1008,15 +1024,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {key:<40} {statistics.median(values):.2f}")
         if CLIENT_CPU:
             print("\ns3: the client's CPU per object in microseconds, median (mpibench: its phase's client_cpu; "
-                  "the peers: getrusage around their loop)")
-            for key, values in CLIENT_CPU.items():
-                print(f"  {key:<56} {statistics.median(values):.0f}")
+                  "the peers: getrusage around their loop), and the CPUs it kept busy (objects/s x CPU per "
+                  "object, median): near --s3-client-cpu-quota, the client's own CPU set its pace")
+            for key, cpus in s3_client_cpus(cases, raw).items():
+                print(f"  {key:<56} {statistics.median(CLIENT_CPU[key]):6.0f}   {cpus:.2f} CPUs")
         info["load_average_1min"] = load
         info["seconds"] = round(time.time() - started, 1)
         document = {"machine": info, "repetitions": reps, "quick": args.quick, "skipped": tools.skipped,
                     "cases": [{k: v for k, v in c.items() if k != "tools"} for c in cases],
                     "raw_MiBps": raw, "summary": rows,
-                    "device_requests_per_transfer": REQUESTS, "s3_client_cpu_us_per_object": CLIENT_CPU}
+                    "device_requests_per_transfer": REQUESTS, "s3_client_cpu_us_per_object": CLIENT_CPU,
+                    "s3_client_cpus_busy": s3_client_cpus(cases, raw)}
         output.write_text(json.dumps(document, indent=1))
         print(f"\nresults: {output}")
         if args.markdown:
