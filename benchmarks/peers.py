@@ -20,8 +20,9 @@ Cases (docs/performance.md says what each compares and why it is fair):
          s3dlio sends one GET per read, as mpibench has it do (S3DLIO_SKIP_HEAD=1);
          s3dlio-seq-head is the sequential loop with s3dlio's default, a HEAD before
          each object's first GET.
-         Also prints each tool's client CPU per object and the CPUs it kept busy. --s3-unsigned adds mpibench
-         (storage.sign_payload=false) and s3dlio with unsigned PUT bodies;
+         Also prints each tool's client CPU per object and the CPUs it kept busy.
+         --s3-unsigned adds mpibench (storage.sign_payload=false) and s3dlio with
+         unsigned PUT bodies;
          --s3-server-cpus 0 keeps the server on CPU 0 and the clients off it;
          --s3-client-cpu-quota 0.2 gives the clients together 0.2 CPUs' worth of time (a
          cgroup CPU quota; root) and the server the rest, so that each client's own CPU

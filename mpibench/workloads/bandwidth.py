@@ -64,7 +64,7 @@ class BandwidthWorkload(Workload):
 
     def requests_in_flight(self, config: Config, io_depth: int) -> int:
         # One object per transfer: every write is one PUT, every read one GET.
-        if config.bandwidth.object_size is not None and config.bandwidth.object_size == config.bandwidth.transfer_size:
+        if config.bandwidth.object_size == config.bandwidth.transfer_size:
             return io_depth
         return super().requests_in_flight(config, io_depth)
 
