@@ -408,6 +408,22 @@ def test_ranks_spread_over_endpoints(s3, tmp_path):
 
 
 @pytest.mark.s3
+@pytest.mark.parametrize("depth", [1, 2])
+def test_runtime_workers_follow_the_requests_in_flight(s3, tmp_path, depth):
+    """storage.threads auto on S3: one rank gets the CPUs it may use, but no more s3dlio
+    runtime workers than it keeps requests in flight (one object per transfer: io_depth)."""
+    output = tmp_path / "r.json"
+    done = run_cli(1, "run", S3_YAML, f"storage.root={s3.root}", "bandwidth.transfer_size=1MiB",
+                   "bandwidth.object_size=1MiB", "bandwidth.block_size=2MiB", "bandwidth.iterations=1",
+                   f"bandwidth.io_depth={depth}", "--output", str(output), env=s3.cli_env(), timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads(output.read_text())
+    cpus = doc["environment"]["usable_cpus_per_node"]
+    assert doc["environment"]["backend"]["runtime_threads"] == min(cpus, depth)
+    assert doc["config"]["storage"]["threads"] == "auto"
+
+
+@pytest.mark.s3
 @pytest.mark.parametrize(("access", "skip_head"), [("sequential", None), ("random", None), ("sequential", "0")],
                          ids=["sequential", "random", "user-wants-head"])
 def test_whole_objects_one_request_each(s3, tmp_path, access, skip_head):
