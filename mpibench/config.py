@@ -20,7 +20,7 @@ from mpibench.errors import ConfigError
 from mpibench.units import parse_size
 
 AUTO = "auto"
-WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint")
+WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint", "modelload")
 STORAGE_TYPES = ("local_fs", "direct_fs", "s3")
 LOCAL_SCHEMES = ("file://", "direct://")
 RUN_ID_MAX = 128
@@ -106,7 +106,8 @@ class DatasetConfig:
     samples_per_file: int = _opt(1, "int", minimum=1, doc="samples (records) per file")
     record_size: int = _opt(1024**2, "size", minimum=1, doc="mean bytes per sample")
     record_size_stdev: int = _opt(0, "size", minimum=0, doc="standard deviation of sample bytes")
-    format: str = _opt("npz", "enum", choices=("npz", "hdf5", "raw"), doc="file format")
+    format: str = _opt("npz", "enum", choices=("npz", "hdf5", "raw", "safetensors"),
+                       doc="file format (safetensors: the modelload section's model, in HF's layout)")
     num_subfolders: int = _opt(0, "int", minimum=0, doc="spread files over this many subfolders")
     seed: int = _opt(1234, "int", minimum=0, doc="seed of sizes and content")
     hdf5_chunk_size: int | None = _opt(None, "optional_size", minimum=1,
@@ -154,6 +155,32 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class ModelloadConfig:
+    """Loading an LLM's safetensors shards (written by datagen with dataset.format=safetensors)."""
+
+    model: str = _opt("llama3-8b", "str", doc="llama3 preset whose tensors the model has")
+    scale: float = _opt(1.0, "float", minimum=0.0, doc="factor in (0, 1] shrinking every matrix's rows")
+    shard_size: int = _opt(5 * 10**9, "size", minimum=1, doc="largest shard file (transformers: 5GB)")
+    reader: str = _opt(AUTO, "enum", choices=(AUTO, "mmap", "read", "direct", "s3"),
+                       doc="mmap or read (local_fs), direct (direct_fs), s3 (ranged GETs); auto: "
+                           "mmap, direct or s3 by storage.type")
+    mmap_mapping: str = _opt("private", "enum", choices=("private", "shared"),
+                             doc="mmap reader: MAP_PRIVATE (as safetensors) or MAP_SHARED (as mmap.mmap)")
+    layout: str = _opt("replicated", "enum",
+                       choices=("replicated", "tensor_parallel", "pipeline_parallel", "tensor_pipeline"),
+                       doc="who loads what: all of it, a TP slice, a PP stage, or both")
+    tp: int | str = _opt(AUTO, "int_or_auto", minimum=1, doc="tensor-parallel size (auto: the preset's, "
+                                                            "else the world size for tensor_parallel)")
+    pp: int | str = _opt(AUTO, "int_or_auto", minimum=1, doc="pipeline stages (auto: the preset's, "
+                                                            "else the world size for pipeline_parallel)")
+    iterations: int = _opt(1, "int", minimum=1, doc="cold load then warm load, this many times")
+    buffer_size: int = _opt(64 * 1024**2, "size", minimum=4096, doc="bytes per read and staging buffer per rank")
+    backing_root: str | None = _opt(None, "optional_str",
+                                    doc="a FUSE root's backing directory: its files are evicted too before "
+                                        "a cold load")
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """What is recorded beside bytes and times."""
 
@@ -170,6 +197,7 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    modelload: ModelloadConfig = field(default_factory=ModelloadConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     run_id: str | None = _opt(None, "optional_str", doc="name of the run (default: time + random)")
     keep_files: bool = _opt(False, "bool", doc="keep the files the run wrote")
@@ -190,6 +218,7 @@ SECTIONS: dict[str, type] = {
     "dataset": DatasetConfig,
     "train": TrainConfig,
     "checkpoint": CheckpointConfig,
+    "modelload": ModelloadConfig,
     "metrics": MetricsConfig,
 }
 
@@ -494,10 +523,47 @@ def validate(config: Config) -> None:
                     "bandwidth.object_size must divide block_size and be a multiple of transfer_size",
                     f"e.g. object_size={bw.transfer_size} (one object per transfer) or {bw.block_size} (one per block)",
                 )
+    validate_modelload(config)
     if config.workload == "checkpoint":
         ck = config.checkpoint
         if not 0 < ck.scale <= 1:
             raise ConfigError(f"checkpoint.scale must be in (0, 1], got {ck.scale}")
+
+
+READERS_BY_STORAGE = {"local_fs": ("mmap", "read"), "direct_fs": ("direct",), "s3": ("s3",)}
+
+
+def modelload_reader(config: Config) -> str:
+    """The reader a modelload run uses: modelload.reader, or by storage.type when auto."""
+    reader = config.modelload.reader
+    return READERS_BY_STORAGE[config.storage.type][0] if reader == AUTO else reader
+
+
+def validate_modelload(config: Config) -> None:
+    """The rules of the modelload section and of a safetensors datagen."""
+    ml = config.modelload
+    safetensors = config.dataset.format == "safetensors"
+    if config.workload == "train" and safetensors:
+        raise ConfigError("dataset.format=safetensors is a model for workload=modelload, not a training dataset",
+                          "choose npz, hdf5 or raw for train")
+    if config.workload == "modelload" and not safetensors:
+        raise ConfigError("workload=modelload reads a safetensors model: dataset.format is "
+                          f"{config.dataset.format}", "set dataset.format=safetensors (and datagen it first)")
+    if config.workload not in ("modelload", "datagen") or (config.workload == "datagen" and not safetensors):
+        return
+    if not 0 < ml.scale <= 1:
+        raise ConfigError(f"modelload.scale must be in (0, 1], got {ml.scale}")
+    if config.workload != "modelload":
+        return
+    reader = modelload_reader(config)
+    allowed = READERS_BY_STORAGE[config.storage.type]
+    if reader not in allowed:
+        where = {"mmap": "local_fs", "read": "local_fs", "direct": "direct_fs", "s3": "s3"}[reader]
+        raise ConfigError(f"modelload.reader={reader} does not read storage.type={config.storage.type}",
+                          f"use modelload.reader={' or '.join(allowed)}, or storage.type={where}")
+    if ml.backing_root is not None and config.storage.type != "local_fs":
+        raise ConfigError("modelload.backing_root applies to storage.type=local_fs (a FUSE mount) only",
+                          "remove modelload.backing_root")
 
 
 def describe_keys() -> list[tuple[str, str, str]]:

@@ -64,6 +64,23 @@ def _mkdir_hint(exc: OSError) -> str:
     return "check storage.root, or choose another"
 
 
+def evict_file(path: str) -> bool:
+    """Drop a file's pages from this node's page cache (fdatasync, then
+    posix_fadvise(POSIX_FADV_DONTNEED)); True when both calls succeeded."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        os.fdatasync(fd)  # dirty pages cannot be dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 class _PosixHandle:
     __slots__ = ("fd", "path")
 
@@ -454,19 +471,7 @@ class PosixBackend(Backend):
 
     def evict(self, key: str) -> bool:
         """posix_fadvise(DONTNEED) on the file; confirmed when mincore-free reads follow."""
-        path = self.path_of(key)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError:
-            return False
-        try:
-            os.fdatasync(fd)  # dirty pages cannot be dropped
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            return True
-        except OSError:
-            return False
-        finally:
-            os.close(fd)
+        return evict_file(self.path_of(key))
 
 
 class LocalFsBackend(PosixBackend):

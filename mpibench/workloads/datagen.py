@@ -110,13 +110,25 @@ def producer_threads(ranks_on_node: int, files: int, node_cpus: int | None = Non
     return max(1, min(4, cpus // max(1, ranks_on_node), files))
 
 
+def model_writer(config: Config) -> Any:
+    """The writer of a safetensors model (dataset.format=safetensors), else None."""
+    if config.dataset.format != "safetensors":
+        return None
+    from mpibench.workloads.modelload import MODEL_WRITER
+
+    return MODEL_WRITER
+
+
 class DatagenWorkload(Workload):
-    """Generate dataset.num_files files in parallel and record how fast they reach storage."""
+    """Generate dataset.num_files files in parallel and record how fast they reach storage
+    (with dataset.format=safetensors: the modelload section's model, see workloads.modelload)."""
 
     name = "datagen"
     describe_totals = True
 
     def planned_bytes(self, config: Config, size: int) -> int:
+        if (writer := model_writer(config)) is not None:
+            return writer.planned_bytes(config, size)
         ds = config.dataset
         return ds.num_files * size_bound(ds, 0, ds.record_size)
 
@@ -124,6 +136,8 @@ class DatagenWorkload(Workload):
         return 1  # one writer: each file is one write (one PUT), then the next
 
     def buffer_bytes(self, config: Config, size: int, ranks_per_node: int, io_depth: int) -> tuple[int, str, str]:
+        if (writer := model_writer(config)) is not None:
+            return writer.buffer_bytes(config)
         # Per rank: each producer holds a file's samples and its encoding, the queue holds
         # one encoded file per producer, and the writer one more.
         ds = config.dataset
@@ -133,9 +147,13 @@ class DatagenWorkload(Workload):
                 "lower dataset.record_size or dataset.samples_per_file, or run fewer ranks per node")
 
     def check(self, config: Config, size: int, alignment: int) -> None:
+        if (writer := model_writer(config)) is not None:
+            return writer.check(config, size, alignment)
         check_dataset_name(config.dataset.name)
 
     def prepare(self, config: Config, size: int, backend: Backend, info: PreflightInfo) -> None:
+        if (writer := model_writer(config)) is not None:
+            return writer.prepare(config, backend, info)
         ds = config.dataset
         where = backend.path_of(ds.name)
         for key in [ds.name, *subfolder_keys(ds)]:
@@ -167,6 +185,8 @@ class DatagenWorkload(Workload):
 
     def describe_plan(self, config: Config, size: int, rank: int, ranks_per_node: int,
                       num_nodes: int) -> dict[str, Any]:
+        if (writer := model_writer(config)) is not None:
+            return writer.describe_plan(config, size, rank)
         ds = config.dataset
         if rank < 0:
             return {"totals": {"files": ds.num_files, "samples": ds.num_files * ds.samples_per_file,
@@ -182,6 +202,8 @@ class DatagenWorkload(Workload):
     def run(self, ctx: RunContext) -> None:
         from mpibench.run import broadcast_outcome
 
+        if (writer := model_writer(ctx.config)) is not None:
+            return writer.run(ctx)
         config = ctx.config
         ds = config.dataset
         comm = ctx.comm
@@ -288,6 +310,8 @@ class DatagenWorkload(Workload):
             timed_close(backend, handle, rec)
 
     def summarize(self, ctx: RunContext) -> dict[str, Any]:
+        if (writer := model_writer(ctx.config)) is not None:
+            return writer.summarize(ctx)
         ds = ctx.config.dataset
         phases = [p for p in ctx.phases if p["name"] == "datagen"]
         out: dict[str, Any] = {"dataset": ctx.backend.path_of(ds.name), "format": ds.format,
@@ -315,6 +339,10 @@ class DatagenWorkload(Workload):
 
     def report_lines(self, document: dict[str, Any]) -> list[str]:
         d = document.get("datagen") or {}
+        if d.get("format") == "safetensors":
+            from mpibench.workloads.modelload import MODEL_WRITER
+
+            return MODEL_WRITER.report_lines(document)
         if "files" not in d:
             return []
         lines = [

@@ -1,0 +1,912 @@
+"""modelload: ranks cold-start an LLM from its safetensors shards, and say where the bytes came from.
+
+The model is a Hugging Face layout in ``<storage.root>/<dataset.name>/`` written by
+`datagen` with ``dataset.format=safetensors`` (mpibench.safetensors_layout: llama3 tensor
+names and shapes, bf16, seeded random content, ``model.safetensors.index.json`` written
+last). Preflight checks the index against the configured model and, on a FUSE mount,
+probes what the mount serves (shared and private mappings, O_DIRECT, whether reads leave
+pages in the page cache) and refuses a reader it cannot serve in one line.
+
+Each iteration is a cold load, then a warm load, each one measured phase. Before the
+cold one, the first rank of every node evicts every shard (posix_fadvise DONTNEED; also
+under ``modelload.backing_root``, a FUSE mount's backing directory) and every rank
+measures with mincore how much of its shards is still resident; the warm load follows
+without eviction, its residency measured likewise. In a load every rank opens each
+shard it needs, reads and checks its safetensors header and copies every byte of its
+extents (mpibench.safetensors_layout.rank_extents) into a staging buffer, the way a
+loader hands tensors to a device:
+
+- ``mmap``: the shard mapped (MAP_PRIVATE as safetensors does, or MAP_SHARED), each
+  tensor copied out of the mapping: the pages are really faulted in;
+- ``read``: pread of each tensor's extent (each piece of a strided slice);
+- ``direct``: O_DIRECT reads of the extents rounded out to the alignment and merged
+  where they touch (native, or s3dlio's direct:// with storage.library=s3dlio);
+- ``s3``: one ranged GET per tensor slice (from its first to its last byte).
+
+Per rank and load: time to the first tensor and to all, bytes touched (headers, and
+what alignment or a covering range adds), tensor bytes, major and minor page faults
+(getrusage), resident bytes of its shards before and after, /proc/self/io; per node the
+block device's counters (the node's first rank, around the phase).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import json
+import mmap
+import os
+import resource
+import statistics
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mpibench import environment
+from mpibench.buffers import aligned_buffer, buffer_footprint, file_seed, fill_random
+from mpibench.config import Config, modelload_reader
+from mpibench.errors import BenchIOError, ConfigError, PreflightError
+from mpibench.formats import encode_manifest
+from mpibench.metrics import OpLog, PhaseRecorder
+from mpibench.plan import part_range, round_down, round_up
+from mpibench.safetensors_layout import (
+    INDEX_NAME,
+    PAGE,
+    Extent,
+    ModelFiles,
+    Parallelism,
+    ShardFile,
+    aligned_runs,
+    covering_runs,
+    extents_summary,
+    model_files,
+    parse_header,
+    preset_of,
+    rank_extents,
+    resolve_parallelism,
+    shards_of,
+)
+from mpibench.units import format_size
+from mpibench.workloads import Workload
+from mpibench.workloads.datagen import check_dataset_name, key_exists
+
+if TYPE_CHECKING:
+    from mpibench.backends.base import Backend
+    from mpibench.run import PreflightInfo, RunContext
+
+HEAD_READ = 64 * 1024  # the first read of a shard: the header length and, mostly, the header
+COLD_RESIDENT_LIMIT = 0.01  # a cold load with more of its shards resident than this is flagged
+WARM_FROM_MEMORY = 0.02  # a warm load whose processes read less than this from storage came from memory
+PLAN_EXTENTS = 12  # extents `mpibench plan` lists per rank
+INDEX_FORMAT = 1  # mpibench's own metadata in the index: version of how the model is derived
+
+
+# -- page cache residency and the FUSE probe --------------------------------------------------------
+class _Libc:
+    """mmap, mincore and munmap from the C library (Python's mmap hides the address)."""
+
+    def __init__(self) -> None:
+        lib = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        self.mmap = lib.mmap
+        self.mmap.restype = ctypes.c_void_p
+        self.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_long]
+        self.munmap = lib.munmap
+        self.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self.mincore = lib.mincore
+        self.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+
+
+_LIBC: list[_Libc] = []
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def resident_bytes(path: str) -> tuple[int, int] | None:
+    """(bytes of `path` in this node's page cache, file bytes) by mincore over a private
+    read-only mapping (which a FUSE direct_io mount accepts); None where it cannot map."""
+    if not _LIBC:
+        _LIBC.append(_Libc())
+    libc = _LIBC[0]
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return 0, 0
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_PRIVATE, fd, 0)
+        if addr in (None, _MAP_FAILED):
+            return None
+        try:
+            pages = -(-size // PAGE)
+            vec = (ctypes.c_ubyte * pages)()
+            if libc.mincore(addr, size, vec) != 0:
+                return None
+            resident = int(np.count_nonzero(np.frombuffer(vec, dtype=np.uint8) & 1))
+        finally:
+            libc.munmap(addr, size)
+        return min(resident * PAGE, size), size
+    finally:
+        os.close(fd)
+
+
+def _errno_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, str(exc.errno))
+
+
+def _try_map(fd: int, flags: int) -> str:
+    try:
+        mapped = mmap.mmap(fd, PAGE, flags=flags, prot=mmap.PROT_READ)
+    except OSError as exc:
+        return _errno_name(exc)
+    try:
+        _ = mapped[0]  # a fault through the mapping, not only its creation
+    finally:
+        mapped.close()
+    return "ok"
+
+
+def probe_mount(path: str) -> dict[str, Any]:
+    """What a (FUSE) mount serves for one file of the model: a shared and a private read-only
+    mapping, an O_DIRECT read of the first 4 KiB, and whether a buffered read of the first
+    MiB leaves pages resident (not with direct_io); 'ok' or the errno name of each."""
+    from mpibench.backends.posix import O_DIRECT, evict_file
+
+    found: dict[str, Any] = {"file": path}
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        found["shared_mmap"] = _try_map(fd, mmap.MAP_SHARED)
+        found["private_mmap"] = _try_map(fd, mmap.MAP_PRIVATE)
+        evict_file(path)
+        length = min(os.fstat(fd).st_size, 1 << 20)
+        os.pread(fd, length, 0)
+        resident = resident_bytes(path)
+        found["read_bytes"] = length
+        found["resident_after_read_bytes"] = resident[0] if resident else None
+        found["page_cache"] = bool(resident and resident[0] > 0)
+        evict_file(path)
+    finally:
+        os.close(fd)
+    try:
+        dfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | O_DIRECT)
+    except OSError as exc:
+        found["o_direct"] = _errno_name(exc)
+    else:
+        try:
+            buf = aligned_buffer(PAGE)
+            os.preadv(dfd, [memoryview(buf)], 0)
+            found["o_direct"] = "ok"
+        except OSError as exc:
+            found["o_direct"] = _errno_name(exc)
+        finally:
+            os.close(dfd)
+    found["direct_io"] = not found["page_cache"]
+    return found
+
+
+def refuse_reader(config: Config, probe: dict[str, Any], mount: str) -> None:
+    """A PreflightError when the FUSE mount cannot serve the configured reader."""
+    reader = modelload_reader(config)
+    option = ("it is mounted with direct_io without FUSE_DIRECT_IO_ALLOW_MMAP"
+              if probe.get("direct_io") else "the mount refuses it")
+    if reader == "mmap":
+        mapping = config.modelload.mmap_mapping
+        result = probe[f"{mapping}_mmap"]
+        if result != "ok":
+            other = "private" if mapping == "shared" else "shared"
+            hint = (f"use modelload.mmap_mapping={other} (as safetensors maps) or modelload.reader=read"
+                    if probe[f"{other}_mmap"] == "ok" else "use modelload.reader=read")
+            flag = "MAP_SHARED" if mapping == "shared" else "MAP_PRIVATE"
+            raise PreflightError(f"mmap ({flag}) on this FUSE mount {mount} fails with {result}: {option}", hint)
+    if reader == "direct" and probe.get("o_direct") != "ok":
+        raise PreflightError(f"O_DIRECT on this FUSE mount {mount} fails with {probe.get('o_direct')}",
+                             "use storage.type=local_fs with modelload.reader=read")
+
+
+# -- the model on storage ---------------------------------------------------------------------------
+def model_of(config: Config) -> ModelFiles:
+    """The model files the modelload section describes."""
+    ml = config.modelload
+    preset_of(ml.model)
+    return model_files(ml.model, ml.scale, ml.shard_size)
+
+
+def parallelism(config: Config, size: int) -> Parallelism:
+    """The configured layout resolved for `size` ranks."""
+    ml = config.modelload
+    return resolve_parallelism(ml.layout, ml.tp, ml.pp, preset_of(ml.model), size)
+
+
+def index_extra(config: Config) -> dict[str, Any]:
+    """mpibench's own keys in the index's metadata: how to derive the model again."""
+    ml = config.modelload
+    return {"mpibench_model": INDEX_FORMAT, "preset": ml.model, "scale": ml.scale,
+            "shard_size": ml.shard_size, "seed": config.dataset.seed, "dtype": "BF16"}
+
+
+def read_index(backend: Backend, key: str) -> dict[str, Any] | None:
+    """The model's index document, None when there is none."""
+    if not key_exists(backend, key):
+        return None
+    size = backend.size_of(key)
+    buf = aligned_buffer(round_up(max(size, 1), max(backend.alignment, PAGE)))
+    n = backend.get(key, memoryview(buf)[:len(buf)])
+    try:
+        doc = json.loads(bytes(buf[:n]).decode("utf-8"))
+    except ValueError:
+        raise PreflightError(f"{backend.path_of(key)} is not valid JSON",
+                             "it was not written by mpibench datagen, or was damaged") from None
+    if not isinstance(doc, dict):
+        raise PreflightError(f"{backend.path_of(key)} is not a safetensors index")
+    return doc
+
+
+def checked_index(config: Config, backend: Backend) -> tuple[ModelFiles, list[str]]:
+    """The model, after checking that storage holds it complete; else a PreflightError."""
+    ds = config.dataset
+    model = model_of(config)
+    where = backend.path_of(ds.name)
+    doc = read_index(backend, f"{ds.name}/{INDEX_NAME}")
+    if doc is None:
+        raise PreflightError(f"no safetensors model at {where} (no {INDEX_NAME})",
+                             "write it first: mpibench run CONFIG.yaml workload=datagen")
+    expected = model.index(index_extra(config))
+    if doc != json.loads(json.dumps(expected)):
+        found = doc.get("metadata", {}) if isinstance(doc.get("metadata"), dict) else {}
+        said = ", ".join(f"{k}={found.get(k)!r}" for k in ("preset", "scale", "shard_size", "seed")
+                         if found.get(k) != expected["metadata"].get(k)) or "other tensors"  # type: ignore[union-attr]
+        raise PreflightError(f"the model at {where} differs from the modelload section ({said})",
+                             "write it again with this config into another dataset.name, or fix the config")
+    checks = []
+    for shard in model.shards:
+        key = f"{ds.name}/{shard.name}"
+        try:
+            size = backend.size_of(key)
+        except BenchIOError:
+            raise PreflightError(f"shard {backend.path_of(key)} of the model is missing",
+                                 "write the model again with datagen") from None
+        if size != shard.file_bytes:
+            raise PreflightError(f"shard {backend.path_of(key)} is {size} bytes, the model's is {shard.file_bytes}",
+                                 "write the model again with datagen")
+    checks.append(f"model at {where}: {len(model.shards)} shard(s), {model.num_tensors} tensors, "
+                  f"{format_size(model.file_bytes)} ({model.file_bytes} bytes), index matches the config")
+    return model, checks
+
+
+# -- datagen of the model ---------------------------------------------------------------------------
+class ModelWriter:
+    """datagen with dataset.format=safetensors: rank r writes shards part_range(N, size, r)."""
+
+    def planned_bytes(self, config: Config, size: int) -> int:
+        """The shard files and the index."""
+        model = model_of(config)
+        return model.file_bytes + len(json.dumps(model.index(index_extra(config)), indent=1)) + PAGE
+
+    def buffer_bytes(self, config: Config) -> tuple[int, str, str]:
+        """One staging buffer of modelload.buffer_size."""
+        return (buffer_footprint(config.modelload.buffer_size, config.huge_pages), "modelload.buffer_size",
+                "lower modelload.buffer_size")
+
+    def check(self, config: Config, size: int, alignment: int) -> None:
+        """The folder name, and no s3dlio direct:// (it stores a multi-write file as parts)."""
+        check_dataset_name(config.dataset.name)
+        model_of(config)
+        if config.storage.type == "direct_fs" and config.storage.library == "s3dlio":
+            raise ConfigError("datagen of a safetensors model cannot go through s3dlio's direct://: it stores a "
+                              "file written in several writes as a folder of parts, not a safetensors file",
+                              "write the model with storage.library=native; load it with s3dlio afterwards")
+        if config.modelload.buffer_size % max(alignment, 1):
+            raise ConfigError(f"modelload.buffer_size={config.modelload.buffer_size} is not a multiple of the "
+                              f"direct-I/O alignment {alignment}", f"use a multiple of {alignment}")
+
+    def prepare(self, config: Config, backend: Backend, info: PreflightInfo) -> None:
+        """Refuse a folder that holds a model (or any file of this one); create it."""
+        ds = config.dataset
+        model = model_of(config)
+        taken = backend.not_a_dir(ds.name)
+        if taken is not None:
+            raise PreflightError(f"model folder {backend.path_of(ds.name)} cannot be created: {taken} exists "
+                                 "and is not a directory", "choose another dataset.name")
+        for name in [INDEX_NAME, *(s.name for s in model.shards)]:
+            if key_exists(backend, f"{ds.name}/{name}"):
+                raise PreflightError(f"model folder {backend.path_of(ds.name)} already holds {name}",
+                                     "choose another dataset.name, or remove the folder first: datagen never "
+                                     "overwrites a model")
+        backend.makedirs(ds.name)
+        info.checks.append(f"model folder {backend.path_of(ds.name)} holds no model; created it")
+
+    def describe_plan(self, config: Config, size: int, rank: int) -> dict[str, Any]:
+        """The shards rank `rank` writes."""
+        model = model_of(config)
+        if rank < 0:
+            return {"totals": {"model": config.modelload.model, "scale": config.modelload.scale,
+                               "shards": len(model.shards), "tensors": model.num_tensors,
+                               "file_bytes": model.file_bytes, "tensor_bytes": model.tensor_bytes,
+                               "folder": config.dataset.name}}
+        first, count = part_range(len(model.shards), size, rank)
+        mine = model.shards[first:first + count]
+        return {"rank": rank, "shards": [s.name for s in mine], "bytes": sum(s.file_bytes for s in mine)}
+
+    def run(self, ctx: RunContext) -> None:
+        """One measured phase of shard writes, then rank 0 writes the index (the model is complete)."""
+        from mpibench.run import broadcast_outcome
+
+        config = ctx.config
+        model = model_of(config)
+        first, count = part_range(len(model.shards), ctx.comm.size, ctx.comm.rank)
+        mine = model.shards[first:first + count]
+        buf = ctx.setup(lambda: aligned_buffer(config.modelload.buffer_size))
+        ctx.phase("datagen", 0, lambda rec: self._write(ctx, rec, mine, buf), expected_bytes=model.file_bytes,
+                  format="safetensors", dataset=ctx.backend.path_of(config.dataset.name), fsync=True, cache=None)
+        broadcast_outcome(ctx.comm, lambda: self._write_index(ctx, model))
+
+    def _write(self, ctx: RunContext, rec: PhaseRecorder, shards: tuple[ShardFile, ...], buf: mmap.mmap) -> None:
+        from mpibench.engine import timed_close, timed_fsync
+
+        backend = ctx.backend
+        alignment = max(backend.alignment, 1)
+        chunk = round_down(len(buf), alignment) if alignment > 1 else len(buf)
+        log = rec.new_log()
+        view = memoryview(buf)
+        for shard in shards:
+            key = f"{ctx.config.dataset.name}/{shard.name}"
+            t = time.perf_counter()
+            handle = backend.open(key, "w")
+            rec.open_s += time.perf_counter() - t
+            rec.files += 1
+            prefix = shard.prefix()
+            try:
+                for number, position in enumerate(range(0, shard.file_bytes, chunk)):
+                    n = min(chunk, shard.file_bytes - position)
+                    fill_random(view[:n], file_seed(ctx.config.dataset.seed, shard.index, number))
+                    if position < len(prefix):  # the header, where this chunk overlaps it
+                        part = prefix[position:position + n]
+                        view[:len(part)] = part
+                    padded = round_up(n, alignment) if alignment > 1 else n
+                    t0 = time.perf_counter_ns()
+                    written = backend.write_at(handle, view[:padded], position)
+                    t1 = time.perf_counter_ns()
+                    if written < padded:
+                        raise BenchIOError(f"write {backend.path_of(key)}: {written} of {padded} bytes written",
+                                           "is the filesystem full?", path=backend.path_of(key))
+                    log.record(n, t0, t1)
+                    rec.transfer_s += (t1 - t0) / 1e9
+                    ctx.check_stop()
+                if alignment > 1 and shard.file_bytes % alignment:
+                    backend.truncate(handle, shard.file_bytes)  # O_DIRECT wrote whole blocks: cut the padding
+                timed_fsync(backend, handle, rec)
+            finally:
+                timed_close(backend, handle, rec)
+        rec.extra["shards"] = len(shards)
+
+    def _write_index(self, ctx: RunContext, model: ModelFiles) -> None:
+        backend = ctx.backend
+        buf, size, padded = encode_manifest(model.index(index_extra(ctx.config)), backend.alignment)
+        handle = backend.open(f"{ctx.config.dataset.name}/{INDEX_NAME}", "w")
+        try:
+            backend.write_at(handle, memoryview(buf)[:padded], 0)
+            if padded != size:
+                backend.truncate(handle, size)
+            backend.fsync(handle)
+        finally:
+            backend.close(handle)
+
+    def summarize(self, ctx: RunContext) -> dict[str, Any]:
+        """The datagen record of a model."""
+        config = ctx.config
+        model = model_of(config)
+        out: dict[str, Any] = {"dataset": ctx.backend.path_of(config.dataset.name), "format": "safetensors",
+                               "model": config.modelload.model, "scale": config.modelload.scale,
+                               "shard_size": config.modelload.shard_size, "num_files": len(model.shards),
+                               "tensors": model.num_tensors, "tensor_bytes": model.tensor_bytes,
+                               "manifest": ctx.backend.path_of(f"{config.dataset.name}/{INDEX_NAME}")}
+        phase = next((p for p in ctx.phases if p["name"] == "datagen"), None)
+        if phase is not None:
+            out.update(files=sum(r["files"] for r in phase["ranks"]), bytes=phase["bytes"],
+                       seconds=phase["seconds"], bandwidth_MiBps=phase["bandwidth_MiBps"],
+                       bandwidth_GBps=phase["bandwidth_GBps"])
+        return {"datagen": out}
+
+    def report_lines(self, document: dict[str, Any]) -> list[str]:
+        """One line: what was written and how fast."""
+        d = document.get("datagen") or {}
+        if "bytes" not in d:
+            return []
+        return ["", f"datagen: {d['model']} (scale {d['scale']:g}) as {d['files']} safetensors shard(s) and "
+                    f"{INDEX_NAME}, {format_size(d['bytes'])} ({d['bytes']} bytes) into {d['dataset']} at "
+                    f"{d['bandwidth_MiBps']:.1f} MiB/s ({d['bandwidth_GBps']:.3f} GB/s)"]
+
+
+MODEL_WRITER = ModelWriter()
+
+
+# -- loading ----------------------------------------------------------------------------------------
+def _faults() -> tuple[int, int]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_majflt, usage.ru_minflt
+
+
+class _Load:
+    """One rank's load of its extents: the reader's loop, with the figures it records."""
+
+    def __init__(self, ctx: RunContext, rec: PhaseRecorder, model: ModelFiles, extents: list[Extent],
+                 reader: str, buf: mmap.mmap) -> None:
+        self.ctx = ctx
+        self.rec = rec
+        self.model = model
+        self.extents = extents
+        self.reader = reader
+        self.buf = buf
+        self.view = memoryview(buf)
+        self.staging = np.frombuffer(buf, dtype=np.uint8)
+        self.log: OpLog = rec.new_log()
+        self.first_tensor: float | None = None
+        self.header_bytes = 0
+        self.shards = {s.name: s for s in model.shards}
+
+    def run(self) -> None:
+        """Load every shard this rank needs, in order."""
+        backend = self.ctx.backend
+        majflt, minflt = _faults()
+        by_file: dict[str, list[Extent]] = {}
+        for e in self.extents:
+            by_file.setdefault(e.file, []).append(e)
+        for name, extents in by_file.items():
+            shard = self.shards[name]
+            key = f"{self.ctx.config.dataset.name}/{name}"
+            path = backend.path_of(key)
+            t = time.perf_counter()
+            handle = backend.open(key, "r")
+            self.rec.open_s += time.perf_counter() - t
+            self.rec.files += 1
+            try:
+                t = time.perf_counter()
+                if self.reader == "mmap":
+                    self._mmap(backend.fileno(handle), shard, extents, path)
+                else:
+                    self._check_header(shard, self._read_header(handle, shard, path), path)
+                    if self.reader == "read":
+                        self._read(handle, extents, path)
+                    elif self.reader == "direct":
+                        self._direct(handle, shard, extents, path)
+                    else:
+                        self._ranges(handle, extents, path)
+                self.rec.transfer_s += time.perf_counter() - t
+            finally:
+                t = time.perf_counter()
+                backend.close(handle)
+                self.rec.close_s += time.perf_counter() - t
+        majflt2, minflt2 = _faults()
+        self.rec.extra.update(
+            first_tensor_s=self.first_tensor if self.first_tensor is not None else 0.0,
+            tensors=len(self.extents), tensor_bytes=sum(e.nbytes for e in self.extents),
+            header_bytes=self.header_bytes, shards=len(by_file), major_faults=majflt2 - majflt,
+            minor_faults=minflt2 - minflt)
+
+    # -- pieces shared by the readers --
+    def _tensor_done(self) -> None:
+        if self.first_tensor is None:
+            self.first_tensor = self.ctx.comm.wtime() - self.rec.start
+
+    def _check_header(self, shard: ShardFile, prefix: bytes, path: str) -> None:
+        """The header the file holds must be the one the plan expects (offsets, shapes, dtype)."""
+        try:
+            _length, doc = parse_header(prefix)
+        except ValueError as exc:
+            raise BenchIOError(f"{path} is not a safetensors file: {exc}", "write the model again with datagen",
+                               path=path) from None
+        if doc != json.loads(shard.header):
+            raise BenchIOError(f"the safetensors header of {path} differs from the configured model",
+                               "write the model again with datagen, or fix the modelload section", path=path)
+
+    def _read_exact(self, handle: Any, view: memoryview, offset: int, path: str, want: int | None = None) -> int:
+        t0 = time.perf_counter_ns()
+        got = self.ctx.backend.read_at(handle, view, offset)
+        t1 = time.perf_counter_ns()
+        need = len(view) if want is None else want
+        if got < need:
+            raise BenchIOError(f"read {path} at offset {offset}: {got} of {need} bytes (the file is shorter)",
+                               "write the model again with datagen", path=path)
+        self.log.record(got, t0, t1)
+        self.ctx.check_stop()
+        return got
+
+    def _read_header(self, handle: Any, shard: ShardFile, path: str) -> bytes:
+        """The first bytes (length and header) as the reader reads them, aligned where it must."""
+        alignment = max(self.ctx.backend.alignment, 1) if self.reader == "direct" else 1
+        need = shard.data_start
+        length = min(max(HEAD_READ, round_up(need, alignment)), len(self.buf))
+        length = round_down(length, alignment) if alignment > 1 else length
+        got = self._read_exact(handle, self.view[:length], 0, path, min(length, shard.file_bytes))
+        data = bytes(self.view[:min(got, need)])
+        done = got
+        while len(data) < need:  # a header larger than one read
+            n = min(len(self.buf), round_up(need - done, alignment))
+            got = self._read_exact(handle, self.view[:n], done, path, min(n, shard.file_bytes - done))
+            data += bytes(self.view[:min(got, need - done)])
+            done += got
+        self.header_bytes += done
+        return data
+
+    # -- the readers --
+    def _read(self, handle: Any, extents: list[Extent], path: str) -> None:
+        size = len(self.buf)
+        for e in extents:
+            if e.count == 1:
+                for at in range(e.offset, e.offset + e.length, size):
+                    self._read_exact(handle, self.view[:min(size, e.offset + e.length - at)], at, path)
+            else:
+                fill = 0
+                for start in e.starts().tolist():
+                    if fill + e.length > size:
+                        fill = 0
+                    self._read_exact(handle, self.view[fill:fill + e.length], start, path)
+                    fill += e.length
+            self._tensor_done()
+
+    def _ranges(self, handle: Any, extents: list[Extent], path: str) -> None:
+        size = len(self.buf)
+        for e, (offset, length) in zip(extents, covering_runs(extents), strict=True):
+            del e
+            for at in range(offset, offset + length, size):
+                self._read_exact(handle, self.view[:min(size, offset + length - at)], at, path)
+            self._tensor_done()
+
+    def _direct(self, handle: Any, shard: ShardFile, extents: list[Extent], path: str) -> None:
+        alignment = max(self.ctx.backend.alignment, 1)
+        size = round_down(len(self.buf), alignment)
+        first_end = extents[0].end
+        for offset, length in aligned_runs(extents, alignment):
+            for at in range(offset, offset + length, size):
+                n = min(size, offset + length - at)
+                self._read_exact(handle, self.view[:n], at, path, min(n, shard.file_bytes - at))
+                if self.first_tensor is None and at + n >= first_end:
+                    self._tensor_done()
+
+    def _mmap(self, fd: int | None, shard: ShardFile, extents: list[Extent], path: str) -> None:
+        assert fd is not None
+        shared = self.ctx.config.modelload.mmap_mapping == "shared"
+        try:
+            mapped = mmap.mmap(fd, shard.file_bytes, flags=mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE,
+                               prot=mmap.PROT_READ)
+        except OSError as exc:
+            raise BenchIOError(f"mmap of {path} failed: {os.strerror(exc.errno or 0)} [{_errno_name(exc)}]",
+                               "on a FUSE mount with direct_io use modelload.mmap_mapping=private or "
+                               "modelload.reader=read", path=path, errno=exc.errno) from None
+        try:
+            data = np.frombuffer(mapped, dtype=np.uint8)
+            t0 = time.perf_counter_ns()
+            prefix = bytes(data[:shard.data_start])  # safetensors reads the header through the mapping too
+            self.log.record(len(prefix), t0, time.perf_counter_ns())
+            self.header_bytes += len(prefix)
+            self._check_header(shard, prefix, path)
+            size = len(self.buf)
+            staging = self.staging
+            for e in extents:
+                if e.count == 1:
+                    for at in range(e.offset, e.offset + e.length, size):
+                        n = min(size, e.offset + e.length - at)
+                        t0 = time.perf_counter_ns()
+                        staging[:n] = data[at:at + n]  # the page faults happen here
+                        self.log.record(n, t0, time.perf_counter_ns())
+                        self.ctx.check_stop()
+                else:
+                    rows = np.lib.stride_tricks.as_strided(data[e.offset:], shape=(e.count, e.length),
+                                                           strides=(e.stride, 1))
+                    per = max(1, size // e.length)
+                    for first in range(0, e.count, per):
+                        last = min(e.count, first + per)
+                        n = (last - first) * e.length
+                        t0 = time.perf_counter_ns()
+                        staging[:n].reshape(last - first, e.length)[:] = rows[first:last]
+                        self.log.record(n, t0, time.perf_counter_ns())
+                        self.ctx.check_stop()
+                    del rows
+                self._tensor_done()
+            del data
+        finally:
+            mapped.close()
+
+
+# -- the workload -----------------------------------------------------------------------------------
+def _stats(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+class ModelloadWorkload(Workload):
+    """iterations x (cold load, warm load) of the model's shards by every rank."""
+
+    name = "modelload"
+    describe_totals = True
+
+    def buffer_bytes(self, config: Config, size: int, ranks_per_node: int, io_depth: int) -> tuple[int, str, str]:
+        return (buffer_footprint(config.modelload.buffer_size, config.huge_pages), "modelload.buffer_size",
+                "lower modelload.buffer_size, or run fewer ranks per node")
+
+    def requests_in_flight(self, config: Config, io_depth: int) -> int:
+        return 1  # one read at a time per rank, as a loader's thread issues them
+
+    def check(self, config: Config, size: int, alignment: int) -> None:
+        check_dataset_name(config.dataset.name)
+        model_of(config)
+        parallelism(config, size)
+        if modelload_reader(config) == "direct" and config.modelload.buffer_size % max(alignment, 1):
+            raise ConfigError(f"modelload.buffer_size={config.modelload.buffer_size} is not a multiple of the "
+                              f"direct-I/O alignment {alignment}", f"use a multiple of {alignment}")
+
+    def prepare(self, config: Config, size: int, backend: Backend, info: PreflightInfo) -> None:
+        model, checks = checked_index(config, backend)
+        info.checks.extend(checks)
+        if config.storage.type == "s3":
+            return
+        first = backend.path_of(f"{config.dataset.name}/{model.shards[0].name}")
+        fs = environment.filesystem_of(first)
+        if fs["fstype"].startswith("fuse"):
+            probe = probe_mount(first)
+            probe.update(mount=fs["mount"], fstype=fs["fstype"])
+            info.backend["fuse_probe"] = probe
+            info.checks.append(
+                f"FUSE mount {fs['mount']} ({fs['fstype']}): shared mmap {probe['shared_mmap']}, private mmap "
+                f"{probe['private_mmap']}, O_DIRECT {probe['o_direct']}, reads "
+                + ("leave pages in the page cache" if probe["page_cache"] else "bypass the page cache (direct_io)"))
+            refuse_reader(config, probe, fs["mount"])
+        backing = config.modelload.backing_root
+        if backing is not None:
+            missing = [s.name for s in model.shards if not os.path.isfile(os.path.join(backing, config.dataset.name,
+                                                                                        s.name))]
+            if missing:
+                raise PreflightError(f"modelload.backing_root {backing} does not hold the model's shard "
+                                     f"{config.dataset.name}/{missing[0]}",
+                                     "give the directory the FUSE mount at storage.root serves")
+            info.checks.append(f"the backing directory {backing} holds the shards: evicted too before a cold load")
+
+    def describe_plan(self, config: Config, size: int, rank: int, ranks_per_node: int,
+                      num_nodes: int) -> dict[str, Any]:
+        model = model_of(config)
+        par = parallelism(config, size)
+        if rank < 0:
+            return {"totals": {"model": config.modelload.model, "scale": config.modelload.scale,
+                               "shards": len(model.shards), "tensors": model.num_tensors,
+                               "file_bytes": model.file_bytes, "tensor_bytes": model.tensor_bytes,
+                               "layout": par.layout, "tp": par.tp, "pp": par.pp, "reader": modelload_reader(config),
+                               "loads": ["cold", "warm"] * config.modelload.iterations}}
+        extents = rank_extents(model, par, rank)
+        from mpibench.presets import coordinates
+
+        tp, pp, dp = coordinates(rank, par.tp, par.pp)
+        return {"rank": rank, "tp": tp, "pp": pp, "dp": dp, "shards": shards_of(extents),
+                "tensors": len(extents), "tensor_bytes": sum(e.nbytes for e in extents),
+                "extents": extents_summary(extents, PLAN_EXTENTS),
+                "extents_not_listed": max(0, len(extents) - PLAN_EXTENTS)}
+
+    def run(self, ctx: RunContext) -> None:
+        config = ctx.config
+        ml = config.modelload
+        comm = ctx.comm
+        model = model_of(config)
+        par = parallelism(config, comm.size)
+        extents = rank_extents(model, par, comm.rank)
+        reader = modelload_reader(config)
+        mine = shards_of(extents)
+        files = config.storage.type != "s3"
+        if ml.backing_root is not None and ctx.layout.local_rank == 0:
+            # The FUSE mount has no block device of its own: count the backing directory's.
+            ctx.block_stat = environment.block_stat_path(ml.backing_root)
+
+        def staging() -> mmap.mmap:
+            buf = aligned_buffer(ml.buffer_size)
+            np.frombuffer(buf, dtype=np.uint8)[::PAGE] = 0  # faulted in now, not in the load
+            return buf
+
+        buf = ctx.setup(staging)
+        meta = {"reader": reader, "layout": par.layout, "tp": par.tp, "pp": par.pp, "model": ml.model,
+                "scale": ml.scale, "scaled": ml.scale < 1.0, "buffer_size": ml.buffer_size}
+        if reader == "mmap":
+            meta["mmap_mapping"] = ml.mmap_mapping
+        expected = sum(e.nbytes for e in extents) * comm.size
+        for i in range(ml.iterations):
+            for load in ("cold", "warm"):
+                evicted = ctx.setup(lambda ld=load: self._evict(ctx, model) if ld == "cold" else True)
+                before = self._resident(ctx, mine) if files else None
+                phase = ctx.phase(f"{load}_load", i,
+                                  lambda rec: _Load(ctx, rec, model, extents, reader, buf).run(),
+                                  expected_bytes=expected, load=load, cache=self._cache(ctx, load, reader), **meta)
+                after = self._resident(ctx, mine) if files else None
+                everywhere = comm.allreduce_min(1 if evicted else 0)
+                residency = comm.gather((before, after))
+                if phase is not None and residency is not None:
+                    self._annotate(ctx, phase, residency, bool(everywhere), model)
+
+    def _evict(self, ctx: RunContext, model: ModelFiles) -> bool:
+        """The node's first rank drops every shard (and its backing file) from the page cache."""
+        from mpibench.backends.posix import evict_file
+
+        if ctx.layout.local_rank != 0 or ctx.config.storage.type == "s3":
+            return True
+        name = ctx.config.dataset.name
+        done = True
+        for shard in model.shards:
+            done &= evict_file(ctx.backend.path_of(f"{name}/{shard.name}"))
+            if ctx.config.modelload.backing_root is not None:
+                done &= evict_file(os.path.join(ctx.config.modelload.backing_root, name, shard.name))
+        return done
+
+    def _resident(self, ctx: RunContext, shards: list[str]) -> dict[str, int] | None:
+        total = resident = 0
+        for name in shards:
+            found = resident_bytes(ctx.backend.path_of(f"{ctx.config.dataset.name}/{name}"))
+            if found is None:
+                return None
+            resident += found[0]
+            total += found[1]
+        return {"resident_bytes": resident, "file_bytes": total}
+
+    def _cache(self, ctx: RunContext, load: str, reader: str) -> dict[str, Any]:
+        if reader == "s3":
+            return {"state": "object", "load": load, "method": "s3: no client cache, every request goes to the server"}
+        if reader == "direct":
+            return {"state": "direct", "load": load, "method": f"O_DIRECT ({ctx.backend.name})"}
+        if load == "cold":
+            method = ("posix_fadvise(POSIX_FADV_DONTNEED) of every shard by the first rank of each node"
+                      + (", also in modelload.backing_root" if ctx.config.modelload.backing_root else ""))
+            return {"state": "cold", "load": load, "method": method}
+        return {"state": "warm", "load": load, "method": "no eviction after the cold load"}
+
+    def _annotate(self, ctx: RunContext, phase: dict[str, Any], residency: list[Any], evicted: bool,
+                  model: ModelFiles) -> None:
+        """Rank 0: residency per rank, the cold check or the warm verdict, per node where the
+        bytes came from."""
+        for record, (before, after) in zip(phase["ranks"], residency, strict=True):
+            record["resident_before_bytes"] = before["resident_bytes"] if before else None
+            record["resident_after_bytes"] = after["resident_bytes"] if after else None
+            record["shard_file_bytes"] = before["file_bytes"] if before else None
+        cache = dict(phase["cache"])
+        fractions = [b["resident_bytes"] / b["file_bytes"] for b, _a in residency if b and b["file_bytes"]]
+        touched = phase["bytes"]
+        proc_read = phase["storage_bytes"]["read_bytes"]
+        cache["resident_before_max_fraction"] = max(fractions) if fractions else None
+        cache["process_read_ratio"] = proc_read / touched if touched else 0.0
+        if phase["load"] == "cold":
+            cache["evicted"] = evicted
+            if fractions and max(fractions) > COLD_RESIDENT_LIMIT and cache["state"] == "cold":
+                cache["confirmed"] = False
+                cache["warning"] = (f"not cold: up to {max(fractions) * 100:.1f}% of a rank's shards were resident "
+                                    "after the eviction (pages mapped or locked by another process?)")
+            else:
+                cache["confirmed"] = evicted and fractions is not None
+        else:
+            cache["served_from_memory"] = touched > 0 and proc_read < WARM_FROM_MEMORY * touched
+        phase["cache"] = cache
+        phase["nodes"] = self._nodes(ctx, phase, model)
+
+    def _nodes(self, ctx: RunContext, phase: dict[str, Any], model: ModelFiles) -> list[dict[str, Any]]:
+        """Per node: bytes its ranks touched, the bytes a cold load must read from storage (the
+        union of their pages; each rank's own for O_DIRECT), what the processes and the
+        device read, and so how much came from the page cache."""
+        par = parallelism(ctx.config, ctx.comm.size)
+        direct = phase["reader"] == "direct"
+        alignment = max(ctx.backend.alignment, 1)
+        rows = []
+        by_host: dict[str, list[dict[str, Any]]] = {}
+        for record in phase["ranks"]:
+            by_host.setdefault(str(record.get("host", "")), []).append(record)
+        shard_by_name = {s.name: s for s in model.shards}
+        for host, records in by_host.items():
+            per_file: dict[str, list[Extent]] = {}
+            unique = 0
+            for record in records:
+                mine = rank_extents(model, par, int(record["rank"]))
+                if direct:  # no sharing: each rank reads its own aligned runs
+                    unique += sum(length for name in shards_of(mine)
+                                  for _o, length in aligned_runs([e for e in mine if e.file == name], alignment))
+                for e in mine:
+                    per_file.setdefault(e.file, []).append(e)
+            if not direct:  # the node's ranks share the page cache: the union of their pages
+                for name, extents in per_file.items():
+                    end = shard_by_name[name].file_bytes
+                    runs = aligned_runs(extents, PAGE)
+                    unique += sum(min(o + n, end) - o for o, n in runs)
+                    if runs[0][0] > 0:  # the header's pages, unless a tensor's pages hold them already
+                        unique += round_up(shard_by_name[name].data_start, PAGE)
+            device = next((r.get("block_device") for r in records if r.get("block_device")), None)
+            touched = sum(int(r["bytes"]) for r in records)
+            proc = sum(int(r.get("proc_io", {}).get("read_bytes", 0)) for r in records)
+            device_read = int(device["read_bytes"]) if device else None
+            from_storage = device_read if device_read is not None else proc
+            rows.append({"host": host, "ranks": len(records), "bytes_touched": touched,
+                         "storage_bytes_needed": unique, "process_read_bytes": proc,
+                         "device_read_bytes": device_read,
+                         "device_over_needed": device_read / unique if device_read is not None and unique else None,
+                         "from_storage_bytes": min(from_storage, touched),
+                         "from_page_cache_bytes": max(0, touched - from_storage)})
+        return rows
+
+    def cleanup(self, ctx: RunContext) -> None:
+        pass  # the model is the product of datagen: never removed by a load
+
+    def summarize(self, ctx: RunContext) -> dict[str, Any]:
+        config = ctx.config
+        model = model_of(config)
+        par = parallelism(config, ctx.comm.size)
+        loads = []
+        for phase in ctx.phases:
+            if phase["name"] not in ("cold_load", "warm_load"):
+                continue
+            ranks = phase["ranks"]
+            first = [float(r.get("first_tensor_s", 0.0)) for r in ranks]
+            all_s = [float(r["end"]) - float(r["start"]) for r in ranks]
+            cache = phase.get("cache") or {}
+            loads.append({
+                "load": phase["load"], "iteration": phase["iteration"], "reader": phase["reader"],
+                "bytes_touched": phase["bytes"], "tensor_bytes": sum(int(r.get("tensor_bytes", 0)) for r in ranks),
+                "seconds": phase["seconds"], "bandwidth_GBps": phase["bandwidth_GBps"],
+                "bandwidth_GiBps": phase["bandwidth_GiBps"],
+                "first_tensor_s": _stats(first), "all_tensors_s": _stats(all_s),
+                "major_faults": sum(int(r.get("major_faults", 0)) for r in ranks),
+                "minor_faults": sum(int(r.get("minor_faults", 0)) for r in ranks),
+                "process_read_bytes": phase["storage_bytes"]["read_bytes"],
+                "device_read_bytes": sum(n["device_read_bytes"] for n in phase.get("nodes", [])
+                                         if n["device_read_bytes"] is not None)
+                if any(n["device_read_bytes"] is not None for n in phase.get("nodes", [])) else None,
+                "storage_bytes_needed": sum(n["storage_bytes_needed"] for n in phase.get("nodes", [])),
+                "cache_state": cache.get("state"), "confirmed": cache.get("confirmed"),
+                "served_from_memory": cache.get("served_from_memory"),
+                "complete": phase.get("complete", True),
+            })
+        out: dict[str, Any] = {
+            "model": config.modelload.model, "scale": config.modelload.scale, "scaled": config.modelload.scale < 1.0,
+            "folder": ctx.backend.path_of(config.dataset.name), "shards": len(model.shards),
+            "tensors": model.num_tensors, "file_bytes": model.file_bytes, "tensor_bytes": model.tensor_bytes,
+            "reader": modelload_reader(config), "layout": par.layout, "tp": par.tp, "pp": par.pp,
+            "world_size": ctx.comm.size, "loads": loads,
+            "fuse_probe": ctx.info.backend.get("fuse_probe"),
+        }
+        for label in ("cold", "warm"):
+            rows = [r for r in loads if r["load"] == label]
+            out[label] = {"count": len(rows),
+                          "bandwidth_GBps": _stats([r["bandwidth_GBps"] for r in rows]),
+                          "first_tensor_s": _stats([r["first_tensor_s"].get("max", 0.0) for r in rows]),
+                          "all_tensors_s": _stats([r["seconds"] for r in rows])}
+        cold, warm = out["cold"]["bandwidth_GBps"], out["warm"]["bandwidth_GBps"]
+        out["warm_over_cold"] = (warm["median"] / cold["median"]) if cold and warm and cold["median"] > 0 else None
+        return {"modelload": out}
+
+    def report_lines(self, document: dict[str, Any]) -> list[str]:
+        m = document.get("modelload") or {}
+        if not m.get("loads"):
+            return []
+        scaled = f" SCALED by {m['scale']:g}" if m["scaled"] else ""
+        lines = ["", f"modelload {m['model']}{scaled}: {m['shards']} shard(s), {m['tensors']} tensors, "
+                     f"{format_size(m['file_bytes'])} ({m['file_bytes']} bytes); reader {m['reader']}, layout "
+                     f"{m['layout']} (TP{m['tp']} x PP{m['pp']}) on {m['world_size']} rank(s)",
+                 f"{'load':<6}{'it':>3}{'reader':>8}{'GB/s':>9}{'GiB/s':>9}{'first s':>9}{'all s':>8}"
+                 f"{'touched':>12}{'dev read':>12}{'maj flt':>9}{'min flt':>9}  cache"]
+        for r in m["loads"]:
+            dev = format_size(r["device_read_bytes"]) if r["device_read_bytes"] is not None else "n/a"
+            verdict = r["cache_state"] or ""
+            if r["load"] == "cold" and r["confirmed"] is False:
+                verdict += " (NOT confirmed cold)"
+            if r["load"] == "warm" and r["served_from_memory"] is not None:
+                verdict += " (served from memory)" if r["served_from_memory"] else " (read from storage)"
+            lines.append(f"{r['load']:<6}{r['iteration']:>3}{r['reader']:>8}{r['bandwidth_GBps']:>9.3f}"
+                         f"{r['bandwidth_GiBps']:>9.3f}{r['first_tensor_s'].get('max', 0.0):>9.3f}"
+                         f"{r['all_tensors_s'].get('max', 0.0):>8.3f}{format_size(r['bytes_touched']):>12}{dev:>12}"
+                         f"{r['major_faults']:>9}{r['minor_faults']:>9}  {verdict}")
+        if m.get("warm_over_cold"):
+            lines.append(f"warm / cold GB/s (medians): {m['warm_over_cold']:.2f}")
+        probe = m.get("fuse_probe")
+        if probe:
+            lines.append(f"FUSE {probe['fstype']} at {probe['mount']}: shared mmap {probe['shared_mmap']}, private "
+                         f"mmap {probe['private_mmap']}, O_DIRECT {probe['o_direct']}, page cache "
+                         f"{'used' if probe['page_cache'] else 'bypassed (direct_io)'}")
+        lines.append("GB/s over bytes touched (headers and alignment included) = bytes / (latest end - earliest "
+                     "start); first/all s: the slowest rank's time to its first tensor / all its tensors")
+        return lines
+
+
+WORKLOAD = ModelloadWorkload()
