@@ -105,32 +105,38 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 
 def resident_bytes(path: str) -> tuple[int, int] | None:
     """(bytes of `path` in this node's page cache, file bytes) by mincore over a private
-    read-only mapping (which a FUSE direct_io mount accepts); None where it cannot map."""
-    if not _LIBC:
-        _LIBC.append(_Libc())
-    libc = _LIBC[0]
+    read-only mapping (which a FUSE direct_io mount accepts); None where it cannot map.
+    Opening a file on a FUSE mount without kernel_cache drops its pages: so do loads."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        size = os.fstat(fd).st_size
-        if size == 0:
-            return 0, 0
-        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_PRIVATE, fd, 0)
-        if addr in (None, _MAP_FAILED):
-            return None
-        try:
-            pages = -(-size // PAGE)
-            vec = (ctypes.c_ubyte * pages)()
-            if libc.mincore(addr, size, vec) != 0:
-                return None
-            resident = int(np.count_nonzero(np.frombuffer(vec, dtype=np.uint8) & 1))
-        finally:
-            libc.munmap(addr, size)
-        return min(resident * PAGE, size), size
+        return resident_fd(fd)
     finally:
         os.close(fd)
+
+
+def resident_fd(fd: int) -> tuple[int, int] | None:
+    """resident_bytes of an open file."""
+    if not _LIBC:
+        _LIBC.append(_Libc())
+    libc = _LIBC[0]
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return 0, 0
+    addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_PRIVATE, fd, 0)
+    if addr in (None, _MAP_FAILED):
+        return None
+    try:
+        pages = -(-size // PAGE)
+        vec = (ctypes.c_ubyte * pages)()
+        if libc.mincore(addr, size, vec) != 0:
+            return None
+        resident = int(np.count_nonzero(np.frombuffer(vec, dtype=np.uint8) & 1))
+    finally:
+        libc.munmap(addr, size)
+    return min(resident * PAGE, size), size
 
 
 def _errno_name(exc: OSError) -> str:
@@ -160,10 +166,10 @@ def probe_mount(path: str) -> dict[str, Any]:
     try:
         found["shared_mmap"] = _try_map(fd, mmap.MAP_SHARED)
         found["private_mmap"] = _try_map(fd, mmap.MAP_PRIVATE)
-        evict_file(path)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         length = min(os.fstat(fd).st_size, 1 << 20)
         os.pread(fd, length, 0)
-        resident = resident_bytes(path)
+        resident = resident_fd(fd)  # on this descriptor: a new open may drop the pages
         found["read_bytes"] = length
         found["resident_after_read_bytes"] = resident[0] if resident else None
         found["page_cache"] = bool(resident and resident[0] > 0)
@@ -779,10 +785,23 @@ class ModelloadWorkload(Workload):
                                     "after the eviction (pages mapped or locked by another process?)")
             else:
                 cache["confirmed"] = evicted and fractions is not None
-        else:
-            cache["served_from_memory"] = touched > 0 and proc_read < WARM_FROM_MEMORY * touched
-        phase["cache"] = cache
         phase["nodes"] = self._nodes(ctx, phase, model)
+        if phase["load"] == "warm":
+            cache["served_from_memory"] = self._from_memory(ctx, phase, touched, proc_read)
+        phase["cache"] = cache
+
+    def _from_memory(self, ctx: RunContext, phase: dict[str, Any], touched: int, proc_read: int) -> bool | None:
+        """Whether a warm load came from the page cache: the ranks' own /proc/self/io read_bytes
+        (exact, per process); through FUSE, whose daemon does the reads, the device counter
+        (every process of the node), or None where there is none."""
+        if not touched or phase["reader"] in ("direct", "s3"):
+            return False if touched else None
+        if ctx.info.backend.get("fuse_probe") is None:
+            return proc_read < WARM_FROM_MEMORY * touched
+        device = [n["device_read_bytes"] for n in phase["nodes"]]
+        if any(d is None for d in device):
+            return None
+        return sum(device) < WARM_FROM_MEMORY * touched
 
     def _nodes(self, ctx: RunContext, phase: dict[str, Any], model: ModelFiles) -> list[dict[str, Any]]:
         """Per node: bytes its ranks touched, the bytes a cold load must read from storage (the
