@@ -430,6 +430,13 @@ MODEL_WRITER = ModelWriter()
 
 
 # -- loading ----------------------------------------------------------------------------------------
+def first_read(header_end: int, alignment: int, buffer_size: int) -> int:
+    """Bytes of a shard's first read: HEAD_READ, or the header rounded to the alignment if
+    longer, at most one buffer."""
+    length = min(max(HEAD_READ, round_up(header_end, alignment)), buffer_size)
+    return round_down(length, alignment) if alignment > 1 else length
+
+
 def _faults() -> tuple[int, int]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_majflt, usage.ru_minflt
@@ -524,8 +531,7 @@ class _Load:
         """The first bytes (length and header) as the reader reads them, aligned where it must."""
         alignment = max(self.ctx.backend.alignment, 1) if self.reader == "direct" else 1
         need = shard.data_start
-        length = min(max(HEAD_READ, round_up(need, alignment)), len(self.buf))
-        length = round_down(length, alignment) if alignment > 1 else length
+        length = first_read(need, alignment, len(self.buf))
         got = self._read_exact(handle, self.view[:length], 0, path, min(length, shard.file_bytes))
         data = bytes(self.view[:min(got, need)])
         done = got
@@ -810,6 +816,7 @@ class ModelloadWorkload(Workload):
         par = parallelism(ctx.config, ctx.comm.size)
         direct = phase["reader"] == "direct"
         alignment = max(ctx.backend.alignment, 1)
+        buffer = round_down(ctx.config.modelload.buffer_size, alignment)
         rows = []
         by_host: dict[str, list[dict[str, Any]]] = {}
         for record in phase["ranks"]:
@@ -820,9 +827,13 @@ class ModelloadWorkload(Workload):
             unique = 0
             for record in records:
                 mine = rank_extents(model, par, int(record["rank"]))
-                if direct:  # no sharing: each rank reads its own aligned runs
-                    unique += sum(length for name in shards_of(mine)
-                                  for _o, length in aligned_runs([e for e in mine if e.file == name], alignment))
+                if direct:  # no sharing: each rank reads its first block(s) and its own aligned runs
+                    for name in shards_of(mine):
+                        shard = shard_by_name[name]
+                        end = shard.file_bytes
+                        unique += min(end, first_read(shard.data_start, alignment, buffer))
+                        unique += sum(min(o + n, end) - o
+                                      for o, n in aligned_runs([e for e in mine if e.file == name], alignment))
                 for e in mine:
                     per_file.setdefault(e.file, []).append(e)
             if not direct:  # the node's ranks share the page cache: the union of their pages
@@ -830,8 +841,7 @@ class ModelloadWorkload(Workload):
                     end = shard_by_name[name].file_bytes
                     runs = aligned_runs(extents, PAGE)
                     unique += sum(min(o + n, end) - o for o, n in runs)
-                    if runs[0][0] > 0:  # the header's pages, unless a tensor's pages hold them already
-                        unique += round_up(shard_by_name[name].data_start, PAGE)
+                    unique += runs[0][0]  # the header's pages before the first tensor's
             device = next((r.get("block_device") for r in records if r.get("block_device")), None)
             touched = sum(int(r["bytes"]) for r in records)
             proc = sum(int(r.get("proc_io", {}).get("read_bytes", 0)) for r in records)
