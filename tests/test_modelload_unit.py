@@ -19,6 +19,7 @@ from mpibench.config import build_config
 from mpibench.errors import ConfigError, PreflightError
 from mpibench.presets import PRESETS
 from mpibench.run import execute
+from mpibench.schema import validation_errors
 from mpibench.safetensors_layout import (
     HF_SHARD_BYTES,
     INDEX_NAME,
@@ -166,6 +167,7 @@ def test_datagen_writes_files_safetensors_opens_and_a_load_reads(tmp_path):
         execute(_config(root, "datagen"), comm, output=None)
     doc = execute(_config(root, "modelload", reader="read"), comm, output=None)
     m = doc["modelload"]
+    assert validation_errors(json.loads(json.dumps(doc))) == [] and validation_errors(gen) == []
     assert [r["load"] for r in m["loads"]] == ["cold", "warm"]
     assert all(r["tensor_bytes"] == model.tensor_bytes for r in m["loads"])
     with pytest.raises(PreflightError, match="differs from the modelload section"):
