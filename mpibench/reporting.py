@@ -60,6 +60,8 @@ FIGURES = {
     "rank_bandwidth.png": "Bandwidth per rank",
 }
 
+WORKLOAD_FIGURES: dict[str, str] = {}  # a workload's own figures seen so far: file name -> title
+
 REPORT_EXAMPLES = """\
 examples:
   mpibench report result.json
@@ -96,7 +98,8 @@ def run_report(args: argparse.Namespace) -> int:
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise malformed(args.result, exc) from None
         try:
-            for path, name in png_paths:
+            extra = [(os.path.join(args.png, name), name) for name in figures if name not in dict(png_paths).values()]
+            for path, name in png_paths + (extra if png_paths else []):
                 _write_bytes(path, figures[name])
                 print(f"figure written to {path}")
             if args.html:
@@ -149,7 +152,7 @@ def _png_targets(directory: str, force: bool) -> list[tuple[str, str]]:
     parent = os.path.dirname(os.path.abspath(directory))
     if not os.path.isdir(parent):
         raise ResultsError(f"cannot create {directory}: {parent} does not exist", f"create {parent} first")
-    targets = [(os.path.join(directory, name), name) for name in FIGURES]
+    targets = [(os.path.join(directory, name), name) for name in FIGURES]  # a workload's own: see run_report
     for path, _ in targets:
         _check_target(path, force)
     try:
@@ -736,12 +739,23 @@ def _draw_rank_panel(axes: Any, phase: dict[str, Any], caption: str) -> None:
 
 
 def render_figures(document: dict[str, Any]) -> dict[str, bytes]:
-    """The three figures of a results document as PNG bytes, by file name."""
-    return {
+    """The three figures of a results document, and its workload's own, as PNG bytes by file name."""
+    from mpibench.errors import MpibenchError
+    from mpibench.workloads import get_workload
+
+    figures = {
         "bandwidth_over_time.png": figure_png(figure_bandwidth_over_time(document)),
         "latency_cdf.png": figure_png(figure_latency_cdf(document)),
         "rank_bandwidth.png": figure_png(figure_rank_bandwidth(document)),
     }
+    try:
+        workload = get_workload(document.get("config", {}).get("workload", ""))
+    except MpibenchError:
+        return figures
+    for name, (title, figure) in workload.figures(document, _new_figure).items():
+        WORKLOAD_FIGURES[name] = title
+        figures[name] = figure_png(figure)
+    return figures
 
 
 # ---------------------------------------------------------------------------- HTML
@@ -767,8 +781,8 @@ def html_page(document: dict[str, Any], text: str, figures: dict[str, bytes]) ->
     """One self-contained HTML page: summary, figures (inline PNG), config, environment, preflight."""
     title = f"mpibench report: run {document.get('run_id')}"
     images = "".join(
-        f"<h2>{html.escape(FIGURES.get(name, name))}</h2>"
-        f"<img alt=\"{html.escape(FIGURES.get(name, name))}\" src=\"data:image/png;base64,"
+        f"<h2>{html.escape(FIGURES.get(name) or WORKLOAD_FIGURES.get(name, name))}</h2>"
+        f"<img alt=\"{html.escape(FIGURES.get(name) or WORKLOAD_FIGURES.get(name, name))}\" src=\"data:image/png;base64,"
         f"{base64.b64encode(data).decode('ascii')}\">"
         for name, data in figures.items())
     preflight = document.get("preflight") or {}

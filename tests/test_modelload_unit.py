@@ -170,6 +170,13 @@ def test_datagen_writes_files_safetensors_opens_and_a_load_reads(tmp_path):
     assert validation_errors(json.loads(json.dumps(doc))) == [] and validation_errors(gen) == []
     assert [r["load"] for r in m["loads"]] == ["cold", "warm"]
     assert all(r["tensor_bytes"] == model.tensor_bytes for r in m["loads"])
+    from mpibench.reporting import html_page, render_figures, summary_text
+
+    figures = render_figures(doc)
+    assert "modelload_cold_warm.png" in figures
+    text = summary_text(doc)
+    assert "cold    0    read" in text and "warm    0    read" in text
+    assert "Cold and warm loads" in html_page(doc, text, figures)
     with pytest.raises(PreflightError, match="differs from the modelload section"):
         execute(_config(root, "modelload", scale=0.004), comm, output=None)
 

@@ -57,6 +57,11 @@ class Workload:
         """Lines printed after the phase table (workload figures such as AU% or files/s)."""
         return []
 
+    def figures(self, document: dict[str, Any], new_figure: Any) -> dict[str, tuple[str, Any]]:
+        """The workload's own figures for `mpibench report`: file name -> (title, matplotlib
+        Figure made with new_figure(width, height))."""
+        return {}
+
     def describe_plan(self, config: Config, size: int, rank: int, ranks_per_node: int,
                       num_nodes: int) -> dict[str, Any]:
         """What `rank` would do, without I/O (for `mpibench plan`)."""
