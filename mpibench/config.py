@@ -67,6 +67,17 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class IoConfig:
+    """How every workload keeps I/Os in flight: the queue depth and what keeps it."""
+
+    depth: int | str = _opt(AUTO, "int_or_auto", minimum=1,
+                            doc="concurrent I/Os in flight per rank (auto: 1 for local_fs)")
+    engine: str = _opt(AUTO, "enum", choices=(AUTO, "io_uring", "threads"),
+                       doc="files, depth > 1: one thread with an io_uring ring, or a thread "
+                           "per I/O (auto: io_uring where the kernel allows it)")
+
+
+@dataclass(frozen=True)
 class BandwidthConfig:
     """IOR-like write-then-read test."""
 
@@ -80,11 +91,6 @@ class BandwidthConfig:
                                "(IOR -k) instead of removing them first and writing new ones")
     fsync: bool = _opt(True, "bool", doc="fsync before close in the write phase")
     reorder_reads: bool = _opt(True, "bool", doc="read data another rank wrote (IOR -C)")
-    io_depth: int | str = _opt(AUTO, "int_or_auto", minimum=1,
-                               doc="concurrent I/Os in flight per rank (auto: 1 for local_fs)")
-    io_engine: str = _opt(AUTO, "enum", choices=(AUTO, "io_uring", "threads"),
-                          doc="files, io_depth > 1: one thread with an io_uring ring, or a thread "
-                              "per I/O (auto: io_uring where the kernel allows it)")
     access: str = _opt("sequential", "enum", choices=("sequential", "random"),
                        doc="transfer order within a rank's block")
     object_size: int | None = _opt(None, "optional_size", minimum=1,
@@ -166,6 +172,7 @@ class Config:
 
     workload: str = _opt("bandwidth", "enum", choices=WORKLOADS, doc="what to run")
     storage: StorageConfig = field(default_factory=StorageConfig)
+    io: IoConfig = field(default_factory=IoConfig)
     bandwidth: BandwidthConfig = field(default_factory=BandwidthConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -186,11 +193,19 @@ class Config:
 
 SECTIONS: dict[str, type] = {
     "storage": StorageConfig,
+    "io": IoConfig,
     "bandwidth": BandwidthConfig,
     "dataset": DatasetConfig,
     "train": TrainConfig,
     "checkpoint": CheckpointConfig,
     "metrics": MetricsConfig,
+}
+
+
+#: keys that moved: old dotted name -> new one (an old key is refused with one line naming the new)
+MOVED_KEYS = {
+    "bandwidth.io_depth": "io.depth",
+    "bandwidth.io_engine": "io.engine",
 }
 
 
@@ -304,6 +319,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
         if not isinstance(key, str):
             raise ConfigError(f"configuration key {key!r} in '{where or 'top level'}' is not a name")
         if key not in fields:
+            if f"{where}{key}" in MOVED_KEYS:
+                raise ConfigError(f"{where}{key} moved to {MOVED_KEYS[where + key]}")
             raise _unknown_key(key, list(fields), where)
         if where == "" and key in SECTIONS:
             kwargs[key] = _build(SECTIONS[key], value, f"{key}.")

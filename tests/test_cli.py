@@ -138,7 +138,7 @@ def test_plan_and_preflight_commands(tmp_path):
     assert "preflight will check" in done.stdout
     assert "buffers of a node's ranks fit in its available memory" in done.stdout
     # The I/O buffers preflight checks against memory: transfer_size x (io_depth + 2) per rank.
-    done = run_cli(0, "plan", os.path.join(CONFIGS, "bandwidth.yaml"), "bandwidth.io_depth=4", "--ranks", "64",
+    done = run_cli(0, "plan", os.path.join(CONFIGS, "bandwidth.yaml"), "io.depth=4", "--ranks", "64",
                    "--ranks-per-node", "8")
     assert "I/O buffers: 6.00 MiB per rank (bandwidth.transfer_size x (io_depth 4 + 2)), 48.00 MiB per node " \
            "of 8 rank(s)\n" in done.stdout, done.stdout
