@@ -104,7 +104,7 @@ def resolve_io_depth(config: Config, layout: NodeLayout) -> int:
     depth = config.io.depth
     if depth != AUTO:
         return int(depth)
-    if config.storage.type == "local_fs":
+    if config.storage.type in ("local_fs", "null"):  # null: one operation at a time, its own cost
         return 1
     return max(1, min(16, layout.node_cpus() // max(1, layout.local_size)))
 

@@ -86,6 +86,21 @@ def test_moved_keys_name_their_new_place(tmp_path, old, new, value):
     assert getattr(cfg.io, new.split(".")[1]) == value
 
 
+def test_null_storage_needs_no_root_and_keeps_no_data():
+    """storage.type=null (also a bare YAML null) needs no root; what reads data back and
+    looks at it is refused with one line: it would check bytes that were never stored."""
+    cfg = build_config({"workload": "bandwidth", "storage": {"type": None}})
+    assert cfg.storage.type == "null" and cfg.storage.root == ""
+    assert build("storage.type=null").storage.type == "null"
+    for overrides, fragment in ((["verify=true"], "verify needs storage that keeps data"),
+                                (["workload=checkpoint", "checkpoint.verify=true"], "verify needs storage"),
+                                (["workload=train"], "workload train reads its dataset's manifest back"),
+                                (["workload=datagen"], "workload datagen reads its dataset's manifest back")):
+        with pytest.raises(ConfigError) as info:
+            build("storage.type=null", *overrides)
+        assert fragment in info.value.line() and "storage.type=null keeps none" in info.value.line()
+
+
 def test_s3_needs_bucket_root():
     for root in ("/x", "file:///x", "direct:///x", "./data"):
         with pytest.raises(ConfigError) as info:
