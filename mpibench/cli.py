@@ -423,8 +423,9 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
     import dataclasses
 
     from mpibench.config import load_config
+    from mpibench.context import broadcast_outcome
     from mpibench.results import check_output_path
-    from mpibench.run import broadcast_outcome, execute, new_run_id
+    from mpibench.run import execute, new_run_id
 
     def load() -> tuple[Any, str | None]:
         _check_config_file(args.config)
