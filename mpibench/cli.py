@@ -576,7 +576,7 @@ def _plan_buffers(config: Any, workload: Any, size: int, per_node: int) -> dict[
     depth = resolve_io_depth(config, layout)
     per_rank, driver, _ = workload.buffer_bytes(config, size, per_node, depth)
     note = ""
-    if config.io.depth == AUTO and config.storage.type != "local_fs" and config.workload in (
+    if config.io.depth == AUTO and config.storage.type not in ("local_fs", "null") and config.workload in (
             "bandwidth", "checkpoint"):
         note = f"; io_depth auto is {depth} with {layout.node_cpus()} CPUs per node, as this process may use"
     return {"per_rank_bytes": per_rank, "per_node_bytes": per_rank * per_node, "sized_by": driver,

@@ -1,4 +1,4 @@
-"""What workloads, engines and backends need from a run, on every rank: the run context
+"""What workloads and engines need from a run, on every rank: the run context
 (config, comm, backend, the phase runner), agreement on errors, broadcast from rank 0, and
 the sizing rules (queue depth, s3dlio threads) they share.
 
@@ -6,8 +6,8 @@ Error protocol: rank 0 validates and runs the preflight, then broadcasts the che
 information or the error (broadcast_outcome); every rank raises the same error. During a
 phase a failing rank tells the others to stop (CancelChannel) and every rank meets at the
 phase-end agreement, so no rank is left waiting in a collective; the first error is raised
-everywhere. This module imports no workload, engine or driver: they import it
-(mpibench.run, the orchestrator, is imported by the CLI alone).
+everywhere. This module imports no workload, engine, backend registry or driver: they
+import it (mpibench.run, the orchestrator, is imported by the CLI alone).
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ def test_null_storage_under_mpiexec(tmp_path):
     assert "note: null storage: no I/O reaches any storage" in done.stdout
     doc = json.loads(output.read_text())
     assert doc["complete"] and doc["config"]["storage"]["type"] == "null"
-    assert doc["environment"]["backend"]["backend"] == "null" and "mpibench's own cost" in doc["environment"]["backend"]["note"]
+    backend = doc["environment"]["backend"]
+    assert backend["backend"] == "null" and "mpibench's own cost" in backend["note"]
     assert doc["environment"]["io_depth"] == 1 and doc["environment"]["io_engine"] == "none"
     assert any("mpibench's own cost" in w for w in doc["preflight"]["warnings"])
     assert [p["name"] for p in doc["phases"]] == ["write", "read"] * 2
