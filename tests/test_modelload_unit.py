@@ -19,7 +19,6 @@ from mpibench.config import build_config
 from mpibench.errors import ConfigError, PreflightError
 from mpibench.presets import PRESETS
 from mpibench.run import execute
-from mpibench.schema import validation_errors
 from mpibench.safetensors_layout import (
     HF_SHARD_BYTES,
     INDEX_NAME,
@@ -29,6 +28,7 @@ from mpibench.safetensors_layout import (
     rank_extents,
     resolve_parallelism,
 )
+from mpibench.schema import validation_errors
 from mpibench.workloads.modelload import refuse_reader
 
 QUICK = {"model": "llama3-8b", "scale": 0.002, "shard_size": "16MB", "buffer_size": "1MiB"}

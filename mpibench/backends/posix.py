@@ -18,6 +18,7 @@ from mpibench.backends.base import Backend, io_error
 from mpibench.buffers import aligned_buffer
 from mpibench.config import StorageConfig
 from mpibench.errors import PreflightError
+from mpibench.pagecache import evict_file
 from mpibench.plan import RUN_MARKER
 from mpibench.units import format_size
 
@@ -62,23 +63,6 @@ def _mkdir_hint(exc: OSError) -> str:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return "free space (or inodes) on the filesystem, or choose another storage.root"
     return "check storage.root, or choose another"
-
-
-def evict_file(path: str) -> bool:
-    """Drop a file's pages from this node's page cache (fdatasync, then
-    posix_fadvise(POSIX_FADV_DONTNEED)); True when both calls succeeded."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        os.fdatasync(fd)  # dirty pages cannot be dropped
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 class _PosixHandle:
@@ -174,7 +158,8 @@ class PosixBackend(Backend):
                 "filesystem": environment.filesystem_of(root), "checks": checks}
 
     @classmethod
-    def preflight_storage(cls, config: Any, run_key: str, planned_bytes: int, layout: Any) -> dict[str, Any]:
+    def preflight_storage(cls, config: Any, run_key: str, planned_bytes: int, layout: Any,
+                          threads: int) -> dict[str, Any]:
         """Rank 0: check the root, create the run directory and its marker, probe O_DIRECT."""
         found = cls.preflight_root(config.storage, planned_bytes)
         run_dir = os.path.join(found["root"], run_key)

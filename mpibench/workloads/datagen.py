@@ -25,48 +25,32 @@ from typing import TYPE_CHECKING, Any
 
 from mpibench.buffers import buffer_footprint
 from mpibench.config import Config
+from mpibench.context import broadcast_outcome
 from mpibench.engine import timed_close, timed_fsync
-from mpibench.errors import BenchIOError, ConfigError, MpibenchError, PreflightError
+from mpibench.errors import BenchIOError, PreflightError
 from mpibench.formats import (
     EncodedFile,
+    check_dataset_name,
     encode,
     encode_manifest,
     file_key,
+    key_exists,
     manifest_key,
     manifest_of,
     size_bound,
     subfolder_keys,
 )
 from mpibench.metrics import PhaseRecorder
-from mpibench.plan import RUN_DIR_PREFIX, part_range
+from mpibench.plan import part_range
 from mpibench.units import format_size
-from mpibench.workloads import Workload
+from mpibench.workloads.base import Workload
+from mpibench.workloads.modelgen import MODEL_WRITER
 
 if TYPE_CHECKING:
     from mpibench.backends.base import Backend
-    from mpibench.run import PreflightInfo, RunContext
+    from mpibench.context import PreflightInfo, RunContext
 
 MANIFEST_READ_BYTES = 1 << 20
-
-
-def check_dataset_name(name: str) -> None:
-    """dataset.name must be a relative folder below storage.root, outside any run directory."""
-    parts = name.split("/")
-    if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise ConfigError(f"dataset.name {name!r} is not a relative folder name",
-                          "use e.g. dataset.name=unet3d (a folder below storage.root)")
-    if parts[0].startswith(RUN_DIR_PREFIX):
-        raise ConfigError(f"dataset.name {name!r} starts with {RUN_DIR_PREFIX!r}, the prefix of run directories",
-                          "choose another name")
-
-
-def key_exists(backend: Backend, key: str) -> bool:
-    """True when `key` (file or folder) exists; any failure to look counts as absent."""
-    try:
-        backend.size_of(key)
-    except MpibenchError:
-        return False
-    return True
 
 
 def read_manifest(backend: Backend, ds: Any) -> dict[str, Any] | None:
@@ -112,11 +96,7 @@ def producer_threads(ranks_on_node: int, files: int, node_cpus: int | None = Non
 
 def model_writer(config: Config) -> Any:
     """The writer of a safetensors model (dataset.format=safetensors), else None."""
-    if config.dataset.format != "safetensors":
-        return None
-    from mpibench.workloads.modelload import MODEL_WRITER
-
-    return MODEL_WRITER
+    return MODEL_WRITER if config.dataset.format == "safetensors" else None
 
 
 class DatagenWorkload(Workload):
@@ -200,8 +180,6 @@ class DatagenWorkload(Workload):
         return plan
 
     def run(self, ctx: RunContext) -> None:
-        from mpibench.run import broadcast_outcome
-
         if (writer := model_writer(ctx.config)) is not None:
             return writer.run(ctx)
         config = ctx.config
@@ -340,8 +318,6 @@ class DatagenWorkload(Workload):
     def report_lines(self, document: dict[str, Any]) -> list[str]:
         d = document.get("datagen") or {}
         if d.get("format") == "safetensors":
-            from mpibench.workloads.modelload import MODEL_WRITER
-
             return MODEL_WRITER.report_lines(document)
         if "files" not in d:
             return []

@@ -31,9 +31,6 @@ block device's counters (the node's first rank, around the phase).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import errno
 import json
 import mmap
 import os
@@ -45,152 +42,37 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mpibench import environment
-from mpibench.buffers import aligned_buffer, buffer_footprint, file_seed, fill_random
+from mpibench.buffers import aligned_buffer, buffer_footprint
 from mpibench.config import Config, modelload_reader
 from mpibench.errors import BenchIOError, ConfigError, PreflightError
-from mpibench.formats import encode_manifest
+from mpibench.formats import check_dataset_name
 from mpibench.metrics import OpLog, PhaseRecorder
-from mpibench.plan import part_range, round_down, round_up
+from mpibench.pagecache import errno_name, evict_file, probe_mount, resident_bytes
+from mpibench.plan import round_down, round_up
 from mpibench.safetensors_layout import (
-    INDEX_NAME,
     PAGE,
     Extent,
     ModelFiles,
-    Parallelism,
     ShardFile,
     aligned_runs,
     covering_runs,
     extents_summary,
-    model_files,
     parse_header,
-    preset_of,
     rank_extents,
-    resolve_parallelism,
     shards_of,
 )
 from mpibench.units import format_size
-from mpibench.workloads import Workload
-from mpibench.workloads.datagen import check_dataset_name, key_exists
+from mpibench.workloads.base import Workload
+from mpibench.workloads.modelgen import checked_index, model_of, parallelism
 
 if TYPE_CHECKING:
     from mpibench.backends.base import Backend
-    from mpibench.run import PreflightInfo, RunContext
+    from mpibench.context import PreflightInfo, RunContext
 
 HEAD_READ = 64 * 1024  # the first read of a shard: the header length and, mostly, the header
 COLD_RESIDENT_LIMIT = 0.01  # a cold load with more of its shards resident than this is flagged
 WARM_FROM_MEMORY = 0.02  # a warm load whose processes read less than this from storage came from memory
 PLAN_EXTENTS = 12  # extents `mpibench plan` lists per rank
-INDEX_FORMAT = 1  # mpibench's own metadata in the index: version of how the model is derived
-
-
-# -- page cache residency and the FUSE probe --------------------------------------------------------
-class _Libc:
-    """mmap, mincore and munmap from the C library (Python's mmap hides the address)."""
-
-    def __init__(self) -> None:
-        lib = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        self.mmap = lib.mmap
-        self.mmap.restype = ctypes.c_void_p
-        self.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                              ctypes.c_long]
-        self.munmap = lib.munmap
-        self.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        self.mincore = lib.mincore
-        self.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-
-
-_LIBC: list[_Libc] = []
-_MAP_FAILED = ctypes.c_void_p(-1).value
-
-
-def resident_bytes(path: str) -> tuple[int, int] | None:
-    """(bytes of `path` in this node's page cache, file bytes) by mincore over a private
-    read-only mapping (which a FUSE direct_io mount accepts); None where it cannot map.
-    Opening a file on a FUSE mount without kernel_cache drops its pages: so do loads."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        return resident_fd(fd)
-    finally:
-        os.close(fd)
-
-
-def resident_fd(fd: int) -> tuple[int, int] | None:
-    """resident_bytes of an open file."""
-    if not _LIBC:
-        _LIBC.append(_Libc())
-    libc = _LIBC[0]
-    size = os.fstat(fd).st_size
-    if size == 0:
-        return 0, 0
-    addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_PRIVATE, fd, 0)
-    if addr in (None, _MAP_FAILED):
-        return None
-    try:
-        pages = -(-size // PAGE)
-        vec = (ctypes.c_ubyte * pages)()
-        if libc.mincore(addr, size, vec) != 0:
-            return None
-        resident = int(np.count_nonzero(np.frombuffer(vec, dtype=np.uint8) & 1))
-    finally:
-        libc.munmap(addr, size)
-    return min(resident * PAGE, size), size
-
-
-def _errno_name(exc: OSError) -> str:
-    return errno.errorcode.get(exc.errno or 0, str(exc.errno))
-
-
-def _try_map(fd: int, flags: int) -> str:
-    try:
-        mapped = mmap.mmap(fd, PAGE, flags=flags, prot=mmap.PROT_READ)
-    except OSError as exc:
-        return _errno_name(exc)
-    try:
-        _ = mapped[0]  # a fault through the mapping, not only its creation
-    finally:
-        mapped.close()
-    return "ok"
-
-
-def probe_mount(path: str) -> dict[str, Any]:
-    """What a (FUSE) mount serves for one file of the model: a shared and a private read-only
-    mapping, an O_DIRECT read of the first 4 KiB, and whether a buffered read of the first
-    MiB leaves pages resident (not with direct_io); 'ok' or the errno name of each."""
-    from mpibench.backends.posix import O_DIRECT, evict_file
-
-    found: dict[str, Any] = {"file": path}
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        found["shared_mmap"] = _try_map(fd, mmap.MAP_SHARED)
-        found["private_mmap"] = _try_map(fd, mmap.MAP_PRIVATE)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        length = min(os.fstat(fd).st_size, 1 << 20)
-        os.pread(fd, length, 0)
-        resident = resident_fd(fd)  # on this descriptor: a new open may drop the pages
-        found["read_bytes"] = length
-        found["resident_after_read_bytes"] = resident[0] if resident else None
-        found["page_cache"] = bool(resident and resident[0] > 0)
-        evict_file(path)
-    finally:
-        os.close(fd)
-    try:
-        dfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | O_DIRECT)
-    except OSError as exc:
-        found["o_direct"] = _errno_name(exc)
-    else:
-        try:
-            buf = aligned_buffer(PAGE)
-            os.preadv(dfd, [memoryview(buf)], 0)
-            found["o_direct"] = "ok"
-        except OSError as exc:
-            found["o_direct"] = _errno_name(exc)
-        finally:
-            os.close(dfd)
-    found["direct_io"] = not found["page_cache"]
-    return found
 
 
 def refuse_reader(config: Config, probe: dict[str, Any], mount: str) -> None:
@@ -210,223 +92,6 @@ def refuse_reader(config: Config, probe: dict[str, Any], mount: str) -> None:
     if reader == "direct" and probe.get("o_direct") != "ok":
         raise PreflightError(f"O_DIRECT on this FUSE mount {mount} fails with {probe.get('o_direct')}",
                              "use storage.type=local_fs with modelload.reader=read")
-
-
-# -- the model on storage ---------------------------------------------------------------------------
-def model_of(config: Config) -> ModelFiles:
-    """The model files the modelload section describes."""
-    ml = config.modelload
-    preset_of(ml.model)
-    return model_files(ml.model, ml.scale, ml.shard_size)
-
-
-def parallelism(config: Config, size: int) -> Parallelism:
-    """The configured layout resolved for `size` ranks."""
-    ml = config.modelload
-    return resolve_parallelism(ml.layout, ml.tp, ml.pp, preset_of(ml.model), size)
-
-
-def index_extra(config: Config) -> dict[str, Any]:
-    """mpibench's own keys in the index's metadata: how to derive the model again."""
-    ml = config.modelload
-    return {"mpibench_model": INDEX_FORMAT, "preset": ml.model, "scale": ml.scale,
-            "shard_size": ml.shard_size, "seed": config.dataset.seed, "dtype": "BF16"}
-
-
-def read_index(backend: Backend, key: str) -> dict[str, Any] | None:
-    """The model's index document, None when there is none."""
-    if not key_exists(backend, key):
-        return None
-    size = backend.size_of(key)
-    buf = aligned_buffer(round_up(max(size, 1), max(backend.alignment, PAGE)))
-    n = backend.get(key, memoryview(buf)[:len(buf)])
-    try:
-        doc = json.loads(bytes(buf[:n]).decode("utf-8"))
-    except ValueError:
-        raise PreflightError(f"{backend.path_of(key)} is not valid JSON",
-                             "it was not written by mpibench datagen, or was damaged") from None
-    if not isinstance(doc, dict):
-        raise PreflightError(f"{backend.path_of(key)} is not a safetensors index")
-    return doc
-
-
-def checked_index(config: Config, backend: Backend) -> tuple[ModelFiles, list[str]]:
-    """The model, after checking that storage holds it complete; else a PreflightError."""
-    ds = config.dataset
-    model = model_of(config)
-    where = backend.path_of(ds.name)
-    doc = read_index(backend, f"{ds.name}/{INDEX_NAME}")
-    if doc is None:
-        raise PreflightError(f"no safetensors model at {where} (no {INDEX_NAME})",
-                             "write it first: mpibench run CONFIG.yaml workload=datagen")
-    expected = model.index(index_extra(config))
-    if doc != json.loads(json.dumps(expected)):
-        found = doc.get("metadata", {}) if isinstance(doc.get("metadata"), dict) else {}
-        said = ", ".join(f"{k}={found.get(k)!r}" for k in ("preset", "scale", "shard_size", "seed")
-                         if found.get(k) != expected["metadata"].get(k)) or "other tensors"  # type: ignore[union-attr]
-        raise PreflightError(f"the model at {where} differs from the modelload section ({said})",
-                             "write it again with this config into another dataset.name, or fix the config")
-    checks = []
-    for shard in model.shards:
-        key = f"{ds.name}/{shard.name}"
-        try:
-            size = backend.size_of(key)
-        except BenchIOError:
-            raise PreflightError(f"shard {backend.path_of(key)} of the model is missing",
-                                 "write the model again with datagen") from None
-        if size != shard.file_bytes:
-            raise PreflightError(f"shard {backend.path_of(key)} is {size} bytes, the model's is {shard.file_bytes}",
-                                 "write the model again with datagen")
-    checks.append(f"model at {where}: {len(model.shards)} shard(s), {model.num_tensors} tensors, "
-                  f"{format_size(model.file_bytes)} ({model.file_bytes} bytes), index matches the config")
-    return model, checks
-
-
-# -- datagen of the model ---------------------------------------------------------------------------
-class ModelWriter:
-    """datagen with dataset.format=safetensors: rank r writes shards part_range(N, size, r)."""
-
-    def planned_bytes(self, config: Config, size: int) -> int:
-        """The shard files and the index."""
-        model = model_of(config)
-        return model.file_bytes + len(json.dumps(model.index(index_extra(config)), indent=1)) + PAGE
-
-    def buffer_bytes(self, config: Config) -> tuple[int, str, str]:
-        """One staging buffer of modelload.buffer_size."""
-        return (buffer_footprint(config.modelload.buffer_size, config.huge_pages), "modelload.buffer_size",
-                "lower modelload.buffer_size")
-
-    def check(self, config: Config, size: int, alignment: int) -> None:
-        """The folder name, and no s3dlio direct:// (it stores a multi-write file as parts)."""
-        check_dataset_name(config.dataset.name)
-        model_of(config)
-        if config.storage.type == "direct_fs" and config.storage.library == "s3dlio":
-            raise ConfigError("datagen of a safetensors model cannot go through s3dlio's direct://: it stores a "
-                              "file written in several writes as a folder of parts, not a safetensors file",
-                              "write the model with storage.library=native; load it with s3dlio afterwards")
-        if config.modelload.buffer_size % max(alignment, 1):
-            raise ConfigError(f"modelload.buffer_size={config.modelload.buffer_size} is not a multiple of the "
-                              f"direct-I/O alignment {alignment}", f"use a multiple of {alignment}")
-
-    def prepare(self, config: Config, backend: Backend, info: PreflightInfo) -> None:
-        """Refuse a folder that holds a model (or any file of this one); create it."""
-        ds = config.dataset
-        model = model_of(config)
-        taken = backend.not_a_dir(ds.name)
-        if taken is not None:
-            raise PreflightError(f"model folder {backend.path_of(ds.name)} cannot be created: {taken} exists "
-                                 "and is not a directory", "choose another dataset.name")
-        for name in [INDEX_NAME, *(s.name for s in model.shards)]:
-            if key_exists(backend, f"{ds.name}/{name}"):
-                raise PreflightError(f"model folder {backend.path_of(ds.name)} already holds {name}",
-                                     "choose another dataset.name, or remove the folder first: datagen never "
-                                     "overwrites a model")
-        backend.makedirs(ds.name)
-        info.checks.append(f"model folder {backend.path_of(ds.name)} holds no model; created it")
-
-    def describe_plan(self, config: Config, size: int, rank: int) -> dict[str, Any]:
-        """The shards rank `rank` writes."""
-        model = model_of(config)
-        if rank < 0:
-            return {"totals": {"model": config.modelload.model, "scale": config.modelload.scale,
-                               "shards": len(model.shards), "tensors": model.num_tensors,
-                               "file_bytes": model.file_bytes, "tensor_bytes": model.tensor_bytes,
-                               "folder": config.dataset.name}}
-        first, count = part_range(len(model.shards), size, rank)
-        mine = model.shards[first:first + count]
-        return {"rank": rank, "shards": [s.name for s in mine], "bytes": sum(s.file_bytes for s in mine)}
-
-    def run(self, ctx: RunContext) -> None:
-        """One measured phase of shard writes, then rank 0 writes the index (the model is complete)."""
-        from mpibench.run import broadcast_outcome
-
-        config = ctx.config
-        model = model_of(config)
-        first, count = part_range(len(model.shards), ctx.comm.size, ctx.comm.rank)
-        mine = model.shards[first:first + count]
-        buf = ctx.setup(lambda: aligned_buffer(config.modelload.buffer_size))
-        ctx.phase("datagen", 0, lambda rec: self._write(ctx, rec, mine, buf), expected_bytes=model.file_bytes,
-                  format="safetensors", dataset=ctx.backend.path_of(config.dataset.name), fsync=True, cache=None)
-        broadcast_outcome(ctx.comm, lambda: self._write_index(ctx, model))
-
-    def _write(self, ctx: RunContext, rec: PhaseRecorder, shards: tuple[ShardFile, ...], buf: mmap.mmap) -> None:
-        from mpibench.engine import timed_close, timed_fsync
-
-        backend = ctx.backend
-        alignment = max(backend.alignment, 1)
-        chunk = round_down(len(buf), alignment) if alignment > 1 else len(buf)
-        log = rec.new_log()
-        view = memoryview(buf)
-        for shard in shards:
-            key = f"{ctx.config.dataset.name}/{shard.name}"
-            t = time.perf_counter()
-            handle = backend.open(key, "w")
-            rec.open_s += time.perf_counter() - t
-            rec.files += 1
-            prefix = shard.prefix()
-            try:
-                for number, position in enumerate(range(0, shard.file_bytes, chunk)):
-                    n = min(chunk, shard.file_bytes - position)
-                    fill_random(view[:n], file_seed(ctx.config.dataset.seed, shard.index, number))
-                    if position < len(prefix):  # the header, where this chunk overlaps it
-                        part = prefix[position:position + n]
-                        view[:len(part)] = part
-                    padded = round_up(n, alignment) if alignment > 1 else n
-                    t0 = time.perf_counter_ns()
-                    written = backend.write_at(handle, view[:padded], position)
-                    t1 = time.perf_counter_ns()
-                    if written < padded:
-                        raise BenchIOError(f"write {backend.path_of(key)}: {written} of {padded} bytes written",
-                                           "is the filesystem full?", path=backend.path_of(key))
-                    log.record(n, t0, t1)
-                    rec.transfer_s += (t1 - t0) / 1e9
-                    ctx.check_stop()
-                if alignment > 1 and shard.file_bytes % alignment:
-                    backend.truncate(handle, shard.file_bytes)  # O_DIRECT wrote whole blocks: cut the padding
-                timed_fsync(backend, handle, rec)
-            finally:
-                timed_close(backend, handle, rec)
-        rec.extra["shards"] = len(shards)
-
-    def _write_index(self, ctx: RunContext, model: ModelFiles) -> None:
-        backend = ctx.backend
-        buf, size, padded = encode_manifest(model.index(index_extra(ctx.config)), backend.alignment)
-        handle = backend.open(f"{ctx.config.dataset.name}/{INDEX_NAME}", "w")
-        try:
-            backend.write_at(handle, memoryview(buf)[:padded], 0)
-            if padded != size:
-                backend.truncate(handle, size)
-            backend.fsync(handle)
-        finally:
-            backend.close(handle)
-
-    def summarize(self, ctx: RunContext) -> dict[str, Any]:
-        """The datagen record of a model."""
-        config = ctx.config
-        model = model_of(config)
-        out: dict[str, Any] = {"dataset": ctx.backend.path_of(config.dataset.name), "format": "safetensors",
-                               "model": config.modelload.model, "scale": config.modelload.scale,
-                               "shard_size": config.modelload.shard_size, "num_files": len(model.shards),
-                               "tensors": model.num_tensors, "tensor_bytes": model.tensor_bytes,
-                               "manifest": ctx.backend.path_of(f"{config.dataset.name}/{INDEX_NAME}")}
-        phase = next((p for p in ctx.phases if p["name"] == "datagen"), None)
-        if phase is not None:
-            out.update(files=sum(r["files"] for r in phase["ranks"]), bytes=phase["bytes"],
-                       seconds=phase["seconds"], bandwidth_MiBps=phase["bandwidth_MiBps"],
-                       bandwidth_GBps=phase["bandwidth_GBps"])
-        return {"datagen": out}
-
-    def report_lines(self, document: dict[str, Any]) -> list[str]:
-        """One line: what was written and how fast."""
-        d = document.get("datagen") or {}
-        if "bytes" not in d:
-            return []
-        return ["", f"datagen: {d['model']} (scale {d['scale']:g}) as {d['files']} safetensors shard(s) and "
-                    f"{INDEX_NAME}, {format_size(d['bytes'])} ({d['bytes']} bytes) into {d['dataset']} at "
-                    f"{d['bandwidth_MiBps']:.1f} MiB/s ({d['bandwidth_GBps']:.3f} GB/s)"]
-
-
-MODEL_WRITER = ModelWriter()
 
 
 # -- loading ----------------------------------------------------------------------------------------
@@ -585,7 +250,7 @@ class _Load:
             mapped = mmap.mmap(fd, shard.file_bytes, flags=mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE,
                                prot=mmap.PROT_READ)
         except OSError as exc:
-            raise BenchIOError(f"mmap of {path} failed: {os.strerror(exc.errno or 0)} [{_errno_name(exc)}]",
+            raise BenchIOError(f"mmap of {path} failed: {os.strerror(exc.errno or 0)} [{errno_name(exc)}]",
                                "on a FUSE mount with direct_io use modelload.mmap_mapping=private or "
                                "modelload.reader=read", path=path, errno=exc.errno) from None
         try:
@@ -736,14 +401,12 @@ class ModelloadWorkload(Workload):
 
     def _evict(self, ctx: RunContext, model: ModelFiles) -> bool:
         """The node's first rank drops every shard (and its backing file) from the page cache."""
-        from mpibench.backends.posix import evict_file
-
-        if ctx.layout.local_rank != 0 or ctx.config.storage.type == "s3":
+        if ctx.layout.local_rank != 0:
             return True
         name = ctx.config.dataset.name
         done = True
         for shard in model.shards:
-            done &= evict_file(ctx.backend.path_of(f"{name}/{shard.name}"))
+            done &= ctx.backend.evict(f"{name}/{shard.name}")
             if ctx.config.modelload.backing_root is not None:
                 done &= evict_file(os.path.join(ctx.config.modelload.backing_root, name, shard.name))
         return done
