@@ -18,6 +18,10 @@ data-parallel replicas do):
           fio --ioengine=psync --direct=1 --rw=read --bs=buffer_size over the same files,
           one job per rank (fio's defaults otherwise)
 
+--fuse (root, bindfs installed) measures instead mpibench's warm / cold ratio through
+bindfs mounts of the model's folder, without and with -o direct_io, for the mmap and read
+readers (modelload.backing_root set, so that a cold load is cold underneath as well).
+
 The peers' ranks are started by mpiexec and meet at an MPI barrier before they start, as
 mpibench's do; every tool's GB/s is bytes / (last rank's end - first rank's start), its
 own bytes (mpibench counts headers and alignment too: under 0.1 % here). Within a
@@ -159,6 +163,34 @@ def peer_load(args: argparse.Namespace, ranks: int, folder: str, case: str) -> d
     return found
 
 
+def fuse_ratios(args: argparse.Namespace, root: str, ranks_list: list[int]) -> None:
+    """mpibench's cold and warm GB/s through bindfs (cached and direct_io), args.reps iterations."""
+    backing = os.path.join(root, "llama3-8b")
+    print("\n| mount | reader | ranks | cold GB/s | warm GB/s | warm / cold |")
+    print("|---|---|---|---|---|---|")
+    for option in ([], ["-o", "direct_io"]):
+        mount = tempfile.mkdtemp(prefix="fuse-", dir=args.workdir)
+        os.mkdir(os.path.join(mount, "llama3-8b"))
+        run(["bindfs", *option, backing, os.path.join(mount, "llama3-8b")])
+        try:
+            for reader in ("mmap", "read"):
+                for ranks in ranks_list:
+                    path = os.path.join(args.workdir, f"ml-fuse-{time.monotonic_ns()}.json")
+                    run([MPIEXEC, "-n", str(ranks), MPIBENCH, "run", args.config, "-q", "-o", path,
+                         f"storage.root={mount}", f"modelload.reader={reader}", f"modelload.iterations={args.reps}",
+                         f"modelload.scale={args.scale}", f"modelload.buffer_size={args.buffer}",
+                         f"modelload.backing_root={root}"])
+                    with open(path, encoding="utf-8") as handle:
+                        m = json.load(handle)["modelload"]
+                    os.unlink(path)
+                    cold, warm = m["cold"]["bandwidth_GBps"]["median"], m["warm"]["bandwidth_GBps"]["median"]
+                    name = "bindfs -o direct_io" if option else "bindfs"
+                    print(f"| {name} | {reader} | {ranks} | {cold:.3f} | {warm:.3f} | {warm / cold:.2f} |", flush=True)
+        finally:
+            subprocess.run(["fusermount", "-u", os.path.join(mount, "llama3-8b")], check=False)
+            shutil.rmtree(mount, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default=tempfile.gettempdir(), help="where the model is written (removed after)")
@@ -169,6 +201,7 @@ def main() -> None:
     parser.add_argument("--ranks", default="1,2")
     parser.add_argument("--cases", default="mmap,read,direct")
     parser.add_argument("--output", help="JSON file for every raw value")
+    parser.add_argument("--fuse", action="store_true", help="warm / cold through bindfs mounts instead (root)")
     parser.add_argument("--peer", nargs=2, metavar=("KIND", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer:
@@ -184,6 +217,10 @@ def main() -> None:
         folder = os.path.join(root, "llama3-8b")
         cases = args.cases.split(",")
         ranks_list = [int(r) for r in args.ranks.split(",")]
+        if args.fuse:
+            fuse_ratios(args, root, ranks_list)
+            print(f"uptime load after: {' '.join(open('/proc/loadavg').read().split()[:3])}")
+            return
         raw: dict[str, list[float]] = {}
         for rep in range(args.reps):
             order = cases[rep % len(cases):] + cases[:rep % len(cases)]

@@ -587,6 +587,9 @@ def validate_modelload(config: Config) -> None:
         raise ConfigError(f"modelload.scale must be in (0, 1], got {ml.scale}")
     if config.workload != "modelload":
         return
+    if config.storage.type not in READERS_BY_STORAGE:
+        raise ConfigError(f"workload=modelload loads a model from storage; storage.type={config.storage.type} holds none",
+                          "use local_fs, direct_fs or s3")
     reader = modelload_reader(config)
     allowed = READERS_BY_STORAGE[config.storage.type]
     if reader not in allowed:

@@ -319,8 +319,8 @@ class ModelloadWorkload(Workload):
     def prepare(self, config: Config, size: int, backend: Backend, info: PreflightInfo) -> None:
         model, checks = checked_index(config, backend)
         info.checks.extend(checks)
-        if config.storage.type == "s3":
-            return
+        if modelload_reader(config) == "s3":
+            return  # objects: no page cache and no mount to probe
         first = backend.path_of(f"{config.dataset.name}/{model.shards[0].name}")
         fs = environment.filesystem_of(first)
         if fs["fstype"].startswith("fuse"):
@@ -370,7 +370,7 @@ class ModelloadWorkload(Workload):
         extents = rank_extents(model, par, comm.rank)
         reader = modelload_reader(config)
         mine = shards_of(extents)
-        files = config.storage.type != "s3"
+        files = reader != "s3"  # residency is a file's
         if ml.backing_root is not None and ctx.layout.local_rank == 0:
             # The FUSE mount has no block device of its own: count the backing directory's.
             ctx.block_stat = environment.block_stat_path(ml.backing_root)
