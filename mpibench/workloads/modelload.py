@@ -285,7 +285,10 @@ class _Load:
                 self._tensor_done()
             del data
         finally:
-            mapped.close()
+            try:
+                mapped.close()
+            except BufferError:
+                pass  # a view is still alive after an error: the mapping goes with the process
 
 
 # -- the workload -----------------------------------------------------------------------------------
