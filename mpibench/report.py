@@ -168,9 +168,21 @@ def run_header(document: dict[str, Any]) -> str:
         depth = f"io_depth {env.get('io_depth')}"
         if env.get("io_engine") in ("io_uring", "threads") and (env.get("io_depth") or 1) > 1:
             depth += f" ({env['io_engine']})"
+        depth += auto_choices_note(document.get("auto_choices") or {})
         parts.append(
             f"transfer {format_size(bw.get('transfer_size', 0))}, block {format_size(bw.get('block_size', 0))} per rank, "
             f"{bw.get('file_mode')}, {depth}, {bw.get('access')}, " + ("" if s3 else f"fsync {bw.get('fsync')}, ")
             + f"reorder_reads {bw.get('reorder_reads')}"
         )
     return "\n".join(parts)
+
+
+def auto_choices_note(choices: dict[str, Any]) -> str:
+    """What the header adds for the automatic write choices (mpibench.choices)."""
+    write = (choices.get("write_io_depth") or {}).get("value")
+    read = (choices.get("read_io_depth") or {}).get("value")
+    if (choices.get("preallocate") or {}).get("value"):
+        return ", writes into preallocated files (not timed)"
+    if write is not None and read is not None and write != read:
+        return f", writes at depth {write} (they extend files)"
+    return ""

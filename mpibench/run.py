@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mpibench import buffers, environment, faults, uring
+from mpibench import buffers, choices, environment, faults, uring
 from mpibench.backends import backend_class, make_backend
 from mpibench.backends.base import Backend
 from mpibench.buffers import out_of_memory
@@ -269,8 +269,12 @@ class RunContext:
         self.cancel = CancelChannel(comm)
         self.interrupted: str | None = None
         self.progress = progress
-        self.io_depth = resolve_io_depth(config, self.layout)
+        self.io_depth = resolve_io_depth(config, self.layout)  # reads' (and writes' unless chosen otherwise)
         self.io_engine = resolve_io_engine(config)
+        self.choices = choices.decide(config, self.io_depth, self.io_engine, info.filesystem.get("fstype", ""),
+                                      self.layout.node_cpus(), self.layout.local_size,
+                                      get_workload(config.workload).preallocates_writes)
+        self.write_io_depth = self.choices.write_depth
         buffers.use_huge_pages(config.huge_pages)
         self.buffers = buffers.BufferPool()  # working buffers, allocated untimed, reused by every phase
         self._next_poll = 0
@@ -571,6 +575,7 @@ def _document(config: Config, comm: Comm, info: PreflightInfo, ctx: RunContext, 
             },
             "preflight": {"checks": info.checks, "warnings": info.warnings,
                           "planned_bytes": info.planned_bytes, "free_bytes": info.free_bytes},
+            "auto_choices": ctx.choices.record,
             "phases": ctx.phases,
             "summary": summarize_repetitions(ctx.phases),
         }

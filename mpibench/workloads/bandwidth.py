@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mpibench.buffers import DataPattern, buffer_footprint
+from mpibench.choices import preallocate
 from mpibench.config import Config
 from mpibench.engine import prepare_buffers, timed_close, timed_fsync, transfer_region
 from mpibench.errors import ConfigError
@@ -48,6 +49,7 @@ class BandwidthWorkload(Workload):
     """Sequential (or random) write then read of block_size bytes per rank per iteration."""
 
     name = "bandwidth"
+    preallocates_writes = True
 
     def planned_bytes(self, config: Config, size: int) -> int:
         return config.bandwidth.block_size * size
@@ -125,10 +127,13 @@ class BandwidthWorkload(Workload):
                 self._remove_written(ctx)
             if iteration > 0:  # untimed: the base content back into the buffers the reads used
                 prepare_buffers(ctx, "write", len(write_offsets), bw.transfer_size, write_pattern)
+            if ctx.choices.preallocate:  # untimed: see mpibench.choices
+                ctx.setup(lambda: preallocate(ctx, ctx.key(mine.key), mine.offset, mine.length))
             ctx.phase("write", iteration, write_body,
                       expected_bytes=bw.block_size * comm.size, cache=self._write_cache(ctx), file_mode=bw.file_mode, transfer_size=bw.transfer_size,
-                      block_size=bw.block_size, io_depth=ctx.io_depth, access=bw.access,
-                      fsync=bw.fsync, fresh_files=iteration == 0 or not bw.overwrite)
+                      block_size=bw.block_size, io_depth=ctx.write_io_depth, access=bw.access,
+                      fsync=bw.fsync, fresh_files=iteration == 0 or not bw.overwrite,
+                      preallocated=ctx.choices.preallocate)
             if bw.deadline > 0:
                 # A stonewalled writer wrote only its first transfers (a prefix of its
                 # order, whatever the io_depth): read back exactly those, as IOR does.
