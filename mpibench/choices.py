@@ -1,6 +1,6 @@
 """The run's automatic choices (settings left at `auto`), each with the reason it was made.
 
-`io_depth: auto` gives a rank the node's usable CPUs divided by its ranks (at most 16) for
+`io.depth: auto` gives a rank the node's usable CPUs divided by its ranks (at most 16) for
 reads. Writes are not always helped by more in flight: O_DIRECT writes past the end of a
 file take the inode's lock exclusively on ext4, XFS and btrfs (they change its size), so a
 second write in flight only waits and adds work (a rank at depth 2 wrote 4 KiB transfers at
@@ -18,13 +18,9 @@ import ctypes.util
 import errno
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from mpibench.backends.base import io_error
 from mpibench.config import AUTO, Config
-
-if TYPE_CHECKING:
-    from mpibench.run import RunContext
 
 #: Filesystems on which O_DIRECT writes that extend a file serialize on the inode's lock.
 SERIALIZED_EXTENDING_WRITES = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs"})
@@ -43,7 +39,7 @@ class IoChoices:
 
 def depth_setting(config: Config) -> Any:
     """The configured queue depth (an int or 'auto')."""
-    return config.bandwidth.io_depth
+    return config.io.depth
 
 
 def decide(config: Config, depth: int, engine: str, fstype: str, cpus: int, ranks: int,
@@ -89,7 +85,7 @@ def decide(config: Config, depth: int, engine: str, fstype: str, cpus: int, rank
         record["preallocate"] = {"value": False,
                                  "why": "not needed at depth 1: files are written as they grow, "
                                         "block allocation timed (as IOR, fio --fallocate=none)"}
-    if files and config.bandwidth.io_engine == AUTO and config.storage.library == "native":
+    if files and config.io.engine == AUTO and config.storage.library == "native":
         deepest = max(choices.read_depth, choices.write_depth)
         if deepest == 1:
             why = "depth 1: one pwrite/preadv per transfer from the rank's thread (no engine needed)"
@@ -121,28 +117,3 @@ def fallocate(fd: int, offset: int, length: int) -> str | None:
         return "the filesystem does not support fallocate"
     raise OSError(code, os.strerror(code))
 
-
-def preallocate(ctx: RunContext, key: str, offset: int, length: int) -> None:
-    """Outside the timed window: reserve a file's region to be written and make it durable
-    (fsync), so that the phase's writes land inside its size (mpibench.choices). Where the
-    filesystem cannot, writes go back to depth 1 and the result says why."""
-    backend = ctx.backend
-    path = backend.path_of(key)
-    handle = backend.open(key, "w")
-    try:
-        fd = backend.fileno(handle)
-        try:
-            reason = fallocate(fd, offset, length) if fd is not None else "the backend has no file descriptor"
-            if reason is None:
-                os.fsync(fd)  # type: ignore[arg-type]
-        except OSError as exc:
-            raise io_error("preallocate", path, exc, offset) from None
-    finally:
-        backend.close(handle)
-    if reason is not None:
-        ctx.choices.preallocate = False
-        ctx.choices.write_depth = ctx.write_io_depth = 1
-        ctx.choices.record["preallocate"] = {"value": False, "why": f"cannot preallocate {path}: {reason}"}
-        ctx.choices.record["write_io_depth"] = {
-            "value": 1, "why": "writes that extend a file serialize on this filesystem and it cannot "
-                               f"preallocate: writes keep depth 1, reads keep {ctx.io_depth}"}

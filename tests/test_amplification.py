@@ -41,8 +41,8 @@ def test_amplification_is_device_bytes_in_the_phase_direction_over_payload():
 def test_bandwidth_phases_show_device_per_payload(tmp_path):
     root = _root(tmp_path)
     config = build_config({"workload": "bandwidth", "storage": {"type": "direct_fs", "root": root},
-                           "bandwidth": {"transfer_size": "64KiB", "block_size": "1MiB", "iterations": 1,
-                                         "io_depth": 1}})
+                           "bandwidth": {"transfer_size": "64KiB", "block_size": "1MiB", "iterations": 1},
+                           "io": {"depth": 1}})
     doc = execute(config, one_rank(), output=None)
     assert [("device_per_payload" in p) for p in doc["phases"]] == [True, True]
     assert all(p["device_per_payload"] >= 0 for p in doc["phases"])

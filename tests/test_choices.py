@@ -12,12 +12,14 @@ from mpibench import choices, comm, environment, uring
 from mpibench.config import build_config
 from mpibench.run import execute
 from mpibench.schema import validate_document
+from mpibench.workloads import bandwidth
 
 
-def config(root: str, kind: str = "direct_fs", workload: str = "bandwidth", verify: bool = False, **bw: object):
+def config(root: str, kind: str = "direct_fs", workload: str = "bandwidth", verify: bool = False,
+           **io: object):
     data: dict = {"workload": workload, "storage": {"type": kind, "root": root}, "verify": verify,
                   "bandwidth": {"transfer_size": "16KiB", "block_size": "1MiB", "iterations": 2,
-                                "reorder_reads": False, **bw}}
+                                "reorder_reads": False}, "io": io}
     if workload == "checkpoint":
         data["checkpoint"] = {"model": "llama3-8b", "ranks": 8, "scale": 0.0001, "transfer_size": "64KiB",
                               "num_checkpoints_write": 1, "num_checkpoints_read": 1}
@@ -61,7 +63,7 @@ def test_local_fs_auto_is_depth_1():
 
 
 def test_settings_the_user_gave_are_not_choices():
-    got = choices.decide(config("/x", io_depth=2, io_engine="threads"), 2, "threads", "ext4", cpus=2,
+    got = choices.decide(config("/x", depth=2, engine="threads"), 2, "threads", "ext4", cpus=2,
                          ranks=1, can_preallocate=True)
     assert got.record == {} and (got.read_depth, got.write_depth, got.preallocate) == (2, 2, False)
 
@@ -102,7 +104,7 @@ def test_run_records_and_applies_preallocation(tmp_path, monkeypatch):
     monkeypatch.setattr(comm, "usable_cpus", lambda: 4)
     called: list[tuple[int, int]] = []
     real = choices.fallocate
-    monkeypatch.setattr(choices, "fallocate", lambda fd, off, n: called.append((off, n)) or real(fd, off, n))
+    monkeypatch.setattr(bandwidth, "fallocate", lambda fd, off, n: called.append((off, n)) or real(fd, off, n))
     doc = execute(config(root, verify=True), one_rank(), output=None)
     assert doc["complete"]
     auto = doc["auto_choices"]
@@ -130,7 +132,7 @@ def test_run_without_preallocation_writes_at_depth_1(tmp_path, monkeypatch):
 
 def test_explicit_depth_is_not_preallocated(tmp_path):
     root = _test_root(tmp_path)
-    doc = execute(config(root, io_depth=2), one_rank(), output=None)
+    doc = execute(config(root, depth=2), one_rank(), output=None)
     assert set(doc["auto_choices"]) == {"io_engine"}  # the engine alone was left at auto
     assert not any(p.get("preallocated") for p in doc["phases"])
     assert {p["io_depth"] for p in doc["phases"]} == {2}

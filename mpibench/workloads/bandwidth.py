@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mpibench.backends.base import io_error
 from mpibench.buffers import DataPattern, buffer_footprint
-from mpibench.choices import preallocate
+from mpibench.choices import fallocate
 from mpibench.config import Config
 from mpibench.engine import prepare_buffers, timed_close, timed_fsync, transfer_region
 from mpibench.errors import ConfigError
@@ -21,11 +23,11 @@ from mpibench.plan import (
     transfer_offsets,
 )
 from mpibench.units import format_exact_size
-from mpibench.workloads import Workload
+from mpibench.workloads.base import Workload
 
 if TYPE_CHECKING:
     from mpibench.backends.base import Backend
-    from mpibench.run import PreflightInfo, RunContext
+    from mpibench.context import PreflightInfo, RunContext
 
 
 def check_alignment(key: str, value: int, alignment: int, fstype: str = "") -> None:
@@ -62,7 +64,7 @@ class BandwidthWorkload(Workload):
         count = depth + 2 + (1 if config.verify else 0)
         return (count * buffer_footprint(bw.transfer_size, config.huge_pages),
                 f"bandwidth.transfer_size x (io_depth {depth} + 2)",
-                "lower bandwidth.transfer_size or bandwidth.io_depth, or run fewer ranks per node")
+                "lower bandwidth.transfer_size or io.depth, or run fewer ranks per node")
 
     def requests_in_flight(self, config: Config, io_depth: int) -> int:
         # One object per transfer: every write is one PUT, every read one GET.
@@ -249,6 +251,32 @@ def annotate_cache(phase: dict[str, Any]) -> None:
             cache["warning"] = (f"requested {requested} bytes, storage read {storage}: "
                                 f"{(1 - ratio) * 100:.0f}% served from the page cache")
         phase["cache"] = cache
+
+
+def preallocate(ctx: RunContext, key: str, offset: int, length: int) -> None:
+    """Outside the timed window: reserve a file's region to be written and make it durable
+    (fsync), so that the phase's writes land inside its size (mpibench.choices decides
+    when). Where the filesystem cannot, writes go back to depth 1 and the result says why."""
+    backend = ctx.backend
+    path = backend.path_of(key)
+    handle = backend.open(key, "w")
+    try:
+        fd = backend.fileno(handle)
+        try:
+            reason = fallocate(fd, offset, length) if fd is not None else "the backend has no file descriptor"
+            if reason is None:
+                os.fsync(fd)  # type: ignore[arg-type]
+        except OSError as exc:
+            raise io_error("preallocate", path, exc, offset) from None
+    finally:
+        backend.close(handle)
+    if reason is not None:
+        ctx.choices.preallocate = False
+        ctx.choices.write_depth = ctx.write_io_depth = 1
+        ctx.choices.record["preallocate"] = {"value": False, "why": f"cannot preallocate {path}: {reason}"}
+        ctx.choices.record["write_io_depth"] = {
+            "value": 1, "why": "writes that extend a file serialize on this filesystem and it cannot "
+                               f"preallocate: writes keep depth 1, reads keep {ctx.io_depth}"}
 
 
 WORKLOAD = BandwidthWorkload()
