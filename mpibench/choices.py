@@ -54,6 +54,8 @@ def decide(config: Config, depth: int, engine: str, fstype: str, cpus: int, rank
     if auto:
         if storage == "local_fs":
             why = "local_fs goes through the page cache, which absorbs writes and reads ahead: one I/O in flight"
+        elif storage == "null":
+            why = "null storage: one operation at a time, to measure mpibench's own cost per operation"
         else:
             why = f"{cpus} usable CPUs on the node / {ranks} rank(s) on it (1 to 16)"
         record["read_io_depth"] = {"value": depth, "why": why}

@@ -68,6 +68,13 @@ def test_settings_the_user_gave_are_not_choices():
     assert got.record == {} and (got.read_depth, got.write_depth, got.preallocate) == (2, 2, False)
 
 
+def test_null_storage_auto_is_depth_1():
+    null = build_config({"workload": "bandwidth", "storage": {"type": "null", "root": "/unused"}})
+    got = choices.decide(null, 1, "none", "", cpus=2, ranks=1, can_preallocate=True)
+    assert got.record["read_io_depth"]["value"] == got.record["write_io_depth"]["value"] == 1
+    assert "null" in got.record["read_io_depth"]["why"] and not got.preallocate
+
+
 def test_s3_has_no_file_choices():
     s3 = build_config({"workload": "bandwidth", "storage": {"type": "s3", "root": "s3://bucket/x"}})
     got = choices.decide(s3, 2, "none", "", cpus=2, ranks=1, can_preallocate=True)
