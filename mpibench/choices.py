@@ -7,7 +7,8 @@ second write in flight only waits and adds work (a rank at depth 2 wrote 4 KiB t
 0.7 of depth 1, docs/performance.md). Writes inside a file's size into preallocated blocks
 share the lock and do overlap. So where writes would go at depth > 1 on such a filesystem,
 the workload preallocates each file it writes (fallocate, outside the timed window, as fio
-does by default) when it can, and otherwise keeps its writes at depth 1. The result's
+does by default) when it can and its transfers are at least PREALLOCATE_MIN_TRANSFER, and
+otherwise keeps its writes at depth 1. The result's
 `auto_choices` records every decision and why (docs/results.md).
 """
 
@@ -25,6 +26,12 @@ from mpibench.config import AUTO, Config
 #: Filesystems on which O_DIRECT writes that extend a file serialize on the inode's lock.
 SERIALIZED_EXTENDING_WRITES = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs"})
 FILE_STORAGE = ("local_fs", "direct_fs")
+#: Smallest transfer written at depth > 1 into preallocated files. Each write into a
+#: preallocated (unwritten) extent that completes asynchronously (io_uring) has its extent
+#: converted by a kernel worker, one conversion per transfer; on a loaded machine depth 2
+#: into preallocated files wrote 4 KiB and 64 KiB transfers at 0.3-0.9 of depth 1 (while
+#: 1.2-1.7x on a quieter one), 1 and 16 MiB at 1.03-1.35x (docs/runs/2026-12-07-peers-ior.md).
+PREALLOCATE_MIN_TRANSFER = 1024 * 1024
 
 
 @dataclass
@@ -61,7 +68,8 @@ def decide(config: Config, depth: int, engine: str, fstype: str, cpus: int, rank
         record["read_io_depth"] = {"value": depth, "why": why}
     files = storage in FILE_STORAGE
     if auto and files and depth > 1 and fstype in SERIALIZED_EXTENDING_WRITES:
-        if can_preallocate:
+        small = can_preallocate and config.bandwidth.transfer_size < PREALLOCATE_MIN_TRANSFER
+        if can_preallocate and not small:
             choices.preallocate = True
             record["preallocate"] = {
                 "value": True,
@@ -72,11 +80,12 @@ def decide(config: Config, depth: int, engine: str, fstype: str, cpus: int, rank
             record["write_io_depth"] = {"value": depth, "why": "as reads: the files written are preallocated"}
         else:
             choices.write_depth = 1
+            unless = ("transfers below 1 MiB are not preallocated: each completion would convert an "
+                      "unwritten extent in a kernel worker" if small else "this workload does not preallocate")
             record["write_io_depth"] = {
                 "value": 1,
                 "why": (f"{fstype} serializes O_DIRECT writes that extend a file: a second write in "
-                        "flight only waits, so writes keep depth 1 (this workload does not preallocate); "
-                        f"reads keep {depth}")}
+                        f"flight only waits, so writes keep depth 1 ({unless}); reads keep {depth}")}
     elif auto:
         if files and depth > 1:
             why = f"as reads: {fstype} is not known to serialize writes that extend a file"
@@ -85,8 +94,8 @@ def decide(config: Config, depth: int, engine: str, fstype: str, cpus: int, rank
         record["write_io_depth"] = {"value": depth, "why": why}
     if files and auto and not choices.preallocate:
         record["preallocate"] = {"value": False,
-                                 "why": "not needed at depth 1: files are written as they grow, "
-                                        "block allocation timed (as IOR, fio --fallocate=none)"}
+                                 "why": "writes at depth 1: files are written as they grow, block "
+                                        "allocation timed (as IOR, fio --fallocate=none)"}
     if files and config.io.engine == AUTO and config.storage.library == "native":
         deepest = max(choices.read_depth, choices.write_depth)
         if deepest == 1:

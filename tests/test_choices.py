@@ -18,7 +18,7 @@ from mpibench.workloads import bandwidth
 def config(root: str, kind: str = "direct_fs", workload: str = "bandwidth", verify: bool = False,
            **io: object):
     data: dict = {"workload": workload, "storage": {"type": kind, "root": root}, "verify": verify,
-                  "bandwidth": {"transfer_size": "16KiB", "block_size": "1MiB", "iterations": 2,
+                  "bandwidth": {"transfer_size": "1MiB", "block_size": "8MiB", "iterations": 2,
                                 "reorder_reads": False}, "io": io}
     if workload == "checkpoint":
         data["checkpoint"] = {"model": "llama3-8b", "ranks": 8, "scale": 0.0001, "transfer_size": "64KiB",
@@ -33,6 +33,15 @@ def test_extending_writes_preallocate_where_the_workload_can(fstype):
     assert set(got.record) == {"read_io_depth", "write_io_depth", "preallocate", "io_engine"}
     assert got.record["preallocate"]["value"] is True and fstype in got.record["preallocate"]["why"]
     assert got.record["io_engine"]["value"] == "io_uring"
+
+
+def test_small_transfers_keep_depth_1_instead_of_preallocating():
+    small = build_config({"workload": "bandwidth", "storage": {"type": "direct_fs", "root": "/x"},
+                          "bandwidth": {"transfer_size": "512KiB", "block_size": "8MiB"}})
+    got = choices.decide(small, 2, "io_uring", "ext4", cpus=2, ranks=1, can_preallocate=True)
+    assert (got.read_depth, got.write_depth, got.preallocate) == (2, 1, False)
+    assert "1 MiB" in got.record["write_io_depth"]["why"]
+    assert choices.PREALLOCATE_MIN_TRANSFER == 1024 * 1024
 
 
 def test_extending_writes_keep_depth_1_where_the_workload_cannot_preallocate():
@@ -120,8 +129,8 @@ def test_run_records_and_applies_preallocation(tmp_path, monkeypatch):
     assert auto["io_engine"]["value"] == ("io_uring" if uring.unavailable() is None else "threads")
     writes = [p for p in doc["phases"] if p["name"] == "write"]
     assert [p["preallocated"] for p in writes] == [True, True] and {p["io_depth"] for p in writes} == {4}
-    assert called == [(0, 1 << 20), (0, 1 << 20)]  # each iteration's new file, before its phase
-    assert all(p["bytes"] == 1 << 20 for p in doc["phases"])
+    assert called == [(0, 8 << 20), (0, 8 << 20)]  # each iteration's new file, before its phase
+    assert all(p["bytes"] == 8 << 20 for p in doc["phases"])
     validate_document(doc)
 
 
