@@ -141,7 +141,7 @@ def _command_of(argv: list[str]) -> str | None:
 
 
 _EXTRA_COMMANDS = {"report": "mpibench.reporting", "compare": "mpibench.compare",
-                   "s3-server": "mpibench.s3server_cli"}
+                   "s3-server": "mpibench.s3server_cli", "datasize": "mpibench.datasize_cli"}
 
 
 def _import_command(module: str) -> Any:

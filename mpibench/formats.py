@@ -30,12 +30,15 @@ from mpibench.buffers import aligned_buffer, file_seed, fill_random
 from mpibench.errors import VerifyError
 from mpibench.plan import file_name, round_up
 
-EXTENSIONS = {"npz": "npz", "hdf5": "hdf5", "raw": "bin"}
+EXTENSIONS = {"npz": "npz", "hdf5": "hdf5", "raw": "bin", "jpeg": "jpeg", "tfrecord": "tfrecord",
+              "parquet": "parquet"}
 MANIFEST_NAME = ".mpibench-dataset.json"
 MANIFEST_VERSION = 1
 #: the dataset keys a manifest records and train compares with its own config
 MANIFEST_KEYS = ("num_files", "samples_per_file", "record_size", "record_size_stdev", "format",
                  "num_subfolders", "seed", "hdf5_chunk_size", "compression")
+#: the keys a parquet dataset's manifest records besides (mlperf_formats)
+PARQUET_KEYS = ("columns", "row_group_size")
 _SIZE_STREAM = 0  # SeedSequence spawn keys: sizes, content and labels never share a stream
 _CONTENT_STREAM = 1
 _LABEL_STREAM = 2
@@ -118,6 +121,18 @@ def size_bound(ds: Any, index: int, record: int | None = None) -> int:
     payload = ds.samples_per_file * record
     if ds.format == "raw":
         return payload
+    if ds.format in ("jpeg", "tfrecord", "parquet"):
+        from mpibench import mlperf_formats as mf
+
+        if ds.format == "tfrecord":
+            return mf.tfrecord_size(ds.samples_per_file, record)
+        if ds.format == "jpeg":  # the calibration aims near `record`; noise varies a little
+            return 2 * record + 65536
+        groups = -(-ds.samples_per_file // mf.row_group_rows(ds))
+        columns = mf.parquet_columns(ds)
+        # Parquet has no 8-bit physical type: int8 columns are stored as INT32.
+        stored = sum(max(4 if c.dtype == "int8" else 0, np.dtype(c.dtype).itemsize) * c.size for c in columns)
+        return ds.samples_per_file * stored + 65536 + groups * len(columns) * 256
     labels = ds.samples_per_file * 8
     if ds.format == "npz":
         return payload + labels + 4096  # two .npy headers and the zip records: < 1 KiB
@@ -153,6 +168,8 @@ def encode(ds: Any, index: int, alignment: int = 1) -> EncodedFile:
         return EncodedFile(index, buf, size, padded)
     if ds.format == "npz":
         return _encode_npz(ds, index, record, alignment)
+    if ds.format in ("jpeg", "tfrecord", "parquet"):
+        return _encode_mlperf(ds, index, record, alignment)
     import h5py
 
     samples = file_samples(ds, index, record)
@@ -165,6 +182,21 @@ def encode(ds: Any, index: int, alignment: int = 1) -> EncodedFile:
         h5.create_dataset("labels", data=file_labels(ds, index))
     del samples
     return _aligned_copy(index, out.getbuffer(), alignment)
+
+
+def _encode_mlperf(ds: Any, index: int, record: int, alignment: int) -> EncodedFile:
+    """A JPEG, TFRecord or Parquet file (mlperf_formats), ready to write."""
+    from mpibench import mlperf_formats as mf
+
+    if ds.format == "jpeg":
+        return _aligned_copy(index, memoryview(mf.encode_jpeg(ds.seed, index, record)), alignment)
+    if ds.format == "parquet":
+        return _aligned_copy(index, memoryview(mf.encode_parquet(ds, index)), alignment)
+    size = mf.tfrecord_size(ds.samples_per_file, record)
+    padded = round_up(size, alignment) if alignment > 1 else size
+    buf = aligned_buffer(padded)
+    mf.encode_tfrecord(file_samples(ds, index, record), buf)
+    return EncodedFile(index, buf, size, padded)
 
 
 def _aligned_copy(index: int, data: memoryview, alignment: int) -> EncodedFile:
@@ -289,7 +321,20 @@ def decode(ds: Any, index: int, data: memoryview | mmap.mmap, nbytes: int, path:
     record = record_size_of(ds, index)
     want = (ds.samples_per_file, record)
     view = memoryview(data)[:nbytes]
-    if ds.format == "raw":
+    if ds.format == "jpeg":
+        from mpibench import mlperf_formats as mf
+
+        pixels = mf.decode_jpeg(view, record, path)
+        int(pixels[:, 0, 0].sum())  # the decoded image, touched as a model's input would be
+        if verify and bytes(view) != mf.encode_jpeg(ds.seed, index, record):
+            raise VerifyError(f"data verification failed: {path} differs from what datagen wrote",
+                              "the storage returned wrong data", path=path)
+        return 1
+    if ds.format == "tfrecord":
+        from mpibench import mlperf_formats as mf
+
+        records = mf.decode_tfrecord(view, want[0], record, path)
+    elif ds.format == "raw":
         if nbytes != want[0] * want[1]:
             raise VerifyError(f"{path}: {nbytes} bytes, expected {want[0]} records of {record} bytes",
                               "the dataset was changed after datagen: generate it again", path=path)
@@ -337,7 +382,7 @@ def manifest_of(ds: Any, *, complete: bool, total_bytes: int | None = None,
                 run_id: str | None = None, created: float | None = None) -> dict[str, Any]:
     """The manifest describing a dataset (its config, and its size once complete)."""
     doc: dict[str, Any] = {"mpibench_dataset": MANIFEST_VERSION, "name": ds.name, "complete": complete}
-    doc.update({key: getattr(ds, key) for key in MANIFEST_KEYS})
+    doc.update({key: getattr(ds, key) for key in manifest_keys(ds)})
     doc["total_files"] = ds.num_files
     doc["total_samples"] = ds.num_files * ds.samples_per_file
     doc["total_bytes"] = total_bytes
@@ -358,4 +403,9 @@ def encode_manifest(doc: dict[str, Any], alignment: int) -> tuple[mmap.mmap, int
 def manifest_mismatch(found: dict[str, Any], ds: Any) -> list[str]:
     """'key=found (config says wanted)' for every dataset key that differs."""
     return [f"{key}={found.get(key)!r} (config says {getattr(ds, key)!r})"
-            for key in MANIFEST_KEYS if found.get(key) != getattr(ds, key)]
+            for key in manifest_keys(ds) if found.get(key) != getattr(ds, key)]
+
+
+def manifest_keys(ds: Any) -> tuple[str, ...]:
+    """The dataset keys a manifest records: the parquet ones only for parquet datasets."""
+    return MANIFEST_KEYS + (PARQUET_KEYS if ds.format == "parquet" else ())
