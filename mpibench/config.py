@@ -171,6 +171,14 @@ class CheckpointConfig:
     tp: int = _opt(1, "int", minimum=1, doc="custom: tensor parallel size")
     pp: int = _opt(1, "int", minimum=1, doc="custom: pipeline parallel size")
     zero_stage: int = _opt(3, "int", minimum=0, doc="custom: ZeRO stage (1 or 3)")
+    accelerator: str = _opt("none", "enum", choices=("none", "b200", "mi355", "h100", "a100"),
+                            doc="emulated accelerator: its memory x the emulated ranks must hold the "
+                                "checkpoint (MLPerf Storage Rules 4.3.4)")
+    subset: bool = _opt(False, "bool", doc="MLPerf subset run: llama3-8b on exactly 8 emulated ranks (Rules 4.3.5)")
+    mode: str = _opt("both", "enum", choices=("both", "write", "read"),
+                     doc="both: write then read in one run (run directory); write: write into "
+                         "checkpoint.folder and keep it; read: read what a write run left there")
+    folder: str = _opt("", "str", doc="write/read modes: the folder below storage.root holding the checkpoints")
 
 
 @dataclass(frozen=True)
@@ -520,6 +528,13 @@ def validate(config: Config) -> None:
         ck = config.checkpoint
         if not 0 < ck.scale <= 1:
             raise ConfigError(f"checkpoint.scale must be in (0, 1], got {ck.scale}")
+        if ck.mode != "both" and not ck.folder:
+            raise ConfigError(f"checkpoint.mode={ck.mode} needs checkpoint.folder, the folder below storage.root "
+                              "that the write run leaves and the read run reads",
+                              "set e.g. checkpoint.folder=ckpt-8b")
+        if ck.mode == "both" and ck.folder:
+            raise ConfigError("checkpoint.folder applies to checkpoint.mode=write or read only",
+                              "remove checkpoint.folder, or set checkpoint.mode")
 
 
 def _validate_mlperf(config: Config) -> None:

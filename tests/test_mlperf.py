@@ -260,3 +260,55 @@ def test_shape_configs_use_the_published_figures(name):
                                                           timing_of(tc.model, tc.accelerator).batch_size)
         if tc.accelerator in ("b200", "mi355"):
             assert (ds.samples_per_file, ds.record_size) == (shape.samples_per_file, shape.record_size)
+
+
+def checkpoint_config(**keys: object):
+    return build_config({"workload": "checkpoint", "storage": {"type": "local_fs", "root": "/tmp/x"},
+                         "checkpoint": keys})
+
+
+def test_checkpoint_accelerator_memory_and_subset_rules():
+    from mpibench.presets import resolve_model
+    from mpibench.workloads.checkpoint import check_mlperf_rules
+
+    ok = checkpoint_config(model="llama3-8b", accelerator="h100", subset=True).checkpoint
+    check_mlperf_rules(ok, resolve_model(ok))  # 8 x 80 GiB hold 105 GiB
+    small = checkpoint_config(model="llama3-70b", ranks=8, accelerator="h100").checkpoint
+    with pytest.raises(ConfigError, match=r"8 emulated h100 accelerators hold 640.00 GiB, less than the 911.00 GiB"):
+        check_mlperf_rules(small, resolve_model(small))
+    big = checkpoint_config(model="llama3-70b", ranks=8, accelerator="mi355").checkpoint
+    check_mlperf_rules(big, resolve_model(big))  # 8 x 288 GiB hold 911 GiB
+    subset = checkpoint_config(model="llama3-70b", subset=True).checkpoint
+    with pytest.raises(ConfigError, match="subset applies to llama3-8b on exactly 8"):
+        check_mlperf_rules(subset, resolve_model(subset))
+    with pytest.raises(ConfigError, match="needs checkpoint.folder"):
+        checkpoint_config(mode="read")
+
+
+def phase(name: str, nbytes: int, **meta: object) -> dict:
+    return {"name": name, "bytes": nbytes, **meta}
+
+
+def test_checkpoint_rules_warn_on_small_data_and_late_reads():
+    from mpibench.presets import resolve_model
+    from mpibench.workloads.checkpoint import checkpoint_rules
+
+    config = checkpoint_config(model="llama3-8b", fsync=False)
+    model = resolve_model(config.checkpoint)
+    memory = [100 * GIB, 100 * GIB]  # two nodes
+    writes = [phase("write", 20 * GIB, node_memory_bytes=memory) for _ in range(10)]
+    reads = [phase("read", 20 * GIB, cache={"state": "cold", "evicted": False}) for _ in range(10)]
+    rules = checkpoint_rules(config, model, writes + reads, direct=False)
+    assert rules["ten_and_ten"] and rules["data_per_node_bytes"] == 100 * GIB and not rules["caches_cleared"]
+    assert len(rules["warnings"]) == 2  # under 3 x memory with caches kept, and no fsync
+    assert "under 3x its memory" in rules["warnings"][0] and "fsync" in rules["warnings"][1]
+    evicted = [phase("read", 20 * GIB, cache={"state": "cold", "evicted": True}) for _ in range(10)]
+    assert checkpoint_rules(config, model, writes + evicted, direct=False)["caches_cleared"]
+    assert len(checkpoint_rules(config, model, writes + reads, direct=True)["warnings"]) == 1
+    late = checkpoint_config(model="llama3-8b", mode="read", folder="c")
+    gap = [phase("read", 20 * GIB, read_gap_s=31.0, node_memory_bytes=memory, cache={"evicted": True})
+           for _ in range(10)]
+    rules = checkpoint_rules(late, model, gap, direct=False)
+    assert rules["read_gap_s"] == 31.0 and rules["ten_and_ten"] and rules["data_per_node_bytes"] == 100 * GIB
+    assert rules["warnings"] == ["the read run started 31.0 s after the write run ended, more than 30 s: "
+                                 "the two do not make one checkpoint run"]

@@ -75,3 +75,24 @@ def test_runs_protocol_at_several_ranks(shared_tmpdir):
     assert proto["samples_per_s_mean"] == pytest.approx(sum(r["samples_per_s"] for r in t["runs"][1:]) / 2)
     assert proto["runs_agree"] in (True, False) and proto["agreement_pct"] == 5.0
     assert t["every_file_once"]
+
+
+def test_checkpoint_write_and_read_as_separate_runs(shared_tmpdir):
+    comm = Comm()
+    path = os.path.join(CONFIGS, "llama3-8b.yaml")
+    common = [f"storage.root={shared_tmpdir}", "checkpoint.scale=0.0005", "checkpoint.ranks=8",
+              "checkpoint.folder=c8", "checkpoint.accelerator=b200", "checkpoint.subset=true",
+              "checkpoint.num_checkpoints_write=2", "checkpoint.num_checkpoints_read=2"]
+    wrote = execute(load_config(path, [*common, "checkpoint.mode=write"]), comm, output=None)
+    assert os.path.isfile(os.path.join(shared_tmpdir, "c8", ".mpibench-checkpoints.json"))
+    read = execute(load_config(path, [*common, "checkpoint.mode=read", "verify=true"]), comm, output=None)
+    comm.barrier()
+    assert not os.path.exists(os.path.join(shared_tmpdir, "c8"))  # the read run removed them
+    if not comm.is_root:
+        return
+    assert [p["name"] for p in wrote["phases"]] == ["write", "write"]
+    assert [p["name"] for p in read["phases"]] == ["read", "read"]
+    rules = read["checkpoint"]["rules"]
+    assert rules["mode"] == "read" and 0 <= rules["read_gap_s"] < 300
+    assert rules["subset"] and rules["accelerator_memory_ok"] and rules["accelerators"] == 8
+    assert wrote["checkpoint"]["rules"]["read_gap_s"] is None
