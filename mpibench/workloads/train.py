@@ -482,6 +482,10 @@ class TrainWorkload(Workload):
             # A new shuffle seed per run: each run reads the files in another order.
             return EpochShare(ds.num_files, comm.size, comm.rank, epoch, tc.shuffle != "off", tc.seed + run)
 
+        if ds.format in ("jpeg", "tfrecord", "parquet"):
+            from mpibench.mlperf_formats import load_libraries
+
+            load_libraries(ds.format)  # an import inside the first epoch would be timed
         buffers = ctx.setup(lambda: read_buffers(
             ds, tc.read_threads, (share(r, e) for r in range(tc.runs) for e in range(tc.epochs)),
             backend.alignment))
