@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
 from mpibench.comm import Comm
@@ -88,11 +89,13 @@ def trial_row(k: int, hosts: int, doc: dict[str, Any], threshold: float) -> dict
             "passed": au is not None and au >= threshold}
 
 
-def run_search(config: Config, args: argparse.Namespace, comm: Comm, deferred: dict[str, Any]) -> int:
-    """Every rank: the trials; rank 0: the table, the JSON and the figure."""
+def run_search(config: Config, args: argparse.Namespace, comm: Comm, deferred: dict[str, Any],
+               execute: Callable[..., dict[str, Any] | None]) -> int:
+    """Every rank: the trials, each a run of `execute` (the orchestrator, which only the CLI
+    imports); rank 0: the table, the JSON and the figure."""
+    from mpibench.context import broadcast_outcome
     from mpibench.mlperf import effective
     from mpibench.results import check_output_path, write_json_atomic
-    from mpibench.run import broadcast_outcome, execute
 
     layout = comm.layout()
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from mpibench.buffers import DataPattern, buffer_footprint
 from mpibench.config import Config
+from mpibench.context import broadcast_outcome
 from mpibench.engine import prepare_buffers, timed_close, timed_fsync, transfer_region
 from mpibench.environment import memory_total_bytes
 from mpibench.errors import ConfigError, PreflightError
@@ -39,13 +40,13 @@ from mpibench.presets import (
     shard_unit,
 )
 from mpibench.units import format_size
-from mpibench.workloads import Workload
 from mpibench.workloads.bandwidth import annotate_cache, check_alignment
+from mpibench.workloads.base import Workload
 from mpibench.workloads.datagen import MANIFEST_READ_BYTES, check_dataset_name, key_exists
 
 if TYPE_CHECKING:
     from mpibench.backends.base import Backend
-    from mpibench.run import PreflightInfo, RunContext
+    from mpibench.context import PreflightInfo, RunContext
 
 _CHECKPOINT_ID_SHIFT = 21  # shard ids (2 per emulated rank) stay below 2**21
 
@@ -111,7 +112,7 @@ class CheckpointWorkload(Workload):
         count = 2 * io_depth + 2 + (1 if ck.verify or config.verify else 0)
         return (count * buffer_footprint(unit, config.huge_pages),
                 f"checkpoint.transfer_size x (2 x io_depth {io_depth} + 2)",
-                "lower checkpoint.transfer_size or bandwidth.io_depth, or run fewer ranks per node")
+                "lower checkpoint.transfer_size or io.depth, or run fewer ranks per node")
 
     def check(self, config: Config, size: int, alignment: int) -> None:
         ck = config.checkpoint
@@ -197,8 +198,6 @@ class CheckpointWorkload(Workload):
         writes = ck.num_checkpoints_write if ck.mode != "read" else 0
         reads = ck.num_checkpoints_read if ck.mode != "write" else 0
         if ck.mode == "read":  # the gap since the write run ended: the rules want the read soon after
-            from mpibench.run import broadcast_outcome
-
             found = broadcast_outcome(comm, lambda: read_marker(backend, ck.folder) or {})
             meta["read_gap_s"] = comm.bcast(time.time() - float(found.get("written_at", 0.0)))
             meta["written_by_run"] = found.get("run_id")
