@@ -1,4 +1,4 @@
-"""Dataset files: deterministic names, seeded sizes and content, npz/hdf5/raw encode and decode.
+"""Dataset files: deterministic names, seeded sizes and content, encode and decode of every format.
 
 Pure apart from in-memory encoding: no MPI and no storage I/O. Any rank can recompute the
 name, record size and exact content of any file from the dataset config and the file's
@@ -11,7 +11,10 @@ normal(record_size, record_size_stdev), rounded and clipped at 1 byte:
   (int64 labels), as DLIO writes it;
 - hdf5: one file with the dataset ``records`` (samples x record bytes, uint8, optionally
   chunked and gzip/lzf compressed) and ``labels`` (int64);
-- raw: the records concatenated, nothing else.
+- raw: the records concatenated, nothing else;
+- jpeg, tfrecord, parquet: the MLPerf Storage formats, in mlperf_formats (one JPEG image a
+  file; TFRecord framing with CRC32C around tf.train.Example records; Parquet tables of a
+  published column set).
 """
 
 from __future__ import annotations
@@ -270,7 +273,7 @@ def _encode_npz(ds: Any, index: int, record: int, alignment: int) -> EncodedFile
     return EncodedFile(index, buf, size, padded)
 
 
-class _MemoryFile(io.RawIOBase):
+class MemoryFile(io.RawIOBase):
     """A read-only file over bytes already in memory, without copying them first.
 
     io.BytesIO would copy the whole file before numpy or h5py copies it again; parsing
@@ -324,7 +327,7 @@ def decode(ds: Any, index: int, data: memoryview | mmap.mmap, nbytes: int, path:
     if ds.format == "jpeg":
         from mpibench import mlperf_formats as mf
 
-        pixels = mf.decode_jpeg(view, record, path)
+        pixels = mf.decode_jpeg(MemoryFile(view), record, path)  # parsed from the read buffer, no copy
         int(pixels[:, 0, 0].sum())  # the decoded image, touched as a model's input would be
         if verify and bytes(view) != mf.encode_jpeg(ds.seed, index, record):
             raise VerifyError(f"data verification failed: {path} differs from what datagen wrote",
@@ -341,7 +344,7 @@ def decode(ds: Any, index: int, data: memoryview | mmap.mmap, nbytes: int, path:
         records = np.frombuffer(view, dtype=np.uint8).reshape(want)
     elif ds.format == "npz":
         try:
-            with np.load(_MemoryFile(view), allow_pickle=False) as npz:
+            with np.load(MemoryFile(view), allow_pickle=False) as npz:
                 records = npz["x"]
                 labels = npz["y"]
         except Exception as exc:
@@ -353,7 +356,7 @@ def decode(ds: Any, index: int, data: memoryview | mmap.mmap, nbytes: int, path:
         import h5py
 
         try:
-            with h5py.File(_MemoryFile(view), "r") as h5:
+            with h5py.File(MemoryFile(view), "r") as h5:
                 records = h5["records"][()]
                 labels = h5["labels"][()]
         except Exception as exc:

@@ -181,12 +181,13 @@ def encode_jpeg(seed: int, index: int, record: int) -> bytes:
     return _jpeg_of(pixels)
 
 
-def decode_jpeg(view: memoryview, record: int, path: str) -> np.ndarray:
-    """The decoded pixels of a JPEG file read back, as a loader's PIL.Image.open does."""
+def decode_jpeg(source: Any, record: int, path: str) -> np.ndarray:
+    """The decoded pixels of a JPEG file read back (`source`: a file object over the bytes),
+    as a loader's PIL.Image.open does."""
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(view)) as image:
+        with Image.open(source) as image:
             pixels = np.asarray(image.convert("RGB"))
     except Exception as exc:
         raise VerifyError(f"{path} is not a readable JPEG file: {exc}",

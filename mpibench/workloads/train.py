@@ -9,6 +9,12 @@ thread takes batches of `batch_size` samples in order and "computes" each for
 being computed, so the I/O of the next batches overlaps the compute as a prefetching
 loader's does (prefetch=0: no overlap).
 
+With `train.runs` above 1 the epochs are repeated, each run with a new shuffle seed; the
+first run is a warm-up and the summary gives the measured runs' mean, their agreement and
+a PASS/FAIL against the minimum AU (mlperf.run_verdicts). train.accelerator gives the
+compute time, batch and minimum AU of a published MLPerf Storage shape (mlperf.effective).
+A Parquet file is read through pyarrow over the backend, only its columns marked read.
+
 Uneven shares never deadlock: a rank's last partial batch is still processed, and ranks
 meet only at epoch boundaries (the phase barrier), never per batch.
 
