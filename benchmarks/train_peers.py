@@ -14,8 +14,8 @@ runs, in a rotating order:
   plain       mpiexec -n R python this-script --loop: each rank evicts its files and reads
               them in a loop, one at a time: np.load (npz), Pillow decode (JPEG), the
               tfrecord package's tfrecord_iterator plus a CRC32C check of each record
-              (TFRecord), pyarrow ParquetFile.read_row_group of the columns marked read
-              (Parquet)
+              (TFRecord), pyarrow ParquetFile(pre_buffer=True).read_row_group of the
+              columns marked read (Parquet)
 
 No compute is emulated: samples/s is the loader's rate. samples/s = all samples / (latest
 rank end - earliest rank start), as mpibench reports it. The table gives the median
@@ -125,7 +125,7 @@ def plain_loop(fmt: str, root: str, out: str) -> None:
                 crc32c.crc32c(record)  # the framing's data CRC, which the iterator does not check
                 samples += 1
         else:
-            pf = pq.ParquetFile(path, pre_buffer=False)
+            pf = pq.ParquetFile(path, pre_buffer=True)  # as mpibench reads it
             for group in range(pf.num_row_groups):
                 samples += pf.read_row_group(group, columns=columns, use_threads=False).num_rows
     end = MPI.Wtime()

