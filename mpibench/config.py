@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from mpibench.errors import ConfigError
+from mpibench.mlperf import ACCELERATORS, COLUMN_SETS, MODELS, row_bytes, timing_of
 from mpibench.units import parse_size
 
 AUTO = "auto"
@@ -122,7 +123,7 @@ class DatasetConfig:
                                        doc="hdf5: chunk bytes (default contiguous)")
     compression: str = _opt("none", "enum", choices=("none", "gzip", "lzf"),
                             doc="hdf5: dataset compression")
-    columns: str = _opt("none", "enum", choices=("none", "dlrm", "flux"),
+    columns: str = _opt("none", "enum", choices=("none", *COLUMN_SETS),
                         doc="parquet: the published column set (mpibench/mlperf.py); record_size is its row size")
     row_group_size: int | None = _opt(None, "optional_int", minimum=1,
                                       doc="parquet: rows per row group (default: the column set's published "
@@ -145,15 +146,15 @@ class TrainConfig:
     computation_time: float | None = _opt(None, "optional_float", minimum=0.0,
                                           doc="emulated compute seconds per batch (default: the accelerator's "
                                               "published time, else 0); wins over train.accelerator")
-    model: str = _opt("none", "enum", choices=("none", "unet3d", "retinanet", "resnet50", "cosmoflow", "dlrm", "flux"),
+    model: str = _opt("none", "enum", choices=("none", *MODELS),
                       doc="MLPerf Storage model whose published timing train.accelerator picks")
-    accelerator: str = _opt("none", "enum", choices=("none", "b200", "mi355", "h100", "a100"),
+    accelerator: str = _opt("none", "enum", choices=("none", *ACCELERATORS),
                             doc="emulated accelerator: sets computation_time, batch_size and min_au from "
                                 "the published config of train.model")
     min_au: float | None = _opt(None, "optional_float", minimum=0.0,
                                 doc="AU % a run must reach to pass (default: the accelerator's published value)")
     prefetch: int = _opt(2, "int", minimum=0, doc="batches read ahead of the compute")
-    decode: bool = _opt(True, "bool", doc="parse npz/hdf5/raw from the bytes read")
+    decode: bool = _opt(True, "bool", doc="parse the files read as the format says (Parquet is always parsed)")
     cache: str = _opt("cold", "enum", choices=("cold", "warm"),
                       doc="local_fs: evict the files before each epoch (cold) or not (warm)")
     seed: int = _opt(0, "int", minimum=0, doc="seed of the shuffle")
@@ -178,7 +179,7 @@ class CheckpointConfig:
     tp: int = _opt(1, "int", minimum=1, doc="custom: tensor parallel size")
     pp: int = _opt(1, "int", minimum=1, doc="custom: pipeline parallel size")
     zero_stage: int = _opt(3, "int", minimum=0, doc="custom: ZeRO stage (1 or 3)")
-    accelerator: str = _opt("none", "enum", choices=("none", "b200", "mi355", "h100", "a100"),
+    accelerator: str = _opt("none", "enum", choices=("none", *ACCELERATORS),
                             doc="emulated accelerator: its memory x the emulated ranks must hold the "
                                 "checkpoint (MLPerf Storage Rules 4.3.4)")
     subset: bool = _opt(False, "bool", doc="MLPerf subset run: llama3-8b on exactly 8 emulated ranks (Rules 4.3.5)")
@@ -571,8 +572,6 @@ def validate(config: Config) -> None:
 
 def _validate_mlperf(config: Config) -> None:
     """The dataset formats' own rules, and a published timing for train.accelerator."""
-    from mpibench import mlperf
-
     ds, tc = config.dataset, config.train
     if ds.format == "jpeg" and ds.samples_per_file != 1:
         raise ConfigError(f"dataset.format=jpeg holds one image a file, not {ds.samples_per_file}",
@@ -581,7 +580,7 @@ def _validate_mlperf(config: Config) -> None:
         if ds.columns == "none":
             raise ConfigError("dataset.format=parquet needs dataset.columns (dlrm or flux)",
                               "set dataset.columns=dlrm or dataset.columns=flux")
-        width = mlperf.row_bytes(mlperf.COLUMN_SETS[ds.columns])
+        width = row_bytes(COLUMN_SETS[ds.columns])
         if ds.record_size != width or ds.record_size_stdev:
             raise ConfigError(f"dataset.columns={ds.columns} rows are {width} bytes, but dataset.record_size="
                               f"{ds.record_size} (stdev {ds.record_size_stdev})",
@@ -590,7 +589,7 @@ def _validate_mlperf(config: Config) -> None:
         raise ConfigError(f"dataset.columns and dataset.row_group_size apply to dataset.format=parquet only, "
                           f"not {ds.format}", "remove them, or set dataset.format=parquet")
     if tc.accelerator != "none":
-        mlperf.timing_of(tc.model, tc.accelerator)
+        timing_of(tc.model, tc.accelerator)
 
 
 def describe_keys() -> list[tuple[str, str, str]]:
