@@ -312,3 +312,30 @@ def test_checkpoint_rules_warn_on_small_data_and_late_reads():
     assert rules["read_gap_s"] == 31.0 and rules["ten_and_ten"] and rules["data_per_node_bytes"] == 100 * GIB
     assert rules["warnings"] == ["the read run started 31.0 s after the write run ended, more than 30 s: "
                                  "the two do not make one checkpoint run"]
+
+
+@pytest.mark.parametrize("args,line", [
+    (["--memory-per-host", "lots"], "mpibench: error: --memory-per-host: "),
+    (["--memory-per-host", "0"], "mpibench: error: --memory-per-host must be a positive size; give a size such as 512GiB"),
+    (["--memory-per-host", "1GiB", "--hosts", "0"], "mpibench: error: --hosts and --accelerators-per-host must be at least 1"),
+])
+def test_datasize_refuses_bad_input_in_one_line(args, line):
+    base = {"--hosts": "1", "--accelerators-per-host": "8"}
+    for i in range(0, len(args), 2):
+        base[args[i]] = args[i + 1]
+    done = run_cli(0, "datasize", os.path.join(CONFIGS, "unet3d-b200.yaml"),
+                   *[part for item in base.items() for part in item])
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(line)
+
+
+def test_jpeg_decode_verify_catches_changed_bytes():
+    ds = dataset(format="jpeg", record_size=20000)
+    enc = formats.encode(ds, 2)
+    data = bytearray(enc.view()[: enc.size])
+    data[len(data) // 2] ^= 0x10  # inside the entropy-coded image: still a decodable JPEG
+    with pytest.raises(VerifyError, match="differs from what datagen wrote"):
+        formats.decode(ds, 2, memoryview(data), len(data), "f.jpeg", verify=True)
+    with pytest.raises(VerifyError, match="not a readable JPEG"):
+        formats.decode(ds, 2, memoryview(b"not a jpeg"), 10, "f.jpeg")
