@@ -163,6 +163,8 @@ class KvcacheConfig:
     users: list[int] = _opt([8], "int_list", minimum=1,
                             doc="concurrent users per rank; a list steps through the counts (capacity search)")
     duration: float = _opt(60.0, "float", minimum=0.0, doc="measured seconds per user count")
+    max_requests: int = _opt(0, "int", minimum=0,
+                             doc="end a step early once each rank has started this many requests (0: duration only)")
     warmup: float = _opt(5.0, "float", minimum=0.0, doc="seconds of traffic before each measurement, not counted")
     memory_budget: int = _opt(0, "size", minimum=0,
                               doc="memory tier per rank in bytes, LRU (0: every KV block goes to storage)")

@@ -23,6 +23,7 @@ count whose pooled p95 read latency stays under `kvcache.p95_target`.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -299,6 +300,8 @@ class _Step:
         errors: list[BaseException] = []
         counters = [Counters() for _ in range(self.workers)]
         logs = [(rec.new_log(), rec.new_log()) if rec is not None else None for _ in range(self.workers)]
+        limit = self.ctx.config.kvcache.max_requests if rec is not None else 0
+        tickets = itertools.count()  # next() is atomic under the GIL
 
         def worker(slot: int) -> None:
             mine = list(range(slot, self.users, self.workers))
@@ -306,6 +309,8 @@ class _Step:
                 while not stop.is_set() and time.perf_counter_ns() < deadline:
                     for user in mine:
                         if stop.is_set() or time.perf_counter_ns() >= deadline:
+                            return
+                        if limit and next(tickets) >= limit:
                             return
                         self.serve(self.model.next_request(user), slot, logs[slot], counters[slot], deadline)
             except _Deadline:
@@ -429,6 +434,7 @@ class KvcacheWorkload(Workload):
         shape = MODELS[kv.model]
         for step, users in enumerate(kv.users):
             state: _Step = ctx.setup(lambda s=step, u=users: _Step(ctx, s, u))
+            self._last = state
             if kv.warmup > 0:  # fills the tiers and conversations; not recorded
                 ctx.setup(lambda st=state: st.drive(None, kv.warmup))
             ctx.phase("kvcache", step, lambda rec, st=state: st.drive(rec, kv.duration),
@@ -438,7 +444,6 @@ class KvcacheWorkload(Workload):
                       fsync=state.fsync, verified=state.verify, cache=self._cache(ctx))
             if not ctx.config.keep_files:
                 ctx.setup(state.remove_all)
-            self._last = state
 
     def _cache(self, ctx: RunContext) -> dict[str, Any]:
         if ctx.backend.direct:
