@@ -16,6 +16,7 @@ from mpibench.config import build_config
 from mpibench.errors import MpibenchError
 from mpibench.metrics import LatencyHistogram
 from mpibench.run import execute
+from mpibench.schema import validation_errors
 from mpibench.workloads.kvcache import _Step, merge_sparse
 
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(180)]
@@ -33,6 +34,7 @@ def kv_config(kind: str, root: str, **kvcache: object):
 
 def check_document(doc: dict) -> None:
     """The figures of the results file recompute from its per-rank records."""
+    assert validation_errors(doc) == []
     kv = doc["kvcache"]
     phases = [p for p in doc["phases"] if p["name"] == "kvcache"]
     assert len(kv["steps"]) == len(phases) >= 1
