@@ -58,6 +58,7 @@ FIGURES = {
     "bandwidth_over_time.png": "Bandwidth over time",
     "latency_cdf.png": "Latency distribution",
     "rank_bandwidth.png": "Bandwidth per rank",
+    "kvcache_users.png": "kvcache: latency and throughput against users",
 }
 
 REPORT_EXAMPLES = """\
@@ -88,7 +89,7 @@ def run_report(args: argparse.Namespace) -> int:
         document = load_document(args.result)
         if args.html:
             _check_target(args.html, args.force)
-        png_paths = _png_targets(args.png, args.force) if args.png else []
+        png_paths = _png_targets(args.png, args.force, figure_names(document)) if args.png else []
         try:
             text = summary_text(document)
             print(text, flush=True)
@@ -143,13 +144,18 @@ def _check_target(path: str, force: bool) -> None:
         raise ResultsError(f"directory of {path} does not exist", f"create {directory} first")
 
 
-def _png_targets(directory: str, force: bool) -> list[tuple[str, str]]:
+def figure_names(document: dict[str, Any]) -> list[str]:
+    """The figures a results document has (kvcache_users.png for a kvcache run only)."""
+    return [name for name in FIGURES if name != "kvcache_users.png" or (document.get("kvcache") or {}).get("steps")]
+
+
+def _png_targets(directory: str, force: bool, names: list[str]) -> list[tuple[str, str]]:
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise ResultsError(f"--png {directory} is not a directory", "give a directory for the figures")
     parent = os.path.dirname(os.path.abspath(directory))
     if not os.path.isdir(parent):
         raise ResultsError(f"cannot create {directory}: {parent} does not exist", f"create {parent} first")
-    targets = [(os.path.join(directory, name), name) for name in FIGURES]
+    targets = [(os.path.join(directory, name), name) for name in names]
     for path, _ in targets:
         _check_target(path, force)
     try:
@@ -736,12 +742,17 @@ def _draw_rank_panel(axes: Any, phase: dict[str, Any], caption: str) -> None:
 
 
 def render_figures(document: dict[str, Any]) -> dict[str, bytes]:
-    """The three figures of a results document as PNG bytes, by file name."""
-    return {
+    """The figures of a results document as PNG bytes, by file name."""
+    figures = {
         "bandwidth_over_time.png": figure_png(figure_bandwidth_over_time(document)),
         "latency_cdf.png": figure_png(figure_latency_cdf(document)),
         "rank_bandwidth.png": figure_png(figure_rank_bandwidth(document)),
     }
+    if "kvcache_users.png" in figure_names(document):
+        from mpibench.workloads.kvcache import figure_users
+
+        figures["kvcache_users.png"] = figure_png(figure_users(document, _new_figure(8.0, 4.0)))
+    return figures
 
 
 # ---------------------------------------------------------------------------- HTML

@@ -5,6 +5,7 @@ Every check is on counts and on figures recomputed from the results file, never 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 
@@ -13,11 +14,13 @@ from s3fixture import S3Server, assert_untouched, s3_fixture  # noqa: F401
 
 from mpibench.comm import Comm
 from mpibench.config import build_config
+from mpibench.csvout import write_csv
 from mpibench.errors import MpibenchError
 from mpibench.metrics import LatencyHistogram
 from mpibench.run import execute
 from mpibench.schema import validation_errors
-from mpibench.workloads.kvcache import _Step, merge_sparse
+from mpibench.reporting import figure_names, render_figures
+from mpibench.workloads.kvcache import _Step, kvcache_lines, merge_sparse
 
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(180)]
 
@@ -109,6 +112,15 @@ def test_users_list_steps_and_capacity(shared_tmpdir):
         check_document(doc)
         # every step's p95 is far under an hour: the largest count is the capacity
         assert kv["capacity"] == {"p95_target_s": 3600.0, "users": 2, "first_over": None, "met": True}
+        path = write_csv(os.path.join(shared_tmpdir, "kv.csv"), doc, force=True)
+        with open(path, encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        assert [int(r["kv_users"]) for r in rows] == [1, 2]
+        assert [float(r["kv_read_p95_s_pooled"]) for r in rows] == [s["read_latency"]["p95_s"] for s in kv["steps"]]
+        assert [float(r["kv_read_p95_s_max_rank"]) for r in rows] == [s["read_p95_max_rank_s"] for s in kv["steps"]]
+        assert "kvcache_users.png" in figure_names(doc)
+        assert render_figures(doc)["kvcache_users.png"].startswith(b"\x89PNG")
+        assert any(line.startswith("capacity at pooled p95") for line in kvcache_lines(doc))
     comm.barrier()
     doc = execute(kv_config("local_fs", root, users=[1, 2], p95_target=1e-9), comm, output=None)
     if comm.is_root:

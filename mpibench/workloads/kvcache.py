@@ -56,6 +56,11 @@ if TYPE_CHECKING:
 
 PREFIX_ID = 0
 _BASE_ID = 0x6B76 << 32  # the content's base ids, apart from other workloads' file ids
+CSV_COLUMNS = ("kv_users", "kv_tokens_per_s", "kv_requests_per_s", "kv_read_GiBps", "kv_write_GiBps",
+               "kv_read_p50_s_pooled", "kv_read_p95_s_pooled", "kv_read_p99_s_pooled", "kv_read_p999_s_pooled",
+               "kv_read_p95_s_max_rank", "kv_write_p95_s_pooled", "kv_write_p95_s_max_rank", "kv_ttft_p50_s",
+               "kv_ttft_p95_s", "kv_memory_hit_rate", "kv_storage_hit_rate", "kv_device_read_bytes",
+               "kv_device_write_bytes", "kv_client_cpu_s")
 PERCENTILES = (("p50_s", 50.0), ("p95_s", 95.0), ("p99_s", 99.0), ("p999_s", 99.9))
 
 
@@ -469,6 +474,23 @@ class KvcacheWorkload(Workload):
     def report_lines(self, document: dict[str, Any]) -> list[str]:
         return kvcache_lines(document)
 
+    def csv_columns(self) -> list[str]:
+        return list(CSV_COLUMNS)
+
+    def csv_values(self, document: dict[str, Any], phase: dict[str, Any]) -> list[Any]:
+        steps = {s["iteration"]: s for s in (document.get("kvcache") or {}).get("steps", [])}
+        step = steps.get(phase.get("iteration")) if phase.get("name") == "kvcache" else None
+        if step is None:
+            return [""] * len(CSV_COLUMNS)
+        rd, wr, ttft = step["read_latency"], step["write_latency"], step["ttft"]
+        dev = step.get("device_bytes") or {}
+        return [step["users"], f"{step['tokens_per_s']:.3f}", f"{step['requests_per_s']:.3f}",
+                f"{step['read_GiBps']:.6f}", f"{step['write_GiBps']:.6f}",
+                *(rd.get(k, "") for k in ("p50_s", "p95_s", "p99_s", "p999_s")), step["read_p95_max_rank_s"],
+                wr.get("p95_s", ""), step["write_p95_max_rank_s"], ttft.get("p50_s", ""), ttft.get("p95_s", ""),
+                f"{step['hit_rates']['memory']:.6f}", f"{step['hit_rates']['storage']:.6f}",
+                dev.get("read", ""), dev.get("write", ""), step["client_cpu_s"]]
+
 
 def step_figures(phase: dict[str, Any]) -> dict[str, Any]:
     """The figures of one measured step, recomputed from its rank records."""
@@ -581,6 +603,36 @@ def kvcache_lines(document: dict[str, Any]) -> list[str]:
         lines.append(f"capacity at pooled p95 read latency under {_ms(cap['p95_target_s'])} ms: {found}"
                      + (f"; {cap['first_over']} users went over" if cap.get("first_over") else ""))
     return lines
+
+
+def figure_users(document: dict[str, Any], figure: Any) -> Any:
+    """Pooled read latency (p50, p95, p99, and the max of per-rank p95s) and tokens/s against
+    users per rank, with the p95 target and the capacity found (mpibench report --png)."""
+    kv = document["kvcache"]
+    steps = kv["steps"]
+    users = [s["users"] for s in steps]
+    left, right = figure.subplots(1, 2)
+    for key, label in (("p50_s", "p50 pooled"), ("p95_s", "p95 pooled"), ("p99_s", "p99 pooled")):
+        left.plot(users, [s["read_latency"].get(key, 0.0) * 1e3 for s in steps], marker="o", label=label)
+    left.plot(users, [s["read_p95_max_rank_s"] * 1e3 for s in steps], marker="x", linestyle="--",
+              label="p95 max of ranks (reference)")
+    cap = kv.get("capacity")
+    if cap:
+        left.axhline(cap["p95_target_s"] * 1e3, color="grey", linestyle=":", label="p95 target")
+        if cap["met"]:
+            left.axvline(cap["users"], color="green", linestyle=":", label=f"capacity {cap['users']} users")
+    left.set_xlabel("users per rank")
+    left.set_ylabel("read latency per object (ms)")
+    left.set_title("KV block read latency")
+    left.legend(fontsize=7)
+    right.plot(users, [s["tokens_per_s"] for s in steps], marker="o", label="tokens/s")
+    right.set_xlabel("users per rank")
+    right.set_ylabel("tokens/s (all ranks)")
+    twin = right.twinx()
+    twin.plot(users, [s["read_GiBps"] for s in steps], marker="s", color="tab:orange", label="read GiB/s")
+    twin.set_ylabel("read GiB/s")
+    right.set_title("throughput")
+    return figure
 
 
 WORKLOAD = KvcacheWorkload()
