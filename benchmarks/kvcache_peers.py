@@ -92,6 +92,7 @@ def loop_process(rank: int, args: argparse.Namespace, root: str, barrier: Any, r
                                 handle.flush()
                                 os.fsync(handle.fileno())
                             counts["write_bytes"] += size
+                        model.remember(request)
                         for _ in range(request.decode_reads):
                             read_entry(request.entry, counts, deadline)
                         counts["requests"] += 1

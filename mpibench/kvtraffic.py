@@ -194,9 +194,13 @@ class TrafficModel:
         entry = self.entry(context)
         history = list(user.conversation) if self.multi_turn else []
         decode = 0 if context >= PREFILL_ONLY_TOKENS else 1 + math.ceil(output / self.decode_batch)
-        if self.multi_turn:
-            user.conversation.append(entry)
         return Request(user_index, len(history) + 1, context, output, history, entry, decode)
+
+    def remember(self, request: Request) -> None:
+        """The request's KV is written: its conversation's next turn reads it back (a request
+        left before its prefill never joins the conversation)."""
+        if self.multi_turn:
+            self.users[request.user].conversation.append(request.entry)
 
 
 class Tiers:

@@ -41,7 +41,12 @@ def test_object_layouts():
 
 
 def requests(model: TrafficModel, user: int, count: int):
-    return [model.next_request(user) for _ in range(count)]
+    """`count` requests of one user, each written (remembered) before the next."""
+    out = []
+    for _ in range(count):
+        out.append(model.next_request(user))
+        model.remember(out[-1])
+    return out
 
 
 def test_traffic_is_seeded_per_rank_and_user():
@@ -49,8 +54,7 @@ def test_traffic_is_seeded_per_rank_and_user():
     a = TrafficModel(42, 0, 5, layout)
     b = TrafficModel(42, 0, 5, layout)
     # user 3 draws the same requests whichever order the users are served in
-    for _ in range(3):
-        b.next_request(1)
+    requests(b, 1, 3)
     sa = [(r.context_tokens, r.output_tokens, r.turn) for r in requests(a, 3, 20)]
     sb = [(r.context_tokens, r.output_tokens, r.turn) for r in requests(b, 3, 20)]
     assert sa == sb
@@ -81,6 +85,14 @@ def test_requests_follow_the_templates_and_conversations():
     assert seen_turns == {1, 2, 3, 4}
     ids = [r.entry.entry_id for u in range(3) for r in requests(model, u, 5)]
     assert len(set(ids)) == len(ids) and 0 not in ids  # 0 is the shared prefix
+
+
+def test_a_request_left_before_its_prefill_is_not_read_back():
+    model = TrafficModel(3, 0, 1, Layout(MODELS["tiny"]), max_turns=8)
+    first = requests(model, 0, 1)[0]
+    model.next_request(0)  # left before its prefill: never remembered
+    following = [model.next_request(0) for _ in range(1)][0]
+    assert all(e.entry_id == first.entry.entry_id for e in following.history)
 
 
 def test_single_turn_has_no_history():

@@ -47,12 +47,12 @@ from mpibench.kvtraffic import (
 from mpibench.metrics import LatencyHistogram, OpLog, PhaseRecorder
 from mpibench.results import device_bytes
 from mpibench.units import GiB, format_size
-from mpibench.workloads import Workload
+from mpibench.workloads.base import Workload
 from mpibench.workloads.bandwidth import check_alignment
 
 if TYPE_CHECKING:
     from mpibench.backends.base import Backend
-    from mpibench.run import PreflightInfo, RunContext
+    from mpibench.context import PreflightInfo, RunContext
 
 PREFIX_ID = 0
 _BASE_ID = 0x6B76 << 32  # the content's base ids, apart from other workloads' file ids
@@ -280,6 +280,7 @@ class _Step:
                 self._write_entry(entry, slot, write_log, c)
         finally:
             self.tiers.unpin([request.entry, *demoted])
+        self.model.remember(request)
         self._remove(deleted, c)
         first = True
         left = request.output_tokens
