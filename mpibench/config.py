@@ -177,7 +177,8 @@ class KvcacheConfig:
                               doc="memory tier per rank in bytes, LRU (0: every KV block goes to storage)")
     storage_capacity: int = _opt(0, "size", minimum=0,
                                  doc="storage per rank in bytes; past it the least recently used entries are "
-                                     "deleted (0: unbounded)")
+                                     "deleted (0: 80 % of the free space at preflight over the ranks; "
+                                     "unbounded on s3)")
     concurrency: int = _opt(4, "int", minimum=1, doc="requests served at once per rank (threads)")
     generation: str = _opt("none", "enum", choices=("none", "fast", "realistic"),
                            doc="emulated GPU time per output token: none 0, fast 2 ms, realistic 30 ms")

@@ -35,7 +35,7 @@ def kv_config(kind: str, root: str, **kvcache: object):
                          "kvcache": {**QUICK, **kvcache}})
 
 
-def check_document(doc: dict) -> None:
+def check_document(doc: dict, all_storage: bool = True) -> None:
     """The figures of the results file recompute from its per-rank records."""
     assert validation_errors(doc) == []
     kv = doc["kvcache"]
@@ -60,10 +60,11 @@ def check_document(doc: dict) -> None:
         assert step["read_bytes"] + step["write_bytes"] == phase["bytes"]
         assert step["read_objects"] == step["read_latency"]["count"]
         assert step["write_objects"] == step["write_latency"]["count"]
-        assert step["requests"] == sum(r["requests"] for r in ranks) == 5 * len(ranks)
+        max_requests = doc["config"]["kvcache"]["max_requests"]
+        assert step["requests"] == sum(r["requests"] for r in ranks) == max_requests * len(ranks)
         assert step["requests"] == step["ttft"]["count"]
-        # budget 0: every access is a storage hit
-        assert step["hit_rates"]["memory"] == 0.0 and step["hit_rates"]["storage"] == 1.0
+        if all_storage:  # budget 0, capacity unbounded: every access is a storage hit
+            assert step["hit_rates"]["memory"] == 0.0 and step["hit_rates"]["storage"] == 1.0
         seconds = phase["end"] - phase["start"]
         assert step["read_GiBps"] == pytest.approx(step["read_bytes"] / 2**30 / seconds)
         assert step["tokens_per_s"] == pytest.approx(step["output_tokens"] / seconds)
@@ -126,6 +127,23 @@ def test_users_list_steps_and_capacity(shared_tmpdir):
     if comm.is_root:
         cap = doc["kvcache"]["capacity"]
         assert cap["met"] is False and cap["users"] is None and cap["first_over"] == 1
+    comm.barrier()
+
+
+def test_storage_capacity_deletes_the_least_recently_used(shared_tmpdir):
+    """1 MiB per rank holds less than one entry (at least 128 tokens of 24 KiB): each new
+    entry pushes the earlier ones out; a later turn finds its history gone (a miss)."""
+    comm = Comm()
+    root = os.path.join(shared_tmpdir, "root")
+    doc = execute(kv_config("local_fs", root, storage_capacity="1MiB", users=1, max_requests=6, verify=True),
+                  comm, output=None)
+    if comm.is_root:
+        check_document(doc, all_storage=False)
+        step = doc["kvcache"]["steps"][0]
+        assert doc["phases"][0]["storage_capacity"] == 2**20
+        assert step["deleted_objects"] > 0
+        assert step["hit_rates"]["memory"] == 0.0
+        assert leftover_files(root) == []
     comm.barrier()
 
 

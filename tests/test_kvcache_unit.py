@@ -17,7 +17,7 @@ from mpibench.kvtraffic import (
     capacity,
 )
 from mpibench.metrics import LatencyHistogram
-from mpibench.workloads.kvcache import merge_sparse, percentiles, summarize_kvcache
+from mpibench.workloads.kvcache import merge_sparse, percentiles, storage_capacity, summarize_kvcache
 
 
 def test_bytes_per_token_from_the_shape():
@@ -220,3 +220,9 @@ def test_closed_options_match_the_shipped_configs():
         assert (kv.model, kv.users, kv.duration, kv.memory_budget, kv.concurrency, kv.generation) == (
             want["model"], [want["users"]], want["duration"], want["memory_budget"], want["concurrency"],
             want["generation"])
+
+
+def test_storage_capacity_defaults_to_a_share_of_the_free_space():
+    assert storage_capacity(5 * 2**20, 10**12, 4) == 5 * 2**20  # configured
+    assert storage_capacity(0, 10**12, 4) == int(10**12 * 0.8) // 4
+    assert storage_capacity(0, None, 4) == 0  # s3: free space unknown, unbounded

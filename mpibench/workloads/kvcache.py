@@ -143,7 +143,8 @@ class _Step:
         self.model = TrafficModel(ctx.config.seed, ctx.comm.rank, users, self.layout,
                                   max_context=kv.max_context, multi_turn=kv.multi_turn, max_turns=kv.max_turns,
                                   decode_batch=kv.decode_batch, step=step)
-        self.tiers = Tiers(kv.memory_budget, kv.storage_capacity)
+        self.storage_capacity = storage_capacity(kv.storage_capacity, ctx.info.free_bytes, ctx.comm.size)
+        self.tiers = Tiers(kv.memory_budget, self.storage_capacity)
         self.chunk = chunk_size(ctx.config, unit)
         self.pattern = DataPattern(ctx.config.seed, _BASE_ID | (step << 20) | ctx.comm.rank, self.chunk)
         self.verify = kv.verify or ctx.config.verify
@@ -377,6 +378,18 @@ class _Step:
         self._remove([e for e in self.tiers.stored() if e.entry_id not in self.removed], Counters())
 
 
+FREE_SHARE = 0.8  # of the free space at preflight, shared by the ranks, when storage_capacity is 0
+
+
+def storage_capacity(configured: int, free_bytes: int | None, ranks: int) -> int:
+    """Bytes of KV one rank keeps on storage: `kvcache.storage_capacity`, or with 0 a rank's
+    share of FREE_SHARE of the free space preflight found (as the reference sizes its
+    storage tier from the free space); 0 (unbounded) where free space is unknown (S3)."""
+    if configured:
+        return configured
+    return int(free_bytes * FREE_SHARE) // max(1, ranks) if free_bytes else 0
+
+
 def _ns_array(values: list[int]) -> Any:
     import numpy as np
 
@@ -447,7 +460,8 @@ class KvcacheWorkload(Workload):
                       users=users, model=shape.name, bytes_per_token=shape.bytes_per_token,
                       grouping=kv.grouping, memory_budget=kv.memory_budget, generation=kv.generation,
                       concurrency=min(kv.concurrency, users), duration_s=kv.duration, warmup_s=kv.warmup,
-                      fsync=state.fsync, verified=state.verify, cache=self._cache(ctx))
+                      fsync=state.fsync, verified=state.verify, storage_capacity=state.storage_capacity,
+                      cache=self._cache(ctx))
             if not ctx.config.keep_files:
                 ctx.setup(state.remove_all)
 
