@@ -112,7 +112,7 @@ def loop_process(rank: int, args: argparse.Namespace, root: str, barrier: Any, r
             thread.join()
 
     def read_entry(entry: Any, counts: dict[str, Any], deadline: float) -> None:
-        for block, size in enumerate(entry.sizes):
+        for block in range(len(entry.sizes)):
             name = path(entry.entry_id, block)
             fd = os.open(name, os.O_RDONLY)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -203,7 +203,7 @@ def table(runs: dict[tuple[str, int], list[dict[str, Any]]], procs_list: list[in
                 continue
             fmts = (".1f", ".1f", ".1f", ".2f", ".3e", ".3e")
             lines.append(f"| {procs} | {tool} | " + " | ".join(
-                cell([r[f] for r in rows], fmt) for f, fmt in zip(FIGURES, fmts)) + " |")
+                cell([r[f] for r in rows], fmt) for f, fmt in zip(FIGURES, fmts, strict=True)) + " |")
         loop = runs.get(("loop", procs), [])
         mpib = runs.get(("mpibench", procs), [])
         if loop and mpib:

@@ -17,9 +17,9 @@ from mpibench.config import build_config
 from mpibench.csvout import write_csv
 from mpibench.errors import MpibenchError
 from mpibench.metrics import LatencyHistogram
+from mpibench.reporting import figure_names, render_figures
 from mpibench.run import execute
 from mpibench.schema import validation_errors
-from mpibench.reporting import figure_names, render_figures
 from mpibench.workloads.kvcache import _Step, kvcache_lines, merge_sparse
 
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(180)]
@@ -41,7 +41,7 @@ def check_document(doc: dict, all_storage: bool = True) -> None:
     kv = doc["kvcache"]
     phases = [p for p in doc["phases"] if p["name"] == "kvcache"]
     assert len(kv["steps"]) == len(phases) >= 1
-    for step, phase in zip(kv["steps"], phases):
+    for step, phase in zip(kv["steps"], phases, strict=True):
         ranks = [r["kvcache"] for r in phase["ranks"]]
         assert len(ranks) == len(phase["ranks"]) >= 2
         for name in ("read", "write", "ttft"):

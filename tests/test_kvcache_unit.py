@@ -17,7 +17,12 @@ from mpibench.kvtraffic import (
     capacity,
 )
 from mpibench.metrics import LatencyHistogram
-from mpibench.workloads.kvcache import merge_sparse, percentiles, storage_capacity, summarize_kvcache
+from mpibench.workloads.kvcache import (
+    merge_sparse,
+    percentiles,
+    storage_capacity,
+    summarize_kvcache,
+)
 
 
 def test_bytes_per_token_from_the_shape():

@@ -47,8 +47,8 @@ from mpibench.kvtraffic import (
 from mpibench.metrics import LatencyHistogram, OpLog, PhaseRecorder
 from mpibench.results import device_bytes
 from mpibench.units import GiB, format_size
-from mpibench.workloads.base import Workload
 from mpibench.workloads.bandwidth import check_alignment
+from mpibench.workloads.base import Workload
 
 if TYPE_CHECKING:
     from mpibench.backends.base import Backend
