@@ -592,7 +592,7 @@ def _validate_kvcache(kv: KvcacheConfig) -> None:
     """Rules of the kvcache section that span several keys."""
     if kv.users != sorted(set(kv.users)):
         raise ConfigError(f"kvcache.users must be increasing user counts without repeats, got {kv.users}",
-                          f"write kvcache.users={sorted(set(kv.users))}")
+                          f"write kvcache.users={','.join(map(str, sorted(set(kv.users))))}")
     if len(kv.users) > 1 and kv.p95_target <= 0:
         raise ConfigError("kvcache.users lists several user counts but kvcache.p95_target is not set",
                           "set kvcache.p95_target to the p95 read latency in seconds the capacity must stay under")
