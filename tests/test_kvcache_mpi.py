@@ -121,7 +121,11 @@ def test_users_list_steps_and_capacity(shared_tmpdir):
         assert [float(r["kv_read_p95_s_max_rank"]) for r in rows] == [s["read_p95_max_rank_s"] for s in kv["steps"]]
         assert "kvcache_users.png" in figure_names(doc)
         assert render_figures(doc)["kvcache_users.png"].startswith(b"\x89PNG")
-        assert any(line.startswith("capacity at pooled p95") for line in kvcache_lines(doc))
+        lines = kvcache_lines(doc)
+        assert any(line.startswith("capacity at pooled p95") for line in lines)
+        assert "kvcache figures recomputed from the per-rank histograms and counts: match (2 step(s))" in lines
+        doc["phases"][1]["ranks"][0]["kvcache"]["read_histogram"]["counts"][0] += 1  # a tampered file
+        assert any("MISMATCH in users 2 read_latency" in line for line in kvcache_lines(doc))
     comm.barrier()
     doc = execute(kv_config("local_fs", root, users=[1, 2], p95_target=1e-9), comm, output=None)
     if comm.is_root:

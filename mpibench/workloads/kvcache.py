@@ -581,6 +581,24 @@ def summarize_kvcache(config: Config, phases: list[dict[str, Any]]) -> dict[str,
     return out
 
 
+RECOMPUTED = ("read_latency", "write_latency", "ttft", "read_p95_max_rank_s", "read_bytes", "write_bytes",
+              "requests", "output_tokens", "hit_rates")
+
+
+def recompute_line(document: dict[str, Any]) -> str:
+    """Whether each step's figures equal those recomputed from its phase's rank records."""
+    phases = {p["iteration"]: p for p in document.get("phases", []) if p.get("name") == "kvcache"}
+    steps = (document.get("kvcache") or {}).get("steps", [])
+    bad = []
+    for step in steps:
+        phase = phases.get(step["iteration"])
+        again = step_figures(phase) if phase is not None else {}
+        bad.extend(f"users {step['users']} {key}" for key in RECOMPUTED if again.get(key) != step.get(key))
+    if bad:
+        return "kvcache figures recomputed from the per-rank histograms and counts: MISMATCH in " + ", ".join(bad)
+    return f"kvcache figures recomputed from the per-rank histograms and counts: match ({len(steps)} step(s))"
+
+
 def _ms(value: Any) -> str:
     return f"{float(value) * 1e3:.2f}" if value is not None else "-"
 
@@ -612,6 +630,7 @@ def kvcache_lines(document: dict[str, Any]) -> list[str]:
     lines.append("users per rank; read/write latency per object, pooled over every rank's merged histogram; "
                  "max-rank p95 = the largest per-rank p95 (the MLPerf reference's figure); "
                  "bandwidth = bytes / (latest end - earliest start); GiB/s = 2^30 B/s")
+    lines.append(recompute_line(document))
     cap = kv.get("capacity")
     if cap:
         found = (f"{cap['users']} users per rank" if cap["met"] else "none (the smallest count is over it)")
