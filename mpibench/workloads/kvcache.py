@@ -283,19 +283,19 @@ class _Step:
             self.tiers.unpin([request.entry, *demoted])
         self.model.remember(request)
         self._remove(deleted, c)
-        first = True
+        ttft = 0
         left = request.output_tokens
         for _ in range(request.decode_reads):
             self._access(request.entry, slot, logs, c, deadline_ns)
-            if first:
-                c.ttft_ns.append(time.perf_counter_ns() - start)
-                first = False
+            if not ttft:
+                ttft = time.perf_counter_ns() - start
             if self.gen_s and left > 0:
                 tokens = min(left, self.ctx.config.kvcache.decode_batch)
                 time.sleep(tokens * self.gen_s)
                 left -= tokens
-        if first:  # prefill only: the first token follows the prefill
-            c.ttft_ns.append(time.perf_counter_ns() - start)
+        # counted with the request, once it is complete (prefill only: the first token
+        # follows the prefill)
+        c.ttft_ns.append(ttft or time.perf_counter_ns() - start)
         c.requests += 1
         c.output_tokens += request.output_tokens
         c.context_tokens += request.context_tokens
