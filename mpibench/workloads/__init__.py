@@ -17,6 +17,7 @@ _WORKLOADS = {
     "train": "mpibench.workloads.train",
     "checkpoint": "mpibench.workloads.checkpoint",
     "modelload": "mpibench.workloads.modelload",
+    "kvcache": "mpibench.workloads.kvcache",
 }
 
 

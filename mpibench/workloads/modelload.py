@@ -603,27 +603,28 @@ class ModelloadWorkload(Workload):
                      "start); first/all s: the slowest rank's time to its first tensor / all its tensors")
         return lines
 
-    def figures(self, document: dict[str, Any], new_figure: Any) -> dict[str, tuple[str, Any]]:
-        m = document.get("modelload") or {}
-        loads = m.get("loads") or []
-        if not loads:
-            return {}
-        figure = new_figure(8, 3.5)
-        speed, first = figure.subplots(1, 2)
-        iterations = sorted({r["iteration"] for r in loads})
-        for offset, label, color in ((-0.2, "cold", "#4477aa"), (0.2, "warm", "#ee6677")):
-            rows = {r["iteration"]: r for r in loads if r["load"] == label}
-            xs = [i + offset for i in iterations if i in rows]
-            speed.bar(xs, [rows[i]["bandwidth_GBps"] for i in iterations if i in rows], 0.4, label=label, color=color)
-            first.bar(xs, [rows[i]["first_tensor_s"].get("max", 0.0) * 1e3 for i in iterations if i in rows], 0.4,
-                      label=label, color=color)
-        for axes, ylabel in ((speed, "GB/s over bytes touched"), (first, "time to first tensor, ms (slowest rank)")):
-            axes.set_xticks(iterations, [str(i) for i in iterations])
-            axes.set_xlabel("iteration")
-            axes.set_ylabel(ylabel)
-            axes.legend()
-        figure.suptitle(f"modelload {m['model']}: reader {m['reader']}, {m['layout']}, {m['world_size']} rank(s)")
-        return {"modelload_cold_warm.png": ("Cold and warm loads", figure)}
+
+
+def figure_cold_warm(document: dict[str, Any], figure: Any) -> Any:
+    """`mpibench report`'s modelload figure: GB/s and time to first tensor, cold beside warm,
+    per iteration, drawn on a matplotlib Figure."""
+    m = document.get("modelload") or {}
+    loads = m.get("loads") or []
+    speed, first = figure.subplots(1, 2)
+    iterations = sorted({r["iteration"] for r in loads})
+    for offset, label, color in ((-0.2, "cold", "#4477aa"), (0.2, "warm", "#ee6677")):
+        rows = {r["iteration"]: r for r in loads if r["load"] == label}
+        xs = [i + offset for i in iterations if i in rows]
+        speed.bar(xs, [rows[i]["bandwidth_GBps"] for i in iterations if i in rows], 0.4, label=label, color=color)
+        first.bar(xs, [rows[i]["first_tensor_s"].get("max", 0.0) * 1e3 for i in iterations if i in rows], 0.4,
+                  label=label, color=color)
+    for axes, ylabel in ((speed, "GB/s over bytes touched"), (first, "time to first tensor, ms (slowest rank)")):
+        axes.set_xticks(iterations, [str(i) for i in iterations])
+        axes.set_xlabel("iteration")
+        axes.set_ylabel(ylabel)
+        axes.legend()
+    figure.suptitle(f"modelload {m['model']}: reader {m['reader']}, {m['layout']}, {m['world_size']} rank(s)")
+    return figure
 
 
 WORKLOAD = ModelloadWorkload()
