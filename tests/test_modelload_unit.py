@@ -176,7 +176,7 @@ def test_datagen_writes_files_safetensors_opens_and_a_load_reads(tmp_path):
     assert "modelload_cold_warm.png" in figures
     text = summary_text(doc)
     assert "cold    0    read" in text and "warm    0    read" in text
-    assert "Cold and warm loads" in html_page(doc, text, figures)
+    assert "modelload: cold and warm loads" in html_page(doc, text, figures)
     with pytest.raises(PreflightError, match="differs from the modelload section"):
         execute(_config(root, "modelload", scale=0.004), comm, output=None)
 
