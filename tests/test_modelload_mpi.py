@@ -124,12 +124,15 @@ def test_direct_fs_reads_aligned_extents_every_load(shared_tmpdir, library, layo
 
 
 @pytest.mark.s3
-def test_s3_ranged_gets_of_every_tensor(s3):
+@pytest.mark.parametrize("fetch", ["ranges", "objects"])
+def test_s3_ranged_gets_of_every_tensor(s3, fetch):
     comm = Comm()
-    root = f"{s3.root}/modelload-{comm.size}"
+    root = f"{s3.root}/modelload-{comm.size}-{fetch}"
     write_model(root, "s3")
     try:
-        doc = execute(config(root, "modelload", "s3", layout="tensor_parallel"), comm, output=None)
+        doc = execute(config(root, "modelload", "s3", layout="tensor_parallel", s3_fetch=fetch), comm, output=None)
+        if comm.is_root and fetch == "objects":  # every rank every byte of every shard, whatever it needs
+            assert all(p["bytes"] == comm.size * the_model().file_bytes for p in doc["phases"])
         if comm.is_root:
             assert_load_figures(doc, "s3", comm.size)
             model = the_model()

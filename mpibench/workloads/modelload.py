@@ -123,6 +123,7 @@ class _Load:
         self.log: OpLog = rec.new_log()
         self.first_tensor: float | None = None
         self.header_bytes = 0
+        self.head_end = 0
         self.shards = {s.name: s for s in model.shards}
 
     def run(self) -> None:
@@ -151,7 +152,7 @@ class _Load:
                     elif self.reader == "direct":
                         self._direct(handle, shard, extents, path)
                     else:
-                        self._ranges(handle, extents, path)
+                        self._ranges(handle, shard, extents, path)
                 self.rec.transfer_s += time.perf_counter() - t
             finally:
                 t = time.perf_counter()
@@ -206,6 +207,7 @@ class _Load:
             data += bytes(self.view[:min(got, need - done)])
             done += got
         self.header_bytes += done
+        self.head_end = done  # where the next read of this shard may start
         return data
 
     # -- the readers --
@@ -224,13 +226,21 @@ class _Load:
                     fill += e.length
             self._tensor_done()
 
-    def _ranges(self, handle: Any, extents: list[Extent], path: str) -> None:
+    def _ranges(self, handle: Any, shard: ShardFile, extents: list[Extent], path: str) -> None:
         size = len(self.buf)
-        for e, (offset, length) in zip(extents, covering_runs(extents), strict=True):
-            del e
+        if self.ctx.config.modelload.s3_fetch == "objects":  # the whole shard, after its header
+            first_end = extents[0].end
+            start = min(self.head_end, shard.file_bytes)
+            for at in range(start, shard.file_bytes, size):
+                self._read_exact(handle, self.view[:min(size, shard.file_bytes - at)], at, path)
+                if self.first_tensor is None and at + size >= first_end:
+                    self._tensor_done()
+            return
+        for offset, length in covering_runs(extents):
             for at in range(offset, offset + length, size):
                 self._read_exact(handle, self.view[:min(size, offset + length - at)], at, path)
             self._tensor_done()
+
 
     def _direct(self, handle: Any, shard: ShardFile, extents: list[Extent], path: str) -> None:
         alignment = max(self.ctx.backend.alignment, 1)
