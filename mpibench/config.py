@@ -20,7 +20,7 @@ from mpibench.errors import ConfigError
 from mpibench.units import parse_size
 
 AUTO = "auto"
-WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint")
+WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint", "metadata")
 STORAGE_TYPES = ("local_fs", "direct_fs", "s3")
 LOCAL_SCHEMES = ("file://", "direct://")
 RUN_ID_MAX = 128
@@ -154,6 +154,32 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class MetadataConfig:
+    """mdtest-like metadata test: create, stat, read, rename, list and remove many small files."""
+
+    items: int = _opt(1000, "int", minimum=1, doc="files (objects) each rank creates (mdtest -n)")
+    file_size: int = _opt(0, "size", minimum=0, doc="bytes written into each file and read back (0: empty files)")
+    layout: str = _opt("unique", "enum", choices=("unique", "shared"),
+                       doc="a directory tree per rank (mdtest -u) or one tree shared by every rank")
+    depth: int = _opt(0, "int", minimum=0, doc="levels of directories below the tree's top (mdtest -z)")
+    branching: int = _opt(1, "int", minimum=1, doc="subdirectories of each directory above the leaves (mdtest -b)")
+    items_at: str = _opt("leaves", "enum", choices=("leaves", "all"),
+                         doc="files in the leaf directories only (mdtest -L) or in every directory of the tree")
+    stride: int | str = _opt(AUTO, "int_or_auto", minimum=0,
+                             doc="stat, read, list, rename and remove the files of rank (rank + stride) % ranks "
+                                 "(mdtest -N); auto: the ranks of one node, so another node's files")
+    deadline: float = _opt(0.0, "float", minimum=0.0,
+                           doc="stonewall: seconds after which ranks stop creating files (0: off); "
+                               "later phases use exactly the files created")
+    read: bool = _opt(True, "bool", doc="read each file back (file_size bytes) after the stat phase")
+    list: bool = _opt(False, "bool", doc="list the directories (readdir / S3 LIST) after the read phase")
+    rename: bool = _opt(False, "bool", doc="rename each file in its directory before the remove phase (files only)")
+    fsync: bool = _opt(False, "bool", doc="fsync each file before closing it in the create phase (mdtest -y)")
+    preset: str | None = _opt(None, "optional_str", doc="name of the preset the configuration comes from "
+                                                        "(recorded in the results)")
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """What is recorded beside bytes and times."""
 
@@ -170,6 +196,7 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     run_id: str | None = _opt(None, "optional_str", doc="name of the run (default: time + random)")
     keep_files: bool = _opt(False, "bool", doc="keep the files the run wrote")
@@ -190,6 +217,7 @@ SECTIONS: dict[str, type] = {
     "dataset": DatasetConfig,
     "train": TrainConfig,
     "checkpoint": CheckpointConfig,
+    "metadata": MetadataConfig,
     "metrics": MetricsConfig,
 }
 
@@ -494,10 +522,27 @@ def validate(config: Config) -> None:
                     "bandwidth.object_size must divide block_size and be a multiple of transfer_size",
                     f"e.g. object_size={bw.transfer_size} (one object per transfer) or {bw.block_size} (one per block)",
                 )
+    if config.workload == "metadata":
+        validate_metadata(config)
     if config.workload == "checkpoint":
         ck = config.checkpoint
         if not 0 < ck.scale <= 1:
             raise ConfigError(f"checkpoint.scale must be in (0, 1], got {ck.scale}")
+
+
+MAX_TREE_DIRS = 10_000_000  # a tree larger than this is a typing mistake, not a benchmark
+
+
+def validate_metadata(config: Config) -> None:
+    """Rules of the metadata section that need no storage."""
+    md = config.metadata
+    dirs = sum(md.branching ** level for level in range(min(md.depth, 64) + 1))
+    if md.depth > 64 or dirs > MAX_TREE_DIRS:
+        raise ConfigError(f"metadata.depth={md.depth} with metadata.branching={md.branching} makes a tree of "
+                          f"more than {MAX_TREE_DIRS} directories", "lower metadata.depth or metadata.branching")
+    if md.rename and config.storage.type == "s3":
+        raise ConfigError("metadata.rename applies to files only: S3 has no rename (a copy and a delete are "
+                          "not one metadata operation)", "remove metadata.rename, or use local_fs or direct_fs")
 
 
 def describe_keys() -> list[tuple[str, str, str]]:

@@ -68,6 +68,7 @@ _WORKLOADS = {
     "datagen": "mpibench.workloads.datagen",
     "train": "mpibench.workloads.train",
     "checkpoint": "mpibench.workloads.checkpoint",
+    "metadata": "mpibench.workloads.metadata",
 }
 
 
