@@ -9,9 +9,6 @@ has b**level directories at each level 0..d below its top; the top is level 0.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-
 from mpibench.plan import reorder_partner
 
 MD_DIR = "metadata"  # below the run directory: every tree of the run
@@ -79,18 +76,3 @@ def listed_dirs(layout: str, rank: int, size: int, partner: int, dirs: int) -> l
     if dirs < size:
         return [rank % dirs]
     return list(range(rank, dirs, size))
-
-
-@dataclass(frozen=True)
-class FileSet:
-    """The files of one owner: names and directories, computed as needed."""
-
-    owner: int
-    count: int  # files 0..count-1 exist (stonewalled creates stop early)
-    dirs: int  # item directories of the owner's tree
-
-    def __iter__(self) -> Iterator[tuple[int, str]]:
-        """(item directory, name) of each file, in creation order."""
-        owner, dirs = self.owner, self.dirs
-        for index in range(self.count):
-            yield index % dirs, f"file.{owner}.{index}"

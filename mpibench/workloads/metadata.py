@@ -31,6 +31,7 @@ from mpibench.config import Config
 from mpibench.errors import BenchIOError, PreflightError
 from mpibench.mdplan import (
     MD_DIR,
+    file_name,
     item_dirs,
     listed_dirs,
     renamed_name,
@@ -139,7 +140,7 @@ class MetadataWorkload(Workload):
 
         def create_one(i: int) -> int:
             state.created = i + 1  # counted before the call: a failed create may leave the file
-            return create(own[i % ndirs], f"file.{rank}.{i}", write_view, fsync)
+            return create(own[i % ndirs], file_name(rank, i), write_view, fsync)
 
         deadline_ns = int(md.deadline * 1e9)
         ctx.phase("create", 0, lambda rec: self._ops(ctx, rec, "create", md.items, create_one, size,
@@ -151,9 +152,9 @@ class MetadataWorkload(Workload):
         stat = backend.stat_in
 
         def stat_one(i: int) -> int:
-            found = stat(theirs[i % ndirs], f"file.{partner}.{i}")
+            found = stat(theirs[i % ndirs], file_name(partner, i))
             if found != size:
-                raise BenchIOError(f"stat {backend.where_in(theirs[i % ndirs], f'file.{partner}.{i}')}: "
+                raise BenchIOError(f"stat {backend.where_in(theirs[i % ndirs], file_name(partner, i))}: "
                                    f"{found} bytes, expected {size}", "was it changed by another process?")
             return 0
 
@@ -163,20 +164,20 @@ class MetadataWorkload(Workload):
             read = backend.read_in
 
             def read_one(i: int) -> int:
-                return read(theirs[i % ndirs], f"file.{partner}.{i}", read_view)
+                return read(theirs[i % ndirs], file_name(partner, i), read_view)
 
             ctx.phase("read", 0, lambda rec: self._ops(ctx, rec, "read", count, read_one, size, files_of=partner),
                       expected_bytes=sum(state.counts) * size, cache=io, **common)
         if md.list:
             shown = [theirs[d] for d in listed_dirs(md.layout, rank, comm.size, partner, ndirs)]
             ctx.phase("list", 0, lambda rec: self._list(ctx, rec, shown), **common)
-        names: Callable[[int], str] = lambda i: f"file.{partner}.{i}"  # noqa: E731
+        names: Callable[[int], str] = lambda i: file_name(partner, i)  # noqa: E731
         if md.rename:
             rename = backend.rename_in
             state.renaming = True
 
             def rename_one(i: int) -> int:
-                rename(theirs[i % ndirs], f"file.{partner}.{i}", renamed_name(partner, i))
+                rename(theirs[i % ndirs], file_name(partner, i), renamed_name(partner, i))
                 return 0
 
             ctx.phase("rename", 0, lambda rec: self._ops(ctx, rec, "rename", count, rename_one, files_of=partner),
@@ -306,7 +307,7 @@ class MetadataWorkload(Workload):
             own = [backend.open_dir(ctx.key(f"{top}/{d}" if d else top)) for d in dirs]
             for i in range(state.created):
                 handle = own[i % len(dirs)]
-                backend.unlink_in(handle, f"file.{rank}.{i}", missing_ok=True)
+                backend.unlink_in(handle, file_name(rank, i), missing_ok=True)
                 if state.renaming:
                     backend.unlink_in(handle, renamed_name(rank, i), missing_ok=True)
         if backend.has_directories and not state.tree_removed and md.layout == "unique":
