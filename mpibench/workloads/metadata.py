@@ -28,6 +28,7 @@ import numpy as np
 
 from mpibench.buffers import aligned_buffer, buffer_footprint
 from mpibench.config import Config
+from mpibench.engine import POLL_INTERVAL_NS
 from mpibench.errors import BenchIOError, PreflightError
 from mpibench.mdplan import (
     MD_DIR,
@@ -41,7 +42,6 @@ from mpibench.mdplan import (
 )
 from mpibench.metrics import FLUSH_EVERY, PhaseRecorder
 from mpibench.plan import PAGE, round_up
-from mpibench.engine import POLL_INTERVAL_NS
 from mpibench.units import format_size
 from mpibench.workloads import Workload
 
@@ -113,7 +113,7 @@ class MetadataWorkload(Workload):
         dirs = item_dirs(md.depth, md.branching, md.items_at == "leaves")
         size = md.file_size
         io = backend.data_io(size)
-        common = {"layout": md.layout, "items": md.items, "file_size": size, "depth": md.depth,
+        common: dict[str, Any] = {"layout": md.layout, "items": md.items, "file_size": size, "depth": md.depth,
                   "branching": md.branching, "items_at": md.items_at, "stride": md.stride}
 
         def make_buffers() -> tuple[memoryview, memoryview]:
