@@ -21,6 +21,7 @@ from mpibench.config import load_config
 from mpibench.mdplan import file_name, renamed_name
 from mpibench.plan import RUN_MARKER
 from mpibench.run import execute
+from mpibench.schema import validation_errors
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -34,6 +35,7 @@ def check_document(doc: dict, ranks: int) -> None:
     md = doc["metadata"]
     config = doc["config"]["metadata"]
     assert doc["complete"] is True
+    assert validation_errors(doc) == []
     assert md["preset"] == config["preset"] and md["ranks"] == ranks
     created = md["files_created_per_rank"]
     assert len(created) == ranks
