@@ -35,14 +35,23 @@ def tree_top(layout: str, rank: int) -> str:
     return f"{MD_DIR}/shared" if layout == "shared" else f"{MD_DIR}/r{rank:06d}"
 
 
+FILE_PREFIX = "file."
+RENAMED_PREFIX = "moved."
+
+
+def name_prefix(owner: int) -> str:
+    """What the names of rank `owner`'s files start with: file i is name_prefix(owner) + str(i)."""
+    return f"{FILE_PREFIX}{owner}."
+
+
 def file_name(owner: int, index: int) -> str:
     """The name of file `index` created by rank `owner` (unique in any directory)."""
-    return f"file.{owner}.{index}"
+    return f"{name_prefix(owner)}{index}"
 
 
-def renamed_name(owner: int, index: int) -> str:
-    """The name file `index` of rank `owner` has after the rename phase."""
-    return f"moved.{owner}.{index}"
+def renamed_of(name: str) -> str:
+    """The name a file (or a name prefix) has after the rename phase."""
+    return RENAMED_PREFIX + name[len(FILE_PREFIX):]
 
 
 def dir_of(index: int, dirs: int) -> int:

@@ -10,7 +10,8 @@ from mpibench.mdplan import (
     file_name,
     item_dirs,
     listed_dirs,
-    renamed_name,
+    name_prefix,
+    renamed_of,
     stride_partner,
     tree_dirs,
     tree_owner_dirs,
@@ -69,7 +70,8 @@ def test_shared_listing_covers_every_directory(size, dirs):
 
 def test_file_names():
     assert [file_name(2, i) for i in range(3)] == ["file.2.0", "file.2.1", "file.2.2"]
-    assert renamed_name(2, 1) == "moved.2.1" and file_name(12, 3) != file_name(1, 23)
+    assert renamed_of(file_name(2, 1)) == "moved.2.1" and file_name(12, 3) != file_name(1, 23)
+    assert renamed_of(name_prefix(2)) + "1" == "moved.2.1" and name_prefix(2) + "7" == file_name(2, 7)
 
 
 @pytest.mark.parametrize("depth,branching", [(30, 2), (65, 1)])

@@ -18,7 +18,7 @@ from s3fixture import PREFIX, assert_untouched, s3_fixture  # noqa: F401
 from mpibench.backends.posix import PosixBackend
 from mpibench.comm import Comm
 from mpibench.config import load_config
-from mpibench.mdplan import file_name, renamed_name
+from mpibench.mdplan import file_name, renamed_of
 from mpibench.plan import RUN_MARKER
 from mpibench.run import execute
 from mpibench.schema import validation_errors
@@ -133,7 +133,7 @@ def test_every_phase_with_a_tree_and_the_names_on_disk(shared_tmpdir, monkeypatc
     top = f"mpibench-{doc['run_id']}/metadata/r000000"
     expected = [f"{top}/d{i % 2}/{file_name(0, i)}" for i in range(10)]
     assert seen["stat"] == expected and seen["rename"] == expected
-    assert seen["remove"] == [f"{top}/d{i % 2}/{renamed_name(0, i)}" for i in range(10)]
+    assert seen["remove"] == [f"{top}/d{i % 2}/{renamed_of(file_name(0, i))}" for i in range(10)]
     listing = next(p for p in doc["metadata"]["phases"] if p["name"] == "list")
     assert listing["entries"] == 10 and listing["ops"] == 2  # two leaf directories listed
 

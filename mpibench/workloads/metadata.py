@@ -18,6 +18,7 @@ every file it starts, so the cleanup after an error or a signal removes exactly 
 from __future__ import annotations
 
 import errno as errno_mod
+import functools
 import time
 import weakref
 from collections.abc import Callable
@@ -35,7 +36,8 @@ from mpibench.mdplan import (
     file_name,
     item_dirs,
     listed_dirs,
-    renamed_name,
+    name_prefix,
+    renamed_of,
     stride_partner,
     tree_owner_dirs,
     tree_top,
@@ -129,92 +131,64 @@ class MetadataWorkload(Workload):
         def handles(top: str) -> list[Any]:
             return [backend.open_dir(ctx.key(f"{top}/{d}" if d else top)) for d in dirs]
 
+        def key_op(call: Callable[[str], None]) -> Callable[[str, str], None]:
+            return lambda key, _name: call(key)
+
         if backend.has_directories:
-            mine = tree_owner_dirs(md.layout, rank, md.depth, md.branching)
-            ctx.phase("mkdir", 0, lambda rec: self._ops(
-                ctx, rec, "mkdir", len(mine), lambda i: self._mkdir(backend, ctx.key(mine[i]))), **common)
+            made = [ctx.key(key) for key in tree_owner_dirs(md.layout, rank, md.depth, md.branching)]
+            ctx.phase("mkdir", 0, lambda rec: self._ops(ctx, rec, "mkdir", made, key_op(backend.mkdir), len(made),
+                                                        ""), **common)
         own = ctx.setup(lambda: handles(tree_top(md.layout, rank)))
         theirs = ctx.setup(lambda: handles(tree_top(md.layout, partner)))
-        ndirs = len(dirs)
-        create, fsync = backend.create_in, md.fsync
-
-        def create_one(i: int) -> int:
-            state.created = i + 1  # counted before the call: a failed create may leave the file
-            return create(own[i % ndirs], file_name(rank, i), write_view, fsync)
-
-        deadline_ns = int(md.deadline * 1e9)
-        ctx.phase("create", 0, lambda rec: self._ops(ctx, rec, "create", md.items, create_one, size,
-                                                     deadline_ns=deadline_ns),
-                  expected_bytes=md.items * size * comm.size, cache=io, fsync=md.fsync, deadline=md.deadline,
-                  **common)
+        create = functools.partial(backend.create_in, buf=write_view, fsync=md.fsync)
+        started = [0]
+        try:
+            ctx.phase("create", 0, lambda rec: self._ops(
+                ctx, rec, "create", own, create, md.items, name_prefix(rank), expect=size, moved=size,
+                deadline_ns=int(md.deadline * 1e9), started=started),
+                expected_bytes=md.items * size * comm.size, cache=io, fsync=md.fsync, deadline=md.deadline, **common)
+        finally:
+            state.created = started[0]  # a failed create may have left its file: the cleanup removes it
         state.counts = comm.allgather(state.created)
         count = state.counts[partner]  # exactly the files the partner created: never one more
-        stat = backend.stat_in
-
-        def stat_one(i: int) -> int:
-            found = stat(theirs[i % ndirs], file_name(partner, i))
-            if found != size:
-                raise BenchIOError(f"stat {backend.where_in(theirs[i % ndirs], file_name(partner, i))}: "
-                                   f"{found} bytes, expected {size}", "was it changed by another process?")
-            return 0
-
-        ctx.phase("stat", 0, lambda rec: self._ops(ctx, rec, "stat", count, stat_one, files_of=partner),
-                  **common)
+        prefix = name_prefix(partner)
+        ctx.phase("stat", 0, lambda rec: self._ops(ctx, rec, "stat", theirs, backend.stat_in, count, prefix,
+                                                   expect=size, files_of=partner), **common)
         if md.read:
-            read = backend.read_in
-
-            def read_one(i: int) -> int:
-                return read(theirs[i % ndirs], file_name(partner, i), read_view)
-
-            ctx.phase("read", 0, lambda rec: self._ops(ctx, rec, "read", count, read_one, size, files_of=partner),
+            read = functools.partial(backend.read_in, buf=read_view)
+            ctx.phase("read", 0, lambda rec: self._ops(ctx, rec, "read", theirs, read, count, prefix, expect=size,
+                                                       moved=size, files_of=partner),
                       expected_bytes=sum(state.counts) * size, cache=io, **common)
         if md.list:
-            shown = [theirs[d] for d in listed_dirs(md.layout, rank, comm.size, partner, ndirs)]
+            shown = [theirs[d] for d in listed_dirs(md.layout, rank, comm.size, partner, len(dirs))]
             ctx.phase("list", 0, lambda rec: self._list(ctx, rec, shown), **common)
-        names: Callable[[int], str] = lambda i: file_name(partner, i)  # noqa: E731
         if md.rename:
             rename = backend.rename_in
             state.renaming = True
-
-            def rename_one(i: int) -> int:
-                rename(theirs[i % ndirs], file_name(partner, i), renamed_name(partner, i))
-                return 0
-
-            ctx.phase("rename", 0, lambda rec: self._ops(ctx, rec, "rename", count, rename_one, files_of=partner),
-                      **common)
-            names = lambda i: renamed_name(partner, i)  # noqa: E731
-        unlink = backend.unlink_in
-
-        def remove_one(i: int) -> int:
-            unlink(theirs[i % ndirs], names(i))
-            return 0
-
-        ctx.phase("remove", 0, lambda rec: self._ops(ctx, rec, "remove", count, remove_one, files_of=partner),
-                  **common)
+            ctx.phase("rename", 0, lambda rec: self._ops(
+                ctx, rec, "rename", theirs, lambda handle, name: rename(handle, name, renamed_of(name)), count,
+                prefix, files_of=partner), **common)
+            prefix = renamed_of(prefix)
+        ctx.phase("remove", 0, lambda rec: self._ops(ctx, rec, "remove", theirs, backend.unlink_in, count, prefix,
+                                                     files_of=partner), **common)
         state.files_removed = True
         if backend.has_directories:
-            gone = tree_owner_dirs(md.layout, rank, md.depth, md.branching)[::-1]
-            ctx.phase("rmdir", 0, lambda rec: self._ops(
-                ctx, rec, "rmdir", len(gone), lambda i: self._rmdir(backend, ctx.key(gone[i]))), **common)
+            gone = made[::-1]
+            ctx.phase("rmdir", 0, lambda rec: self._ops(ctx, rec, "rmdir", gone, key_op(backend.rmdir), len(gone),
+                                                        ""), **common)
             state.tree_removed = True
 
-    @staticmethod
-    def _mkdir(backend: Backend, key: str) -> int:
-        backend.mkdir(key)
-        return 0
+    def _ops(self, ctx: RunContext, rec: PhaseRecorder, phase: str, handles: list[Any], call: Callable[..., Any],
+             count: int, prefix: str, *, expect: int | None = None, moved: int = 0, deadline_ns: int = 0,
+             files_of: int | None = None, started: list[int] | None = None) -> None:
+        """call(handles[i % len(handles)], prefix + str(i)) for i in range(count), back to back,
+        each logged as an operation that moved `moved` bytes (see metrics.OpLog).
 
-    @staticmethod
-    def _rmdir(backend: Backend, key: str) -> int:
-        backend.rmdir(key)
-        return 0
-
-    def _ops(self, ctx: RunContext, rec: PhaseRecorder, phase: str, count: int, op: Callable[[int], int],
-             expect: int | None = None, deadline_ns: int = 0, files_of: int | None = None) -> None:
-        """Operations op(0) .. op(count - 1) back to back, each logged (see metrics.OpLog).
-
-        `expect`: the bytes each must move (else an error). Deadline, stop notices, faults
-        and folding the log are looked at only every POLL_INTERVAL_NS, after which the
-        clock is marked anew so that work never counts as an operation's latency.
+        `expect`: what each call must return (bytes written or read, the size stat'ed).
+        The per-operation path is the backend's call, one clock reading and two appends;
+        the deadline, stop notices, faults and folding the log are looked at only every
+        POLL_INTERVAL_NS, after which the clock is marked anew so that work never counts
+        as an operation's latency. `started[0]`: how many calls were begun (for the cleanup).
         """
         log = rec.new_log()
         entries, sizes = log.entries, log.sizes
@@ -223,29 +197,30 @@ class MetadataWorkload(Workload):
         fault = ctx.fault
         never = 1 << 62
         stop_at = rec.t0_ns + deadline_ns if deadline_ns else never
+        dirs = len(handles)
+        if files_of is not None:
+            rec.extra["files_of_rank"] = files_of
+        i = -1
         now = clock()
         next_check = 0 if fault is not None else min(stop_at, now + POLL_INTERVAL_NS)
         note(-now)
-        done = 0
-        if files_of is not None:
-            rec.extra["files_of_rank"] = files_of
         try:
             for i in range(count):
-                moved = op(i)
+                got = call(handles[i % dirs], f"{prefix}{i}")
                 end = clock()
                 note(end)
                 note_size(moved)
-                done += 1
-                if expect is not None and moved != expect:
-                    raise BenchIOError(f"{phase} phase: operation {i} moved {moved} bytes, expected {expect}",
-                                       "was the file changed by another process?")
+                if got != expect and expect is not None:
+                    where = ctx.backend.where_in(handles[i % dirs], f"{prefix}{i}")
+                    raise BenchIOError(f"{phase} {where}: {got} bytes, expected {expect}",
+                                       "was the file changed by another process?", path=where)
                 if end >= next_check:
                     if end >= stop_at:
                         rec.stonewalled = True
                         break
                     if len(entries) >= 2 * FLUSH_EVERY:
                         log.flush()
-                    if fault is not None and done >= fault.after_ops:
+                    if fault is not None and i + 1 >= fault.after_ops:
                         injected, fault, ctx.fault = fault, None, None
                         injected.trigger()
                     ctx.check_stop(end)
@@ -256,13 +231,16 @@ class MetadataWorkload(Workload):
             if exc.errno in FULL_ERRNOS:
                 what = "inodes or space" if exc.errno == errno_mod.ENOSPC else "quota"
                 raise BenchIOError(
-                    f"{phase} phase: the storage ran out of {what} after {done} of {count} operations on "
+                    f"{phase} phase: the storage ran out of {what} after {log.ops} of {count} operations on "
                     f"this rank ({exc.message})",
                     "free inodes (df -i) or space, raise the quota, or lower metadata.items",
                     path=exc.path, errno=exc.errno) from None
             raise
         finally:
-            rec.files += done if phase in ("create", "read") else 0
+            done = log.ops  # calls that returned (each noted its end)
+            if started is not None:
+                started[0] = i + 1  # calls begun: the last may have failed after creating its file
+            rec.files += done if moved else 0
             rec.extra[f"{phase}_ops"] = done
             if phase == "create":
                 rec.extra["files_created"] = done
@@ -309,7 +287,7 @@ class MetadataWorkload(Workload):
                 handle = own[i % len(dirs)]
                 backend.unlink_in(handle, file_name(rank, i), missing_ok=True)
                 if state.renaming:
-                    backend.unlink_in(handle, renamed_name(rank, i), missing_ok=True)
+                    backend.unlink_in(handle, renamed_of(file_name(rank, i)), missing_ok=True)
         if backend.has_directories and not state.tree_removed and md.layout == "unique":
             for key in tree_owner_dirs(md.layout, rank, md.depth, md.branching)[::-1]:
                 backend.remove_dir(ctx.key(key))
