@@ -3,7 +3,7 @@
 
     python benchmarks/metadata_peers.py --mdtest /tmp/peers/inst/bin/mdtest
     python benchmarks/metadata_peers.py --cases easy,hard --ranks 1,2 --reps 5 --items 10000
-    python benchmarks/metadata_peers.py --cases s3 --items 2000
+    python benchmarks/metadata_peers.py --cases s3 --s3-items 2000
 
 Cases:
 
@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default="easy,hard,s3")
     parser.add_argument("--ranks", default="1,2")
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--items", type=int, default=10000, help="files (objects) per rank")
+    parser.add_argument("--items", type=int, default=10000, help="files per rank (easy, hard)")
+    parser.add_argument("--s3-items", type=int, default=2000, help="objects (s3)")
     parser.add_argument("--workdir", default=str(REPO), help="a folder on the file system to measure")
     parser.add_argument("--output", help="JSON file for every raw value")
     args = parser.parse_args(argv)
@@ -240,11 +241,11 @@ def main(argv: list[str] | None = None) -> int:
                         if case == "s3":
                             assert s3 is not None
                             if tool == "mpibench":
-                                rates = s3_mpibench(s3, args.items, work)
+                                rates = s3_mpibench(s3, args.s3_items, work)
                             elif tool == "s3dlio-loop":
-                                rates = s3_peer(s3, "s3dlio", 1, args.items)
+                                rates = s3_peer(s3, "s3dlio", 1, args.s3_items)
                             else:
-                                rates = s3_peer(s3, "boto3", int(tool.split("-")[1]), args.items)
+                                rates = s3_peer(s3, "boto3", int(tool.split("-")[1]), args.s3_items)
                         elif tool == "mpibench":
                             rates = mpibench_rates(run_mpibench(case, n, args.items, work))
                         else:
