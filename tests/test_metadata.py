@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import tempfile
 
 import pytest
 from conftest import CONFIGS, run_cli, tree
 from s3fixture import PREFIX, assert_untouched, s3_fixture  # noqa: F401
+from test_reliability import jobs, launch, wait_for  # noqa: F401
 
 from mpibench.backends.posix import PosixBackend
 from mpibench.comm import Comm
@@ -252,3 +254,25 @@ def test_out_of_inodes_is_one_line_naming_phase_and_count(small_tmpfs):
     assert 0 < reached < 500 and " of 500 operations on this rank" in line
     assert "[ENOSPC]" in line and line.endswith("free inodes (df -i) or space, raise the quota, or lower metadata.items")
     assert os.listdir(small_tmpfs) == []  # the files created before it, and the root made for the run, are gone
+
+
+def test_signal_mid_create_leaves_nothing(tmp_path, jobs):  # noqa: F811 - the fixture
+    """SIGINT to the job while rank 1 is in the middle of its creates (held there by a fault)
+    and rank 0 goes on creating: every rank stops, exit 130, and the cleanup removes every
+    file created."""
+    root = tmp_path / "root"
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    output = tmp_path / "out.json"
+    job = launch(jobs, 2, "run", EASY, f"storage.root={root}", "metadata.items=1000000", "run_id=sig",
+                 "--output", str(output), fault=f"sleep:rank=1:phase=create:after_ops=30:seconds=2:dir={faults}")
+    wait_for(str(faults / "stalled"), job)
+    done = job.finish(since=job.signal(signal.SIGINT))
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("mpibench: error")] == [
+        "mpibench: error: interrupted by SIGINT; the partial result is marked incomplete"]
+    assert not root.exists() or tree(str(root)) == {}
+    doc = json.loads(output.read_text())
+    create = next(p for p in doc["phases"] if p["name"] == "create")
+    assert create["complete"] is False and create["ranks"][1]["files_created"] >= 30
