@@ -6,6 +6,7 @@ exists (or no longer exists), and every rate recomputes from the per-rank values
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -276,3 +277,22 @@ def test_signal_mid_create_leaves_nothing(tmp_path, jobs):  # noqa: F811 - the f
     doc = json.loads(output.read_text())
     create = next(p for p in doc["phases"] if p["name"] == "create")
     assert create["complete"] is False and create["ranks"][1]["files_created"] >= 30
+
+
+def test_cli_table_json_and_csv(tmp_path):
+    """Through the CLI: the run table and the report lines give ops/s per phase, the CSV one
+    row per phase with the JSON's rates, and the preset named."""
+    output, csv_path = tmp_path / "r.json", tmp_path / "r.csv"
+    done = run_cli(1, "run", HARD, f"storage.root={tmp_path / 'root'}", "metadata.items=50",
+                   "--output", str(output), "--csv", str(csv_path))
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(output.read_text())
+    check_document(doc, 1)
+    assert "metadata (preset io500-mdtest-hard-quick): 1 rank(s) x 50 files of 3.81 KiB (3901 bytes)" in done.stdout
+    for phase in doc["phases"]:
+        assert f"  {phase['name']:<8}{phase['ops_per_s']:>12.1f} ops/s" in done.stdout
+    rows = list(csv.DictReader(csv_path.read_text().splitlines()))
+    assert [r["phase"] for r in rows] == [p["name"] for p in doc["phases"]]
+    for row, phase in zip(rows, doc["phases"], strict=True):
+        assert row["workload"] == "metadata" and int(row["ops"]) == phase["ops"]
+        assert float(row["ops_per_s"]) == pytest.approx(phase["ops_per_s"], abs=1e-3)
