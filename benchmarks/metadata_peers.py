@@ -182,26 +182,37 @@ def worker(client: str, threads: int, items: int) -> None:
 
 # -- the table -----------------------------------------------------------------------------------------
 def summarize(raw: dict[str, dict[str, dict[str, list[float]]]], ours: str = "mpibench") -> list[dict[str, Any]]:
+    """Per case, peer and phase: both medians (and ranges), the ratio of the medians and the
+    median of the repetitions' own ratios (paired: the tools of one repetition ran minutes apart)."""
     rows = []
     for case, tools in raw.items():
+        mine = tools.get(ours, {})
         for tool, phases in tools.items():
+            if tool == ours:
+                continue
             for phase, values in phases.items():
-                row = {"case": case, "tool": tool, "phase": phase, "median": statistics.median(values),
-                       "min": min(values), "max": max(values), "reps": len(values)}
-                if tool != ours and ours in tools and phase in tools[ours]:
-                    theirs = statistics.median(values)
-                    row["ratio"] = statistics.median(tools[ours][phase]) / theirs if theirs else 0.0
+                if phase not in mine:
+                    continue
+                a, b = mine[phase], values
+                row = {"case": case, "peer": tool, "phase": phase, "ours": statistics.median(a),
+                       "ours_range": (min(a), max(a)), "theirs": statistics.median(b),
+                       "theirs_range": (min(b), max(b)), "reps": min(len(a), len(b))}
+                if not phase.endswith("_ms"):
+                    row["ratio"] = row["ours"] / row["theirs"] if row["theirs"] else 0.0
+                    row["paired"] = statistics.median(x / y for x, y in zip(a, b, strict=False) if y)
                 rows.append(row)
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| case | tool | phase | median | min - max | mpibench / tool |", "|---|---|---|---:|---:|---:|"]
+    lines = ["| case | phase | mpibench | peer | peer median | mpibench / peer (paired) |",
+             "|---|---|---:|---|---:|---:|"]
     for r in rows:
         unit = " ms" if r["phase"].endswith("_ms") else ""
-        ratio = f"{r['ratio']:.2f}" if "ratio" in r and not r["phase"].endswith("_ms") else ""
-        lines.append(f"| {r['case']} | {r['tool']} | {r['phase']} | {r['median']:.1f}{unit} | "
-                     f"{r['min']:.1f} - {r['max']:.1f} | {ratio} |")
+        ratio = f"{r['ratio']:.2f} ({r['paired']:.2f})" if "ratio" in r else "-"
+        lines.append(f"| {r['case']} | {r['phase']} | {r['ours']:.0f}{unit} ({r['ours_range'][0]:.0f}-"
+                     f"{r['ours_range'][1]:.0f}) | {r['peer']} | {r['theirs']:.0f}{unit} ({r['theirs_range'][0]:.0f}-"
+                     f"{r['theirs_range'][1]:.0f}) | {ratio} |")
     return "\n".join(lines)
 
 
@@ -220,7 +231,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s3-items", type=int, default=2000, help="objects (s3)")
     parser.add_argument("--workdir", default=str(REPO), help="a folder on the file system to measure")
     parser.add_argument("--output", help="JSON file for every raw value")
+    parser.add_argument("--table", metavar="JSON", help="print the table of an --output file and stop")
     args = parser.parse_args(argv)
+    if args.table:
+        saved = json.loads(Path(args.table).read_text())
+        print(table(summarize(saved["raw"])))
+        loads = saved["loads"]
+        print(f"\nload average (1 min) before each run: median {statistics.median(loads):.1f}, "
+              f"min {min(loads):.1f}, max {max(loads):.1f}")
+        return 0
     cases = args.cases.split(",")
     ranks = [int(r) for r in args.ranks.split(",")]
     if any(c in CASES for c in cases) and not os.access(args.mdtest, os.X_OK):
