@@ -29,7 +29,7 @@ import numpy as np
 
 from mpibench.buffers import aligned_buffer, buffer_footprint
 from mpibench.config import Config
-from mpibench.engine import POLL_INTERVAL_NS
+from mpibench.context import POLL_INTERVAL_NS
 from mpibench.errors import BenchIOError, PreflightError
 from mpibench.mdplan import (
     MD_DIR,
@@ -45,11 +45,11 @@ from mpibench.mdplan import (
 from mpibench.metrics import FLUSH_EVERY, PhaseRecorder
 from mpibench.plan import PAGE, round_up
 from mpibench.units import format_size
-from mpibench.workloads import Workload
+from mpibench.workloads.base import Workload
 
 if TYPE_CHECKING:
     from mpibench.backends.base import Backend
-    from mpibench.run import PreflightInfo, RunContext
+    from mpibench.context import PreflightInfo, RunContext
 
 PHASES = ("mkdir", "create", "stat", "read", "list", "rename", "remove", "rmdir")
 FULL_ERRNOS = (errno_mod.ENOSPC, errno_mod.EDQUOT)
