@@ -42,7 +42,7 @@ def check_document(doc: dict, ranks: int) -> None:
     assert md["preset"] == config["preset"] and md["ranks"] == ranks
     created = md["files_created_per_rank"]
     assert len(created) == ranks
-    files = doc["config"]["storage"]["type"] != "s3"
+    files = doc["config"]["storage"]["type"] in ("local_fs", "direct_fs")  # storage with directories
     names = ([("mkdir",)] if files else []) + [("create",), ("stat",)]
     names += [("read",)] if config["read"] else []
     names += [("list",)] if config["list"] else []
@@ -198,6 +198,19 @@ def test_quick_presets_on_s3(s3, preset):
 
     S3Backend.undo_preflight(config, f"mpibench-{doc['run_id']}", False)
     assert_untouched(s3, before)
+
+
+def test_null_storage_measures_the_loop_alone():
+    """On null storage every operation returns at once: the rates are mpibench's own cost."""
+    _config, doc = run_preset("", "easy", "null", "metadata.list=false", "metadata.read=true",
+                              "metadata.items=2000")
+    check_document(doc, 1)
+    assert doc["metadata"]["files_created_per_rank"] == [2000]
+    from mpibench.config import build_config
+    from mpibench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="storage.type=null keeps none"):
+        build_config({"workload": "metadata", "storage": {"type": "null"}, "metadata": {"file_size": 10}})
 
 
 def test_rename_is_refused_on_s3():
