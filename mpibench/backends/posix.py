@@ -15,13 +15,13 @@ from typing import Any
 
 from mpibench import environment
 from mpibench.backends.base import Backend, io_error
+from mpibench.backends.posix_metadata import O_DIRECT, PosixMetadataOps
 from mpibench.buffers import aligned_buffer
 from mpibench.config import StorageConfig
 from mpibench.errors import PreflightError
 from mpibench.plan import RUN_MARKER
 from mpibench.units import format_size
 
-O_DIRECT = getattr(os, "O_DIRECT", 0)
 #: kernel interfaces that look like directories but are no storage (statvfs says 0 B free)
 PSEUDO_FILESYSTEMS = frozenset({
     "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
@@ -72,18 +72,11 @@ class _PosixHandle:
         self.path = path
 
 
-LIST_PAGE = 1024  # names per page of a directory listing (readdir has no pages of its own)
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-
-
-class PosixBackend(Backend):
+class PosixBackend(PosixMetadataOps, Backend):
     """Files below a root directory, moved with os.pwritev/os.preadv."""
 
     name = "posix"
     open_flags = 0
-    has_directories = True
-    can_rename = True
 
     def __init__(self, storage: StorageConfig, alignment: int = 1) -> None:
         super().__init__(storage)
@@ -440,122 +433,6 @@ class PosixBackend(Backend):
                     os.close(fd)
         except OSError:
             pass  # not empty (something not ours is inside), a link, or already gone: leave it
-
-    # -- metadata operations --------------------------------------------------------------
-    def direct_for(self, size: int) -> bool:
-        """True when files of `size` bytes are written and read with O_DIRECT."""
-        return bool(self.open_flags & O_DIRECT) and size > 0 and size % self.alignment == 0
-
-    def data_io(self, size: int) -> dict[str, Any]:
-        if size == 0:
-            return {"state": "none", "method": "0-byte files: no data is written or read"}
-        if self.direct_for(size):
-            return {"state": "direct", "method": f"O_DIRECT, {size} bytes a multiple of the {self.alignment}-byte alignment"}
-        if self.open_flags & O_DIRECT:
-            return {"state": "buffered", "method": "page cache",
-                    "warning": f"file_size {size} is not a multiple of the direct-I/O alignment {self.alignment} "
-                               "bytes: files are written and read without O_DIRECT, through the page cache"}
-        return {"state": "buffered", "method": "page cache"}
-
-    def mkdir(self, key: str) -> None:
-        path = self.path_of(key)
-        try:
-            os.mkdir(path, 0o755)
-        except OSError as exc:
-            raise io_error("mkdir", path, exc) from None
-
-    def rmdir(self, key: str) -> None:
-        path = self.path_of(key)
-        try:
-            os.rmdir(path)
-        except OSError as exc:
-            raise io_error("rmdir", path, exc) from None
-
-    def open_dir(self, key: str) -> str:
-        """The directory's path: each operation then names its entry by path, as mdtest's do."""
-        return self.path_of(key)
-
-    def where_in(self, handle: str, name: str) -> str:
-        return f"{handle}/{name}"
-
-    def create_in(self, handle: str, name: str, buf: memoryview, fsync: bool = False) -> int:
-        size = len(buf)
-        path = f"{handle}/{name}"
-        try:
-            fd = os.open(path, _CREATE | (self.open_flags if self.direct_for(size) else 0), 0o644)
-        except OSError as exc:
-            raise io_error("create", path, exc) from None
-        done = 0
-        try:
-            while done < size:
-                n = os.write(fd, buf[done:])
-                if n <= 0:
-                    raise OSError(errno.ENOSPC, "short write")
-                done += n
-            if fsync:
-                os.fsync(fd)
-        except OSError as exc:
-            os.close(fd)
-            raise io_error("write", path, exc, done) from None
-        try:
-            os.close(fd)
-        except OSError as exc:
-            raise io_error("close", path, exc) from None
-        return done
-
-    def stat_in(self, handle: str, name: str) -> int:
-        try:
-            return os.stat(f"{handle}/{name}", follow_symlinks=False).st_size
-        except OSError as exc:
-            raise io_error("stat", f"{handle}/{name}", exc) from None
-
-    def read_in(self, handle: str, name: str, buf: memoryview) -> int:
-        size = len(buf)
-        path = f"{handle}/{name}"
-        done = 0
-        try:
-            fd = os.open(path, _READ | (self.open_flags if self.direct_for(size) else 0))
-            try:
-                while done < size:
-                    n = os.readv(fd, [buf[done:]])
-                    if n == 0:
-                        break
-                    done += n
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise io_error("read", path, exc, done) from None
-        return done
-
-    def rename_in(self, handle: str, name: str, new_name: str) -> None:
-        try:
-            os.rename(f"{handle}/{name}", f"{handle}/{new_name}")
-        except OSError as exc:
-            raise io_error("rename", f"{handle}/{name}", exc) from None
-
-    def unlink_in(self, handle: str, name: str, missing_ok: bool = False) -> None:
-        try:
-            os.unlink(f"{handle}/{name}")
-        except FileNotFoundError as exc:
-            if not missing_ok:
-                raise io_error("remove", f"{handle}/{name}", exc) from None
-        except OSError as exc:
-            raise io_error("remove", f"{handle}/{name}", exc) from None
-
-    def list_in(self, handle: str) -> Any:
-        """readdir of the directory, in pages of LIST_PAGE names."""
-        try:
-            with os.scandir(handle) as entries:
-                page: list[str] = []
-                for entry in entries:
-                    page.append(entry.name)
-                    if len(page) == LIST_PAGE:
-                        yield page
-                        page = []
-                if page:
-                    yield page
-        except OSError as exc:
-            raise io_error("list", handle, exc) from None
 
     def sync_filesystem(self) -> None:
         """syncfs(2) on the file system holding the root (sync(2) where there is no syncfs):
