@@ -32,6 +32,28 @@ def test_quick_presets_on_files(shared_tmpdir, kind, preset):
     comm.barrier()
 
 
+@pytest.mark.parametrize("layout", ["shared", "unique"])
+def test_trees_at_several_ranks(shared_tmpdir, layout):
+    """A tree of depth 2 with files everywhere: rank 0 makes the shared one, each rank its own
+    otherwise; every listing sees what the plan put there; everything removed."""
+    comm = Comm()
+    root = os.path.join(shared_tmpdir, "root")
+    _config, doc = run_preset(root, "hard", "direct_fs", f"metadata.layout={layout}", "metadata.depth=2",
+                              "metadata.branching=2", "metadata.items_at=all", "metadata.items=21",
+                              "metadata.rename=true")
+    if comm.is_root:
+        check_document(doc, comm.size)
+        mkdir = next(p for p in doc["phases"] if p["name"] == "mkdir")
+        assert [r["ops"] for r in mkdir["ranks"]] == ([7] + [0] * (comm.size - 1) if layout == "shared"
+                                                     else [7] * comm.size)
+        listing = next(p for p in doc["metadata"]["phases"] if p["name"] == "list")
+        if layout == "unique":  # each rank lists the 7 directories of its partner's tree
+            assert listing["ops"] == 7 * comm.size
+            assert listing["entries"] == 21 * comm.size + 6 * comm.size  # the files, and the subdirectories
+        assert not os.path.exists(root)
+    comm.barrier()
+
+
 @pytest.mark.s3
 @pytest.mark.parametrize("preset", ["easy", "hard"])
 def test_quick_presets_on_s3(s3, preset):

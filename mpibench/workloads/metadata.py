@@ -240,7 +240,7 @@ class MetadataWorkload(Workload):
             done = log.ops  # calls that returned (each noted its end)
             if started is not None:
                 started[0] = i + 1  # calls begun: the last may have failed after creating its file
-            rec.files += done if moved else 0
+            rec.files += done if prefix else 0  # each operation on a file (not mkdir, rmdir)
             rec.extra[f"{phase}_ops"] = done
             if phase == "create":
                 rec.extra["files_created"] = done
@@ -343,7 +343,7 @@ class MetadataWorkload(Workload):
                  f"{m['layout']} layout, tree depth {m['depth']} x branching {m['branching']} "
                  f"({m['item_directories']} item directories, files at {m['items_at']}), stride {m['stride']}; "
                  f"data I/O {m['data_io']['state']}"]
-        if created and (m.get("deadline_s") or min(created) < m["items_per_rank"]):
+        if created and min(created) < m["items_per_rank"]:
             lines.append(f"  stonewalled after {m['deadline_s']:g} s: files created per rank "
                          f"min {min(created)} / max {max(created)} (later phases use exactly these)")
         for row in m["phases"]:
