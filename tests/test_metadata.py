@@ -256,9 +256,10 @@ def small_tmpfs():
         os.rmdir(where)
 
 
-def test_out_of_inodes_is_one_line_naming_phase_and_count(small_tmpfs):
+def test_out_of_inodes_is_one_line_naming_phase_and_count(small_tmpfs, tmp_path):
     root = os.path.join(small_tmpfs, "root")
-    done = run_cli(1, "run", EASY, f"storage.root={root}", "metadata.items=500")
+    output = tmp_path / "partial.json"
+    done = run_cli(1, "run", EASY, f"storage.root={root}", "metadata.items=500", "--output", str(output))
     assert done.returncode == 1, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and "Traceback" not in done.stderr
@@ -268,6 +269,8 @@ def test_out_of_inodes_is_one_line_naming_phase_and_count(small_tmpfs):
     assert 0 < reached < 500 and " of 500 operations on this rank" in line
     assert "[ENOSPC]" in line and line.endswith("free inodes (df -i) or space, raise the quota, or lower metadata.items")
     assert os.listdir(small_tmpfs) == []  # the files created before it, and the root made for the run, are gone
+    warnings = json.loads(output.read_text())["preflight"]["warnings"]
+    assert any("free inodes, fewer than the 501 files and directories the run may create" in w for w in warnings)
 
 
 def test_signal_mid_create_leaves_nothing(tmp_path, jobs):  # noqa: F811 - the fixture

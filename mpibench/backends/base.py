@@ -180,6 +180,11 @@ class Backend(ABC):
         """How files of `size` bytes are written and read by the *_in operations (recorded)."""
         return {"state": "direct" if self.direct else "buffered", "method": self.name}
 
+    def free_entries(self, key: str) -> int | None:
+        """Files and directories that can still be created where `key` is (the file system's
+        free inodes), or None where there is no such limit or it is not known."""
+        return None
+
     def mkdir(self, key: str) -> None:
         """Create the one directory `key` (its parent exists); an error if it exists."""
 

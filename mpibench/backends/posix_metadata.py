@@ -47,6 +47,13 @@ class PosixMetadataOps:
                                "bytes: files are written and read without O_DIRECT, through the page cache"}
         return {"state": "buffered", "method": "page cache"}
 
+    def free_entries(self, key: str) -> int | None:
+        try:
+            found = os.statvfs(self.path_of(key))
+        except OSError:
+            return None
+        return found.f_favail if found.f_files else None  # f_files 0: no inode count (btrfs)
+
     def mkdir(self, key: str) -> None:
         path = self.path_of(key)
         try:

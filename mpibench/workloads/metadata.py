@@ -39,6 +39,7 @@ from mpibench.mdplan import (
     name_prefix,
     renamed_of,
     stride_partner,
+    tree_dirs,
     tree_owner_dirs,
     tree_top,
 )
@@ -93,6 +94,15 @@ class MetadataWorkload(Workload):
         trees = size if md.layout == "unique" else 1
         info.checks.append(f"metadata: {md.items} files of {md.file_size} bytes per rank in {trees} tree(s) of "
                            f"{dirs} item directories ({md.layout} layout)")
+        entries = md.items * size + trees * len(tree_dirs(md.depth, md.branching))
+        free = backend.free_entries(f"{info.run_key}/{MD_DIR}")
+        if free is not None and entries > free:
+            info.warnings.append(
+                f"the file system holding {backend.path_of(info.run_key)} has {free} free inodes, fewer than the "
+                f"{entries} files and directories the run may create: the create phase will stop with ENOSPC "
+                f"unless metadata.deadline stops it first")
+        elif free is not None:
+            info.checks.append(f"{free} free inodes cover the {entries} files and directories the run may create")
 
     def describe_plan(self, config: Config, size: int, rank: int, ranks_per_node: int,
                       num_nodes: int) -> dict[str, Any]:
