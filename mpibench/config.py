@@ -21,7 +21,7 @@ from mpibench.mlperf import ACCELERATORS, COLUMN_SETS, MODELS, row_bytes, timing
 from mpibench.units import parse_size
 
 AUTO = "auto"
-WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint", "metadata")
+WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint", "kvcache", "metadata")
 STORAGE_TYPES = ("local_fs", "direct_fs", "s3", "null")
 LOCAL_SCHEMES = ("file://", "direct://")
 RUN_ID_MAX = 128
@@ -190,6 +190,43 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class KvcacheConfig:
+    """LLM inference offloading its KV cache to storage (mpibench.workloads.kvcache)."""
+
+    model: str = _opt("llama3.1-8b", "enum", choices=("tiny", "mistral-7b", "llama2-7b", "llama3.1-8b",
+                                                       "llama3.1-70b-instruct"),
+                      doc="model shape: sets the KV bytes per token")
+    users: list[int] = _opt([8], "int_list", minimum=1,
+                            doc="concurrent users per rank; a list steps through the counts (capacity search)")
+    duration: float = _opt(60.0, "float", minimum=0.0, doc="measured seconds per user count")
+    max_requests: int = _opt(0, "int", minimum=0,
+                             doc="end a step early once each rank has started this many requests (0: duration only)")
+    warmup: float = _opt(5.0, "float", minimum=0.0, doc="seconds of traffic before each measurement, not counted")
+    memory_budget: int = _opt(0, "size", minimum=0,
+                              doc="memory tier per rank in bytes, LRU (0: every KV block goes to storage)")
+    storage_capacity: int = _opt(0, "size", minimum=0,
+                                 doc="storage per rank in bytes; past it the least recently used entries are "
+                                     "deleted (0: 80 % of the free space at preflight over the ranks; "
+                                     "unbounded on s3)")
+    concurrency: int = _opt(4, "int", minimum=1, doc="requests served at once per rank (threads)")
+    generation: str = _opt("none", "enum", choices=("none", "fast", "realistic"),
+                           doc="emulated GPU time per output token: none 0, fast 2 ms, realistic 30 ms")
+    grouping: str = _opt("tokens", "enum", choices=("tokens", "layer", "entry"),
+                         doc="one object per block_tokens tokens, per layer, or per request (the reference)")
+    block_tokens: int = _opt(16, "int", minimum=1, doc="tokens per object with grouping=tokens")
+    transfer_size: int = _opt(4 * 1024**2, "size", minimum=4096, doc="largest I/O; larger objects move in pieces")
+    max_context: int = _opt(0, "int", minimum=0, doc="cap on a user's context tokens (0: the templates' ranges)")
+    multi_turn: bool = _opt(True, "bool", doc="conversations: a turn reads its earlier turns' KV back")
+    max_turns: int = _opt(8, "int", minimum=1, doc="turns at most per conversation")
+    decode_batch: int = _opt(32, "int", minimum=1, doc="output tokens per decode read of the request's KV")
+    prefix_tokens: int = _opt(0, "int", minimum=0, doc="a shared prefix (system prompt) read by every request (0: none)")
+    fsync: bool = _opt(True, "bool", doc="local_fs: fsync each object written (the reference does)")
+    p95_target: float = _opt(0.0, "float", minimum=0.0,
+                             doc="seconds: capacity = the largest users count whose pooled p95 read latency is below")
+    verify: bool = _opt(False, "bool", doc="check every byte read against the seeded content")
+
+
+@dataclass(frozen=True)
 class MetadataConfig:
     """mdtest-like metadata test: create, stat, read, rename, list and remove many small files."""
 
@@ -233,6 +270,7 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    kvcache: KvcacheConfig = field(default_factory=KvcacheConfig)
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     run_id: str | None = _opt(None, "optional_str", doc="name of the run (default: time + random)")
@@ -255,6 +293,7 @@ SECTIONS: dict[str, type] = {
     "dataset": DatasetConfig,
     "train": TrainConfig,
     "checkpoint": CheckpointConfig,
+    "kvcache": KvcacheConfig,
     "metadata": MetadataConfig,
     "metrics": MetricsConfig,
 }
@@ -318,6 +357,20 @@ def _coerce(value: Any, meta: dict[str, Any], key: str) -> Any:
             raise bad("a list of strings")
         for item in value:
             _no_nul(item, key)
+        return list(value)
+    if kind == "int_list":
+        if isinstance(value, str):
+            try:
+                value = [int(v) for v in value.split(",") if v.strip()]
+            except ValueError:
+                raise bad("an integer or a list of integers") from None
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]
+        if (not isinstance(value, list) or not value
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            raise bad("an integer or a list of integers")
+        if minimum is not None and min(value) < minimum:
+            raise ConfigError(f"configuration key '{key}' must hold integers of at least {minimum}, got {value!r}")
         return list(value)
     if kind == "bool":
         if not isinstance(value, bool):
@@ -496,9 +549,10 @@ def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Confi
 
 def _check_null(config: Config) -> None:
     """null storage keeps nothing: what reads data back and looks at it cannot run on it."""
-    if config.verify or (config.workload == "checkpoint" and config.checkpoint.verify):
+    if (config.verify or (config.workload == "checkpoint" and config.checkpoint.verify)
+            or (config.workload == "kvcache" and config.kvcache.verify)):
         raise ConfigError("verify needs storage that keeps data, and storage.type=null keeps none",
-                          "set verify=false (and checkpoint.verify=false), or choose another storage.type")
+                          "set verify=false (and checkpoint.verify or kvcache.verify false), or choose another storage.type")
     if config.workload in ("datagen", "train"):  # both read the dataset's manifest back
         raise ConfigError(f"workload {config.workload} reads its dataset's manifest back, and storage.type=null "
                           "keeps none", "use bandwidth or checkpoint on null, or another storage.type")
@@ -585,6 +639,8 @@ def validate(config: Config) -> None:
                     "bandwidth.object_size must divide block_size and be a multiple of transfer_size",
                     f"e.g. object_size={bw.transfer_size} (one object per transfer) or {bw.block_size} (one per block)",
                 )
+    if config.workload == "kvcache":
+        _validate_kvcache(config.kvcache)
     if config.workload == "metadata":
         validate_metadata(config)
     if config.workload == "checkpoint":
@@ -620,6 +676,18 @@ def _validate_mlperf(config: Config) -> None:
                           f"not {ds.format}", "remove them, or set dataset.format=parquet")
     if tc.accelerator != "none":
         timing_of(tc.model, tc.accelerator)
+
+
+def _validate_kvcache(kv: KvcacheConfig) -> None:
+    """Rules of the kvcache section that span several keys."""
+    if kv.users != sorted(set(kv.users)):
+        raise ConfigError(f"kvcache.users must be increasing user counts without repeats, got {kv.users}",
+                          f"write kvcache.users={','.join(map(str, sorted(set(kv.users))))}")
+    if len(kv.users) > 1 and kv.p95_target <= 0:
+        raise ConfigError("kvcache.users lists several user counts but kvcache.p95_target is not set",
+                          "set kvcache.p95_target to the p95 read latency in seconds the capacity must stay under")
+    if kv.duration <= 0:
+        raise ConfigError("kvcache.duration must be more than 0 seconds", "e.g. kvcache.duration=60")
 
 
 MAX_TREE_DIRS = 10_000_000  # a tree larger than this is a typing mistake, not a benchmark

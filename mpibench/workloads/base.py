@@ -55,6 +55,14 @@ class Workload:
         """Lines printed after the phase table (workload figures such as AU% or files/s)."""
         return []
 
+    def csv_columns(self) -> list[str]:
+        """Columns this workload adds to every CSV row (after the common ones)."""
+        return []
+
+    def csv_values(self, document: dict[str, Any], phase: dict[str, Any]) -> list[Any]:
+        """The values of csv_columns for one phase."""
+        return []
+
     def describe_plan(self, config: Config, size: int, rank: int, ranks_per_node: int,
                       num_nodes: int) -> dict[str, Any]:
         """What `rank` would do, without I/O (for `mpibench plan`)."""
