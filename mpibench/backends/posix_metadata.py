@@ -138,15 +138,18 @@ class PosixMetadataOps:
                 raise io_error("remove", f"{handle}/{name}", exc) from None
 
     def list_in(self, handle: str) -> Any:
-        """readdir of the directory, in pages of LIST_PAGE names."""
+        """readdir of the directory: the first name alone (so that the first page's time is the
+        time to the first entry), then pages of LIST_PAGE names."""
         try:
             with os.scandir(handle) as entries:
                 page: list[str] = []
+                entry_seen = False
                 for entry in entries:
                     page.append(entry.name)
-                    if len(page) == LIST_PAGE:
+                    if len(page) == LIST_PAGE or not entry_seen:
                         yield page
                         page = []
+                        entry_seen = True
                 if page:
                     yield page
         except OSError as exc:
