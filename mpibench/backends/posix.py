@@ -302,6 +302,16 @@ class PosixBackend(PosixMetadataOps, Backend):
             raise io_error("open", path, exc) from None
         return _PosixHandle(fd, path)
 
+    def open_buffered(self, key: str) -> _PosixHandle:
+        """Open `key` for writing through the page cache, also on direct_fs (small files
+        that O_DIRECT would pad and truncate: see datagen)."""
+        path = self.path_of(key)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise io_error("open", path, exc) from None
+        return _PosixHandle(fd, path)
+
     def write_at(self, handle: _PosixHandle, buf: memoryview, offset: int) -> int:
         total = len(buf)
         done = 0
