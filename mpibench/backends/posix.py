@@ -15,6 +15,7 @@ from typing import Any
 
 from mpibench import environment
 from mpibench.backends.base import Backend, io_error
+from mpibench.backends.posix_metadata import O_DIRECT, PosixMetadataOps
 from mpibench.buffers import aligned_buffer
 from mpibench.config import StorageConfig
 from mpibench.errors import PreflightError
@@ -22,7 +23,6 @@ from mpibench.pagecache import evict_file
 from mpibench.plan import RUN_MARKER
 from mpibench.units import format_size
 
-O_DIRECT = getattr(os, "O_DIRECT", 0)
 #: kernel interfaces that look like directories but are no storage (statvfs says 0 B free)
 PSEUDO_FILESYSTEMS = frozenset({
     "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
@@ -73,7 +73,7 @@ class _PosixHandle:
         self.path = path
 
 
-class PosixBackend(Backend):
+class PosixBackend(PosixMetadataOps, Backend):
     """Files below a root directory, moved with os.pwritev/os.preadv."""
 
     name = "posix"

@@ -18,6 +18,7 @@ _WORKLOADS = {
     "checkpoint": "mpibench.workloads.checkpoint",
     "modelload": "mpibench.workloads.modelload",
     "kvcache": "mpibench.workloads.kvcache",
+    "metadata": "mpibench.workloads.metadata",
 }
 
 
