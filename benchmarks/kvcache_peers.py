@@ -4,6 +4,7 @@ plain loop, interleaved and repeated on the same directory.
 
     python benchmarks/kvcache_peers.py                       # 5 repetitions, 1 and 2 processes
     python benchmarks/kvcache_peers.py --reps 3 --duration 5 --workdir /scratch/me
+    python benchmarks/kvcache_peers.py --reference /tmp/kvref/kv-cache.py   # + the reference tool
 
 The plain loop is the reference's storage path (kv_cache_benchmark/kv-cache.py in
 mlcommons/storage): per KV object `np.save` into a buffered file, flush and fsync at
@@ -21,7 +22,20 @@ pooled histogram, open to close), client CPU per GB moved (getrusage of every pr
 over the measured window: all its threads), and the bytes the block device moved in that
 window (/sys/block stat, the whole device: other processes on the machine count too).
 A third tool, mpibench on direct_fs, gives the device bytes against mpibench's reported
-bytes without a page cache in between.
+bytes without a page cache in between. Client CPU is given in all and split into user
+space and kernel (getrusage's user and system time).
+
+With `--reference PATH` (kv_cache_benchmark/kv-cache.py of mlcommons/storage, fetched
+into a folder outside this repository; `--reference-python` names a Python with numpy)
+the reference tool itself runs as a further column, one process per client as its
+wrapper runs it: the same model (tiny is its tiny-1b), users per process, seed (plus the
+process index), directory, 0 GB GPU and CPU tiers so that everything goes to storage,
+generation `none`, for the measured seconds (it has no warm-up). It keeps its own
+traffic model (think times, one object per request's whole context, prefix and
+multi-turn reads), so its figures are those a user of it gets on these settings: its
+tokens / duration, the bytes it counts, the largest per-process NVMe read p95 (as it
+reports a pooled p95); its client CPU is getrusage of its processes over their whole
+life, start-up included, its device bytes the block counters over the same span.
 
 Every repetition runs every tool and process count once, the order of the tools rotating;
 the table gives the median and min-max of the repetitions and the ratio mpibench / loop of
