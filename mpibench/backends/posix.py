@@ -472,7 +472,7 @@ class PosixBackend(PosixMetadataOps, Backend):
             return False
         try:
             if not synced:  # dirty pages cannot be dropped; a second flush of a clean file
-                os.fdatasync(fd)  # still costs a device cache flush on ext4/xfs
+                os.fdatasync(fd)  # still costs a device cache flush on ext4
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             return True
         except OSError:
