@@ -192,7 +192,12 @@ class _EpochLoader:
         self.tc = tc
         self.n = len(self.files)
         self.total_samples = self.n * ds.samples_per_file
-        self.cond = threading.Condition()
+        # One lock, two conditions: readers wait for the prefetch window (`cond`), the main
+        # thread for samples (`ready`); each side wakes only the other's waiters, and only
+        # when that changes what they wait for (a wake-up costs a core on a loaded node).
+        lock = threading.Lock()
+        self.cond = threading.Condition(lock)
+        self.ready = threading.Condition(lock)
         self.next_file = 0
         self.done: set[int] = set()  # positions read beyond the prefix (at most the readers')
         self.prefix = 0  # files 0..prefix-1 (in epoch order) are read and decoded
@@ -247,19 +252,20 @@ class _EpochLoader:
                     while self.prefix in self.done:
                         self.done.remove(self.prefix)
                         self.prefix += 1
-                    self.cond.notify_all()
+                    self.ready.notify()
         except BaseException as exc:  # handed to the main thread
             with self.cond:
                 self.errors.append(exc)
                 self.stopping = True
                 self.cond.notify_all()
+                self.ready.notify()
 
     def _rows_ready(self, position: int, rows: int) -> None:
         """A row group of the file at `position` is read: its rows can go into batches."""
         with self.cond:
             self.partial[position] = self.partial.get(position, 0) + rows
             if position == self.prefix:  # only the file the batches have reached wakes them
-                self.cond.notify_all()
+                self.ready.notify()
 
     def samples_ready(self) -> int:
         """Samples ready in epoch order: the files read whole, then the next one's row groups."""
@@ -338,14 +344,15 @@ class _EpochLoader:
                 t = time.perf_counter()
                 with self.cond:
                     self.current_batch = batch
-                    self.cond.notify_all()
+                    if self.next_file < self.n and self.first_batch(self.next_file) <= batch + tc.prefetch:
+                        self.cond.notify_all()  # the window takes in the next file
                 while True:
                     with self.cond:
                         if self.errors:
                             raise self.errors[0]
                         if self.samples_ready() >= needed:
                             break
-                        self.cond.wait(0.005)
+                        self.ready.wait(COMPUTE_SLICE_S)  # woken by the readers; the timeout tests for a stop
                     ctx.check_stop()
                 waited = time.perf_counter() - t
                 measured_s += self._compute()
