@@ -21,7 +21,7 @@ from mpibench.mlperf import ACCELERATORS, COLUMN_SETS, MODELS, row_bytes, timing
 from mpibench.units import parse_size
 
 AUTO = "auto"
-WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint", "kvcache")
+WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint", "kvcache", "metadata")
 STORAGE_TYPES = ("local_fs", "direct_fs", "s3", "null")
 LOCAL_SCHEMES = ("file://", "direct://")
 RUN_ID_MAX = 128
@@ -227,6 +227,32 @@ class KvcacheConfig:
 
 
 @dataclass(frozen=True)
+class MetadataConfig:
+    """mdtest-like metadata test: create, stat, read, rename, list and remove many small files."""
+
+    items: int = _opt(1000, "int", minimum=1, doc="files (objects) each rank creates (mdtest -n)")
+    file_size: int = _opt(0, "size", minimum=0, doc="bytes written into each file and read back (0: empty files)")
+    layout: str = _opt("unique", "enum", choices=("unique", "shared"),
+                       doc="a directory tree per rank (mdtest -u) or one tree shared by every rank")
+    depth: int = _opt(0, "int", minimum=0, doc="levels of directories below the tree's top (mdtest -z)")
+    branching: int = _opt(1, "int", minimum=1, doc="subdirectories of each directory above the leaves (mdtest -b)")
+    items_at: str = _opt("leaves", "enum", choices=("leaves", "all"),
+                         doc="files in the leaf directories only (mdtest -L) or in every directory of the tree")
+    stride: int | str = _opt(AUTO, "int_or_auto", minimum=0,
+                             doc="stat, read, list, rename and remove the files of rank (rank + stride) % ranks "
+                                 "(mdtest -N); auto: the ranks of one node, so another node's files")
+    deadline: float = _opt(0.0, "float", minimum=0.0,
+                           doc="stonewall: seconds after which ranks stop creating files (0: off); "
+                               "later phases use exactly the files created")
+    read: bool = _opt(True, "bool", doc="read each file back (file_size bytes) after the stat phase")
+    list: bool = _opt(False, "bool", doc="list the directories (readdir / S3 LIST) after the read phase")
+    rename: bool = _opt(False, "bool", doc="rename each file in its directory before the remove phase (files only)")
+    fsync: bool = _opt(False, "bool", doc="fsync each file before closing it in the create phase (mdtest -y)")
+    preset: str | None = _opt(None, "optional_str", doc="name of the preset the configuration comes from "
+                                                        "(recorded in the results)")
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """What is recorded beside bytes and times."""
 
@@ -245,6 +271,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     kvcache: KvcacheConfig = field(default_factory=KvcacheConfig)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     run_id: str | None = _opt(None, "optional_str", doc="name of the run (default: time + random)")
     keep_files: bool = _opt(False, "bool", doc="keep the files the run wrote")
@@ -267,6 +294,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "checkpoint": CheckpointConfig,
     "kvcache": KvcacheConfig,
+    "metadata": MetadataConfig,
     "metrics": MetricsConfig,
 }
 
@@ -613,6 +641,8 @@ def validate(config: Config) -> None:
                 )
     if config.workload == "kvcache":
         _validate_kvcache(config.kvcache)
+    if config.workload == "metadata":
+        validate_metadata(config)
     if config.workload == "checkpoint":
         ck = config.checkpoint
         if not 0 < ck.scale <= 1:
@@ -658,6 +688,25 @@ def _validate_kvcache(kv: KvcacheConfig) -> None:
                           "set kvcache.p95_target to the p95 read latency in seconds the capacity must stay under")
     if kv.duration <= 0:
         raise ConfigError("kvcache.duration must be more than 0 seconds", "e.g. kvcache.duration=60")
+
+
+MAX_TREE_DIRS = 10_000_000  # a tree larger than this is a typing mistake, not a benchmark
+
+
+def validate_metadata(config: Config) -> None:
+    """Rules of the metadata section that need no storage."""
+    md = config.metadata
+    dirs = sum(md.branching ** level for level in range(min(md.depth, 64) + 1))
+    if md.depth > 64 or dirs > MAX_TREE_DIRS:
+        raise ConfigError(f"metadata.depth={md.depth} with metadata.branching={md.branching} makes a tree of "
+                          f"more than {MAX_TREE_DIRS} directories", "lower metadata.depth or metadata.branching")
+    if config.storage.type == "null" and (md.file_size or md.list):
+        raise ConfigError("metadata.file_size and metadata.list need storage that keeps files, and "
+                          "storage.type=null keeps none", "set metadata.file_size=0 and metadata.list=false "
+                          "to measure mpibench's own cost per operation, or use another storage.type")
+    if md.rename and config.storage.type == "s3":
+        raise ConfigError("metadata.rename applies to files only: S3 has no rename (a copy and a delete are "
+                          "not one metadata operation)", "remove metadata.rename, or use local_fs or direct_fs")
 
 
 def describe_keys() -> list[tuple[str, str, str]]:

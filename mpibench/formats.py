@@ -23,6 +23,7 @@ import io
 import json
 import mmap
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -313,6 +314,12 @@ class MemoryFile(io.RawIOBase):
         return data
 
 
+# numpy parses each .npy header with ast.literal_eval, and CPython 3.11's AST constructor is
+# not safe in two threads at once ("AST constructor recursion depth mismatch", CPython
+# gh-106905): train's reader threads decode npz files one at a time.
+_NPY_HEADER_LOCK = threading.Lock()
+
+
 def decode(ds: Any, index: int, data: memoryview | mmap.mmap, nbytes: int, path: str,
            *, verify: bool = False, sample_order: np.ndarray | None = None) -> int:
     """Parse a file read back as a training data loader would; return its sample count.
@@ -344,7 +351,7 @@ def decode(ds: Any, index: int, data: memoryview | mmap.mmap, nbytes: int, path:
         records = np.frombuffer(view, dtype=np.uint8).reshape(want)
     elif ds.format == "npz":
         try:
-            with np.load(MemoryFile(view), allow_pickle=False) as npz:
+            with _NPY_HEADER_LOCK, np.load(MemoryFile(view), allow_pickle=False) as npz:
                 records = npz["x"]
                 labels = npz["y"]
         except Exception as exc:

@@ -15,13 +15,13 @@ from typing import Any
 
 from mpibench import environment
 from mpibench.backends.base import Backend, io_error
+from mpibench.backends.posix_metadata import O_DIRECT, PosixMetadataOps
 from mpibench.buffers import aligned_buffer
 from mpibench.config import StorageConfig
 from mpibench.errors import PreflightError
 from mpibench.plan import RUN_MARKER
 from mpibench.units import format_size
 
-O_DIRECT = getattr(os, "O_DIRECT", 0)
 #: kernel interfaces that look like directories but are no storage (statvfs says 0 B free)
 PSEUDO_FILESYSTEMS = frozenset({
     "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
@@ -72,7 +72,7 @@ class _PosixHandle:
         self.path = path
 
 
-class PosixBackend(Backend):
+class PosixBackend(PosixMetadataOps, Backend):
     """Files below a root directory, moved with os.pwritev/os.preadv."""
 
     name = "posix"
@@ -298,6 +298,16 @@ class PosixBackend(Backend):
         flags = (os.O_WRONLY | os.O_CREAT) if mode == "w" else os.O_RDONLY
         try:
             fd = os.open(path, flags | self.open_flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise io_error("open", path, exc) from None
+        return _PosixHandle(fd, path)
+
+    def open_buffered(self, key: str) -> _PosixHandle:
+        """Open `key` for writing through the page cache, also on direct_fs (small files
+        that O_DIRECT would pad and truncate: see datagen)."""
+        path = self.path_of(key)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
             raise io_error("open", path, exc) from None
         return _PosixHandle(fd, path)

@@ -17,6 +17,7 @@ _WORKLOADS = {
     "train": "mpibench.workloads.train",
     "checkpoint": "mpibench.workloads.checkpoint",
     "kvcache": "mpibench.workloads.kvcache",
+    "metadata": "mpibench.workloads.metadata",
 }
 
 

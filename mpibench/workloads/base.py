@@ -15,6 +15,8 @@ class Workload:
     """The steps every workload provides to the driver (defaults do nothing)."""
 
     name = "abstract"
+    #: preallocates the files it writes when ctx.choices.preallocate says so (mpibench.choices)
+    preallocates_writes = False
 
     def planned_bytes(self, config: Config, size: int) -> int:
         """Bytes the run will have on storage at its peak (checked against free space)."""
