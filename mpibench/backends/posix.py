@@ -19,6 +19,7 @@ from mpibench.backends.posix_metadata import O_DIRECT, PosixMetadataOps
 from mpibench.buffers import aligned_buffer
 from mpibench.config import StorageConfig
 from mpibench.errors import PreflightError
+from mpibench.pagecache import evict_file
 from mpibench.plan import RUN_MARKER
 from mpibench.units import format_size
 
@@ -465,19 +466,7 @@ class PosixBackend(PosixMetadataOps, Backend):
 
     def evict(self, key: str) -> bool:
         """posix_fadvise(DONTNEED) on the file; confirmed when mincore-free reads follow."""
-        path = self.path_of(key)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError:
-            return False
-        try:
-            os.fdatasync(fd)  # dirty pages cannot be dropped
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            return True
-        except OSError:
-            return False
-        finally:
-            os.close(fd)
+        return evict_file(self.path_of(key))
 
 
 class LocalFsBackend(PosixBackend):
