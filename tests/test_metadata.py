@@ -377,3 +377,83 @@ def test_cli_table_json_and_csv(tmp_path):
     for row, phase in zip(rows, doc["phases"], strict=True):
         assert row["workload"] == "metadata" and int(row["ops"]) == phase["ops"]
         assert float(row["ops_per_s"]) == pytest.approx(phase["ops_per_s"], abs=1e-3)
+
+
+class _RefusingStore:
+    """A real HTTP front of the S3 fixture that answers DeleteObjects (POST ?delete) with
+    501 NotImplemented, as a store without it does, and passes every other request on."""
+
+    def __init__(self, endpoint: str) -> None:
+        import http.client
+        import http.server
+        import threading
+        import urllib.parse
+
+        target = urllib.parse.urlsplit(endpoint)
+        self.refused = 0
+        front = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _pass(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                query = urllib.parse.urlsplit(self.path).query
+                if self.command == "POST" and "delete" in urllib.parse.parse_qs(query, keep_blank_values=True):
+                    front.refused += 1
+                    answer = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>NotImplemented</Code>"
+                              b"<Message>DeleteObjects is not implemented</Message></Error>")
+                    self.send_response(501)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+                    return
+                upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                upstream.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
+                reply = upstream.getresponse()
+                data = reply.read()
+                self.send_response(reply.status)
+                for name, value in reply.getheaders():
+                    if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                upstream.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.s3
+def test_a_store_refusing_delete_objects_gets_one_delete_per_object(s3):
+    """The probe finds the refusal, says why, and leaves no probe object behind; on the
+    fixture itself it finds DeleteObjects working."""
+    from mpibench.backends.s3_pages import make_client, probe_delete_objects
+    from mpibench.config import build_config
+
+    storage = build_config({"workload": "metadata", "storage": {"type": "s3", "root": s3.root}}).storage
+    before = s3.listing()
+    prefix = f"{PREFIX}/probe-{os.getpid()}/"
+    direct = probe_delete_objects(make_client(storage, s3.endpoint, s3.region), s3.bucket, prefix)
+    assert direct["mode"] == "batched" and direct["max_keys"] == 1000
+    front = _RefusingStore(s3.endpoint)
+    try:
+        found = probe_delete_objects(make_client(storage, front.endpoint, s3.region), s3.bucket, prefix)
+    finally:
+        front.close()
+    assert front.refused == 1
+    assert found["mode"] == "single" and found["max_keys"] == 1 and found["method"] == "one DELETE per object"
+    assert "NotImplemented" in found["reason"]
+    assert s3.listing() == before  # the probe objects are gone, nothing else touched
