@@ -545,7 +545,7 @@ def _print_plan(config: Any, args: argparse.Namespace, comm: Any) -> None:
     plan = {"workload": config.workload, "ranks": size, "ranks_per_node": per_node, "nodes": num_nodes,
             "planned_bytes": planned, "buffers": buffers, "per_rank": ranks, "preflight_checks": checks,
             "totals": workload.describe_plan(config, size, -1, per_node, num_nodes).get("totals", {})
-            if hasattr(workload, "describe_totals") else {}}
+            if workload.describe_totals else {}}
     if args.json:
         print(json.dumps(plan, indent=1))
         return
@@ -576,29 +576,18 @@ def _plan_buffers(config: Any, workload: Any, size: int, per_node: int) -> dict[
     depth = resolve_io_depth(config, layout)
     per_rank, driver, _ = workload.buffer_bytes(config, size, per_node, depth)
     note = ""
-    if config.io.depth == AUTO and config.storage.type not in ("local_fs", "null") and config.workload in (
-            "bandwidth", "checkpoint"):
-        note = f"; io_depth auto is {depth} with {layout.node_cpus()} CPUs per node, as this process may use"
+    if config.io.depth == AUTO and config.workload in ("bandwidth", "checkpoint"):
+        note = (f"; io_depth auto is {depth} on {config.storage.type} with {layout.node_cpus()} CPUs per node, "
+                "as this process may use")
     return {"per_rank_bytes": per_rank, "per_node_bytes": per_rank * per_node, "sized_by": driver,
             "io_depth": depth, "note": note}
 
 
 def _preflight_checks(config: Any) -> list[str]:
-    storage = config.storage
-    if storage.type == "s3":
-        return ["AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are set (values never printed)",
-                "every endpoint answers a signed request within 3 s and accepts the credentials",
-                "the bucket exists (or is created with storage.create_bucket=true)",
-                "the run prefix <prefix>/mpibench-<run_id>/ holds no objects",
-                "a tiny object can be put, read and deleted under the run prefix (through s3dlio)"]
-    checks = ["storage.root exists and is a writable directory (the leaf is created if its parent exists)",
-              "free space covers the planned bytes",
-              "the I/O buffers of a node's ranks fit in its available memory (MemAvailable or the cgroup's limit)",
-              "the run directory mpibench-<run_id> does not exist yet, and is created"]
-    if storage.type == "direct_fs":
-        checks.append("O_DIRECT opens and transfers in the run directory; sizes are multiples of the "
-                      "direct-I/O alignment (statx STATX_DIOALIGN, else the logical block size, else 4096)")
-    return checks
+    """What the backend's preflight will check (Backend.preflight_checks)."""
+    from mpibench.backends import backend_class
+
+    return list(backend_class(config.storage.type, config.storage.library).preflight_checks)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mpibench import uring
+from mpibench.backends import backend_class
 from mpibench.backends.base import complete_short, io_error
 from mpibench.buffers import DataPattern, aligned_buffer
 from mpibench.config import Config
@@ -24,8 +25,8 @@ if TYPE_CHECKING:
 
 
 def uses_files(config: Config) -> bool:
-    """True when the rank's I/O goes through file descriptors of its own (not s3dlio)."""
-    return config.storage.type in ("local_fs", "direct_fs") and config.storage.library == "native"
+    """True when the rank's I/O goes through file descriptors of its own (Backend.file_descriptors)."""
+    return backend_class(config.storage.type, config.storage.library).file_descriptors
 
 
 def resolve_io_engine(config: Config) -> str:
@@ -61,7 +62,7 @@ def transfer_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, p
     absolute = (offsets + base).tolist()
     writing = op == "write"
     bufs = ctx.buffers.take(writing, transfer_size, depth, pattern if writing else None)
-    fd = ctx.backend.fileno(handle) if depth > 1 and ctx.io_engine == "io_uring" else None
+    fd = ctx.backend.fd_for(handle) if depth > 1 and ctx.io_engine == "io_uring" else None
     if fd is not None:
         return uring.uring_region(ctx, rec, handle, fd, op, path, absolute, transfer_size, pattern,
                             bufs, verify=verify, deadline_ns=deadline_ns)

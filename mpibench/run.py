@@ -16,7 +16,7 @@ import traceback
 from typing import Any
 
 from mpibench import buffers, environment, faults, uring
-from mpibench.backends import backend_class, make_backend
+from mpibench.backends import backend_class
 from mpibench.backends.base import Backend
 from mpibench.comm import Comm, NodeLayout
 from mpibench.config import AUTO, Config
@@ -113,22 +113,22 @@ def preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
         info.checks.append(memory)
     if config.huge_pages:
         info.checks.append(check_huge_pages())
-    backend_pre = getattr(cls, "preflight_storage", None)
-    if backend_pre is not None:
-        found = backend_pre(config, info.run_key, info.planned_bytes, layout, rank_threads(config, layout))
-        info.backend = found.get("backend", {})
-        info.checks.extend(found.get("checks", []))
-        info.alignment = found.get("alignment", 1)
-        info.alignment_source = found.get("alignment_source", "none")
-        info.created_root = found.get("created_root", False)
-        info.created_dirs = found.get("created_dirs", [])
-        info.free_bytes = found.get("free_bytes")
-        info.filesystem = found.get("filesystem", {})
-        info.warnings.extend(found.get("warnings", []))
+    plan = cls.preflight(config, info.run_key, info.planned_bytes, layout, workload.access_hints(config),
+                         rank_threads(config, layout))
+    info.plan = plan
+    info.backend = dict(plan.record)
+    info.checks.extend(plan.checks)
+    info.alignment = plan.alignment
+    info.alignment_source = plan.alignment_source
+    info.created_root = plan.created_root
+    info.created_dirs = list(plan.created_dirs)
+    info.free_bytes = plan.free_bytes
+    info.filesystem = dict(plan.filesystem)
+    info.warnings.extend(plan.warnings)
     try:
         faults.before_phase(faults.parse(), 0, "preflight")  # tests: hold rank 0 here
         workload.check(config, size, info.alignment)
-        backend = make_backend(config.storage, **_backend_kwargs(config, info))
+        backend = _make_rank_backend(config, info, layout)
         workload.prepare(config, size, backend, info)
     except BaseException:
         _remove_run_dir(config, info)
@@ -136,16 +136,10 @@ def preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
     return info
 
 
-def _backend_kwargs(config: Config, info: PreflightInfo) -> dict[str, Any]:
-    return {"alignment": info.alignment} if config.storage.type in ("local_fs", "direct_fs") else {}
-
-
 def _remove_run_dir(config: Config, info: PreflightInfo) -> None:
     """Undo what preflight created (the run directory, the root leaf and the parents it made)."""
-    cls = backend_class(config.storage.type, config.storage.library)
-    undo = getattr(cls, "undo_preflight", None)
-    if undo is not None:
-        undo(config, info.run_key, info.created_root, info.created_dirs)
+    if info.plan is not None:
+        backend_class(config.storage.type, config.storage.library).undo(config, info.plan)
 
 
 def install_signal_handlers(ctx_holder: dict[str, Any]) -> dict[int, Any]:
@@ -166,7 +160,7 @@ def install_signal_handlers(ctx_holder: dict[str, Any]) -> dict[int, Any]:
         ctx.interrupted = name
         ctx.watchdog.arm(name)
 
-    previous = {}
+    previous: dict[int, Any] = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
         previous[signum] = signal.signal(signum, handler)
     return previous
@@ -295,11 +289,12 @@ def io_buffers_record(config: Config, phases: list[dict[str, Any]]) -> dict[str,
 
 
 def _make_rank_backend(config: Config, info: PreflightInfo, layout: NodeLayout) -> Backend:
-    kwargs = _backend_kwargs(config, info)
-    cls = backend_class(config.storage.type, config.storage.library)
-    if hasattr(cls, "rank_options"):
-        kwargs.update(cls.rank_options(config, info.backend, layout, rank_threads(config, layout)))
-    return make_backend(config.storage, **kwargs)
+    """This rank's backend instance, from the preflight's plan (Backend.for_rank)."""
+    assert info.plan is not None
+    workload = get_workload(config.workload)
+    in_flight = workload.requests_in_flight(config, resolve_io_depth(config, layout))
+    return backend_class(config.storage.type, config.storage.library).for_rank(
+        config, info.plan, layout, workload.access_hints(config), in_flight)
 
 
 def _cleanup(ctx: RunContext, workload: Workload) -> MpibenchError | None:

@@ -51,7 +51,7 @@ def test_top_level_is_open_but_core_keys_required(document):
         with pytest.raises(ResultsError, match=f"'{key}' is a required property"):
             validate_document(broken)
     with pytest.raises(ResultsError, match="schema_version"):
-        validate_document(dict(document, schema_version=2))
+        validate_document(dict(document, schema_version=SCHEMA_VERSION + 1))
 
 
 def test_errors_name_the_place(document):

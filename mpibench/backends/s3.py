@@ -41,18 +41,22 @@ import urllib.parse
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree
 
 import numpy as np
 import s3dlio
 
-from mpibench.backends.base import Backend
+from mpibench.backends.base import AccessHints, Backend, StoragePlan
 from mpibench.buffers import aligned_buffer, keep_freed_heap
 from mpibench.config import StorageConfig
 from mpibench.errors import BenchIOError, ConfigError, PreflightError
 from mpibench.plan import RUN_MARKER
 from mpibench.s3server import error_code, parse_list, signed_request
+
+if TYPE_CHECKING:
+    from mpibench.comm import NodeLayout
+    from mpibench.config import Config
 
 MIN_PART_SIZE = 5 * 1024**2  # S3's smallest multipart part (all but the last)
 GET_COPY_LIMIT = 4 * 1024**2  # whole objects up to this size: s3dlio.get + copy (see _read_whole)
@@ -60,6 +64,7 @@ PROBE_TIMEOUT_S = 3.0  # preflight's own requests: a dead endpoint fails in seco
 DELETE_THREADS = 16
 PROBE_NAME = ".mpibench-write-probe"
 CREDENTIAL_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+S3_CACHE = {"state": "object", "method": "s3: no client cache, every request goes to the server"}
 ENDPOINT_ASSIGNMENT = ("interleaved over nodes: rank with node index n and node-local rank l uses "
                        "endpoints[(n + l * num_nodes) % len(endpoints)]")
 
@@ -364,7 +369,12 @@ class S3Backend(Backend):
 
     name = "s3"
     direct = True  # no client cache: every GET goes to the server
-    random_write = False  # objects are written front to back (see object_size for exceptions)
+    preflight_checks = (
+        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are set (values never printed)",
+        "every endpoint answers a signed request within 3 s and accepts the credentials",
+        "the bucket exists (or is created with storage.create_bucket=true)",
+        "the run prefix <prefix>/mpibench-<run_id>/ holds no objects",
+        "a tiny object can be put, read and deleted under the run prefix (through s3dlio)")
 
     def __init__(self, storage: StorageConfig, endpoint: str | None = None, threads: int | None = None,
                  object_size: int | None = None, transfer_size: int | None = None) -> None:
@@ -378,8 +388,12 @@ class S3Backend(Backend):
                           stacklevel=2)
         self.endpoint = self.settings["endpoint"]
         self.object_size = object_size
-        # One object per transfer: every write is a whole PUT, so threads may write at once.
+        # One object per transfer: every write is a whole PUT, so threads may write at once;
+        # otherwise objects are written front to back.
         self.random_write = object_size is not None and object_size == transfer_size
+        # A write hands a buffer to a multipart upload that mostly happens at close, unless
+        # each transfer is one whole object.
+        self.uploads_at_close = not (object_size and transfer_size and object_size <= transfer_size)
         self._objects_written: dict[str, set[int]] = {}
         self._lock = threading.Lock()
 
@@ -410,6 +424,8 @@ class S3Backend(Backend):
             "head_before_get": self.settings.get("head_before_get"),
             "fsync": "nothing to do: an object is durable once its upload completes (at close)",
             "object_size": self.object_size,
+            "object_store": True,
+            "uploads_at_close": self.uploads_at_close,
         }
 
     # -- writing -----------------------------------------------------------------------------
@@ -666,14 +682,17 @@ class S3Backend(Backend):
     def evict(self, key: str) -> bool:
         return True  # nothing is cached on the client
 
+    def cache_state(self) -> dict[str, Any] | None:
+        return dict(S3_CACHE)
+
     # -- rank 0: preflight and final cleanup -------------------------------------------------------
     @classmethod
-    def preflight_storage(cls, config: Any, run_key: str, planned_bytes: int, layout: Any,
-                          threads: int) -> dict[str, Any]:
+    def preflight(cls, config: Config, run_key: str, planned_bytes: int, layout: NodeLayout,
+                  hints: AccessHints, threads: int) -> StoragePlan:
         """Credentials, endpoints, bucket, permissions and an empty run prefix; then the run marker."""
         storage = config.storage
         bucket, prefix = parse_root(storage.root)
-        check_workload(config)
+        check_access(hints)
         checks: list[str] = []
         source = credential_source()
         checks.append(f"S3 credentials from the {source} (access key id {key_id_tail()})")
@@ -718,9 +737,9 @@ class S3Backend(Backend):
                 raise PreflightError(f"cannot write the run marker {marker}: {reason}", hint) from None
             checks.append(f"created run prefix s3://{bucket}/{run_prefix} (marker {RUN_MARKER})")
         except BaseException:
-            cls.undo_preflight(config, run_key, created_bucket)
+            cls.undo(config, StoragePlan(run_key=run_key, created_root=created_bucket))
             raise
-        backend = {
+        record = {
             "library": "s3dlio",
             "library_version": library_version(),
             "endpoints": endpoints,
@@ -731,14 +750,14 @@ class S3Backend(Backend):
             "prefix": prefix,
             "run_prefix": f"s3://{bucket}/{run_prefix}",
             "created_bucket": created_bucket,
-            "objects": object_layout(config),
+            "objects": object_layout(hints, storage.part_size),
         }
-        return {"backend": backend, "checks": checks, "created_root": created_bucket,
-                "alignment": 1, "alignment_source": "none (object storage)",
-                "filesystem": {"fstype": "s3", "source": probed[0], "mount": f"s3://{bucket}"}}
+        return StoragePlan(run_key=run_key, checks=tuple(checks), created_root=created_bucket, record=record,
+                           alignment=1, alignment_source="none (object storage)", endpoints=tuple(endpoints),
+                           filesystem={"fstype": "s3", "source": probed[0], "mount": f"s3://{bucket}"})
 
     @classmethod
-    def undo_preflight(cls, config: Any, run_key: str, created_root: bool, created_dirs: Any = ()) -> None:
+    def undo(cls, config: Config, plan: StoragePlan) -> None:
         """Delete every object left under the run prefix, then the bucket if the run created it.
 
         The run prefix was empty when the run started, so all of it is the run's own;
@@ -747,7 +766,7 @@ class S3Backend(Backend):
         """
         bucket, prefix = parse_root(config.storage.root)
         configure_process(config.storage, None, None)
-        run_uri = object_uri(bucket, prefix, f"{run_key}/")
+        run_uri = object_uri(bucket, prefix, f"{plan.run_key}/")
         try:
             delete_objects(s3dlio.list(run_uri, recursive=True))
             left = s3dlio.list(run_uri, recursive=True)
@@ -755,7 +774,7 @@ class S3Backend(Backend):
             raise io_failure("clean up", run_uri, exc) from None
         if left:
             warnings.warn(f"{len(left)} object(s) could not be deleted under {run_uri}: {left[:3]}", stacklevel=2)
-        if created_root:
+        if plan.created_root:
             try:
                 if not s3dlio.list(f"s3://{bucket}/", recursive=True):
                     s3dlio.delete_bucket(bucket)
@@ -763,46 +782,49 @@ class S3Backend(Backend):
                 pass  # the bucket stays; it is empty or holds data that is not ours
 
     @classmethod
-    def rank_options(cls, config: Any, info_backend: dict[str, Any], layout: Any, threads: int) -> dict[str, Any]:
-        """This rank's endpoint, runtime threads, and the object layout of the bandwidth test."""
-        endpoints = info_backend.get("endpoints") or configured_endpoints(config.storage)
-        options: dict[str, Any] = {"threads": threads, "endpoint": None}
+    def runtime_threads(cls, config: Config, layout: NodeLayout, in_flight: int) -> int:
+        """The CPUs per rank, but no more s3dlio workers than the rank's requests in flight:
+        more only pass each request from thread to thread (one 1 MiB GET at a time cost 12-27 %
+        more client CPU with two workers than with one; docs/performance.md, "The s3dlio
+        runtime's workers")."""
+        if config.storage.threads != "auto":
+            return int(config.storage.threads)
+        return max(1, min(super().runtime_threads(config, layout, in_flight), in_flight))
+
+    @classmethod
+    def for_rank(cls, config: Config, plan: StoragePlan, layout: NodeLayout, hints: AccessHints,
+                 in_flight: int) -> Backend:
+        """This rank's endpoint, runtime threads, and the object layout of the hints."""
+        endpoints = list(plan.endpoints) or configured_endpoints(config.storage)
+        endpoint = None
         if endpoints:
-            index = endpoint_index(len(endpoints), layout.node_index, layout.num_nodes, layout.local_rank)
-            options["endpoint"] = endpoints[index]
-        bw = config.bandwidth
-        if config.workload == "bandwidth" and bw.object_size and bw.object_size < bw.block_size:
-            options.update(object_size=bw.object_size, transfer_size=bw.transfer_size)
-        return options
+            endpoint = endpoints[endpoint_index(len(endpoints), layout.node_index, layout.num_nodes,
+                                                layout.local_rank)]
+        split = hints.object_size if hints.object_size and hints.object_size < hints.block_size else None
+        return cls(config.storage, endpoint=endpoint, threads=cls.runtime_threads(config, layout, in_flight),
+                   object_size=split, transfer_size=hints.transfer_size if split else None)
 
 
-def check_workload(config: Any) -> None:
-    """Workload settings that object storage cannot honour, refused before any I/O."""
-    if config.workload != "bandwidth":
-        return
-    bw = config.bandwidth
-    if bw.file_mode == "shared":
-        raise ConfigError("bandwidth.file_mode=shared is not possible on s3: an object has exactly one writer",
-                          "use bandwidth.file_mode=per_rank")
-    per_transfer = bw.object_size is not None and bw.object_size == bw.transfer_size
-    if bw.access == "random" and not per_transfer and bw.block_size > bw.transfer_size:
-        raise ConfigError("bandwidth.access=random cannot write an S3 object out of order",
+def check_access(hints: AccessHints) -> None:
+    """Access that object storage cannot honour, refused before any I/O."""
+    if hints.shared_file:
+        raise ConfigError("a shared file (bandwidth.file_mode=shared) is not possible on s3: an object has "
+                          "exactly one writer", "use bandwidth.file_mode=per_rank")
+    per_transfer = hints.object_size is not None and hints.object_size == hints.transfer_size
+    if hints.random_writes and not per_transfer and hints.block_size > hints.transfer_size:
+        raise ConfigError("random writes (bandwidth.access=random) cannot write an S3 object out of order",
                           "set bandwidth.object_size equal to bandwidth.transfer_size (one object per transfer)")
 
 
-def object_layout(config: Any) -> dict[str, Any]:
+def object_layout(hints: AccessHints, part_size: int) -> dict[str, Any]:
     """How the workload's data is cut into objects (recorded in results)."""
-    if config.workload == "bandwidth":
-        bw = config.bandwidth
-        size = bw.object_size or bw.block_size
-        return {"layout": "one object per transfer" if size == bw.transfer_size and size < bw.block_size
-                else ("one object per rank per iteration" if size == bw.block_size else "objects of object_size"),
-                "object_size_bytes": size, "objects_per_rank_per_iteration": bw.block_size // size}
-    if config.workload == "checkpoint":
-        return {"layout": "one object per shard (multipart upload of part_size parts)",
-                "part_size_bytes": max(MIN_PART_SIZE, config.storage.part_size)}
-    return {"layout": "one object per dataset file", "record_size_bytes": config.dataset.record_size,
-            "samples_per_file": config.dataset.samples_per_file}
+    if hints.block_size:
+        size = hints.object_size or hints.block_size
+        return {"layout": "one object per transfer" if size == hints.transfer_size and size < hints.block_size
+                else ("one object per rank per iteration" if size == hints.block_size else "objects of object_size"),
+                "object_size_bytes": size, "objects_per_rank_per_iteration": hints.block_size // size}
+    return {"layout": f"one object per {hints.unit} (multipart upload of part_size parts)",
+            "part_size_bytes": max(MIN_PART_SIZE, part_size)}
 
 
 def delete_objects(uris: list[str]) -> None:

@@ -14,12 +14,14 @@ shards of emulated ranks r, r + size, r + 2 size, ... (round robin).
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mpibench.backends.base import AccessHints
 from mpibench.buffers import DataPattern, buffer_footprint
 from mpibench.config import Config
 from mpibench.engine import prepare_buffers, timed_close, timed_fsync, transfer_region
@@ -107,6 +109,10 @@ class CheckpointWorkload(Workload):
                 f"checkpoint.transfer_size x (2 x io_depth {io_depth} + 2)",
                 "lower checkpoint.transfer_size or io.depth, or run fewer ranks per node")
 
+    def access_hints(self, config: Config) -> AccessHints:
+        """Each rank writes its own shard files front to back."""
+        return AccessHints(unit="shard")
+
     def check(self, config: Config, size: int, alignment: int) -> None:
         ck = config.checkpoint
         model = self._model(config, size)
@@ -166,14 +172,14 @@ class CheckpointWorkload(Workload):
         for n in range(ck.num_checkpoints_write):
             if n and ck.interval > 0:
                 time.sleep(ck.interval)  # the training steps between two checkpoints
-            work = ctx.setup(lambda c=n: self._content(ctx, c, mine, "write"))
-            ctx.phase("write", n, lambda rec, w=work, c=n: self._shards(ctx, rec, "write", c, w, False),
+            work = ctx.setup(functools.partial(self._content, ctx, n, mine, "write"))
+            ctx.phase("write", n, functools.partial(self._shards, ctx, op="write", n=n, work=work, verify=False),
                       expected_bytes=total, checkpoint=n, fsync=ck.fsync, cache=self._write_cache(ctx), **meta)
             del work
         for n in range(ck.num_checkpoints_read):
-            work = ctx.setup(lambda c=n: self._content(ctx, c, theirs, "read"))
+            work = ctx.setup(functools.partial(self._content, ctx, n, theirs, "read"))
             cache = self._evict(ctx, n, theirs)
-            phase = ctx.phase("read", n, lambda rec, w=work, c=n: self._shards(ctx, rec, "read", c, w, verify),
+            phase = ctx.phase("read", n, functools.partial(self._shards, ctx, op="read", n=n, work=work, verify=verify),
                               expected_bytes=total, checkpoint=n, cache=cache, written_by=partner,
                               verified=verify, **meta)
             if phase is not None:
@@ -181,15 +187,17 @@ class CheckpointWorkload(Workload):
             del work
 
     def _write_cache(self, ctx: RunContext) -> dict[str, Any]:
-        if ctx.backend.direct:
-            return {"state": "direct", "method": ctx.backend.name}
+        own = ctx.backend.cache_state()
+        if own is not None:
+            return own
         return {"state": "buffered", "method": "page cache" + (", fsync before close" if ctx.config.checkpoint.fsync
                                                                else ", no fsync")}
 
     def _evict(self, ctx: RunContext, n: int, shards: list[Shard]) -> dict[str, Any]:
         backend = ctx.backend
-        if backend.direct:
-            return {"state": "direct", "method": backend.name}
+        own = backend.cache_state()
+        if own is not None:
+            return own
         evicted = all([backend.evict(ctx.key(f"{checkpoint_dir(n)}/{s.name}")) for s in shards])
         everywhere = bool(ctx.comm.allreduce_min(1 if evicted else 0))
         return {"state": "cold", "evicted": everywhere,

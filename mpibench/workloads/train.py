@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mpibench.backends.base import AccessHints
 from mpibench.buffers import aligned_buffer, buffer_footprint
 from mpibench.config import Config
 from mpibench.context import broadcast_outcome
@@ -388,6 +389,10 @@ class TrainWorkload(Workload):
                 + (" x 2 (decoded)" if decoded else ""),
                 "lower train.read_threads or dataset.record_size, or run fewer ranks per node")
 
+    def access_hints(self, config: Config) -> AccessHints:
+        """The dataset's files, each written front to back by one rank."""
+        return AccessHints(unit="dataset file")
+
     def check(self, config: Config, size: int, alignment: int) -> None:
         check_dataset_name(config.dataset.name)
 
@@ -435,8 +440,11 @@ class TrainWorkload(Workload):
         for epoch in range(tc.epochs):
             files = share(epoch)
             cache = self._cache(ctx, files)
-            phase = ctx.phase("train", epoch,
-                              lambda rec, e=epoch, f=files: _EpochLoader(ctx, rec, e, f, buffers).run(),
+
+            def body(rec: PhaseRecorder, e: int = epoch, f: EpochShare = files) -> None:
+                _EpochLoader(ctx, rec, e, f, buffers).run()
+
+            phase = ctx.phase("train", epoch, body,
                               expected_bytes=total_bytes, cache=cache, epoch=epoch,
                               dataset_bytes=total_bytes, batch_size=tc.batch_size,
                               computation_time=tc.computation_time, read_threads=tc.read_threads,
@@ -448,8 +456,9 @@ class TrainWorkload(Workload):
     def _cache(self, ctx: RunContext, files: EpochShare) -> dict[str, Any]:
         """Evict this epoch's files (train.cache=cold on local_fs) and say how the cache stands."""
         backend = ctx.backend
-        if backend.direct:
-            return {"state": "direct", "method": backend.name}
+        own = backend.cache_state()
+        if own is not None:
+            return own
         if ctx.config.train.cache == "warm":
             return {"state": "warm", "method": "none: reads may be served from the page cache"}
         evicted = True
