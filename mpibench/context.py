@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mpibench import buffers, environment, faults
+from mpibench import buffers, environment
 from mpibench.backends import backend_class
 from mpibench.backends.base import Backend, StoragePlan
 from mpibench.buffers import out_of_memory
@@ -139,9 +139,7 @@ class RunContext:
         device_root = backend.local_root() if self.layout.local_rank == 0 else None
         self.block_stat = environment.block_stat_path(device_root) if device_root else None
         self.watchdog = StopWatchdog(comm, backend.path_of(info.run_key))
-        self.faults = faults.parse()
-        self.fault: faults.Fault | None = None
-        faults.at_start(self.faults, comm.rank)
+        backend.begin("start", comm.rank)
 
     def key(self, relative: str) -> str:
         """The storage key of a file inside this run's directory."""
@@ -166,9 +164,7 @@ class RunContext:
         agree on errors; bandwidth = total bytes / (max end - min start).
         """
         rec = PhaseRecorder(name, iteration, self.config.metrics.interval)
-        if self.faults:
-            faults.before_phase(self.faults, self.comm.rank, name)
-            self.fault = faults.mid_phase(self.faults, self.comm.rank, name)
+        self.backend.begin(name, self.comm.rank)
         self.comm.idle_barrier()  # ranks still setting up (or rank 0 reducing) hold no core...
         self.comm.barrier()  # ...and this one lets every rank leave together
         block_before = environment.read_block_stat(self.block_stat)

@@ -126,7 +126,7 @@ def _loop(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, path: str,
     backend's call (for POSIX files os.pwrite/os.preadv itself, no Python frame), one
     clock reading appended to the log (see OpLog: an operation's latency runs from the
     previous completion), one comparison of the bytes moved. Everything else (deadline,
-    stop notices, faults, folding the log) is done only when the clock passes
+    stop notices, folding the log) is done only when the clock passes
     `next_check`, at most every POLL_INTERVAL_NS, after which the clock is marked anew
     so that work never counts as an operation's latency.
     """
@@ -143,17 +143,10 @@ def _loop(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, path: str,
     note = entries.append  # one append per operation; folded every FLUSH_EVERY entries
     clock = time.perf_counter_ns
     threaded = stop is not None
-    fault = ctx.fault
-    never = 1 << 62
-    stop_at = deadline_ns or never
-
-    def next_check_after(now: int) -> int:
-        # Faults fire after a number of operations, so with one armed every operation checks.
-        return 0 if fault is not None else min(stop_at, now + POLL_INTERVAL_NS)
-
+    stop_at = deadline_ns or (1 << 62)
     offset = -1
     now = clock()
-    next_check = next_check_after(now)
+    next_check = min(stop_at, now + POLL_INTERVAL_NS)
     note(-now)
     try:
         for offset in offsets:
@@ -182,16 +175,13 @@ def _loop(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, path: str,
                     break
                 if len(entries) >= FLUSH_EVERY:
                     log.flush()
-                if fault is not None and log.ops >= fault.after_ops:
-                    injected, fault, ctx.fault = fault, None, None
-                    injected.trigger()
                 if threaded:
                     if stop.is_set():  # type: ignore[union-attr]
                         break
                 else:
                     ctx.check_stop(end)
                 now = clock()
-                next_check = next_check_after(now)
+                next_check = min(stop_at, now + POLL_INTERVAL_NS)
                 note(-now)
     except OSError as exc:  # the backend's call failed: name the file and the offset
         raise io_error(op, path, exc, offset) from None

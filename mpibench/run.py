@@ -15,7 +15,7 @@ import time
 import traceback
 from typing import Any
 
-from mpibench import buffers, environment, faults, uring
+from mpibench import buffers, environment, uring
 from mpibench.backends import backend_class
 from mpibench.backends.base import Backend
 from mpibench.comm import Comm, NodeLayout
@@ -126,9 +126,9 @@ def preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
     info.filesystem = dict(plan.filesystem)
     info.warnings.extend(plan.warnings)
     try:
-        faults.before_phase(faults.parse(), 0, "preflight")  # tests: hold rank 0 here
-        workload.check(config, size, info.alignment)
         backend = _make_rank_backend(config, info, layout)
+        backend.begin("preflight", 0)
+        workload.check(config, size, info.alignment)
         workload.prepare(config, size, backend, info)
     except BaseException:
         _remove_run_dir(config, info)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 
+from mpibench.backends import faulty
 from mpibench.backends.base import Backend
 from mpibench.config import STORAGE_TYPES
 from mpibench.errors import ConfigError
@@ -45,4 +46,6 @@ def backend_class(storage_type: str, library: str) -> type[Backend]:
         hint = f"pip install {package}" if package else "reinstall mpibench"
         raise ConfigError(f"storage.type={storage_type} needs {package or module_name}: {exc}", hint) from None
     cls: type[Backend] = getattr(module, class_name)
+    if faulty.active():  # MPIBENCH_FAULT: the reliability tests' faults, injected by the backend
+        return faulty.wrap(cls)
     return cls

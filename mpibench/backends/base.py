@@ -174,8 +174,10 @@ class Backend(ABC):
             return {"state": "direct", "method": self.name}
         return None
 
-    def begin_phase(self, name: str, rank: int) -> None:
-        """Called on every rank before a phase's start barrier (a wrapper's hook; no-op)."""
+    def begin(self, step: str, rank: int) -> None:
+        """The run's steps, as this rank reaches them: "start" (its context is set up),
+        "preflight" (rank 0, once the run's place exists), then each phase's name before its
+        start barrier. Nothing to do for a storage; a wrapper (backends/faulty.py) acts on it."""
 
     # -- files --------------------------------------------------------------------------
     @abstractmethod
