@@ -116,7 +116,7 @@ class S3dlioDirectBackend(DirectFsBackend):
         configure_threads(threads)
 
     def describe(self) -> dict[str, Any]:
-        from mpibench.backends.s3 import library_version
+        from mpibench.backends.s3_client import library_version
 
         return {**super().describe(), "library": "s3dlio", "library_version": library_version(),
                 "uri_scheme": "direct://", "malloc": keep_freed_heap(),
