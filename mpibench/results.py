@@ -15,6 +15,8 @@ import tempfile
 import warnings
 from typing import Any
 
+import numpy as np
+
 from mpibench.errors import ResultsError
 from mpibench.metrics import LatencyHistogram
 from mpibench.phase_notes import (  # noqa: F401  (names the readers take from here)
@@ -256,15 +258,10 @@ def _unlink_quietly(path: str) -> None:
 
 
 def _json_default(value: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(value, np.generic):
-            return value.item()
-        if isinstance(value, np.ndarray):
-            return value.tolist()
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
