@@ -32,8 +32,9 @@ from mpibench.reporting import (
     stragglers,
     summary_text,
 )
+from mpibench.results import load_results
 from mpibench.schema import validate_document
-from mpibench.schema_versions import migrate
+from mpibench.schema_versions import SCHEMA_VERSION, migrate
 from mpibench.units import MiB
 
 QUICK = os.path.join(CONFIGS, "quickstart.yaml")
@@ -392,3 +393,29 @@ def test_s3_header_and_upload_note(unsynced_path):
     # One object per transfer: each write is a PUT, its latency is the request's.
     written["config"]["bandwidth"]["object_size"] = written["config"]["bandwidth"]["transfer_size"]
     assert "multipart" not in phase_table(migrate(written))
+
+
+def test_a_version_1_file_loads_in_report_and_compare(tmp_path, unsynced_path):
+    """A file as schema version 1 wrote it (storage traits not recorded, the page-cache
+    warning not in the phase, queue depth under bandwidth.io_depth) is migrated on load:
+    report and compare read it as the current version, with the same warnings."""
+    current = json.loads(unsynced_path.read_text())
+    old = as_v1(current)
+    io = old["config"].pop("io")
+    old["config"]["bandwidth"].update(io_depth=io["depth"], io_engine=io["engine"])
+    for phase in old["phases"]:
+        for key in ("warning", "device_write_bytes"):
+            (phase.get("cache") or {}).pop(key, None)
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(old))
+    loaded = load_results(str(path))
+    assert loaded["schema_version"] == SCHEMA_VERSION and loaded["migrated_from"] == 1
+    assert loaded["config"]["io"] == io and "io_depth" not in loaded["config"]["bandwidth"]
+    assert loaded["environment"]["backend"]["kernel_counted"] is True
+    validate_document(loaded)
+    done = run_cli(0, "report", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "write phase on local_fs without fsync" in done.stdout
+    done = run_cli(0, "compare", str(path), str(unsynced_path))
+    assert done.returncode == 0, done.stderr
+    assert "config of B differs" not in done.stdout  # io_depth and io.depth are one key once migrated
