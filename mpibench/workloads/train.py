@@ -216,7 +216,7 @@ class _EpochLoader:
                 stats["files"] += 1
                 stats["index_sum"] += index
                 stats["index_sumsq"] += index * index
-                stats["index_hash"] = (stats["index_hash"] + index_hash(index, self.hash_key)) & MASK64
+                stats["index_hash"] = (int(stats["index_hash"]) + index_hash(index, self.hash_key)) & MASK64
                 with self.cond:
                     self.done.add(position)
                     while self.prefix in self.done:
