@@ -27,7 +27,7 @@ from mpibench.errors import (
 )
 from mpibench.lifecycle import NOT_STARTED, RUN_STARTS_WITHIN_S, Lifecycle  # noqa: F401  (tests read the deadline here)
 
-MPI_COMMANDS = ("run", "plan", "preflight")
+MPI_COMMANDS = ("run", "plan", "preflight", "search")
 MAX_CONFIG_BYTES = 1024 * 1024  # a configuration is a few KiB; more is not one (and /dev/zero never ends)
 CONFIG_EXAMPLE = "e.g. mpibench {command} configs/quickstart.yaml (configs/ holds one per workload)"
 # Where a launcher puts the rank, so that only rank 0 speaks before MPI is up.
@@ -120,6 +120,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                      "O_DIRECT, object store reachability); create and remove the run directory.",
                          epilog=PREFLIGHT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     common(pre)
+    from mpibench.search import add_parser as add_search
+
+    add_search(sub, common)
 
     if command in MPI_COMMANDS:
         return parser
@@ -136,7 +139,7 @@ def _command_of(argv: list[str]) -> str | None:
 
 
 _EXTRA_COMMANDS = {"report": "mpibench.reporting", "compare": "mpibench.compare",
-                   "s3-server": "mpibench.s3server_cli"}
+                   "s3-server": "mpibench.s3server_cli", "datasize": "mpibench.datasize_cli"}
 
 
 def _import_command(module: str) -> Any:
@@ -351,6 +354,10 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
         return config, output
 
     config, output = broadcast_outcome(comm, load)
+    if args.command == "search":
+        from mpibench.search import run_search
+
+        return run_search(config, args, comm, LIFECYCLE, execute)
     if args.command == "plan":
         if comm.is_root:
             _print_plan(config, args, comm)

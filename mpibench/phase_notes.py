@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 WRITE_PHASES = ("write", "datagen")  # phase names that write (a phase recording `fsync` writes too)
-FSYNC_KEYS = {"bandwidth": "bandwidth.fsync", "checkpoint": "checkpoint.fsync"}
+FSYNC_KEYS = {"bandwidth": "bandwidth.fsync", "checkpoint": "checkpoint.fsync", "metadata": "metadata.fsync"}
 
 
 def phase_writes(phase: dict[str, Any]) -> bool:

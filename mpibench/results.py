@@ -132,7 +132,9 @@ def summarize_phase(name: str, iteration: int, ranks: list[dict[str, Any]],
 def annotate_storage(phase: dict[str, Any], buffered: bool, workload: str) -> None:
     """A write phase left in the page cache of buffered storage gets
     `cache.device_write_bytes` (the device's counter, or null) and a warning. (What the
-    cache means on other storage is the backend's cache_state, recorded by the workload.)"""
+    cache means on other storage is the backend's cache_state, recorded by the workload.)
+    Every phase with device counters gets its amplification (annotate_amplification)."""
+    annotate_amplification(phase)
     warning = write_cache_warning(phase, buffered, workload)
     if warning is None:
         return
@@ -141,6 +143,20 @@ def annotate_storage(phase: dict[str, Any], buffered: bool, workload: str) -> No
     cache["device_write_bytes"] = device[1] if device is not None else None
     cache["warning"] = warning
     phase["cache"] = cache
+
+
+def annotate_amplification(phase: dict[str, Any]) -> None:
+    """`device_per_payload`: the block device's bytes in the phase's direction (written for a
+    write phase, read for a read) per byte the phase moved; more than 1 is write or read
+    amplification (padding to the alignment, metadata, journal, read-ahead), less than 1 data
+    the page cache kept or served. Absent where the device's counters are unknown (S3, no
+    block device). The counters count every process of the node, so a busy device
+    shows its other work too."""
+    device = device_bytes(phase)
+    payload = int(phase.get("bytes", 0))
+    if device is None or payload <= 0:
+        return
+    phase["device_per_payload"] = (device[1] if phase_writes(phase) else device[0]) / payload
 
 
 def summarize_repetitions(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:

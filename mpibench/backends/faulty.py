@@ -8,7 +8,8 @@ calls, as a failing storage's would.
 - `begin(step, rank)` (the run's steps: "start" when a rank sets up, "preflight" on rank
   0 once the run directory exists, then each phase's name) runs the pause and pids faults
   and arms the step's mid-phase fault;
-- an armed raise/ioerror/sleep fault fires in the I/O call after `after_ops` operations;
+- an armed raise/ioerror/sleep fault fires in the I/O call (or metadata operation) after
+  `after_ops` operations;
 - `fd_for` is None: every operation goes through the wrapped calls (threads, not io_uring).
 """
 
@@ -70,6 +71,27 @@ class _Faulty(Backend):
 
     def fd_for(self, handle: Any) -> int | None:
         return None
+
+    # -- the metadata operations: each one operation ------------------------------------------
+    def create_in(self, handle: Any, name: str, buf: memoryview, fsync: bool = False) -> int:
+        self._operation()
+        return super().create_in(handle, name, buf, fsync)
+
+    def stat_in(self, handle: Any, name: str) -> int:
+        self._operation()
+        return super().stat_in(handle, name)
+
+    def read_in(self, handle: Any, name: str, buf: memoryview) -> int:
+        self._operation()
+        return super().read_in(handle, name, buf)
+
+    def rename_in(self, handle: Any, name: str, new_name: str) -> None:
+        self._operation()
+        super().rename_in(handle, name, new_name)
+
+    def unlink_in(self, handle: Any, name: str, missing_ok: bool = False) -> None:
+        self._operation()
+        super().unlink_in(handle, name, missing_ok)
 
     def writer(self, handle: Any, view: memoryview) -> Callable[[int], int]:
         inner = super().writer(handle, view)

@@ -51,6 +51,10 @@ class NullBackend(Backend):
         """One operation at a time: what is measured is mpibench's own cost per operation."""
         return 1
 
+    @classmethod
+    def io_depth_reason(cls, cpus: int, ranks: int) -> str:
+        return "null storage: one operation at a time, to measure mpibench's own cost per operation"
+
     def cache_state(self) -> dict[str, Any] | None:
         return dict(NULL_CACHE)
 

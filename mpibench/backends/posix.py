@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from mpibench import environment
 from mpibench.backends.base import AccessHints, Backend, StoragePlan, io_error
+from mpibench.backends.posix_metadata import O_DIRECT, PosixMetadataOps
 from mpibench.buffers import aligned_buffer
 from mpibench.config import StorageConfig
 from mpibench.errors import PreflightError
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from mpibench.comm import NodeLayout
     from mpibench.config import Config
 
-O_DIRECT = getattr(os, "O_DIRECT", 0)
 #: kernel interfaces that look like directories but are no storage (statvfs says 0 B free)
 PSEUDO_FILESYSTEMS = frozenset({
     "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
@@ -77,7 +77,7 @@ class _PosixHandle:
         self.path = path
 
 
-class PosixBackend(Backend):
+class PosixBackend(PosixMetadataOps, Backend):
     """Files below a root directory, moved with os.pwritev/os.preadv."""
 
     name = "posix"
@@ -320,6 +320,16 @@ class PosixBackend(Backend):
             raise io_error("open", path, exc) from None
         return _PosixHandle(fd, path)
 
+    def open_buffered(self, key: str) -> _PosixHandle:
+        """Open `key` for writing through the page cache, also on direct_fs (small files
+        that O_DIRECT would pad and truncate: see datagen)."""
+        path = self.path_of(key)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise io_error("open", path, exc) from None
+        return _PosixHandle(fd, path)
+
     def write_at(self, handle: _PosixHandle, buf: memoryview, offset: int) -> int:
         total = len(buf)
         done = 0
@@ -498,6 +508,10 @@ class LocalFsBackend(PosixBackend):
     def default_io_depth(cls, layout: NodeLayout) -> int:
         """One I/O at a time: buffered I/O goes through the page cache, which a queue does not feed."""
         return 1
+
+    @classmethod
+    def io_depth_reason(cls, cpus: int, ranks: int) -> str:
+        return "local_fs goes through the page cache, which absorbs writes and reads ahead: one I/O in flight"
 
 
 class DirectFsBackend(PosixBackend):

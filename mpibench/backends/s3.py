@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 
 GET_COPY_LIMIT = 4 * 1024**2  # whole objects up to this size: s3dlio.get + copy (see _read_whole)
 S3_CACHE = {"state": "object", "method": "s3: no client cache, every request goes to the server"}
+S3_OBJECT_IO = {"state": "object", "method": "s3: one PUT / HEAD / GET / DELETE per object, no client cache"}
 _THREAD = threading.local()  # each I/O thread's own asyncio loop for get_into_async
 
 
@@ -444,6 +445,42 @@ class S3Backend(Backend):
 
     def cache_state(self) -> dict[str, Any] | None:
         return dict(S3_CACHE)
+
+    # -- metadata operations: one request each (a directory handle is its key prefix) ------------
+    def data_io(self, size: int) -> dict[str, Any]:
+        return dict(S3_OBJECT_IO)
+
+    def create_in(self, handle: str, name: str, buf: memoryview, fsync: bool = False) -> int:
+        """One PUT of the whole object."""
+        self._put_uri(self.path_of(f"{handle}/{name}"), buf)
+        return len(buf)
+
+    def stat_in(self, handle: str, name: str) -> int:
+        """One HEAD."""
+        return self.size_of(f"{handle}/{name}")
+
+    def read_in(self, handle: str, name: str, buf: memoryview) -> int:
+        """One GET of the whole object, its size checked, not copied."""
+        return self._read_whole(self.path_of(f"{handle}/{name}"), buf, keep=False)
+
+    def unlink_in(self, handle: str, name: str, missing_ok: bool = False) -> None:
+        """One DELETE (S3 does not say whether the object existed: missing_ok either way).
+        s3dlio 0.10 offers no batched DeleteObjects call."""
+        uri = self.path_of(f"{handle}/{name}")
+        try:
+            s3dlio.delete(uri)
+        except RuntimeError as exc:
+            raise io_failure("delete", uri, exc) from None
+
+    def list_in(self, handle: str) -> Any:
+        """One s3dlio.list of the prefix, one level deep: s3dlio pages ListObjectsV2 inside
+        the call and hands back the whole listing, so it comes as one page."""
+        uri = self.path_of(handle) + "/"
+        try:
+            found = s3dlio.list(uri, recursive=False)
+        except RuntimeError as exc:
+            raise io_failure("list", uri, exc) from None
+        yield found
 
     # -- rank 0: preflight and final cleanup -------------------------------------------------------
     @classmethod
