@@ -162,7 +162,7 @@ def object_layout(hints: AccessHints, part_size: int) -> dict[str, Any]:
         return {"layout": "one object per transfer" if size == hints.transfer_size and size < hints.block_size
                 else ("one object per rank per iteration" if size == hints.block_size else "objects of object_size"),
                 "object_size_bytes": size, "objects_per_rank_per_iteration": hints.block_size // size}
-    if hints.object_size:  # whole small objects, one request each
+    if hints.object_size is not None:  # whole objects of this size, one request each
         return {"layout": f"one object per {hints.unit}", "object_size_bytes": hints.object_size}
     return {"layout": f"one object per {hints.unit} (multipart upload of part_size parts)",
             "part_size_bytes": max(MIN_PART_SIZE, part_size)}

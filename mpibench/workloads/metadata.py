@@ -76,7 +76,7 @@ class MetadataWorkload(Workload):
     def access_hints(self, config: Config) -> AccessHints:
         """Small whole files, each created, stat'ed, read and removed by one request."""
         return AccessHints(unit="file (PUT, HEAD, GET, LIST, DELETE one request each)",
-                           object_size=config.metadata.file_size or None)
+                           object_size=config.metadata.file_size)
 
     def __init__(self) -> None:
         self._states: weakref.WeakKeyDictionary[Any, _RankState] = weakref.WeakKeyDictionary()
