@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,8 @@ from mpibench.units import parse_size
 
 AUTO = "auto"
 WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint", "kvcache", "metadata", "modelload")
-STORAGE_TYPES = ("local_fs", "direct_fs", "s3", "null")
+#: the storage types a configuration may name; mpibench.backends.register adds a new one
+STORAGE_TYPES: list[str] = ["local_fs", "direct_fs", "s3", "null"]
 LOCAL_SCHEMES = ("file://", "direct://")
 RUN_ID_MAX = 128
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
@@ -31,7 +33,7 @@ DATASET_FORMATS = ("npz", "hdf5", "raw", "jpeg", "tfrecord", "parquet")
 COMPRESSED_FORMATS = ("hdf5",)
 
 
-def _opt(default: Any, kind: str, *, choices: tuple[str, ...] = (), minimum: float | None = None,
+def _opt(default: Any, kind: str, *, choices: Sequence[str] = (), minimum: float | None = None,
          doc: str = "") -> Any:
     """Declare a config key: its default, how its value is read, and its allowed range."""
     meta = {"kind": kind, "choices": choices, "minimum": minimum, "doc": doc}

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 from mpibench.errors import MpibenchError, ResultsError
 from mpibench.metrics import LatencyHistogram
 from mpibench.report import (
+    backend_record,
     cache_state,
     huge_page_notes,
     phase_warning,
     run_header,
-    storage_type,
     upload_notes,
     workload_lines,
 )
@@ -39,6 +39,7 @@ from mpibench.results import (
     unsynced_write,
     write_text_atomic,
 )
+from mpibench.schema import validate_document
 from mpibench.units import MiB, format_size
 
 if TYPE_CHECKING:
@@ -116,14 +117,8 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def load_document(path: str) -> dict[str, Any]:
-    """Read a results file and check it against the schema (when jsonschema is installed)."""
+    """Read a results file (migrated to the current version) and check it against the schema."""
     document = load_results(path)
-    try:
-        import jsonschema  # noqa: F401
-    except ImportError:  # not installed: the loader's version check still applies
-        return document
-    from mpibench.schema import validate_document
-
     try:
         validate_document(document, ranks_per_phase=SCHEMA_SAMPLE_RANKS)
     except ResultsError as exc:
@@ -438,7 +433,7 @@ def _hosts_section(phases: list[dict[str, Any]]) -> list[str]:
                         rows, left=(0, 6, 7))]
 
 
-def _reached(phase: dict[str, Any], storage: str, fstype: str) -> str:
+def _reached(phase: dict[str, Any], backend: dict[str, Any], fstype: str) -> str:
     """The share of the requested bytes that reached storage during the phase, in the phase's direction.
 
     Reads: /proc/self/io read_bytes. Writes: /proc/self/io write_bytes when the data was
@@ -448,9 +443,9 @@ def _reached(phase: dict[str, Any], storage: str, fstype: str) -> str:
     counted by design (S3, network filesystems).
     """
     requested = int(phase["bytes"])
-    if storage == "s3" or requested <= 0:
+    if not backend.get("kernel_counted") or requested <= 0:
         return "-"
-    if phase_writes(phase) and unsynced_write(phase, storage):
+    if phase_writes(phase) and unsynced_write(phase, not backend.get("direct")):
         device = device_bytes(phase)
         return f"{device[1] / requested * 100:.0f}% device" if device is not None else "? no fsync"
     stored = phase.get("storage_bytes") or {}
@@ -461,21 +456,21 @@ def _reached(phase: dict[str, Any], storage: str, fstype: str) -> str:
 
 
 def _cache_section(phases: list[dict[str, Any]], document: dict[str, Any]) -> list[str]:
-    storage = storage_type(document)
+    backend = backend_record(document)
     fstype = str((document.get("environment") or {}).get("filesystem", {}).get("fstype", ""))
     with_device = any(device_bytes(p) is not None for p in phases)
     rows = []
     for p in phases:
         cache = p.get("cache") or {}
         stored = p.get("storage_bytes") or {}
-        row = [_label(p), str(p["iteration"]), cache_state(p, storage), format_size(p["bytes"]),
+        row = [_label(p), str(p["iteration"]), cache_state(p), format_size(p["bytes"]),
                format_size(stored.get("read_bytes", 0)), format_size(stored.get("write_bytes", 0)),
-               _reached(p, storage, fstype)]
+               _reached(p, backend, fstype)]
         if with_device:
             device = device_bytes(p)
             row += [format_size(device[0]), format_size(device[1])] if device else ["-", "-"]
         how = str(cache.get("method", ""))
-        if unsynced_write(p, storage):
+        if unsynced_write(p, not backend.get("direct")):
             how += "; no fsync: data may still be in the page cache"
         rows.append([*row, how])
     header = ["phase", "iter", "cache", "requested", "storage read", "kernel written", "reached"]

@@ -232,9 +232,10 @@ def test_quick_presets_on_s3(s3, preset):
     listing = next(p for p in doc["metadata"]["phases"] if p["name"] == "list")
     assert listing["entries"] == items and listing["pages"] == 1
     assert doc["environment"]["backend"]["objects"]["object_size_bytes"] == doc["config"]["metadata"]["file_size"]
+    from mpibench.backends.base import StoragePlan
     from mpibench.backends.s3 import S3Backend
 
-    S3Backend.undo_preflight(config, f"mpibench-{doc['run_id']}", False)
+    S3Backend.undo(config, StoragePlan(run_key=f"mpibench-{doc['run_id']}"))
     assert_untouched(s3, before)
 
 

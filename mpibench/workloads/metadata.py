@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mpibench.backends.base import AccessHints
 from mpibench.buffers import aligned_buffer, buffer_footprint
 from mpibench.config import Config
 from mpibench.context import POLL_INTERVAL_NS
@@ -72,6 +73,11 @@ class MetadataWorkload(Workload):
     """Create, stat, read, list, rename and remove metadata.items files per rank."""
 
     name = "metadata"
+
+    def access_hints(self, config: Config) -> AccessHints:
+        """Small whole files, each created, stat'ed, read and removed by one request."""
+        return AccessHints(unit="file (PUT, HEAD, GET, LIST, DELETE one request each)",
+                           object_size=config.metadata.file_size)
 
     def __init__(self) -> None:
         self._states: weakref.WeakKeyDictionary[Any, _RankState] = weakref.WeakKeyDictionary()
@@ -214,7 +220,7 @@ class MetadataWorkload(Workload):
 
         `expect`: what each call must return (bytes written or read, the size stat'ed).
         The per-operation path is the backend's call, one clock reading and two appends;
-        the deadline, stop notices, faults and folding the log are looked at only every
+        the deadline, stop notices and folding the log are looked at only every
         POLL_INTERVAL_NS, after which the clock is marked anew so that work never counts
         as an operation's latency. `started[0]`: how many calls were begun (for the cleanup).
         """
@@ -222,7 +228,6 @@ class MetadataWorkload(Workload):
         entries, sizes = log.entries, log.sizes
         note, note_size = entries.append, sizes.append
         clock = time.perf_counter_ns
-        fault = ctx.fault
         never = 1 << 62
         stop_at = rec.t0_ns + deadline_ns if deadline_ns else never
         dirs = len(handles)
@@ -230,7 +235,7 @@ class MetadataWorkload(Workload):
             rec.extra["files_of_rank"] = files_of
         i = -1
         now = clock()
-        next_check = 0 if fault is not None else min(stop_at, now + POLL_INTERVAL_NS)
+        next_check = min(stop_at, now + POLL_INTERVAL_NS)
         note(-now)
         try:
             for i in range(count):
@@ -248,12 +253,9 @@ class MetadataWorkload(Workload):
                         break
                     if len(entries) >= 2 * FLUSH_EVERY:
                         log.flush()
-                    if fault is not None and i + 1 >= fault.after_ops:
-                        injected, fault, ctx.fault = fault, None, None
-                        injected.trigger()
                     ctx.check_stop(end)
                     now = clock()
-                    next_check = 0 if fault is not None else min(stop_at, now + POLL_INTERVAL_NS)
+                    next_check = min(stop_at, now + POLL_INTERVAL_NS)
                     note(-now)
         except BenchIOError as exc:
             if exc.errno in FULL_ERRNOS:
