@@ -233,6 +233,7 @@ def test_quick_presets_on_s3(s3, preset):
     assert listing["entries"] == items and listing["pages"] == 1
     assert doc["environment"]["backend"]["objects"]["object_size_bytes"] == doc["config"]["metadata"]["file_size"]
     from mpibench.backends.base import StoragePlan
+    from mpibench.backends.base import StoragePlan
     from mpibench.backends.s3 import S3Backend
 
     S3Backend.undo(config, StoragePlan(run_key=f"mpibench-{doc['run_id']}"))
@@ -260,9 +261,10 @@ def test_s3_list_by_pages_and_delete_in_batches(s3):
     assert any("DeleteObjects" in line for line in doc["preflight"]["checks"])
     stored = {k for k in s3.listing(f"{PREFIX}/mpibench-{doc['run_id']}/") if not k.endswith(RUN_MARKER)}
     assert stored == set()  # every object of the run, the probe's included, is gone
+    from mpibench.backends.base import StoragePlan
     from mpibench.backends.s3 import S3Backend
 
-    S3Backend.undo_preflight(config, f"mpibench-{doc['run_id']}", False)
+    S3Backend.undo(config, StoragePlan(run_key=f"mpibench-{doc['run_id']}"))
     assert_untouched(s3, before)  # the objects that are not the run's are all there, unchanged
 
 
