@@ -123,7 +123,6 @@ class _Load:
         self.log: OpLog = rec.new_log()
         self.first_tensor: float | None = None
         self.header_bytes = 0
-        self.head_end = 0
         self.shards = {s.name: s for s in model.shards}
 
     def run(self) -> None:
@@ -145,6 +144,8 @@ class _Load:
                 t = time.perf_counter()
                 if self.reader == "mmap":
                     self._mmap(backend.fileno(handle), shard, extents, path)
+                elif _whole_objects(self.ctx.config):
+                    self._object(handle, shard, path)
                 else:
                     self._check_header(shard, self._read_header(handle, shard, path), path)
                     if self.reader == "read":
@@ -207,7 +208,6 @@ class _Load:
             data += bytes(self.view[:min(got, need - done)])
             done += got
         self.header_bytes += done
-        self.head_end = done  # where the next read of this shard may start
         return data
 
     # -- the readers --
@@ -226,16 +226,19 @@ class _Load:
                     fill += e.length
             self._tensor_done()
 
+    def _object(self, handle: Any, shard: ShardFile, path: str) -> None:
+        """The whole shard in one GET (no range, no HEAD) into the shard-sized buffer, then its header checked."""
+        view = self.view[:shard.file_bytes]
+        t0 = time.perf_counter_ns()
+        got = self.ctx.backend.read_object(handle, view)
+        self.log.record(got, t0, time.perf_counter_ns())
+        self.ctx.check_stop()
+        self.header_bytes += shard.data_start
+        self._check_header(shard, bytes(view[:shard.data_start]), path)
+        self._tensor_done()  # every tensor of the shard arrived with it
+
     def _ranges(self, handle: Any, shard: ShardFile, extents: list[Extent], path: str) -> None:
         size = len(self.buf)
-        if self.ctx.config.modelload.s3_fetch == "objects":  # the whole shard, after its header
-            first_end = extents[0].end
-            start = min(self.head_end, shard.file_bytes)
-            for at in range(start, shard.file_bytes, size):
-                self._read_exact(handle, self.view[:min(size, shard.file_bytes - at)], at, path)
-                if self.first_tensor is None and at + size >= first_end:
-                    self._tensor_done()
-            return
         for offset, length in covering_runs(extents):
             for at in range(offset, offset + length, size):
                 self._read_exact(handle, self.view[:min(size, offset + length - at)], at, path)
@@ -302,6 +305,11 @@ class _Load:
 
 
 # -- the workload -----------------------------------------------------------------------------------
+def _whole_objects(config: Config) -> bool:
+    """The s3 reader fetching every shard whole, in one GET into a buffer of its size."""
+    return modelload_reader(config) == "s3" and config.modelload.s3_fetch == "objects"
+
+
 def _stats(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
@@ -315,6 +323,12 @@ class ModelloadWorkload(Workload):
     describe_totals = True
 
     def buffer_bytes(self, config: Config, size: int, ranks_per_node: int, io_depth: int) -> tuple[int, str, str]:
+        if _whole_objects(config):
+            largest = max(s.file_bytes for s in model_of(config).shards)
+            return (buffer_footprint(max(config.modelload.buffer_size, largest), config.huge_pages),
+                    f"the largest shard, {format_size(largest)}, in one GET (modelload.s3_fetch=objects)",
+                    "use modelload.s3_fetch=ranges, or write the model with a smaller modelload.shard_size, "
+                    "or run fewer ranks per node")
         return (buffer_footprint(config.modelload.buffer_size, config.huge_pages), "modelload.buffer_size",
                 "lower modelload.buffer_size, or run fewer ranks per node")
 
@@ -388,8 +402,9 @@ class ModelloadWorkload(Workload):
             # The FUSE mount has no block device of its own: count the backing directory's.
             ctx.block_stat = environment.block_stat_path(ml.backing_root)
 
-        def staging() -> mmap.mmap:
-            buf = aligned_buffer(ml.buffer_size)
+        def staging() -> mmap.mmap:  # a whole shard for s3_fetch=objects (sized in buffer_bytes' preflight)
+            whole = [s.file_bytes for s in model.shards] if _whole_objects(config) else []
+            buf = aligned_buffer(max([ml.buffer_size, *whole]))
             np.frombuffer(buf, dtype=np.uint8)[::PAGE] = 0  # faulted in now, not in the load
             return buf
 
