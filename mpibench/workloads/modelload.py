@@ -652,4 +652,97 @@ def figure_cold_warm(document: dict[str, Any], figure: Any) -> Any:
     return figure
 
 
+def _reader_key(document: dict[str, Any]) -> str:
+    """A results document's reader as the cross-file view names it (storage, s3 fetch or mmap mapping)."""
+    m = document["modelload"]
+    config = document.get("config") or {}
+    ml = config.get("modelload") or {}
+    how = {"mmap": ml.get("mmap_mapping"), "s3": f"{ml.get('s3_fetch')} GETs"}.get(m["reader"])
+    storage = (config.get("storage") or {}).get("type", "?")
+    return f"{m['reader']}{f' ({how})' if how else ''} on {storage}"
+
+
+def readers_text(documents: list[tuple[str, dict[str, Any]]]) -> str:
+    """`mpibench report A.json B.json ...` of modelload results: one cold-vs-warm table per reader
+    across the files (medians over each file's loads; every figure recomputes from its rows)."""
+    m0 = documents[0][1]["modelload"]
+    scaled = f" SCALED by {m0['scale']:g}" if m0["scaled"] else ""
+    lines = [f"modelload {m0['model']}{scaled}: {m0['shards']} shard(s), {format_size(m0['file_bytes'])} "
+             f"({m0['file_bytes']} bytes); cold vs warm per reader, {len(documents)} results file(s)"]
+    by_reader: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for path, doc in documents:
+        by_reader.setdefault(_reader_key(doc), []).append((path, doc))
+    header = (f"{'load':<6}{'loads':>6}{'GB/s':>9}{'GiB/s':>9}{'first s':>9}{'all s':>8}{'dev read':>12}"
+              f"{'dev/needed':>11}  cache  (run)")
+    for reader, group in by_reader.items():
+        lines += ["", f"reader {reader}", header, "-" * len(header)]
+        for path, doc in group:
+            m = doc["modelload"]
+            for label in ("cold", "warm"):
+                rows = [r for r in m["loads"] if r["load"] == label]
+                if not rows:
+                    continue
+                dev = [r["device_read_bytes"] for r in rows if r["device_read_bytes"] is not None]
+                ratio = [r["device_read_bytes"] / r["storage_bytes_needed"] for r in rows
+                         if r["device_read_bytes"] is not None and r["storage_bytes_needed"]]
+                if label == "cold":
+                    verdict = f"cold, confirmed {sum(1 for r in rows if r['confirmed'])}/{len(rows)}"
+                else:
+                    verdict = f"served from memory {sum(1 for r in rows if r['served_from_memory'])}/{len(rows)}"
+                lines.append(
+                    f"{label:<6}{len(rows):>6}{statistics.median(r['bandwidth_GBps'] for r in rows):>9.3f}"
+                    f"{statistics.median(r['bandwidth_GiBps'] for r in rows):>9.3f}"
+                    f"{statistics.median(r['first_tensor_s'].get('max', 0.0) for r in rows):>9.3f}"
+                    f"{statistics.median(r['all_tensors_s'].get('max', 0.0) for r in rows):>8.3f}"
+                    f"{format_size(int(statistics.median(dev))) if dev else 'n/a':>12}"
+                    f"{f'{statistics.median(ratio):.3f}' if ratio else 'n/a':>11}  {verdict}  "
+                    f"({doc.get('run_id')}, {m['layout']}, {m['world_size']} rank(s), {os.path.basename(path)})")
+            if m.get("warm_over_cold"):
+                lines.append(f"warm / cold GB/s (medians): {m['warm_over_cold']:.2f}")
+    lines += ["", "medians over each file's loads; GB/s over bytes touched; first/all s: the slowest rank's; "
+                  "dev read: the block device's bytes per load (n/a on S3); dev/needed: over the bytes the load "
+                  "needed from storage (the node's pages once; each rank's own for direct)"]
+    return "\n".join(lines)
+
+
+def figure_readers(documents: list[tuple[str, dict[str, Any]]], figure: Any) -> Any:
+    """The cross-file figure: median GB/s and time to first tensor per reader, cold beside warm."""
+    speed, first = figure.subplots(1, 2)
+    names = [f"{_reader_key(doc)}\n{doc.get('run_id')}" for _, doc in documents]
+    xs = list(range(len(documents)))
+    for offset, label, color in ((-0.2, "cold", "#4477aa"), (0.2, "warm", "#ee6677")):
+        rows = [[r for r in doc["modelload"]["loads"] if r["load"] == label] for _, doc in documents]
+        speed.bar([x + offset for x in xs], [statistics.median(r["bandwidth_GBps"] for r in g) if g else 0.0
+                                             for g in rows], 0.4, label=label, color=color)
+        first.bar([x + offset for x in xs], [statistics.median(r["first_tensor_s"].get("max", 0.0) for r in g) * 1e3
+                                             if g else 0.0 for g in rows], 0.4, label=label, color=color)
+    for axes, ylabel in ((speed, "GB/s over bytes touched (median)"),
+                         (first, "time to first tensor, ms (slowest rank, median)")):
+        axes.set_xticks(xs, names, fontsize=7)
+        axes.set_ylabel(ylabel)
+        axes.legend()
+    m = documents[0][1]["modelload"]
+    figure.suptitle(f"modelload {m['model']}: cold vs warm per reader")
+    return figure
+
+
+def check_comparable(documents: list[tuple[str, dict[str, Any]]]) -> None:
+    """Several files are reported together only as modelload loads of one model, or a ResultsError."""
+    from mpibench.errors import ResultsError
+
+    first: tuple[Any, ...] | None = None
+    for path, doc in documents:
+        m = doc.get("modelload") or {}
+        if not m.get("loads"):
+            raise ResultsError(f"{path} is not a modelload result: several files are reported together only as "
+                               "modelload cold vs warm per reader", "give one file, or compare two with mpibench "
+                               "compare")
+        model = (m["model"], m["scale"], m["file_bytes"])
+        if first is not None and model != first:
+            raise ResultsError(f"{path} loads {m['model']} at scale {m['scale']:g} ({m['file_bytes']} bytes), the "
+                               f"first file {first[0]} at scale {first[1]:g} ({first[2]} bytes)",
+                               "report together only the loads of one model")
+        first = first or model
+
+
 WORKLOAD = ModelloadWorkload()
