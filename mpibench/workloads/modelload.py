@@ -21,7 +21,8 @@ loader hands tensors to a device:
 - ``read``: pread of each tensor's extent (each piece of a strided slice);
 - ``direct``: O_DIRECT reads of the extents rounded out to the alignment and merged
   where they touch (native, or s3dlio's direct:// with storage.library=s3dlio);
-- ``s3``: one ranged GET per tensor slice (from its first to its last byte).
+- ``s3``: one ranged GET per tensor slice (from its first to its last byte), or with
+  s3_fetch=objects each shard whole in one GET into a shard-sized buffer.
 
 Per rank and load: time to the first tensor and to all, bytes touched (headers, and
 what alignment or a covering range adds), tensor bytes, major and minor page faults
@@ -44,7 +45,7 @@ import numpy as np
 from mpibench import environment
 from mpibench.buffers import aligned_buffer, buffer_footprint
 from mpibench.config import Config, modelload_reader
-from mpibench.errors import BenchIOError, ConfigError, PreflightError
+from mpibench.errors import BenchIOError, ConfigError, PreflightError, ResultsError
 from mpibench.formats import check_dataset_name
 from mpibench.metrics import OpLog, PhaseRecorder
 from mpibench.pagecache import errno_name, evict_file, probe_mount, resident_bytes
@@ -728,8 +729,6 @@ def figure_readers(documents: list[tuple[str, dict[str, Any]]], figure: Any) -> 
 
 def check_comparable(documents: list[tuple[str, dict[str, Any]]]) -> None:
     """Several files are reported together only as modelload loads of one model, or a ResultsError."""
-    from mpibench.errors import ResultsError
-
     first: tuple[Any, ...] | None = None
     for path, doc in documents:
         m = doc.get("modelload") or {}
