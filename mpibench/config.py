@@ -277,6 +277,8 @@ class MetadataConfig:
                                "later phases use exactly the files created")
     read: bool = _opt(True, "bool", doc="read each file back (file_size bytes) after the stat phase")
     list: bool = _opt(False, "bool", doc="list the directories (readdir / S3 LIST) after the read phase")
+    list_page: int = _opt(1000, "int", minimum=1, doc="entries per page of a listing: S3 ListObjectsV2 MaxKeys "
+                          "(at most 1000), names handed out per readdir page on files")
     rename: bool = _opt(False, "bool", doc="rename each file in its directory before the remove phase (files only)")
     fsync: bool = _opt(False, "bool", doc="fsync each file before closing it in the create phase (mdtest -y)")
     preset: str | None = _opt(None, "optional_str", doc="name of the preset the configuration comes from "

@@ -130,8 +130,9 @@ class Backend(ABC):
         preflight before makedirs), or None (always None where there are no directories)."""
         return None
 
-    def evict(self, key: str) -> bool:
-        """Drop `key` from the client cache; True when the eviction is known to have worked."""
+    def evict(self, key: str, *, synced: bool = False) -> bool:
+        """Drop `key` from the client cache; True when the eviction is known to have worked.
+        `synced`: the caller fsynced the object since it last wrote it (nothing dirty to flush)."""
         return self.direct
 
     def sync_filesystem(self) -> None:
@@ -218,9 +219,19 @@ class Backend(ABC):
         """Remove entry `name` (a missing one is an error unless missing_ok)."""
         self.remove(f"{handle}/{name}")
 
-    def list_in(self, handle: Any) -> Iterator[list[str]]:
-        """The names in the directory, page by page, as the storage hands them out."""
+    def list_in(self, handle: Any, page: int) -> Iterator[list[str]]:
+        """The names in the directory, pages of up to `page` names as the storage hands them out."""
         raise NotImplementedError(f"{self.name} cannot list")
+
+    def probe_batch_delete(self, key: str) -> dict[str, Any] | None:
+        """Rank 0, before the run: whether entries can be removed many per request below `key`
+        ({"mode": "batched" or "single", "max_keys", "method", "reason"}); None: never."""
+        return None
+
+    def unlink_many_in(self, handle: Any, names: list[str]) -> None:
+        """Remove the entries `names` (at most probe_batch_delete's max_keys) in one request."""
+        for name in names:
+            self.unlink_in(handle, name)
 
     def where_in(self, handle: Any, name: str) -> str:
         """A human-readable location of entry `name` for messages."""

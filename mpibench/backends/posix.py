@@ -464,9 +464,9 @@ class PosixBackend(PosixMetadataOps, Backend):
                     os.close(fd)
         os.sync()
 
-    def evict(self, key: str) -> bool:
+    def evict(self, key: str, *, synced: bool = False) -> bool:
         """posix_fadvise(DONTNEED) on the file; confirmed when mincore-free reads follow."""
-        return evict_file(self.path_of(key))
+        return evict_file(self.path_of(key), synced=synced)
 
 
 class LocalFsBackend(PosixBackend):
@@ -483,7 +483,7 @@ class DirectFsBackend(PosixBackend):
     direct = True
     open_flags = O_DIRECT
 
-    def evict(self, key: str) -> bool:
+    def evict(self, key: str, *, synced: bool = False) -> bool:
         return True
 
     def describe(self) -> dict[str, Any]:

@@ -47,6 +47,14 @@ from xml.etree import ElementTree
 import numpy as np
 import s3dlio
 
+from mpibench.backends.s3_pages import (
+    MAX_KEYS,
+    S3ClientError,
+    delete_keys,
+    list_pages,
+    make_client,
+    probe_delete_objects,
+)
 from mpibench.backends.base import Backend
 from mpibench.buffers import aligned_buffer, keep_freed_heap
 from mpibench.config import StorageConfig
@@ -384,6 +392,7 @@ class S3Backend(Backend):
         self.random_write = object_size is not None and object_size == transfer_size
         self._objects_written: dict[str, set[int]] = {}
         self._lock = threading.Lock()
+        self._boto: Any = None  # botocore client, made on first use (metadata LIST and DeleteObjects)
 
     # -- naming ------------------------------------------------------------------------------
     def path_of(self, key: str) -> str:
@@ -670,7 +679,7 @@ class S3Backend(Backend):
         uris = [self.path_of(self._part_key(key, i)) for i in indices] or [self.path_of(key)]
         delete_objects(uris)
 
-    def evict(self, key: str) -> bool:
+    def evict(self, key: str, *, synced: bool = False) -> bool:
         return True  # nothing is cached on the client
 
     # -- metadata operations: one request each (a directory handle is its key prefix) ------------
@@ -691,23 +700,56 @@ class S3Backend(Backend):
         return self._read_whole(self.path_of(f"{handle}/{name}"), buf, keep=False)
 
     def unlink_in(self, handle: str, name: str, missing_ok: bool = False) -> None:
-        """One DELETE (S3 does not say whether the object existed: missing_ok either way).
-        s3dlio 0.10 offers no batched DeleteObjects call."""
+        """One DELETE (S3 does not say whether the object existed: missing_ok either way)."""
         uri = self.path_of(f"{handle}/{name}")
         try:
             s3dlio.delete(uri)
         except RuntimeError as exc:
             raise io_failure("delete", uri, exc) from None
 
-    def list_in(self, handle: str) -> Any:
-        """One s3dlio.list of the prefix, one level deep: s3dlio pages ListObjectsV2 inside
-        the call and hands back the whole listing, so it comes as one page."""
-        uri = self.path_of(handle) + "/"
+    def _client(self) -> Any:
+        """This rank's botocore client (s3dlio has no paged LIST and no DeleteObjects)."""
+        if self._boto is None:
+            self._boto = make_client(self.storage, self.endpoint, region())
+        return self._boto
+
+    def open_dir(self, key: str) -> str:
+        """The key prefix; the botocore client is made here, outside the timed phases (its
+        service model takes hundreds of milliseconds to load)."""
+        self._client()
+        return key
+
+    def _key_of(self, key: str) -> str:
+        return self.path_of(key)[len(f"s3://{self.bucket}/"):]
+
+    def list_in(self, handle: str, page: int) -> Any:
+        """ListObjectsV2 of the prefix, one level deep, page by page (MaxKeys `page`)."""
+        prefix = self._key_of(handle) + "/"
         try:
-            found = s3dlio.list(uri, recursive=False)
-        except RuntimeError as exc:
-            raise io_failure("list", uri, exc) from None
-        yield found
+            yield from list_pages(self._client(), self.bucket, prefix, min(page, MAX_KEYS))
+        except S3ClientError as exc:
+            raise io_failure("list", f"s3://{self.bucket}/{prefix}", exc) from None
+
+    def probe_batch_delete(self, key: str) -> dict[str, Any] | None:
+        prefix = self._key_of(key) + "/"
+        try:
+            return probe_delete_objects(self._client(), self.bucket, prefix)
+        except S3ClientError as exc:
+            reason, hint = classify(str(exc))
+            raise PreflightError(f"DeleteObjects probe under s3://{self.bucket}/{prefix} failed: {reason}",
+                                 hint) from None
+
+    def unlink_many_in(self, handle: str, names: list[str]) -> None:
+        """One DeleteObjects of `names`; an error naming the first object the store kept."""
+        prefix = self._key_of(handle) + "/"
+        try:
+            kept = delete_keys(self._client(), self.bucket, [prefix + name for name in names])
+        except S3ClientError as exc:
+            raise io_failure("delete", f"s3://{self.bucket}/{prefix}{names[0]}", exc) from None
+        if kept:
+            uri = f"s3://{self.bucket}/{kept[0][0]}"
+            raise BenchIOError(f"delete {uri} failed: DeleteObjects kept {len(kept)} of {len(names)} objects "
+                               f"({kept[0][1]})", "check the bucket policy and object lock", path=uri)
 
     # -- rank 0: preflight and final cleanup -------------------------------------------------------
     @classmethod
