@@ -252,7 +252,8 @@ class ModelloadConfig:
     buffer_size: int = _opt(64 * 1024**2, "size", minimum=4096, doc="bytes per read and staging buffer per rank")
     s3_fetch: str = _opt("ranges", "enum", choices=("ranges", "objects"),
                          doc="s3 reader: one ranged GET per tensor slice, or every shard whole (its own "
-                             "tensors or not, in buffer_size GETs), as a download before the load")
+                             "tensors or not) in one GET into a shard-sized buffer, as a download "
+                             "before the load")
     backing_root: str | None = _opt(None, "optional_str",
                                     doc="a FUSE root's backing directory: its files are evicted too before "
                                         "a cold load")

@@ -419,3 +419,34 @@ def test_a_version_1_file_loads_in_report_and_compare(tmp_path, unsynced_path):
     done = run_cli(0, "compare", str(path), str(unsynced_path))
     assert done.returncode == 0, done.stderr
     assert "config of B differs" not in done.stdout  # io_depth and io.depth are one key once migrated
+
+
+def test_modelload_files_give_cold_vs_warm_per_reader(tmp_path_factory, tmp_path):
+    """`mpibench report` of real 2-rank modelload results, one per reader: one cold-vs-warm
+    table per reader across them (medians recomputed from each file's loads) and the figure;
+    a file that is not a modelload result is refused in one line."""
+    config = os.path.join(CONFIGS, "llama3-8b-load-quick.yaml")
+    once = "modelload.iterations=1"
+    paths, _ = workload_runs(tmp_path_factory, "modelload-readers",
+                             (config, "workload=datagen", "storage.type=direct_fs"),
+                             (config, "modelload.reader=mmap", once), (config, "modelload.reader=read", once),
+                             (config, "storage.type=direct_fs", once))
+    files = [str(p) for p in paths[1:]]
+    done = run_cli(0, "report", *files, "--png", str(tmp_path / "png"), "--html", str(tmp_path / "r.html"))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    readers = [line.removeprefix("reader ") for line in lines if line.startswith("reader ")]
+    assert readers == ["mmap (private) on local_fs", "read on local_fs", "direct on direct_fs"]
+    for path in files:
+        doc = json.loads(Path(path).read_text())
+        for row in doc["modelload"]["loads"]:
+            [line] = [ln for ln in lines if ln.startswith(row["load"]) and ln.endswith(f"{os.path.basename(path)})")]
+            assert line.split()[1:3] == ["1", f"{row['bandwidth_GBps']:.3f}"]
+    assert sum("served from memory 1/1" in line for line in lines) == 2  # mmap and read: the page cache
+    assert sum("served from memory 0/1" in line for line in lines) == 1  # direct: the device again
+    assert (tmp_path / "png" / "modelload_readers.png").read_bytes().startswith(PNG_SIGNATURE)
+    page = (tmp_path / "r.html").read_text()
+    assert "modelload: cold vs warm per reader" in page and "data:image/png;base64," in page
+    done = run_cli(0, "report", files[0], str(paths[0]))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "is not a modelload result" in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -431,6 +431,11 @@ class S3Backend(Backend):
         self._put_uri(self.path_of(key), buf)
         return len(buf)
 
+    def read_object(self, handle: _Read, buf: memoryview) -> int:
+        """One GET of the whole object, no range and no HEAD before it (S3DLIO_SKIP_HEAD):
+        the object must be exactly len(buf) bytes."""
+        return self._read_whole(handle.uri, buf)
+
     def get(self, key: str, buf: memoryview) -> int:
         """One GET (ranged to the buffer's length) of the whole object."""
         return self._read_range(self.path_of(key), buf, 0)
