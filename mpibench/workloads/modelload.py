@@ -144,7 +144,7 @@ class _Load:
             try:
                 t = time.perf_counter()
                 if self.reader == "mmap":
-                    self._mmap(backend.fileno(handle), shard, extents, path)
+                    self._mmap(_fd(backend, handle), shard, extents, path)
                 elif _whole_objects(self.ctx.config):
                     self._object(handle, shard, path)
                 else:
@@ -306,6 +306,13 @@ class _Load:
 
 
 # -- the workload -----------------------------------------------------------------------------------
+def _fd(backend: Any, handle: Any) -> int:
+    """The file descriptor the mmap reader maps (the config check keeps mmap to files)."""
+    fd = backend.fd_for(handle)
+    assert fd is not None, "the mmap reader needs a backend whose handles are files"
+    return int(fd)
+
+
 def _whole_objects(config: Config) -> bool:
     """The s3 reader fetching every shard whole, in one GET into a buffer of its size."""
     return modelload_reader(config) == "s3" and config.modelload.s3_fetch == "objects"
