@@ -106,7 +106,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                      help="results file (default: mpibench-<run_id>.json in the current directory)")
     run.add_argument("--force", action="store_true", help="overwrite an existing results file")
     run.add_argument("--csv", metavar="FILE.csv", help="also write one CSV row per phase and iteration")
-    run.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no table")
+    run.add_argument("--quiet", "-q", action="store_true", help="no header, no progress and no table")
+    run.add_argument("--progress", choices=("auto", "bar", "lines", "off"), default="auto",
+                     help="progress of the current phase on rank 0: a bar, a plain line every few seconds "
+                          "(for launchers and log files), or none (default auto: the bar on a terminal, "
+                          "else lines); the header and each phase's row are printed as they come either way")
 
     plan = sub.add_parser("plan", help="print what each rank would do, without I/O",
                           description="Print what each rank would do (files, bytes, alignment), the totals, "
@@ -464,18 +468,17 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
             print("preflight passed")
         return 0
     from mpibench.csvout import write_csv
-    from mpibench.report import phase_table, run_header
     from mpibench.results import write_json_atomic
 
-    progress = None
-    if comm.is_root and not args.quiet and sys.stderr.isatty():
-        from mpibench.progress import ProgressBar
+    live = None
+    if comm.is_root and not args.quiet:
+        from mpibench.live import LiveOutput, progress_display
 
-        progress = ProgressBar()
+        live = LiveOutput(progress_display(args.progress))
     # Rank 0 writes the results here, after the run: a file that appeared at the name in
     # the meantime is kept, and the results go to a fresh name beside it (with a warning).
     try:
-        document = execute(config, comm, output=None, progress=progress, restore_signals=False,
+        document = execute(config, comm, output=None, progress=live, restore_signals=False,
                            deferred=_DEFERRED)
     except MpibenchError as exc:
         _ignore_signals()  # the run has ended: what it measured is written, whatever comes
@@ -483,8 +486,7 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
         if comm.is_root and partial is not None:
             written = _save(write_json_atomic, output, partial, args.force, "--output")
             if not args.quiet:
-                print(run_header(partial))
-                print(phase_table(partial))
+                _print_table(partial, live)
                 print(f"partial result (complete: false) written to {written}")
         raise
     _ignore_signals()
@@ -492,12 +494,24 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
         written = _save(write_json_atomic, output, document, args.force, "--output")
         csv_written = _save(write_csv, args.csv, document, args.force, "--csv") if args.csv else None
         if not args.quiet:
-            print(run_header(document))
-            print(phase_table(document))
+            _print_table(document, live)
             print(f"results written to {written}")
             if csv_written:
                 print(f"CSV written to {csv_written}")
     return 0
+
+
+def _print_table(document: dict[str, Any], live: Any) -> None:
+    """What rank 0 prints once the run is over: the summary under the rows printed live,
+    or the whole header and table where nothing was printed during the run."""
+    from mpibench.report import phase_table, run_header
+
+    if live is None or not live.header_printed:
+        print(run_header(document))
+    text = phase_table(document, rows=live is None or not live.header_printed)
+    if text:
+        print(text)
+    sys.stdout.flush()
 
 
 def _save(write: Any, path: str, document: dict[str, Any], force: bool, option: str) -> str:

@@ -350,6 +350,8 @@ class RunContext:
             rec.extra["huge_page_bytes"] = dict(buffers.huge_page_bytes)
         # The phase is reduced even when it failed: the partial result shows how far it got.
         phase = self._reduce(rec, {**meta, "complete": worst == 0} if worst else meta)
+        if phase is not None and hasattr(self.progress, "phase_done"):  # its row, printed now
+            self.progress.phase_done(phase)
         if worst == 2:
             if error is not None and self.comm.rank == 0:
                 raise agreed(error)
@@ -511,6 +513,9 @@ def execute(config: Config, comm: Comm, *, output: str | None, force: bool = Fal
         backend = _make_rank_backend(config, info, layout)
         ctx = RunContext(config, comm, info, backend, progress=progress)
         holder["ctx"] = ctx
+        if hasattr(progress, "run_started"):  # rank 0's live output (mpibench.live)
+            progress.run_started({"run_id": info.run_id, "config": config.to_dict(),
+                                  "environment": _environment(config, info, ctx, backend, env)})
         if "pending" in holder:
             ctx.interrupted = holder["pending"]
             ctx.watchdog.arm(ctx.interrupted)
@@ -559,16 +564,7 @@ def _document(config: Config, comm: Comm, info: PreflightInfo, ctx: RunContext, 
             "incomplete_reason": None if failure is None else failure.line(),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "config": config.to_dict(),
-            "environment": {
-                **env,
-                "filesystem": info.filesystem,
-                "direct_io_alignment": info.alignment,
-                "alignment_source": info.alignment_source,
-                "io_depth": ctx.io_depth,
-                "io_engine": ctx.io_engine,
-                "io_buffers": io_buffers_record(config, ctx.phases),
-                "backend": {**backend.describe(), **info.backend},
-            },
+            "environment": _environment(config, info, ctx, backend, env),
             "preflight": {"checks": info.checks, "warnings": info.warnings,
                           "planned_bytes": info.planned_bytes, "free_bytes": info.free_bytes},
             "phases": ctx.phases,
@@ -584,6 +580,21 @@ def _document(config: Config, comm: Comm, info: PreflightInfo, ctx: RunContext, 
         failure.partial_result = document  # type: ignore[attr-defined]
         raise agreed(failure)  # every rank has passed the cleanup's last barrier
     return document
+
+
+def _environment(config: Config, info: PreflightInfo, ctx: RunContext, backend: Backend,
+                 env: dict[str, Any]) -> dict[str, Any]:
+    """The results' environment: the hosts', and what the preflight and the ranks decided."""
+    return {
+        **env,
+        "filesystem": info.filesystem,
+        "direct_io_alignment": info.alignment,
+        "alignment_source": info.alignment_source,
+        "io_depth": ctx.io_depth,
+        "io_engine": ctx.io_engine,
+        "io_buffers": io_buffers_record(config, ctx.phases),
+        "backend": {**backend.describe(), **info.backend},
+    }
 
 
 def io_buffers_record(config: Config, phases: list[dict[str, Any]]) -> dict[str, Any]:

@@ -166,7 +166,7 @@ def error_line(done: Completed) -> str:
     errors = [line for line in lines if line.startswith("mpibench: error: ")]
     assert len(errors) == 1, done.stderr
     others = [line for line in lines if line not in errors
-              and not line.startswith(("mpibench: warning: ", *LAUNCHER_LINES))]
+              and not line.startswith(("mpibench: warning: ", "progress: ", *LAUNCHER_LINES))]
     assert others == [], done.stderr
     return errors[0]
 
@@ -839,7 +839,7 @@ def test_cleanup_leaves_planted_symlinks_and_their_targets(request, jobs, sandbo
         run_dir, os.path.join(run_dir, ".mpibench-run"), os.path.join(run_dir, "to-dir"),
         os.path.join(run_dir, "bandwidth"), os.path.join(run_dir, "bandwidth", "to-file")}
     assert open(os.path.join(keep, "notes.txt")).read() == "not mpibench's"
-    assert [line for line in done.stderr.splitlines() if line.strip()] == [
+    assert [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("progress: ")] == [
         f"mpibench: warning: run directory {run_dir_of(sandbox, 'planted')} kept: "
         "it holds entries the run did not create or could not remove: ['bandwidth', 'to-dir']"]
 
