@@ -431,6 +431,9 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
     from mpibench.run import broadcast_outcome, execute, new_run_id
 
     def load() -> tuple[Any, str | None]:
+        from mpibench.comm import node_key
+
+        node_key()  # a bad MPIBENCH_NODE_KEY is refused here, once, before any rank uses it
         _check_config_file(args.config)
         config = load_config(args.config, args.overrides)
         if args.command == "plan":

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from mpibench import __version__
-from mpibench.comm import Comm, mpi4py_version, mpi_library_version
+from mpibench.comm import Comm, mpi4py_version, mpi_library_version, node_key
 
 LAUNCHER_PREFIXES = ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_NNODES", "SLURM_NTASKS",
                      "SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "SLURM_MPI_TYPE",
@@ -211,6 +211,7 @@ def collect(comm: Comm) -> dict[str, Any]:
         "num_nodes": layout.num_nodes,
         "hosts": layout.hosts,
         "ranks_per_node": layout.ranks_per_node,
+        "nodes_by": node_key(),
         "mpi_library": mpi_library_version(),
         "versions": versions,
         "platform": platform.platform(),

@@ -44,6 +44,7 @@ from mpibench.results import (
     summarize_repetitions,
     write_json_atomic,
 )
+from mpibench.shared_root import check_nodes_see_run_dir
 from mpibench.units import format_size
 from mpibench.workloads import Workload, get_workload
 
@@ -496,6 +497,14 @@ def execute(config: Config, comm: Comm, *, output: str | None, force: bool = Fal
     comm.sync_clocks()
     env = environment.collect(comm)
     info: PreflightInfo = broadcast_outcome(comm, lambda: preflight(config, comm.size, layout))
+    try:  # the run directory rank 0 made must be the one every node writes to
+        shared = check_nodes_see_run_dir(config, comm, layout, info.run_id, info.run_key)
+    except MpibenchError:
+        if comm.is_root:
+            _remove_run_dir(config, info)
+        raise
+    if shared:
+        info.checks.append(shared)
     if preflight_only:
         if comm.is_root:
             _remove_run_dir(config, info)
