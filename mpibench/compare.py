@@ -208,15 +208,21 @@ def compare_metric(base: list[float], other: list[float], metric: Metric, alpha:
     med_b = statistics.median(other) if other else math.nan
     ratio = med_b / med_a if base and other and med_a > 0 else None
     n_a, n_b = len(base), len(other)
+    # The interval is shown even without a verdict (it says how far apart the runs may be);
+    # from one value a side it would be a single point, so it needs two.
+    low, high = (bootstrap_ratio_ci(base, other) if med_a > 0 and min(n_a, n_b) >= 2
+                 else (math.nan, math.nan))
+    needed = iterations_needed(alpha)
     if min(n_a, n_b) < MIN_ITERATIONS:
-        return Verdict(n_a, n_b, med_a, med_b, ratio, None, None, None, False,
-                       f"n/a (need >= {MIN_ITERATIONS} iterations)")
-    low, high = bootstrap_ratio_ci(base, other) if med_a > 0 else (math.nan, math.nan)
+        return Verdict(n_a, n_b, med_a, med_b, ratio, low, high, None, False,
+                       f"n/a: {n_a} vs {n_b} iterations are too few for a test "
+                       f"(need >= {MIN_ITERATIONS}; run >= {needed} per file for a verdict)")
     p_value = mann_whitney_p(base, other)
     if smallest_p(n_a, n_b) >= alpha:
         # The test cannot reach alpha at these sizes, however different the values: no verdict.
         return Verdict(n_a, n_b, med_a, med_b, ratio, low, high, p_value, False,
-                       f"n/a (need >= {iterations_needed(alpha)} iterations)")
+                       f"n/a: {n_a} vs {n_b} iterations cannot give p < {alpha:g} "
+                       f"(smallest possible p {smallest_p(n_a, n_b):.3f}; need >= {needed} iterations)")
     excludes_one = math.isfinite(low) and (low > 1 or high < 1)
     significant = p_value < alpha and excludes_one
     if significant and ratio is not None:
