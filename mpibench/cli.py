@@ -1,4 +1,4 @@
-"""Command line: `mpibench run|plan|preflight|report|compare|s3-server`.
+"""Command line: `mpibench run|plan|preflight|ior|report|compare|configs|keys|s3-server`.
 
 Exit codes: 0 success, 1 I/O failure during the run, 2 configuration or preflight error,
 130 interrupted. Errors are one line on rank 0's stderr; --debug adds the traceback.
@@ -128,6 +128,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                          epilog=PREFLIGHT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     common(pre)
 
+    # Listed for --help only: `mpibench ior` reads IOR's options itself (see _parse_ior).
+    sub.add_parser("ior", help="IOR's common options run as the bandwidth workload, with IOR's summary lines",
+                   add_help=False)
     if command in MPI_COMMANDS:
         return parser
     for name, module in _EXTRA_COMMANDS.items():
@@ -145,7 +148,7 @@ def _command_of(argv: list[str]) -> str | None:
 
 
 _EXTRA_COMMANDS = {"report": "mpibench.reporting", "compare": "mpibench.compare",
-                   "s3-server": "mpibench.s3server_cli"}
+                   "s3-server": "mpibench.s3server_cli", "configs": "mpibench.catalog", "keys": "mpibench.catalog"}
 
 
 def _import_command(module: str) -> Any:
@@ -195,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     """Parse the command line; options and KEY=VALUE overrides may come in any order."""
+    if argv[:1] == ["ior"]:
+        return _parse_ior(argv[1:])
     args, extra = build_parser(_command_of(argv)).parse_known_args(argv)
     prog = f"mpibench {args.command}"
     # argparse takes the positionals up to the first option; the overrides after it come
@@ -225,6 +230,26 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         if args.show < 0:
             _usage_error(f"--show {args.show} is negative", "give the number of ranks to show, e.g. --show 4")
     return args
+
+
+def _parse_ior(argv: list[str]) -> argparse.Namespace:
+    """`mpibench ior IOR-OPTIONS`: the run command with the configuration IOR's options give."""
+    from mpibench.ior_cli import IOR_HELP, parse_ior
+
+    if "-h" in argv or "--help" in argv:
+        if not _launcher_rank():
+            print(IOR_HELP, end="")
+        sys.exit(0)
+    try:
+        request = parse_ior(argv)
+    except ConfigError as exc:
+        _usage_error(exc.message, exc.hint or "see 'mpibench ior --help'")
+    for option, value, example in (("--output", request.output, "result.json"), ("--csv", request.csv, "result.csv")):
+        if value is not None and not value.strip():
+            _usage_error(f"{option} is empty", f"give a file name, e.g. {option} {example}")
+    return argparse.Namespace(command="run", config=None, overrides=[], output=request.output, csv=request.csv,
+                              force=request.force, quiet=request.quiet, progress=request.progress,
+                              debug=request.debug, ior=request)
 
 
 def _launcher_rank() -> int | None:
@@ -426,7 +451,7 @@ def _interrupted(exc: KeyboardInterrupt, comm: Any) -> int:
 def _dispatch(args: argparse.Namespace, comm: Any) -> int:
     import dataclasses
 
-    from mpibench.config import load_config
+    from mpibench.config import build_config, load_config
     from mpibench.results import check_output_path
     from mpibench.run import broadcast_outcome, execute, new_run_id
 
@@ -434,8 +459,11 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
         from mpibench.comm import node_key
 
         node_key()  # a bad MPIBENCH_NODE_KEY is refused here, once, before any rank uses it
-        _check_config_file(args.config)
-        config = load_config(args.config, args.overrides)
+        if ior is not None:
+            config = build_config(ior.config)
+        else:
+            _check_config_file(args.config)
+            config = load_config(args.config, args.overrides)
         if args.command == "plan":
             size = comm.size if args.ranks is None else args.ranks
             if args.ranks_per_node is not None and args.ranks_per_node > size:
@@ -455,7 +483,11 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
             check_output_path(args.csv, args.force, "--csv")
         return config, output
 
+    ior = getattr(args, "ior", None)
     config, output = broadcast_outcome(comm, load)
+    if ior is not None and comm.is_root and not args.quiet:
+        for note in ior.notes:
+            print(f"mpibench ior: note: {note}", flush=True)
     if args.command == "plan":
         if comm.is_root:
             _print_plan(config, args, comm)
@@ -498,6 +530,10 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
         csv_written = _save(write_csv, args.csv, document, args.force, "--csv") if args.csv else None
         if not args.quiet:
             _print_table(document, live)
+            if ior is not None:
+                from mpibench.ior_cli import ior_summary
+
+                print(ior_summary(document, ior))
             print(f"results written to {written}")
             if csv_written:
                 print(f"CSV written to {csv_written}")
