@@ -25,6 +25,7 @@ import numpy as np
 
 from mpibench.errors import ConfigError, MpibenchError, ResultsError
 from mpibench.reporting import flatten, group_by_name, load_document, malformed, text_table
+from mpibench.results import phase_au_pct, phase_samples_per_s
 
 MIN_ITERATIONS = 3
 BOOTSTRAP_RESAMPLES = 10_000
@@ -55,26 +56,12 @@ def _p99_ms(phase: dict[str, Any]) -> float | None:
     return float(latency["p99_s"]) * 1e3 if latency.get("count") else None
 
 
-def _samples_per_s(phase: dict[str, Any]) -> float | None:
-    """A train epoch's samples per second (all ranks' samples over the phase's seconds)."""
-    ranks = phase.get("ranks") or []
-    if phase.get("name") != "train" or not any("samples" in r for r in ranks) or not phase.get("seconds"):
-        return None
-    return sum(int(r.get("samples", 0)) for r in ranks) / float(phase["seconds"])
-
-
-def _au_pct(phase: dict[str, Any]) -> float | None:
-    """A train epoch's accelerator utilisation, % (the mean over ranks, as the train summary gives it)."""
-    values = [float(r["au_pct"]) for r in phase.get("ranks") or [] if r.get("au_pct") is not None]
-    return statistics.fmean(values) if phase.get("name") == "train" and values else None
-
-
 METRICS = (
     Metric("bandwidth", "bandwidth MiB/s", True, 1, lambda p: float(p["bandwidth_MiBps"])),
     Metric("iops", "IOPS", True, 0, lambda p: float(p["ops_per_s"])),
     Metric("p99", "p99 latency ms", False, 3, _p99_ms),
-    Metric("samples", "samples/s", True, 1, _samples_per_s),
-    Metric("au", "AU %", True, 1, _au_pct),
+    Metric("samples", "samples/s", True, 1, phase_samples_per_s),
+    Metric("au", "AU %", True, 1, phase_au_pct),
 )
 # The configuration sections (or single keys) each workload reads; storage, metrics and the
 # top-level keys apply to every workload.

@@ -11,13 +11,14 @@ import dataclasses
 import difflib
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
 from mpibench.errors import ConfigError
-from mpibench.units import parse_size
+from mpibench.units import parse_size, si_size_hint
 
 AUTO = "auto"
 WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint")
@@ -265,6 +266,9 @@ def _coerce(value: Any, meta: dict[str, Any], key: str) -> Any:
             result = parse_size(value)
         except ValueError as exc:
             raise ConfigError(f"configuration key '{key}': {exc}") from None
+        hint = si_size_hint(value)
+        if hint:  # read as written, but said: 4MB is rarely meant as 4,000,000 bytes
+            warnings.warn(f"configuration key '{key}': {hint}", stacklevel=2)
     else:  # pragma: no cover - a declaration error, not user input
         raise AssertionError(f"unknown kind {kind}")
     if minimum is not None and result < minimum:

@@ -46,6 +46,8 @@ class LiveOutput:
         """Print the run's header and the phase table's head (the preflight passed)."""
         self._storage = str(((document.get("config") or {}).get("storage") or {}).get("type", ""))
         self._print(run_header(document))
+        for warning in (document.get("preflight") or {}).get("warnings", []):
+            self._print(f"warning: {warning}")
         self._print(phase_head())
         self.header_printed = True
 

@@ -124,6 +124,20 @@ FSYNC_KEYS = {"bandwidth": "bandwidth.fsync", "checkpoint": "checkpoint.fsync"}
 S3_CACHE = {"state": "object", "method": "s3: no client cache, every request goes to the server"}
 
 
+def phase_samples_per_s(phase: dict[str, Any]) -> float | None:
+    """A train epoch's samples per second (all ranks' samples over the phase's seconds)."""
+    ranks = phase.get("ranks") or []
+    if phase.get("name") != "train" or not any("samples" in r for r in ranks) or not phase.get("seconds"):
+        return None
+    return sum(int(r.get("samples", 0)) for r in ranks) / float(phase["seconds"])
+
+
+def phase_au_pct(phase: dict[str, Any]) -> float | None:
+    """A train epoch's accelerator utilisation, % (the mean over ranks, as the train summary gives it)."""
+    values = [float(r["au_pct"]) for r in phase.get("ranks") or [] if r.get("au_pct") is not None]
+    return statistics.fmean(values) if phase.get("name") == "train" and values else None
+
+
 def phase_writes(phase: dict[str, Any]) -> bool:
     """True for a phase that writes (bandwidth and checkpoint writes, datagen), False for one that reads."""
     return phase.get("name") in WRITE_PHASES or "fsync" in phase

@@ -524,7 +524,8 @@ def execute(config: Config, comm: Comm, *, output: str | None, force: bool = Fal
         holder["ctx"] = ctx
         if hasattr(progress, "run_started"):  # rank 0's live output (mpibench.live)
             progress.run_started({"run_id": info.run_id, "config": config.to_dict(),
-                                  "environment": _environment(config, info, ctx, backend, env)})
+                                  "environment": _environment(config, info, ctx, backend, env),
+                                  "preflight": {"warnings": info.warnings}})
         if "pending" in holder:
             ctx.interrupted = holder["pending"]
             ctx.watchdog.arm(ctx.interrupted)

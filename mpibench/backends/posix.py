@@ -28,6 +28,9 @@ PSEUDO_FILESYSTEMS = frozenset({
     "pstore", "bpf", "configfs", "fusectl", "mqueue", "binfmt_misc", "autofs", "efivarfs", "nsfs",
     "rpc_pipefs", "selinuxfs",
 })
+# Filesystems whose files live in RAM: O_DIRECT there (tmpfs allows it since Linux 6.6)
+# measures memory copies, not storage.
+MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 RUN_PATH_ROOM = 128  # bytes the run's own names add below its directory (checkpoint_<n>/<shard>)
 
 
@@ -195,6 +198,12 @@ class PosixBackend(Backend):
                 alignment, source = cls.probe_alignment(run_dir)
                 found["alignment"], found["alignment_source"] = alignment, source
                 found["checks"].append(f"O_DIRECT works in {run_dir}; alignment {alignment} bytes ({source})")
+                fs = found["filesystem"]
+                if fs.get("fstype") in MEMORY_FILESYSTEMS:
+                    found.setdefault("warnings", []).append(
+                        f"storage.root {found['root']} is on {fs['fstype']} at {fs['mount']}, a filesystem in "
+                        "memory: direct_fs there measures RAM, not storage; choose a directory on a disk or a "
+                        "parallel filesystem")
             else:
                 found["alignment"], found["alignment_source"] = 1, "buffered I/O"
         except BaseException:
