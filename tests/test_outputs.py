@@ -111,3 +111,13 @@ def test_direct_fs_root_on_tmpfs_is_warned(tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"warning: storage.root {root} is on tmpfs at /dev/shm, a filesystem in memory: direct_fs there " \
            "measures RAM, not storage" in done.stdout
+
+
+def test_lustre_stripe_is_read_from_lfs_getstripe():
+    """The text `lfs getstripe -d DIR` prints (Lustre 2.12 to 2.15 print it so)."""
+    from mpibench.environment import parse_lustre_stripe
+
+    text = "stripe_count:  4 stripe_size:   4194304 pattern:       raid0 stripe_offset: -1\n"
+    assert parse_lustre_stripe(text) == {"lustre_stripe_count": "4", "lustre_stripe_size": "4194304",
+                                         "lustre_stripe_offset": "-1"}
+    assert parse_lustre_stripe("/scratch/x has no stripe info\n") == {}

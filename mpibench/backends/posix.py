@@ -34,6 +34,14 @@ MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 RUN_PATH_ROOM = 128  # bytes the run's own names add below its directory (checkpoint_<n>/<shard>)
 
 
+def _filesystem_record(root: str) -> dict[str, str]:
+    """Where root is (mount, type, device) and, on Lustre with `lfs` installed, its striping."""
+    fs = environment.filesystem_of(root)
+    if fs["fstype"] == "lustre":
+        fs.update(environment.lustre_stripe(root))
+    return fs
+
+
 def _refuse_pseudo(root: str, fs: dict[str, str]) -> None:
     """A PreflightError when `fs` (where root is or would be) is a kernel pseudo-filesystem."""
     if fs["fstype"] in PSEUDO_FILESYSTEMS:
@@ -157,7 +165,7 @@ class PosixBackend(Backend):
             cls.remove_created(created)
             raise
         return {"root": root, "created_root": created_root, "created_dirs": created, "free_bytes": free,
-                "filesystem": environment.filesystem_of(root), "checks": checks}
+                "filesystem": _filesystem_record(root), "checks": checks}
 
     @classmethod
     def preflight_storage(cls, config: Any, run_key: str, planned_bytes: int, layout: Any) -> dict[str, Any]:
