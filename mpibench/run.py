@@ -152,7 +152,7 @@ def resolve_threads(config: Config, layout: NodeLayout) -> int:
     """s3dlio runtime threads per rank: the node's usable CPUs divided by the ranks on it; on
     S3 no more than the rank's requests in flight. More workers than requests only pass each
     request from thread to thread: one 1 MiB GET at a time cost 12-27 % more client CPU with
-    two workers than with one (docs/performance.md, "The s3dlio runtime's workers"). Not so
+    two workers than with one (docs/runs/2026-12-05-peers-journal.md, "The s3dlio runtime's workers"). Not so
     for direct:// files, whose reads at depth 1 ran 7 % faster with two than with one."""
     if config.storage.threads != AUTO:
         return int(config.storage.threads)
