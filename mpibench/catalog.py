@@ -141,6 +141,6 @@ def add_parser(subparsers: Any) -> None:
         p = subparsers.add_parser("keys", help="list every configuration key with its default and meaning",
                                   description="List every configuration key (dotted, as overrides take them) with "
                                               "its default and meaning; SECTION limits it to one section "
-                                              "(storage, bandwidth, dataset, train, checkpoint, metrics, or top).")
+                                              "(storage, io, bandwidth, dataset, train, checkpoint, metrics, or top).")
         p.add_argument("section", nargs="?", metavar="SECTION", help="one section only")
         p.set_defaults(handler=_handled(run_keys))

@@ -184,12 +184,13 @@ def translate(argv: list[str], values: dict[str, str], flags: set[str], own: dic
         "transfer_size": transfer, "block_size": block * segments, "file_mode": "per_rank" if per_rank else "shared",
         "iterations": _count("-i", values["-i"]) if "-i" in values else 1,
         "fsync": "-e" in flags, "reorder_reads": "-C" in flags,
-        "access": "random" if "-z" in flags else "sequential", "io_depth": 1,
+        "access": "random" if "-z" in flags else "sequential",
     }
     if "-D" in values:
         bandwidth["deadline"] = float(_count("-D", values["-D"], minimum=0))
     config = {"workload": "bandwidth",
               "storage": {"type": "direct_fs" if direct else "local_fs", "root": root},
+              "io": {"depth": 1},  # IOR's POSIX API has one I/O in flight per task
               "bandwidth": bandwidth, "keep_files": "-k" in flags, "verify": verify}
     if not direct:
         # IOR reads back whatever the page cache holds; mpibench's default evicts first.

@@ -24,7 +24,7 @@ def test_translation_of_the_common_options(tmp_path):
     assert (config.storage.type, config.storage.root) == ("direct_fs", str(tmp_path))
     bw = config.bandwidth
     assert (bw.transfer_size, bw.block_size, bw.file_mode, bw.iterations) == (MiB, 128 * MiB, "per_rank", 5)
-    assert (bw.fsync, bw.reorder_reads, bw.access, bw.deadline, bw.io_depth) == (True, True, "random", 30.0, 1)
+    assert (bw.fsync, bw.reorder_reads, bw.access, bw.deadline, config.io.depth) == (True, True, "random", 30.0, 1)
     assert config.keep_files and config.verify and request.summary_format == "JSON"
 
 
@@ -132,7 +132,7 @@ def test_keys_lists_every_key_with_its_default_in_human_units():
     assert done.returncode == 0, done.stderr
     rows = {line.split()[0]: line.split()[1] for line in done.stdout.splitlines()}
     assert rows["bandwidth.transfer_size"] == "1MiB" and rows["storage.part_size"] == "16MiB"
-    assert rows["bandwidth.io_depth"] == "auto" and rows["keep_files"] == "false"
+    assert rows["io.depth"] == "auto" and rows["keep_files"] == "false"
     section = run_cli(0, "keys", "checkpoint").stdout.splitlines()
     assert section and all(line.startswith("checkpoint.") for line in section)
     wrong = run_cli(0, "keys", "bandwith")

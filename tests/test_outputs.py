@@ -25,7 +25,7 @@ from mpibench.units import MiB, si_size_hint
 
 @pytest.fixture(scope="module")
 def bandwidth_doc(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    path = small_run(tmp_path_factory, "outputs", "bandwidth.transfer_size=256KiB", "bandwidth.io_depth=2")
+    path = small_run(tmp_path_factory, "outputs", "bandwidth.transfer_size=256KiB", "io.depth=2")
     return json.loads(path.read_text())
 
 
