@@ -13,6 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import settings
+
+# No example may fail for taking long: the machine's speed is no part of any verdict.
+settings.register_profile("mpibench", deadline=None)
+settings.load_profile("mpibench")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
