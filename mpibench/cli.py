@@ -28,7 +28,7 @@ from mpibench.errors import (
     interrupt_in,
 )
 
-MPI_COMMANDS = ("run", "plan", "preflight")
+MPI_COMMANDS = ("run", "plan", "preflight", "search")
 MAX_CONFIG_BYTES = 1024 * 1024  # a configuration is a few KiB; more is not one (and /dev/zero never ends)
 CONFIG_EXAMPLE = "e.g. mpibench {command} configs/quickstart.yaml (configs/ holds one per workload)"
 # Where a launcher puts the rank, so that only rank 0 speaks before MPI is up.
@@ -127,6 +127,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                      "O_DIRECT, object store reachability); create and remove the run directory.",
                          epilog=PREFLIGHT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     common(pre)
+    from mpibench.search import add_parser as add_search
+
+    add_search(sub, common)
 
     # Listed for --help only: `mpibench ior` reads IOR's options itself (see _parse_ior).
     sub.add_parser("ior", help="IOR's common options run as the bandwidth workload, with IOR's summary lines",
@@ -148,7 +151,8 @@ def _command_of(argv: list[str]) -> str | None:
 
 
 _EXTRA_COMMANDS = {"report": "mpibench.reporting", "compare": "mpibench.compare",
-                   "s3-server": "mpibench.s3server_cli", "configs": "mpibench.catalog", "keys": "mpibench.catalog"}
+                   "s3-server": "mpibench.s3server_cli", "datasize": "mpibench.datasize_cli",
+                   "configs": "mpibench.catalog", "keys": "mpibench.catalog"}
 
 
 def _import_command(module: str) -> Any:
@@ -508,6 +512,10 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
     if ior is not None and comm.is_root and not args.quiet:
         for note in ior.notes:
             print(f"mpibench ior: note: {note}", flush=True)
+    if args.command == "search":
+        from mpibench.search import run_search
+
+        return run_search(config, args, comm, _DEFERRED, execute)
     if args.command == "plan":
         if comm.is_root:
             _print_plan(config, args, comm)

@@ -18,14 +18,16 @@ from typing import Any
 import yaml
 
 from mpibench.errors import ConfigError
+from mpibench.mlperf import ACCELERATORS, COLUMN_SETS, MODELS, row_bytes, timing_of
 from mpibench.units import parse_size, si_size_hint
 
 AUTO = "auto"
-WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint")
+WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint", "kvcache", "metadata", "modelload")
 STORAGE_TYPES = ("local_fs", "direct_fs", "s3", "null")
 LOCAL_SCHEMES = ("file://", "direct://")
 RUN_ID_MAX = 128
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
+DATASET_FORMATS = ("npz", "hdf5", "raw", "jpeg", "tfrecord", "parquet")
 #: dataset formats whose files honour dataset.compression (formats.encode)
 COMPRESSED_FORMATS = ("hdf5",)
 
@@ -114,13 +116,20 @@ class DatasetConfig:
     samples_per_file: int = _opt(1, "int", minimum=1, doc="samples (records) per file")
     record_size: int = _opt(1024**2, "size", minimum=1, doc="mean bytes per sample")
     record_size_stdev: int = _opt(0, "size", minimum=0, doc="standard deviation of sample bytes")
-    format: str = _opt("npz", "enum", choices=("npz", "hdf5", "raw"), doc="file format")
+    format: str = _opt("npz", "enum", choices=(*DATASET_FORMATS, "safetensors"),
+                       doc="file format: npz, hdf5, raw, jpeg (one image a file), tfrecord, parquet; "
+                           "safetensors: the modelload section's model, in HF's layout")
     num_subfolders: int = _opt(0, "int", minimum=0, doc="spread files over this many subfolders")
     seed: int = _opt(1234, "int", minimum=0, doc="seed of sizes and content")
     hdf5_chunk_size: int | None = _opt(None, "optional_size", minimum=1,
                                        doc="hdf5: chunk bytes (default contiguous)")
     compression: str = _opt("none", "enum", choices=("none", "gzip", "lzf"),
                             doc="hdf5: dataset compression")
+    columns: str = _opt("none", "enum", choices=("none", *COLUMN_SETS),
+                        doc="parquet: the published column set (mpibench/mlperf.py); record_size is its row size")
+    row_group_size: int | None = _opt(None, "optional_int", minimum=1,
+                                      doc="parquet: rows per row group (default: the column set's published "
+                                          "value, else one row group a file)")
 
 
 @dataclass(frozen=True)
@@ -128,13 +137,26 @@ class TrainConfig:
     """How the training workload reads the dataset."""
 
     epochs: int = _opt(1, "int", minimum=1, doc="passes over the dataset")
-    batch_size: int = _opt(4, "int", minimum=1, doc="samples per batch per rank")
+    runs: int = _opt(1, "int", minimum=1,
+                     doc="runs of train.epochs each, a new shuffle seed per run; with more than one "
+                         "the first is a warm-up and the others are measured (MLPerf: 6)")
+    batch_size: int | None = _opt(None, "optional_int", minimum=1,
+                                  doc="samples per batch per rank (default: the accelerator's published batch, else 4)")
     read_threads: int = _opt(4, "int", minimum=1, doc="reader threads per rank")
     shuffle: str = _opt("file", "enum", choices=("off", "file", "sample"),
                         doc="seeded order, new each epoch")
-    computation_time: float = _opt(0.0, "float", minimum=0.0, doc="emulated compute seconds per batch")
+    computation_time: float | None = _opt(None, "optional_float", minimum=0.0,
+                                          doc="emulated compute seconds per batch (default: the accelerator's "
+                                              "published time, else 0); wins over train.accelerator")
+    model: str = _opt("none", "enum", choices=("none", *MODELS),
+                      doc="MLPerf Storage model whose published timing train.accelerator picks")
+    accelerator: str = _opt("none", "enum", choices=("none", *ACCELERATORS),
+                            doc="emulated accelerator: sets computation_time, batch_size and min_au from "
+                                "the published config of train.model")
+    min_au: float | None = _opt(None, "optional_float", minimum=0.0,
+                                doc="AU % a run must reach to pass (default: the accelerator's published value)")
     prefetch: int = _opt(2, "int", minimum=0, doc="batches read ahead of the compute")
-    decode: bool = _opt(True, "bool", doc="parse npz/hdf5/raw from the bytes read")
+    decode: bool = _opt(True, "bool", doc="parse the files read as the format says (Parquet is always parsed)")
     cache: str = _opt("cold", "enum", choices=("cold", "warm"),
                       doc="local_fs: evict the files before each epoch (cold) or not (warm)")
     seed: int = _opt(0, "int", minimum=0, doc="seed of the shuffle")
@@ -159,6 +181,106 @@ class CheckpointConfig:
     tp: int = _opt(1, "int", minimum=1, doc="custom: tensor parallel size")
     pp: int = _opt(1, "int", minimum=1, doc="custom: pipeline parallel size")
     zero_stage: int = _opt(3, "int", minimum=0, doc="custom: ZeRO stage (1 or 3)")
+    accelerator: str = _opt("none", "enum", choices=("none", *ACCELERATORS),
+                            doc="emulated accelerator: its memory x the emulated ranks must hold the "
+                                "checkpoint (MLPerf Storage Rules 4.3.4)")
+    subset: bool = _opt(False, "bool", doc="MLPerf subset run: llama3-8b on exactly 8 emulated ranks (Rules 4.3.5)")
+    mode: str = _opt("both", "enum", choices=("both", "write", "read"),
+                     doc="both: write then read in one run (run directory); write: write into "
+                         "checkpoint.folder and keep it; read: read what a write run left there")
+    folder: str = _opt("", "str", doc="write/read modes: the folder below storage.root holding the checkpoints")
+
+
+@dataclass(frozen=True)
+class KvcacheConfig:
+    """LLM inference offloading its KV cache to storage (mpibench.workloads.kvcache)."""
+
+    model: str = _opt("llama3.1-8b", "enum", choices=("tiny", "mistral-7b", "llama2-7b", "llama3.1-8b",
+                                                       "llama3.1-70b-instruct"),
+                      doc="model shape: sets the KV bytes per token")
+    users: list[int] = _opt([8], "int_list", minimum=1,
+                            doc="concurrent users per rank; a list steps through the counts (capacity search)")
+    duration: float = _opt(60.0, "float", minimum=0.0, doc="measured seconds per user count")
+    max_requests: int = _opt(0, "int", minimum=0,
+                             doc="end a step early once each rank has started this many requests (0: duration only)")
+    warmup: float = _opt(5.0, "float", minimum=0.0, doc="seconds of traffic before each measurement, not counted")
+    memory_budget: int = _opt(0, "size", minimum=0,
+                              doc="memory tier per rank in bytes, LRU (0: every KV block goes to storage)")
+    storage_capacity: int = _opt(0, "size", minimum=0,
+                                 doc="storage per rank in bytes; past it the least recently used entries are "
+                                     "deleted (0: 80 % of the free space at preflight over the ranks; "
+                                     "unbounded on s3)")
+    concurrency: int = _opt(4, "int", minimum=1, doc="requests served at once per rank (threads)")
+    generation: str = _opt("none", "enum", choices=("none", "fast", "realistic"),
+                           doc="emulated GPU time per output token: none 0, fast 2 ms, realistic 30 ms")
+    grouping: str = _opt("tokens", "enum", choices=("tokens", "layer", "entry"),
+                         doc="one object per block_tokens tokens, per layer, or per request (the reference)")
+    block_tokens: int = _opt(16, "int", minimum=1, doc="tokens per object with grouping=tokens")
+    transfer_size: int = _opt(4 * 1024**2, "size", minimum=4096, doc="largest I/O; larger objects move in pieces")
+    max_context: int = _opt(0, "int", minimum=0, doc="cap on a user's context tokens (0: the templates' ranges)")
+    multi_turn: bool = _opt(True, "bool", doc="conversations: a turn reads its earlier turns' KV back")
+    max_turns: int = _opt(8, "int", minimum=1, doc="turns at most per conversation")
+    decode_batch: int = _opt(32, "int", minimum=1, doc="output tokens per decode read of the request's KV")
+    prefix_tokens: int = _opt(0, "int", minimum=0, doc="a shared prefix (system prompt) read by every request (0: none)")
+    fsync: bool = _opt(True, "bool", doc="local_fs: fsync each object written (the reference does)")
+    p95_target: float = _opt(0.0, "float", minimum=0.0,
+                             doc="seconds: capacity = the largest users count whose pooled p95 read latency is below")
+    verify: bool = _opt(False, "bool", doc="check every byte read against the seeded content")
+
+
+@dataclass(frozen=True)
+class ModelloadConfig:
+    """Loading an LLM's safetensors shards (written by datagen with dataset.format=safetensors)."""
+
+    model: str = _opt("llama3-8b", "str", doc="llama3 preset whose tensors the model has")
+    scale: float = _opt(1.0, "float", minimum=0.0, doc="factor in (0, 1] shrinking every matrix's rows")
+    shard_size: int = _opt(5 * 10**9, "size", minimum=1, doc="largest shard file (transformers: 5GB)")
+    reader: str = _opt(AUTO, "enum", choices=(AUTO, "mmap", "read", "direct", "s3"),
+                       doc="mmap or read (local_fs), direct (direct_fs), s3 (ranged GETs); auto: "
+                           "mmap, direct or s3 by storage.type")
+    mmap_mapping: str = _opt("private", "enum", choices=("private", "shared"),
+                             doc="mmap reader: MAP_PRIVATE (as safetensors) or MAP_SHARED (as mmap.mmap)")
+    layout: str = _opt("replicated", "enum",
+                       choices=("replicated", "tensor_parallel", "pipeline_parallel", "tensor_pipeline"),
+                       doc="who loads what: all of it, a TP slice, a PP stage, or both")
+    tp: int | str = _opt(AUTO, "int_or_auto", minimum=1, doc="tensor-parallel size (auto: the preset's, "
+                                                            "else the world size for tensor_parallel)")
+    pp: int | str = _opt(AUTO, "int_or_auto", minimum=1, doc="pipeline stages (auto: the preset's, "
+                                                            "else the world size for pipeline_parallel)")
+    iterations: int = _opt(1, "int", minimum=1, doc="cold load then warm load, this many times")
+    buffer_size: int = _opt(64 * 1024**2, "size", minimum=4096, doc="bytes per read and staging buffer per rank")
+    s3_fetch: str = _opt("ranges", "enum", choices=("ranges", "objects"),
+                         doc="s3 reader: one ranged GET per tensor slice, or every shard whole (its own "
+                             "tensors or not, in buffer_size GETs), as a download before the load")
+    backing_root: str | None = _opt(None, "optional_str",
+                                    doc="a FUSE root's backing directory: its files are evicted too before "
+                                        "a cold load")
+
+
+@dataclass(frozen=True)
+class MetadataConfig:
+    """mdtest-like metadata test: create, stat, read, rename, list and remove many small files."""
+
+    items: int = _opt(1000, "int", minimum=1, doc="files (objects) each rank creates (mdtest -n)")
+    file_size: int = _opt(0, "size", minimum=0, doc="bytes written into each file and read back (0: empty files)")
+    layout: str = _opt("unique", "enum", choices=("unique", "shared"),
+                       doc="a directory tree per rank (mdtest -u) or one tree shared by every rank")
+    depth: int = _opt(0, "int", minimum=0, doc="levels of directories below the tree's top (mdtest -z)")
+    branching: int = _opt(1, "int", minimum=1, doc="subdirectories of each directory above the leaves (mdtest -b)")
+    items_at: str = _opt("leaves", "enum", choices=("leaves", "all"),
+                         doc="files in the leaf directories only (mdtest -L) or in every directory of the tree")
+    stride: int | str = _opt(AUTO, "int_or_auto", minimum=0,
+                             doc="stat, read, list, rename and remove the files of rank (rank + stride) % ranks "
+                                 "(mdtest -N); auto: the ranks of one node, so another node's files")
+    deadline: float = _opt(0.0, "float", minimum=0.0,
+                           doc="stonewall: seconds after which ranks stop creating files (0: off); "
+                               "later phases use exactly the files created")
+    read: bool = _opt(True, "bool", doc="read each file back (file_size bytes) after the stat phase")
+    list: bool = _opt(False, "bool", doc="list the directories (readdir / S3 LIST) after the read phase")
+    rename: bool = _opt(False, "bool", doc="rename each file in its directory before the remove phase (files only)")
+    fsync: bool = _opt(False, "bool", doc="fsync each file before closing it in the create phase (mdtest -y)")
+    preset: str | None = _opt(None, "optional_str", doc="name of the preset the configuration comes from "
+                                                        "(recorded in the results)")
 
 
 @dataclass(frozen=True)
@@ -179,6 +301,9 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    kvcache: KvcacheConfig = field(default_factory=KvcacheConfig)
+    modelload: ModelloadConfig = field(default_factory=ModelloadConfig)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     run_id: str | None = _opt(None, "optional_str", doc="name of the run (default: time + random)")
     keep_files: bool = _opt(False, "bool", doc="keep the files the run wrote")
@@ -200,6 +325,9 @@ SECTIONS: dict[str, type] = {
     "dataset": DatasetConfig,
     "train": TrainConfig,
     "checkpoint": CheckpointConfig,
+    "kvcache": KvcacheConfig,
+    "modelload": ModelloadConfig,
+    "metadata": MetadataConfig,
     "metrics": MetricsConfig,
 }
 
@@ -233,7 +361,7 @@ def _coerce(value: Any, meta: dict[str, Any], key: str) -> Any:
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"configuration key '{key}' must be {expected}, got {value!r}")
 
-    if kind in ("optional_str", "optional_size", "optional_int") and value is None:
+    if kind in ("optional_str", "optional_size", "optional_int", "optional_float") and value is None:
         return None
     if kind in ("int_or_auto",) and isinstance(value, str) and value.strip().lower() == AUTO:
         return AUTO
@@ -263,6 +391,20 @@ def _coerce(value: Any, meta: dict[str, Any], key: str) -> Any:
         for item in value:
             _no_nul(item, key)
         return list(value)
+    if kind == "int_list":
+        if isinstance(value, str):
+            try:
+                value = [int(v) for v in value.split(",") if v.strip()]
+            except ValueError:
+                raise bad("an integer or a list of integers") from None
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]
+        if (not isinstance(value, list) or not value
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            raise bad("an integer or a list of integers")
+        if minimum is not None and min(value) < minimum:
+            raise ConfigError(f"configuration key '{key}' must hold integers of at least {minimum}, got {value!r}")
+        return list(value)
     if kind == "bool":
         if not isinstance(value, bool):
             raise bad("true or false")
@@ -271,7 +413,7 @@ def _coerce(value: Any, meta: dict[str, Any], key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad("an integer" + (" or 'auto'" if kind == "int_or_auto" else ""))
         result = value
-    elif kind == "float":
+    elif kind in ("float", "optional_float"):
         if isinstance(value, str):
             value = _yaml11_number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -443,9 +585,10 @@ def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Confi
 
 def _check_null(config: Config) -> None:
     """null storage keeps nothing: what reads data back and looks at it cannot run on it."""
-    if config.verify or (config.workload == "checkpoint" and config.checkpoint.verify):
+    if (config.verify or (config.workload == "checkpoint" and config.checkpoint.verify)
+            or (config.workload == "kvcache" and config.kvcache.verify)):
         raise ConfigError("verify needs storage that keeps data, and storage.type=null keeps none",
-                          "set verify=false (and checkpoint.verify=false), or choose another storage.type")
+                          "set verify=false (and checkpoint.verify or kvcache.verify false), or choose another storage.type")
     if config.workload in ("datagen", "train"):  # both read the dataset's manifest back
         raise ConfigError(f"workload {config.workload} reads its dataset's manifest back, and storage.type=null "
                           "keeps none", "use bandwidth or checkpoint on null, or another storage.type")
@@ -511,6 +654,8 @@ def validate(config: Config) -> None:
             f"{' or '.join(COMPRESSED_FORMATS)} only, not {ds.format}",
             f"set dataset.compression=none, or dataset.format={COMPRESSED_FORMATS[0]}",
         )
+    if config.workload in ("datagen", "train"):
+        _validate_mlperf(config)
     bw = config.bandwidth
     if config.workload == "bandwidth":
         if bw.block_size % bw.transfer_size:
@@ -530,10 +675,114 @@ def validate(config: Config) -> None:
                     "bandwidth.object_size must divide block_size and be a multiple of transfer_size",
                     f"e.g. object_size={bw.transfer_size} (one object per transfer) or {bw.block_size} (one per block)",
                 )
+    if config.workload == "kvcache":
+        _validate_kvcache(config.kvcache)
+    validate_modelload(config)
+    if config.workload == "metadata":
+        validate_metadata(config)
     if config.workload == "checkpoint":
         ck = config.checkpoint
         if not 0 < ck.scale <= 1:
             raise ConfigError(f"checkpoint.scale must be in (0, 1], got {ck.scale}")
+        if ck.mode != "both" and not ck.folder:
+            raise ConfigError(f"checkpoint.mode={ck.mode} needs checkpoint.folder, the folder below storage.root "
+                              "that the write run leaves and the read run reads",
+                              "set e.g. checkpoint.folder=ckpt-8b")
+        if ck.mode == "both" and ck.folder:
+            raise ConfigError("checkpoint.folder applies to checkpoint.mode=write or read only",
+                              "remove checkpoint.folder, or set checkpoint.mode")
+
+
+def _validate_mlperf(config: Config) -> None:
+    """The dataset formats' own rules, and a published timing for train.accelerator."""
+    ds, tc = config.dataset, config.train
+    if ds.format == "jpeg" and ds.samples_per_file != 1:
+        raise ConfigError(f"dataset.format=jpeg holds one image a file, not {ds.samples_per_file}",
+                          "set dataset.samples_per_file=1")
+    if ds.format == "parquet":
+        if ds.columns == "none":
+            raise ConfigError("dataset.format=parquet needs dataset.columns (dlrm or flux)",
+                              "set dataset.columns=dlrm or dataset.columns=flux")
+        width = row_bytes(COLUMN_SETS[ds.columns])
+        if ds.record_size != width or ds.record_size_stdev:
+            raise ConfigError(f"dataset.columns={ds.columns} rows are {width} bytes, but dataset.record_size="
+                              f"{ds.record_size} (stdev {ds.record_size_stdev})",
+                              f"set dataset.record_size={width} dataset.record_size_stdev=0")
+    elif ds.columns != "none" or ds.row_group_size is not None:
+        raise ConfigError(f"dataset.columns and dataset.row_group_size apply to dataset.format=parquet only, "
+                          f"not {ds.format}", "remove them, or set dataset.format=parquet")
+    if tc.accelerator != "none":
+        timing_of(tc.model, tc.accelerator)
+
+
+def _validate_kvcache(kv: KvcacheConfig) -> None:
+    """Rules of the kvcache section that span several keys."""
+    if kv.users != sorted(set(kv.users)):
+        raise ConfigError(f"kvcache.users must be increasing user counts without repeats, got {kv.users}",
+                          f"write kvcache.users={','.join(map(str, sorted(set(kv.users))))}")
+    if len(kv.users) > 1 and kv.p95_target <= 0:
+        raise ConfigError("kvcache.users lists several user counts but kvcache.p95_target is not set",
+                          "set kvcache.p95_target to the p95 read latency in seconds the capacity must stay under")
+    if kv.duration <= 0:
+        raise ConfigError("kvcache.duration must be more than 0 seconds", "e.g. kvcache.duration=60")
+
+
+READERS_BY_STORAGE = {"local_fs": ("mmap", "read"), "direct_fs": ("direct",), "s3": ("s3",)}
+
+
+def modelload_reader(config: Config) -> str:
+    """The reader a modelload run uses: modelload.reader, or by storage.type when auto."""
+    reader = config.modelload.reader
+    return READERS_BY_STORAGE[config.storage.type][0] if reader == AUTO else reader
+
+
+def validate_modelload(config: Config) -> None:
+    """The rules of the modelload section and of a safetensors datagen."""
+    ml = config.modelload
+    safetensors = config.dataset.format == "safetensors"
+    if config.workload == "train" and safetensors:
+        raise ConfigError("dataset.format=safetensors is a model for workload=modelload, not a training dataset",
+                          "choose npz, hdf5 or raw for train")
+    if config.workload == "modelload" and not safetensors:
+        raise ConfigError("workload=modelload reads a safetensors model: dataset.format is "
+                          f"{config.dataset.format}", "set dataset.format=safetensors (and datagen it first)")
+    if config.workload not in ("modelload", "datagen") or (config.workload == "datagen" and not safetensors):
+        return
+    if not 0 < ml.scale <= 1:
+        raise ConfigError(f"modelload.scale must be in (0, 1], got {ml.scale}")
+    if config.workload != "modelload":
+        return
+    if config.storage.type not in READERS_BY_STORAGE:
+        raise ConfigError(f"workload=modelload loads a model from storage; storage.type={config.storage.type} holds none",
+                          "use local_fs, direct_fs or s3")
+    reader = modelload_reader(config)
+    allowed = READERS_BY_STORAGE[config.storage.type]
+    if reader not in allowed:
+        where = {"mmap": "local_fs", "read": "local_fs", "direct": "direct_fs", "s3": "s3"}[reader]
+        raise ConfigError(f"modelload.reader={reader} does not read storage.type={config.storage.type}",
+                          f"use modelload.reader={' or '.join(allowed)}, or storage.type={where}")
+    if ml.backing_root is not None and config.storage.type != "local_fs":
+        raise ConfigError("modelload.backing_root applies to storage.type=local_fs (a FUSE mount) only",
+                          "remove modelload.backing_root")
+
+
+MAX_TREE_DIRS = 10_000_000  # a tree larger than this is a typing mistake, not a benchmark
+
+
+def validate_metadata(config: Config) -> None:
+    """Rules of the metadata section that need no storage."""
+    md = config.metadata
+    dirs = sum(md.branching ** level for level in range(min(md.depth, 64) + 1))
+    if md.depth > 64 or dirs > MAX_TREE_DIRS:
+        raise ConfigError(f"metadata.depth={md.depth} with metadata.branching={md.branching} makes a tree of "
+                          f"more than {MAX_TREE_DIRS} directories", "lower metadata.depth or metadata.branching")
+    if config.storage.type == "null" and (md.file_size or md.list):
+        raise ConfigError("metadata.file_size and metadata.list need storage that keeps files, and "
+                          "storage.type=null keeps none", "set metadata.file_size=0 and metadata.list=false "
+                          "to measure mpibench's own cost per operation, or use another storage.type")
+    if md.rename and config.storage.type == "s3":
+        raise ConfigError("metadata.rename applies to files only: S3 has no rename (a copy and a delete are "
+                          "not one metadata operation)", "remove metadata.rename, or use local_fs or direct_fs")
 
 
 def describe_keys() -> list[tuple[str, str, str]]:

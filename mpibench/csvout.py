@@ -28,6 +28,17 @@ def _setting(phase: dict[str, Any], document: dict[str, Any], key: str) -> Any:
     return section.get(key, "") if isinstance(section, dict) else ""
 
 
+def _workload(document: dict[str, Any]) -> Any:
+    """The document's workload (for the columns it adds), or None when unknown."""
+    from mpibench.errors import MpibenchError
+    from mpibench.workloads import get_workload
+
+    try:
+        return get_workload(document.get("config", {}).get("workload", ""))
+    except MpibenchError:
+        return None
+
+
 def write_csv(path: str, document: dict[str, Any], force: bool = False) -> str:
     """Write the phases of a results document as CSV (atomically); return the path written.
 
@@ -38,7 +49,8 @@ def write_csv(path: str, document: dict[str, Any], force: bool = False) -> str:
     """
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(COLUMNS)
+    workload = _workload(document)
+    writer.writerow(COLUMNS + (workload.csv_columns() if workload else []))
     env = document.get("environment") or {}
     storage = ((document.get("config") or {}).get("storage") or {}).get("type", "")
     for p in document.get("phases", []):
@@ -55,6 +67,7 @@ def write_csv(path: str, document: dict[str, Any], force: bool = False) -> str:
             (p.get("cache") or {}).get("state", ""), p.get("stonewalled", False),
             f"{p['client_cpu']['cores']:.3f}" if p.get("client_cpu") else "",
             f"{samples:.3f}" if samples is not None else "", f"{au:.2f}" if au is not None else "",
+            *(workload.csv_values(document, p) if workload else []),
         ])
     if force:
         write_text_atomic(path, out.getvalue())

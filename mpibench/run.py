@@ -214,7 +214,8 @@ def execute(config: Config, comm: Comm, *, output: str | None, force: bool = Fal
     started = time.time()
     try:
         backend = _make_rank_backend(config, info, layout)
-        ctx = RunContext(config, comm, info, backend, io_engine=resolve_io_engine(config), progress=progress)
+        ctx = RunContext(config, comm, info, backend, io_engine=resolve_io_engine(config), progress=progress,
+                         can_preallocate=workload.preallocates_writes)
         holder["ctx"] = ctx
         if hasattr(progress, "run_started"):  # rank 0's live output (mpibench.live)
             progress.run_started({"run_id": info.run_id, "config": config.to_dict(),
@@ -271,6 +272,7 @@ def _document(config: Config, comm: Comm, info: PreflightInfo, ctx: RunContext, 
             "environment": _environment(config, info, ctx, backend, env),
             "preflight": {"checks": info.checks, "warnings": info.warnings,
                           "planned_bytes": info.planned_bytes, "free_bytes": info.free_bytes},
+            "auto_choices": ctx.choices.record,
             "phases": ctx.phases,
             "summary": summarize_repetitions(ctx.phases),
         }
