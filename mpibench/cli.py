@@ -1,4 +1,4 @@
-"""Command line: `mpibench run|plan|preflight|report|compare|s3-server`.
+"""Command line: `mpibench run|plan|preflight|ior|report|compare|configs|keys|s3-server`.
 
 Exit codes: 0 success, 1 I/O failure during the run, 2 configuration or preflight error,
 130 interrupted. Errors are one line on rank 0's stderr; --debug adds the traceback.
@@ -103,7 +103,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                      help="results file (default: mpibench-<run_id>.json in the current directory)")
     run.add_argument("--force", action="store_true", help="overwrite an existing results file")
     run.add_argument("--csv", metavar="FILE.csv", help="also write one CSV row per phase and iteration")
-    run.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no table")
+    run.add_argument("--quiet", "-q", action="store_true", help="no header, no progress and no table")
+    run.add_argument("--progress", choices=("auto", "bar", "lines", "off"), default="auto",
+                     help="progress of the current phase on rank 0: a bar, a plain line every few seconds "
+                          "(for launchers and log files), or none (default auto: the bar on a terminal, "
+                          "else lines); the header and each phase's row are printed as they come either way")
 
     plan = sub.add_parser("plan", help="print what each rank would do, without I/O",
                           description="Print what each rank would do (files, bytes, alignment), the totals, "
@@ -124,6 +128,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     add_search(sub, common)
 
+    # Listed for --help only: `mpibench ior` reads IOR's options itself (see _parse_ior).
+    sub.add_parser("ior", help="IOR's common options run as the bandwidth workload, with IOR's summary lines",
+                   add_help=False)
     if command in MPI_COMMANDS:
         return parser
     for name, module in _EXTRA_COMMANDS.items():
@@ -139,7 +146,8 @@ def _command_of(argv: list[str]) -> str | None:
 
 
 _EXTRA_COMMANDS = {"report": "mpibench.reporting", "compare": "mpibench.compare",
-                   "s3-server": "mpibench.s3server_cli", "datasize": "mpibench.datasize_cli"}
+                   "s3-server": "mpibench.s3server_cli", "datasize": "mpibench.datasize_cli",
+                   "configs": "mpibench.catalog", "keys": "mpibench.catalog"}
 
 
 def _import_command(module: str) -> Any:
@@ -187,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     """Parse the command line; options and KEY=VALUE overrides may come in any order."""
+    if argv[:1] == ["ior"]:
+        return _parse_ior(argv[1:])
     args, extra = build_parser(_command_of(argv)).parse_known_args(argv)
     prog = f"mpibench {args.command}"
     # argparse takes the positionals up to the first option; the overrides after it come
@@ -217,6 +227,26 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         if args.show < 0:
             _usage_error(f"--show {args.show} is negative", "give the number of ranks to show, e.g. --show 4")
     return args
+
+
+def _parse_ior(argv: list[str]) -> argparse.Namespace:
+    """`mpibench ior IOR-OPTIONS`: the run command with the configuration IOR's options give."""
+    from mpibench.ior_cli import IOR_HELP, parse_ior
+
+    if "-h" in argv or "--help" in argv:
+        if not _launcher_rank():
+            print(IOR_HELP, end="")
+        sys.exit(0)
+    try:
+        request = parse_ior(argv)
+    except ConfigError as exc:
+        _usage_error(exc.message, exc.hint or "see 'mpibench ior --help'")
+    for option, value, example in (("--output", request.output, "result.json"), ("--csv", request.csv, "result.csv")):
+        if value is not None and not value.strip():
+            _usage_error(f"{option} is empty", f"give a file name, e.g. {option} {example}")
+    return argparse.Namespace(command="run", config=None, overrides=[], output=request.output, csv=request.csv,
+                              force=request.force, quiet=request.quiet, progress=request.progress,
+                              debug=request.debug, ior=request)
 
 
 def _launcher_rank() -> int | None:
@@ -326,14 +356,20 @@ def _interrupted(exc: KeyboardInterrupt, comm: Any) -> int:
 def _dispatch(args: argparse.Namespace, comm: Any) -> int:
     import dataclasses
 
-    from mpibench.config import load_config
+    from mpibench.config import build_config, load_config
     from mpibench.context import broadcast_outcome
     from mpibench.results import check_output_path
     from mpibench.run import execute, new_run_id
 
     def load() -> tuple[Any, str | None]:
-        _check_config_file(args.config)
-        config = load_config(args.config, args.overrides)
+        from mpibench.comm import node_key
+
+        node_key()  # a bad MPIBENCH_NODE_KEY is refused here, once, before any rank uses it
+        if ior is not None:
+            config = build_config(ior.config)
+        else:
+            _check_config_file(args.config)
+            config = load_config(args.config, args.overrides)
         if args.command == "plan":
             size = comm.size if args.ranks is None else args.ranks
             if args.ranks_per_node is not None and args.ranks_per_node > size:
@@ -353,7 +389,11 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
             check_output_path(args.csv, args.force, "--csv")
         return config, output
 
+    ior = getattr(args, "ior", None)
     config, output = broadcast_outcome(comm, load)
+    if ior is not None and comm.is_root and not args.quiet:
+        for note in ior.notes:
+            print(f"mpibench ior: note: {note}", flush=True)
     if args.command == "search":
         from mpibench.search import run_search
 
@@ -373,18 +413,17 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
             print("preflight passed")
         return 0
     from mpibench.csvout import write_csv
-    from mpibench.report import phase_table, run_header
     from mpibench.results import write_json_atomic
 
-    progress = None
-    if comm.is_root and not args.quiet and sys.stderr.isatty():
-        from mpibench.progress import ProgressBar
+    live = None
+    if comm.is_root and not args.quiet:
+        from mpibench.live import LiveOutput, progress_display
 
-        progress = ProgressBar()
+        live = LiveOutput(progress_display(args.progress))
     # Rank 0 writes the results here, after the run: a file that appeared at the name in
     # the meantime is kept, and the results go to a fresh name beside it (with a warning).
     try:
-        document = execute(config, comm, output=None, progress=progress, restore_signals=False,
+        document = execute(config, comm, output=None, progress=live, restore_signals=False,
                            lifecycle=LIFECYCLE)
     except MpibenchError as exc:
         LIFECYCLE.finish()  # the run has ended: what it measured is written, whatever comes
@@ -392,8 +431,7 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
         if comm.is_root and partial is not None:
             written = _save(write_json_atomic, output, partial, args.force, "--output")
             if not args.quiet:
-                print(run_header(partial))
-                print(phase_table(partial))
+                _print_table(partial, live)
                 print(f"partial result (complete: false) written to {written}")
         raise
     LIFECYCLE.finish()
@@ -401,12 +439,28 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
         written = _save(write_json_atomic, output, document, args.force, "--output")
         csv_written = _save(write_csv, args.csv, document, args.force, "--csv") if args.csv else None
         if not args.quiet:
-            print(run_header(document))
-            print(phase_table(document))
+            _print_table(document, live)
+            if ior is not None:
+                from mpibench.ior_cli import ior_summary
+
+                print(ior_summary(document, ior))
             print(f"results written to {written}")
             if csv_written:
                 print(f"CSV written to {csv_written}")
     return 0
+
+
+def _print_table(document: dict[str, Any], live: Any) -> None:
+    """What rank 0 prints once the run is over: the summary under the rows printed live,
+    or the whole header and table where nothing was printed during the run."""
+    from mpibench.report import phase_table, run_header
+
+    if live is None or not live.header_printed:
+        print(run_header(document))
+    text = phase_table(document, rows=live is None or not live.header_printed)
+    if text:
+        print(text)
+    sys.stdout.flush()
 
 
 def _save(write: Any, path: str, document: dict[str, Any], force: bool, option: str) -> str:

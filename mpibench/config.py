@@ -12,6 +12,7 @@ import difflib
 import math
 import re
 from collections.abc import Sequence
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ import yaml
 
 from mpibench.errors import ConfigError
 from mpibench.mlperf import ACCELERATORS, COLUMN_SETS, MODELS, row_bytes, timing_of
-from mpibench.units import parse_size
+from mpibench.units import parse_size, si_size_hint
 
 AUTO = "auto"
 WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint", "kvcache", "metadata", "modelload")
@@ -430,6 +431,9 @@ def _coerce(value: Any, meta: dict[str, Any], key: str) -> Any:
             result = parse_size(value)
         except ValueError as exc:
             raise ConfigError(f"configuration key '{key}': {exc}") from None
+        hint = si_size_hint(value)
+        if hint:  # read as written, but said: 4MB is rarely meant as 4,000,000 bytes
+            warnings.warn(f"configuration key '{key}': {hint}", stacklevel=2)
     else:  # pragma: no cover - a declaration error, not user input
         raise AssertionError(f"unknown kind {kind}")
     if minimum is not None and result < minimum:

@@ -210,6 +210,8 @@ class RunContext:
             rec.extra["huge_page_bytes"] = dict(buffers.huge_page_bytes)
         # The phase is reduced even when it failed: the partial result shows how far it got.
         phase = self._reduce(rec, {**meta, "complete": worst == 0} if worst else meta)
+        if phase is not None and hasattr(self.progress, "phase_done"):  # its row, printed now
+            self.progress.phase_done(phase)
         if worst == 2:
             raise_agreed_failure(self.comm, error, first)
         if worst == 1:

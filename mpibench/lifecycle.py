@@ -29,6 +29,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 from mpibench.errors import EXIT_INTERRUPTED
@@ -193,6 +194,25 @@ def redeliver_interrupt(unraisable: Any) -> None:
     and lost; the signal is sent again instead, to be raised where the code handles it."""
     if isinstance(unraisable.exc_value, KeyboardInterrupt):
         name = unraisable.exc_value.args[0] if unraisable.exc_value.args else "SIGINT"
-        threading.Timer(0.001, os.kill, (os.getpid(), signal.Signals[name])).start()
+        hooked = threading.get_ident()
+
+        def resend() -> None:
+            # Only once this hook has returned: a signal handled while the hook still runs
+            # (a timer's fixed delay is no guarantee on a loaded machine) is lost again.
+            while _in_redeliver_hook(hooked):
+                time.sleep(0.001)
+            os.kill(os.getpid(), signal.Signals[name])
+
+        threading.Thread(target=resend, name="mpibench-redeliver", daemon=True).start()
         return
     sys.__unraisablehook__(unraisable)
+
+
+def _in_redeliver_hook(ident: int) -> bool:
+    """Whether thread `ident` is still inside redeliver_interrupt."""
+    frame = sys._current_frames().get(ident)
+    while frame is not None:
+        if frame.f_code is redeliver_interrupt.__code__:
+            return True
+        frame = frame.f_back
+    return False

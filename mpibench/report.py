@@ -13,26 +13,36 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}"
 
 
-def phase_table(document: dict[str, Any]) -> str:
-    """One row per phase and iteration, then median/min/max over iterations."""
-    lines = []
-    header = (f"{'phase':<10}{'iter':>5}{'bytes':>14}{'seconds':>10}{'MiB/s':>11}{'GB/s':>8}"
-              f"{'ops/s':>11}{'lat mean ms':>12}{'p50 ms':>9}{'p99 ms':>9}  {'slowest rank':<14}{'cache':<8}"
-              f"{'device/payload':>15}")
-    lines.append(header)
-    lines.append("-" * len(header))
-    warnings = []
-    for phase in document.get("phases", []):
-        lat = phase.get("latency", {})
-        spread = phase.get("spread", {})
-        slow = f"{spread.get('slowest_rank', '-')} ({spread.get('slowest_over_median', 0):.2f}x)"
-        flag = ("*" if phase.get("stonewalled") else "") + ("!" if phase.get("complete") is False else "")
-        lines.append(
-            f"{phase['name'] + flag:<10}{phase['iteration']:>5}{phase['bytes']:>14}{phase['seconds']:>10.3f}"
+PHASE_COLUMNS = (f"{'phase':<10}{'iter':>5}{'bytes':>14}{'seconds':>10}{'MiB/s':>11}{'GB/s':>8}"
+                 f"{'ops/s':>11}{'lat mean ms':>12}{'p50 ms':>9}{'p99 ms':>9}  {'slowest rank':<14}{'cache':<8}"
+                 f"{'device/payload':>15}")
+
+
+def phase_head() -> str:
+    """The column names of the phase rows and their underline."""
+    return PHASE_COLUMNS + "\n" + "-" * len(PHASE_COLUMNS)
+
+
+def phase_row(phase: dict[str, Any]) -> str:
+    """One phase and iteration as a row under phase_head() (printed as the phase ends)."""
+    lat = phase.get("latency", {})
+    spread = phase.get("spread", {})
+    slow = f"{spread.get('slowest_rank', '-')} ({spread.get('slowest_over_median', 0):.2f}x)"
+    flag = ("*" if phase.get("stonewalled") else "") + ("!" if phase.get("complete") is False else "")
+    return (f"{phase['name'] + flag:<10}{phase['iteration']:>5}{phase['bytes']:>14}{phase['seconds']:>10.3f}"
             f"{phase['bandwidth_MiBps']:>11.1f}{phase['bandwidth_GBps']:>8.3f}{phase['ops_per_s']:>11.0f}"
             f"{_ms(lat.get('mean_s', 0)):>12}{_ms(lat.get('p50_s', 0)):>9}{_ms(lat.get('p99_s', 0)):>9}  "
-            f"{slow:<14}{cache_state(phase):<8}{amplification(phase):>15}"
-        )
+            f"{slow:<14}{cache_state(phase):<8}{amplification(phase):>15}")
+
+
+def phase_table(document: dict[str, Any], rows: bool = True) -> str:
+    """One row per phase and iteration, then median/min/max over iterations; without
+    `rows`, only what follows the rows (they were printed as the phases ended)."""
+    lines = [phase_head()] if rows else []
+    warnings = []
+    for phase in document.get("phases", []):
+        if rows:
+            lines.append(phase_row(phase))
         warning = phase_warning(phase, document)
         if warning:
             warnings.append(f"warning: {phase['name']} iteration {phase['iteration']}: {warning}")

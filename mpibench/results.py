@@ -129,6 +129,20 @@ def summarize_phase(name: str, iteration: int, ranks: list[dict[str, Any]],
     }
 
 
+def phase_samples_per_s(phase: dict[str, Any]) -> float | None:
+    """A train epoch's samples per second (all ranks' samples over the phase's seconds)."""
+    ranks = phase.get("ranks") or []
+    if phase.get("name") != "train" or not any("samples" in r for r in ranks) or not phase.get("seconds"):
+        return None
+    return sum(int(r.get("samples", 0)) for r in ranks) / float(phase["seconds"])
+
+
+def phase_au_pct(phase: dict[str, Any]) -> float | None:
+    """A train epoch's accelerator utilisation, % (the mean over ranks, as the train summary gives it)."""
+    values = [float(r["au_pct"]) for r in phase.get("ranks") or [] if r.get("au_pct") is not None]
+    return statistics.fmean(values) if phase.get("name") == "train" and values else None
+
+
 def annotate_storage(phase: dict[str, Any], buffered: bool, workload: str) -> None:
     """A write phase left in the page cache of buffered storage gets
     `cache.device_write_bytes` (the device's counter, or null) and a warning. (What the

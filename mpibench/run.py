@@ -38,6 +38,7 @@ from mpibench.errors import (
 from mpibench.lifecycle import Lifecycle, State
 from mpibench.plan import RUN_DIR_PREFIX
 from mpibench.results import SCHEMA_VERSION, summarize_repetitions, write_json_atomic
+from mpibench.shared_root import check_nodes_see_run_dir
 from mpibench.units import format_size
 from mpibench.workloads import Workload, get_workload
 
@@ -161,6 +162,14 @@ def execute(config: Config, comm: Comm, *, output: str | None, force: bool = Fal
     comm.sync_clocks()
     env = environment.collect(comm)
     info: PreflightInfo = broadcast_outcome(comm, lambda: preflight(config, comm.size, layout))
+    try:  # the run directory rank 0 made must be the one every node writes to
+        shared = check_nodes_see_run_dir(config, comm, layout, info.run_id, info.run_key)
+    except MpibenchError:
+        if comm.is_root:
+            _remove_run_dir(config, info)
+        raise
+    if shared:
+        info.checks.append(shared)
     if preflight_only:
         if comm.is_root:
             _remove_run_dir(config, info)
@@ -176,6 +185,10 @@ def execute(config: Config, comm: Comm, *, output: str | None, force: bool = Fal
         ctx = RunContext(config, comm, info, backend, io_engine=resolve_io_engine(config), progress=progress,
                          can_preallocate=workload.preallocates_writes)
         life.attach(ctx)
+        if hasattr(progress, "run_started"):  # rank 0's live output (mpibench.live)
+            progress.run_started({"run_id": info.run_id, "config": config.to_dict(),
+                                  "environment": _environment(config, info, ctx, backend, env),
+                                  "preflight": {"warnings": info.warnings}})
         try:
             workload.run(ctx)
         except MpibenchError as exc:
@@ -216,16 +229,7 @@ def _document(config: Config, comm: Comm, info: PreflightInfo, ctx: RunContext, 
             "incomplete_reason": None if failure is None else failure.line(),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "config": config.to_dict(),
-            "environment": {
-                **env,
-                "filesystem": info.filesystem,
-                "direct_io_alignment": info.alignment,
-                "alignment_source": info.alignment_source,
-                "io_depth": ctx.io_depth,
-                "io_engine": ctx.io_engine,
-                "io_buffers": io_buffers_record(config, ctx.phases),
-                "backend": {**backend.describe(), **info.backend},
-            },
+            "environment": _environment(config, info, ctx, backend, env),
             "preflight": {"checks": info.checks, "warnings": info.warnings,
                           "planned_bytes": info.planned_bytes, "free_bytes": info.free_bytes},
             "auto_choices": ctx.choices.record,
@@ -242,6 +246,21 @@ def _document(config: Config, comm: Comm, info: PreflightInfo, ctx: RunContext, 
         failure.partial_result = document  # type: ignore[attr-defined]
         raise agreed(failure)  # every rank has passed the cleanup's last barrier
     return document
+
+
+def _environment(config: Config, info: PreflightInfo, ctx: RunContext, backend: Backend,
+                 env: dict[str, Any]) -> dict[str, Any]:
+    """The results' environment: the hosts', and what the preflight and the ranks decided."""
+    return {
+        **env,
+        "filesystem": info.filesystem,
+        "direct_io_alignment": info.alignment,
+        "alignment_source": info.alignment_source,
+        "io_depth": ctx.io_depth,
+        "io_engine": ctx.io_engine,
+        "io_buffers": io_buffers_record(config, ctx.phases),
+        "backend": {**backend.describe(), **info.backend},
+    }
 
 
 def io_buffers_record(config: Config, phases: list[dict[str, Any]]) -> dict[str, Any]:

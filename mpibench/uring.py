@@ -5,7 +5,7 @@ operations in flight in an io_uring ring (through the `liburing` binding): it pr
 and submits one read or write per free slot, waits, reaps whatever has completed and
 refills those slots. Nothing blocks per operation and no completion has
 to take the GIL back from another thread, which is what limits a thread per I/O in
-CPython (see docs/performance.md). Where io_uring is missing (the binding is not
+CPython (see docs/runs/2026-12-05-peers-journal.md). Where io_uring is missing (the binding is not
 installed, the kernel lacks it or a seccomp policy forbids it), `io.engine:
 auto` falls back to threads and the results say which engine ran.
 
@@ -151,7 +151,7 @@ def uring_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, fd: int, op: 
                     # device starts on it while the next slot is prepared. Submitting the
                     # round as one batch saves a system call per operation, but 4 KiB random
                     # reads at depth 16 on a virtio disk then ran at 0.7-0.9 of the rate of
-                    # one submission per operation (docs/performance.md).
+                    # one submission per operation (docs/runs/2026-12-05-peers-journal.md).
                     submit(ring)
             free.clear()
             if not pending:

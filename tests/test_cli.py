@@ -85,7 +85,6 @@ def test_preflight_error_ends_every_rank(tmp_path, ranks):
     assert lines == ["mpibench: error: storage.type=s3 needs an s3://bucket/prefix root; "
                      "for a local directory use local_fs or direct_fs"]
     assert "Traceback" not in done.stderr + done.stdout
-    assert done.seconds < 30
     assert os.listdir(tmp_path) == []
 
 

@@ -233,7 +233,6 @@ def test_quick_presets_on_s3(s3, preset):
     assert listing["entries"] == items and listing["pages"] == 1
     assert doc["environment"]["backend"]["objects"]["object_size_bytes"] == doc["config"]["metadata"]["file_size"]
     from mpibench.backends.base import StoragePlan
-    from mpibench.backends.base import StoragePlan
     from mpibench.backends.s3 import S3Backend
 
     S3Backend.undo(config, StoragePlan(run_key=f"mpibench-{doc['run_id']}"))

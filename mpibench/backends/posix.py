@@ -34,7 +34,18 @@ PSEUDO_FILESYSTEMS = frozenset({
     "pstore", "bpf", "configfs", "fusectl", "mqueue", "binfmt_misc", "autofs", "efivarfs", "nsfs",
     "rpc_pipefs", "selinuxfs",
 })
+# Filesystems whose files live in RAM: O_DIRECT there (tmpfs allows it since Linux 6.6)
+# measures memory copies, not storage.
+MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 RUN_PATH_ROOM = 128  # bytes the run's own names add below its directory (checkpoint_<n>/<shard>)
+
+
+def _filesystem_record(root: str) -> dict[str, str]:
+    """Where root is (mount, type, device) and, on Lustre with `lfs` installed, its striping."""
+    fs = environment.filesystem_of(root)
+    if fs["fstype"] == "lustre":
+        fs.update(environment.lustre_stripe(root))
+    return fs
 
 
 def _refuse_pseudo(root: str, fs: dict[str, str]) -> None:
@@ -170,7 +181,7 @@ class PosixBackend(PosixMetadataOps, Backend):
             cls.remove_created(created)
             raise
         return {"root": root, "created_root": created_root, "created_dirs": created, "free_bytes": free,
-                "filesystem": environment.filesystem_of(root), "checks": checks}
+                "filesystem": _filesystem_record(root), "checks": checks}
 
     @classmethod
     def preflight(cls, config: Config, run_key: str, planned_bytes: int, layout: NodeLayout,
@@ -217,6 +228,12 @@ class PosixBackend(PosixMetadataOps, Backend):
                 alignment, source = cls.probe_alignment(run_dir)
                 plan = dataclasses.replace(plan, alignment=alignment, alignment_source=source)
                 checks.append(f"O_DIRECT works in {run_dir}; alignment {alignment} bytes ({source})")
+                fs = found["filesystem"]
+                if fs.get("fstype") in MEMORY_FILESYSTEMS:
+                    plan = dataclasses.replace(plan, warnings=(*plan.warnings, (
+                        f"storage.root {found['root']} is on {fs['fstype']} at {fs['mount']}, a filesystem in "
+                        "memory: direct_fs there measures RAM, not storage; choose a directory on a disk or a "
+                        "parallel filesystem")))
         except BaseException:
             cls.undo(config, plan)
             raise

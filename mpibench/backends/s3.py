@@ -208,7 +208,7 @@ class S3Backend(Backend):
         """With one whole object per transfer, a PUT per call on the shortest path: it runs
         once per request after a wait of milliseconds, with the CPU's caches taken by the
         library, the network stack and the server meanwhile, so each Python frame and
-        lookup it saves counts (see docs/performance.md)."""
+        lookup it saves counts (see docs/runs/2026-12-05-peers-journal.md)."""
         size = self.object_size
         if not isinstance(handle, _Objects) or size != len(view):
             return super().writer(handle, view)
