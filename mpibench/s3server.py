@@ -327,6 +327,9 @@ class LocalS3Server:
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_ENDPOINT_URL": self.endpoint,
+            # s3dlio (and mpibench, as s3dlio) take AWS_ENDPOINT_URL_S3 over AWS_ENDPOINT_URL: an
+            # inherited one would send these credentials to another server.
+            "AWS_ENDPOINT_URL_S3": self.endpoint,
             "AWS_REGION": self.region,
         }
 
