@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from mpibench.errors import ConfigError
-from mpibench.units import parse_size
+from mpibench.units import format_size, parse_size
 
 AUTO = "auto"
 WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint")
@@ -29,10 +29,27 @@ RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 COMPRESSED_FORMATS = ("hdf5",)
 
 
+#: kinds of keys holding a number: each must declare its range (minimum and maximum)
+NUMERIC_KINDS = ("int", "optional_int", "int_or_auto", "float", "size", "optional_size")
+DAY_S = 86400.0
+TiB = 1024**4
+SEED_MAX = 2**63 - 1
+#: the most ranks a run or an emulated job may have (far beyond any machine's; a count that
+#: large only makes per-rank work grow without end)
+RANKS_MAX = 1_000_000
+
+
 def _opt(default: Any, kind: str, *, choices: tuple[str, ...] = (), minimum: float | None = None,
-         doc: str = "") -> Any:
-    """Declare a config key: its default, how its value is read, and its allowed range."""
-    meta = {"kind": kind, "choices": choices, "minimum": minimum, "doc": doc}
+         maximum: float | None = None, doc: str = "") -> Any:
+    """Declare a config key: its default, how its value is read, and its allowed range.
+
+    A number beyond `maximum` is refused when the configuration is loaded (exit 2): a
+    value that passes must be one the run can act on (a timer, a size, a count), not
+    one that overflows a clock or a buffer later, mid-run.
+    """
+    if kind in NUMERIC_KINDS and (minimum is None or maximum is None):
+        raise AssertionError(f"a {kind} key needs a minimum and a maximum")  # a declaration error
+    meta = {"kind": kind, "choices": choices, "minimum": minimum, "maximum": maximum, "doc": doc}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -51,15 +68,15 @@ class StorageConfig:
     endpoint: str | None = _opt(None, "optional_str", doc="S3 endpoint URL (else AWS_ENDPOINT_URL)")
     endpoints: list[str] = _opt([], "str_list", doc="several S3 endpoints, spread over ranks")
     create_bucket: bool = _opt(False, "bool", doc="create the bucket when it is missing")
-    timeout: float = _opt(30.0, "float", minimum=0.1,
+    timeout: float = _opt(30.0, "float", minimum=0.1, maximum=DAY_S,
                           doc="S3 request timeout in seconds (connect timeout is min(5, this))")
-    retries: int = _opt(3, "int", minimum=0, doc="S3 retries of a failed request")
-    threads: int | str = _opt(AUTO, "int_or_auto", minimum=1,
+    retries: int = _opt(3, "int", minimum=0, maximum=1000, doc="S3 retries of a failed request")
+    threads: int | str = _opt(AUTO, "int_or_auto", minimum=1, maximum=4096,
                               doc="s3dlio runtime threads per rank (auto: usable CPUs per node / ranks per node, "
                                   "on S3 at most the rank's requests in flight)")
-    part_size: int = _opt(16 * 1024**2, "size", minimum=1,
+    part_size: int = _opt(16 * 1024**2, "size", minimum=1, maximum=5 * 1024**3,
                           doc="s3: bytes per multipart-upload part (at least 5 MiB)")
-    parts_in_flight: int = _opt(8, "int", minimum=1,
+    parts_in_flight: int = _opt(8, "int", minimum=1, maximum=4096,
                                 doc="s3: parts of one multipart upload being sent at once")
     sign_payload: bool = _opt(True, "bool",
                               doc="s3: put the SHA-256 of each PUT body in its signature (false: "
@@ -70,26 +87,26 @@ class StorageConfig:
 class BandwidthConfig:
     """IOR-like write-then-read test."""
 
-    transfer_size: int = _opt(1024**2, "size", minimum=1, doc="bytes per I/O operation")
-    block_size: int = _opt(256 * 1024**2, "size", minimum=1, doc="bytes each rank writes per iteration")
+    transfer_size: int = _opt(1024**2, "size", minimum=1, maximum=64 * 1024**3, doc="bytes per I/O operation")
+    block_size: int = _opt(256 * 1024**2, "size", minimum=1, maximum=1024 * TiB, doc="bytes each rank writes per iteration")
     file_mode: str = _opt("per_rank", "enum", choices=("per_rank", "shared"),
                           doc="one file per rank, or one shared file of rank slices")
-    iterations: int = _opt(3, "int", minimum=1, doc="repetitions of the write and read phases")
+    iterations: int = _opt(3, "int", minimum=1, maximum=1_000_000, doc="repetitions of the write and read phases")
     overwrite: bool = _opt(False, "bool",
                            doc="iterations after the first write over the previous iteration's files "
                                "(IOR -k) instead of removing them first and writing new ones")
     fsync: bool = _opt(True, "bool", doc="fsync before close in the write phase")
     reorder_reads: bool = _opt(True, "bool", doc="read data another rank wrote (IOR -C)")
-    io_depth: int | str = _opt(AUTO, "int_or_auto", minimum=1,
+    io_depth: int | str = _opt(AUTO, "int_or_auto", minimum=1, maximum=4096,
                                doc="concurrent I/Os in flight per rank (auto: 1 for local_fs)")
     io_engine: str = _opt(AUTO, "enum", choices=(AUTO, "io_uring", "threads"),
                           doc="files, io_depth > 1: one thread with an io_uring ring, or a thread "
                               "per I/O (auto: io_uring where the kernel allows it)")
     access: str = _opt("sequential", "enum", choices=("sequential", "random"),
                        doc="transfer order within a rank's block")
-    object_size: int | None = _opt(None, "optional_size", minimum=1,
+    object_size: int | None = _opt(None, "optional_size", minimum=1, maximum=5 * TiB,
                                    doc="s3: bytes per object (default: one object per rank per iteration)")
-    deadline: float = _opt(0.0, "float", minimum=0.0,
+    deadline: float = _opt(0.0, "float", minimum=0.0, maximum=30 * DAY_S,
                            doc="stonewall: seconds after which ranks stop issuing I/O (0: off)")
     cache: str = _opt("cold", "enum", choices=("cold", "warm"),
                       doc="local_fs reads: evict the file first (cold) or read what the page cache holds (warm)")
@@ -102,14 +119,14 @@ class DatasetConfig:
     """The synthetic training dataset written by datagen and read by train."""
 
     name: str = _opt("dataset", "str", doc="folder under storage.root holding the dataset")
-    num_files: int = _opt(64, "int", minimum=1, doc="number of files (objects)")
-    samples_per_file: int = _opt(1, "int", minimum=1, doc="samples (records) per file")
-    record_size: int = _opt(1024**2, "size", minimum=1, doc="mean bytes per sample")
-    record_size_stdev: int = _opt(0, "size", minimum=0, doc="standard deviation of sample bytes")
+    num_files: int = _opt(64, "int", minimum=1, maximum=10**9, doc="number of files (objects)")
+    samples_per_file: int = _opt(1, "int", minimum=1, maximum=10**7, doc="samples (records) per file")
+    record_size: int = _opt(1024**2, "size", minimum=1, maximum=64 * 1024**3, doc="mean bytes per sample")
+    record_size_stdev: int = _opt(0, "size", minimum=0, maximum=64 * 1024**3, doc="standard deviation of sample bytes")
     format: str = _opt("npz", "enum", choices=("npz", "hdf5", "raw"), doc="file format")
-    num_subfolders: int = _opt(0, "int", minimum=0, doc="spread files over this many subfolders")
-    seed: int = _opt(1234, "int", minimum=0, doc="seed of sizes and content")
-    hdf5_chunk_size: int | None = _opt(None, "optional_size", minimum=1,
+    num_subfolders: int = _opt(0, "int", minimum=0, maximum=10**6, doc="spread files over this many subfolders")
+    seed: int = _opt(1234, "int", minimum=0, maximum=SEED_MAX, doc="seed of sizes and content")
+    hdf5_chunk_size: int | None = _opt(None, "optional_size", minimum=1, maximum=4 * 1024**3,
                                        doc="hdf5: chunk bytes (default contiguous)")
     compression: str = _opt("none", "enum", choices=("none", "gzip", "lzf"),
                             doc="hdf5: dataset compression")
@@ -119,17 +136,17 @@ class DatasetConfig:
 class TrainConfig:
     """How the training workload reads the dataset."""
 
-    epochs: int = _opt(1, "int", minimum=1, doc="passes over the dataset")
-    batch_size: int = _opt(4, "int", minimum=1, doc="samples per batch per rank")
-    read_threads: int = _opt(4, "int", minimum=1, doc="reader threads per rank")
+    epochs: int = _opt(1, "int", minimum=1, maximum=1_000_000, doc="passes over the dataset")
+    batch_size: int = _opt(4, "int", minimum=1, maximum=10**7, doc="samples per batch per rank")
+    read_threads: int = _opt(4, "int", minimum=1, maximum=4096, doc="reader threads per rank")
     shuffle: str = _opt("file", "enum", choices=("off", "file", "sample"),
                         doc="seeded order, new each epoch")
-    computation_time: float = _opt(0.0, "float", minimum=0.0, doc="emulated compute seconds per batch")
-    prefetch: int = _opt(2, "int", minimum=0, doc="batches read ahead of the compute")
+    computation_time: float = _opt(0.0, "float", minimum=0.0, maximum=DAY_S, doc="emulated compute seconds per batch")
+    prefetch: int = _opt(2, "int", minimum=0, maximum=10**6, doc="batches read ahead of the compute")
     decode: bool = _opt(True, "bool", doc="parse npz/hdf5/raw from the bytes read")
     cache: str = _opt("cold", "enum", choices=("cold", "warm"),
                       doc="local_fs: evict the files before each epoch (cold) or not (warm)")
-    seed: int = _opt(0, "int", minimum=0, doc="seed of the shuffle")
+    seed: int = _opt(0, "int", minimum=0, maximum=SEED_MAX, doc="seed of the shuffle")
 
 
 @dataclass(frozen=True)
@@ -137,27 +154,27 @@ class CheckpointConfig:
     """LLM checkpoint write and read."""
 
     model: str = _opt("llama3-8b", "str", doc="preset name, or 'custom' with the sizes below")
-    num_checkpoints_write: int = _opt(10, "int", minimum=0, doc="checkpoints written")
-    num_checkpoints_read: int = _opt(10, "int", minimum=0, doc="checkpoints read back")
+    num_checkpoints_write: int = _opt(10, "int", minimum=0, maximum=1_000_000, doc="checkpoints written")
+    num_checkpoints_read: int = _opt(10, "int", minimum=0, maximum=1_000_000, doc="checkpoints read back")
     fsync: bool = _opt(True, "bool", doc="fsync each shard before close")
-    interval: float = _opt(0.0, "float", minimum=0.0, doc="seconds between checkpoints")
-    scale: float = _opt(1.0, "float", minimum=0.0, doc="factor in (0, 1] shrinking every shard")
+    interval: float = _opt(0.0, "float", minimum=0.0, maximum=DAY_S, doc="seconds between checkpoints")
+    scale: float = _opt(1.0, "float", minimum=0.0, maximum=1.0, doc="factor in (0, 1] shrinking every shard")
     verify: bool = _opt(False, "bool", doc="check the content read back")
-    ranks: int | None = _opt(None, "optional_int", minimum=1,
+    ranks: int | None = _opt(None, "optional_int", minimum=1, maximum=RANKS_MAX,
                              doc="the preset's rank count to emulate (default: the preset's)")
-    transfer_size: int = _opt(16 * 1024**2, "size", minimum=1, doc="bytes per I/O operation")
-    model_bytes: int | None = _opt(None, "optional_size", minimum=1, doc="custom: model bytes")
-    optimizer_bytes: int | None = _opt(None, "optional_size", minimum=1, doc="custom: optimizer bytes")
-    tp: int = _opt(1, "int", minimum=1, doc="custom: tensor parallel size")
-    pp: int = _opt(1, "int", minimum=1, doc="custom: pipeline parallel size")
-    zero_stage: int = _opt(3, "int", minimum=0, doc="custom: ZeRO stage (1 or 3)")
+    transfer_size: int = _opt(16 * 1024**2, "size", minimum=1, maximum=64 * 1024**3, doc="bytes per I/O operation")
+    model_bytes: int | None = _opt(None, "optional_size", minimum=1, maximum=1024 * TiB, doc="custom: model bytes")
+    optimizer_bytes: int | None = _opt(None, "optional_size", minimum=1, maximum=1024 * TiB, doc="custom: optimizer bytes")
+    tp: int = _opt(1, "int", minimum=1, maximum=RANKS_MAX, doc="custom: tensor parallel size")
+    pp: int = _opt(1, "int", minimum=1, maximum=RANKS_MAX, doc="custom: pipeline parallel size")
+    zero_stage: int = _opt(3, "int", minimum=0, maximum=3, doc="custom: ZeRO stage (1 or 3)")
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
     """What is recorded beside bytes and times."""
 
-    interval: float = _opt(0.5, "float", minimum=0.01, doc="time-series interval in seconds")
+    interval: float = _opt(0.5, "float", minimum=0.01, maximum=3600.0, doc="time-series interval in seconds")
 
 
 @dataclass(frozen=True)
@@ -177,7 +194,7 @@ class Config:
     huge_pages: bool = _opt(False, "bool",
                             doc="I/O buffers in 2 MiB transparent huge pages (physically contiguous, "
                                 "as fio --mem=mmaphuge); default: ordinary 4 KiB pages")
-    seed: int = _opt(42, "int", minimum=0, doc="seed of the data written")
+    seed: int = _opt(42, "int", minimum=0, maximum=SEED_MAX, doc="seed of the data written")
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved configuration as plain data (for results and plan output)."""
@@ -212,6 +229,7 @@ def _coerce(value: Any, meta: dict[str, Any], key: str) -> Any:
     kind = meta["kind"]
     choices = meta["choices"]
     minimum = meta["minimum"]
+    maximum = meta.get("maximum")
 
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"configuration key '{key}' must be {expected}, got {value!r}")
@@ -271,6 +289,11 @@ def _coerce(value: Any, meta: dict[str, Any], key: str) -> Any:
         if minimum == 1 and kind in ("size", "optional_size"):
             raise ConfigError(f"configuration key '{key}' must be a positive size, got {value!r}")
         raise ConfigError(f"configuration key '{key}' must be at least {minimum}, got {value!r}")
+    if maximum is not None and result > maximum:
+        most = (f"{int(maximum)} bytes ({format_size(int(maximum))})" if kind in ("size", "optional_size")
+                else f"{maximum:g}")
+        raise ConfigError(f"configuration key '{key}' must be at most {most}, got {value!r}",
+                          f"give {key} a value from {minimum:g} to {maximum:g}")
     return result
 
 
@@ -340,7 +363,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     key = key.strip()
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
+    except ConfigError as exc:
+        raise ConfigError(f"override '{key}': {exc.message}", exc.hint) from None
     except yaml.YAMLError:
         value = raw
     if isinstance(value, (dict,)) or (value is None and raw.strip() not in ("null", "~", "None")):
@@ -369,24 +394,89 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+#: what one YAML document may expand to: nodes, an alias counted in full each time it is
+#: used (a config has a few hundred; a "billion laughs" file of a few hundred bytes expands
+#: to billions), and nesting levels (a config has 3; deeper ends in a RecursionError)
+YAML_MAX_NODES = 100_000
+YAML_MAX_DEPTH = 64
+#: a configuration is a few KiB; more is not one (and /dev/zero never ends)
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+class _BoundedLoader(_UniqueKeyLoader):
+    """The loader of every YAML mpibench reads: refuses, while composing and before any
+    object is built, a document that expands past YAML_MAX_NODES or nests deeper than
+    YAML_MAX_DEPTH."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._expanded: dict[int, int] = {}  # id(node) -> nodes it stands for, aliases expanded
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+        if self.check_event(yaml.AliasEvent):  # type: ignore[no-untyped-call]
+            node = super().compose_node(parent, index)  # type: ignore[no-untyped-call]
+            if id(node) not in self._expanded:  # the alias is inside the node it names
+                raise ConfigError(f"the YAML alias at line {mark.line + 1} refers to a node that holds it",
+                                  "a configuration cannot contain itself: remove the alias")
+            return node
+        self._depth += 1
+        if self._depth > YAML_MAX_DEPTH:
+            raise ConfigError(f"the YAML nests more than {YAML_MAX_DEPTH} levels deep (line {mark.line + 1})",
+                              "a configuration has sections of keys, two levels")
+        try:
+            node = super().compose_node(parent, index)  # type: ignore[no-untyped-call]
+        finally:
+            self._depth -= 1
+        children: list[Any] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        size = 1 + sum(self._expanded.get(id(child), 1) for child in children)
+        if size > YAML_MAX_NODES:
+            raise ConfigError(f"the YAML expands to more than {YAML_MAX_NODES} values (aliases counted each time "
+                              f"they are used; line {mark.line + 1})",
+                              "a configuration is a few dozen keys: remove the repeated aliases")
+        self._expanded[id(node)] = size
+        return node
+
+
+def load_yaml(text: str) -> Any:
+    """`text` parsed with the bounded loader (ConfigError for a bound or a key given twice)."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()  # type: ignore[no-untyped-call]
+    except RecursionError:  # a bound above should come first; never a traceback
+        raise ConfigError("the YAML nests too deeply to be read",
+                          "a configuration has sections of keys, two levels") from None
+    finally:
+        loader.dispose()  # type: ignore[no-untyped-call]
+
+
 def _path_in(path: str, error: ConfigError) -> ConfigError:
     return ConfigError(f"config file {path}: {error.message}", error.hint)
 
 
 def load_mapping(path: str) -> dict[str, Any]:
     """Read a YAML config file into a mapping, with a one-line error for any problem."""
+    from mpibench.safeio import UnsafeFile, read_text
+
+    example = "give the path of a YAML file, e.g. configs/quickstart.yaml"
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        text = read_text(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist", "give the path of a YAML file, e.g. configs/quickstart.yaml") from None
+        raise ConfigError(f"config file {path} does not exist", example) from None
+    except UnsafeFile as exc:
+        raise ConfigError(f"config file {path} is {exc.strerror}", example) from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})",
                           "give the path of a YAML file") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+        data = load_yaml(text)
     except ConfigError as exc:
         raise _path_in(path, exc) from None
     except yaml.YAMLError as exc:

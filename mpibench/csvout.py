@@ -6,7 +6,8 @@ import csv
 import io
 from typing import Any
 
-from mpibench.results import write_new_text, write_text_atomic
+from mpibench.redact import redact
+from mpibench.results import replaceable, write_new_text, write_text_atomic
 
 COLUMNS = ["run_id", "workload", "phase", "iteration", "ranks", "bytes", "seconds", "bandwidth_MiBps",
            "bandwidth_GBps", "ops", "ops_per_s", "latency_mean_s", "latency_p50_s", "latency_p99_s",
@@ -32,7 +33,8 @@ def write_csv(path: str, document: dict[str, Any], force: bool = False) -> str:
             (p.get("cache") or {}).get("state", ""), p.get("stonewalled", False),
             f"{p['client_cpu']['cores']:.3f}" if p.get("client_cpu") else "",
         ])
-    if force:
-        write_text_atomic(path, out.getvalue())
+    text = redact(out.getvalue())
+    if force and replaceable(path):
+        write_text_atomic(path, text)
         return path
-    return write_new_text(path, out.getvalue(), str(document.get("run_id") or "results"))
+    return write_new_text(path, text, str(document.get("run_id") or "results"))

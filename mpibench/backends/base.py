@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from mpibench.config import StorageConfig
 from mpibench.errors import BenchIOError
+from mpibench.safeio import UnsafeFile
 
 
 def io_error(op: str, path: str, exc: BaseException, offset: int | None = None) -> BenchIOError:
@@ -23,7 +24,13 @@ def io_error(op: str, path: str, exc: BaseException, offset: int | None = None) 
     reason = os.strerror(code) if isinstance(code, int) else str(exc)
     where = f" at offset {offset}" if offset is not None else ""
     hint = None
-    if code == errno_mod.ENOSPC:
+    if isinstance(exc, UnsafeFile):  # not a regular file, or implausibly large: say which
+        return BenchIOError(f"{op} {path} refused: it is {exc.strerror}",
+                            "move it away: mpibench reads only regular files it can expect there",
+                            path=path, errno=code)
+    if code == errno_mod.ENOSPC and _no_inodes_left(path):
+        reason, hint = "no free inodes left on the filesystem", "remove files there or choose another storage.root"
+    elif code == errno_mod.ENOSPC:
         hint = "free space on the filesystem or lower the sizes"
     elif code in (errno_mod.EACCES, errno_mod.EPERM, errno_mod.EROFS):
         hint = "check the permissions of storage.root"
@@ -33,6 +40,15 @@ def io_error(op: str, path: str, exc: BaseException, offset: int | None = None) 
     label = f" [{name}]" if name else ""
     return BenchIOError(f"{op} {path}{where} failed: {reason}{label}", hint, path=path,
                         errno=code if isinstance(code, int) else None)
+
+
+def _no_inodes_left(path: str) -> bool:
+    """True when ENOSPC at `path` means no inode is left, not no block (a new file needs both)."""
+    try:
+        found = os.statvfs(os.path.dirname(path) or ".")
+    except OSError:
+        return False
+    return found.f_files > 0 and found.f_favail == 0
 
 
 class Backend(ABC):
@@ -52,7 +68,8 @@ class Backend(ABC):
     # -- files --------------------------------------------------------------------------
     @abstractmethod
     def open(self, key: str, mode: str) -> Any:
-        """Open `key` for writing ('w': create or truncate) or reading ('r')."""
+        """Open `key` for writing ('w': create or truncate; 'x': create, an error if it exists,
+        so that nothing someone else wrote is replaced) or reading ('r': a regular file only)."""
 
     @abstractmethod
     def write_at(self, handle: Any, buf: memoryview, offset: int) -> int:

@@ -22,7 +22,9 @@ class MemoryBackend(Backend):
 
     def open(self, key: str, mode: str) -> Any:
         with self._lock:
-            if mode == "w":
+            if mode == "x" and key in self.files:
+                raise FileExistsError(key)
+            if mode in ("w", "x"):
                 self.files.setdefault(key, bytearray())
             elif key not in self.files:
                 raise FileNotFoundError(key)

@@ -19,6 +19,7 @@ from mpibench.buffers import aligned_buffer
 from mpibench.config import StorageConfig
 from mpibench.errors import PreflightError
 from mpibench.plan import RUN_MARKER
+from mpibench.safeio import open_regular
 from mpibench.units import format_size
 
 O_DIRECT = getattr(os, "O_DIRECT", 0)
@@ -142,14 +143,21 @@ class PosixBackend(Backend):
                                      "choose a directory on a writable filesystem")
             _refuse_pseudo(root, fs)
             checks.append(f"storage.root {root} is a writable directory")
+            if stats.f_files > 0 and stats.f_favail == 0:
+                raise PreflightError(f"no free inodes in {root} ({fs['fstype']} at {fs['mount']}): no new file "
+                                     "can be created there", "remove files there or choose another storage.root")
             free = stats.f_bavail * stats.f_frsize
-            if planned_bytes > free:
+            if stats.f_blocks == 0:  # ramfs and the like report no size at all: nothing to compare
+                free = None
+                checks.append(f"{fs['fstype']} at {fs['mount']} reports no size: free space not checked")
+            elif planned_bytes > free:
                 raise PreflightError(
                     f"not enough free space in {root}: the run writes {format_size(planned_bytes)} "
                     f"({planned_bytes} bytes), {format_size(free)} ({free} bytes) are free",
                     "lower the sizes or choose another storage.root",
                 )
-            checks.append(f"free space {format_size(free)} covers the planned {format_size(planned_bytes)}")
+            else:
+                checks.append(f"free space {format_size(free)} covers the planned {format_size(planned_bytes)}")
         except BaseException:
             cls.remove_created(created)
             raise
@@ -294,9 +302,12 @@ class PosixBackend(Backend):
 
     def open(self, key: str, mode: str) -> _PosixHandle:
         path = self.path_of(key)
-        flags = (os.O_WRONLY | os.O_CREAT) if mode == "w" else os.O_RDONLY
         try:
-            fd = os.open(path, flags | self.open_flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+            if mode == "r":  # a FIFO or a device at a file's name is refused, never waited on
+                fd = open_regular(path, flags=self.open_flags, follow=False)
+            else:  # "x": a new file only (O_EXCL), never one that someone else's
+                flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if mode == "x" else 0)
+                fd = os.open(path, flags | self.open_flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
             raise io_error("open", path, exc) from None
         return _PosixHandle(fd, path)

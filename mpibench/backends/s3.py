@@ -52,7 +52,9 @@ from mpibench.buffers import aligned_buffer, keep_freed_heap
 from mpibench.config import StorageConfig
 from mpibench.errors import BenchIOError, ConfigError, PreflightError
 from mpibench.plan import RUN_MARKER
+from mpibench.redact import redact
 from mpibench.s3server import error_code, parse_list, signed_request
+from mpibench.safeio import UnsafeFile, read_text
 
 MIN_PART_SIZE = 5 * 1024**2  # S3's smallest multipart part (all but the last)
 GET_COPY_LIMIT = 4 * 1024**2  # whole objects up to this size: s3dlio.get + copy (see _read_whole)
@@ -60,6 +62,7 @@ PROBE_TIMEOUT_S = 3.0  # preflight's own requests: a dead endpoint fails in seco
 DELETE_THREADS = 16
 PROBE_NAME = ".mpibench-write-probe"
 CREDENTIAL_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+CREDENTIALS_MAX_BYTES = 1024 * 1024  # a shared credentials file holds a few profiles
 ENDPOINT_ASSIGNMENT = ("interleaved over nodes: rank with node index n and node-local rank l uses "
                        "endpoints[(n + l * num_nodes) % len(endpoints)]")
 
@@ -141,7 +144,21 @@ def _profile_credentials(environ: dict[str, str]) -> tuple[str, dict[str, str]] 
     path = environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.expanduser("~/.aws/credentials")
     parser = configparser.ConfigParser(interpolation=None)
     try:
-        if not parser.read(path) or not parser.has_section(profile):
+        text = read_text(path, CREDENTIALS_MAX_BYTES)
+    except FileNotFoundError:
+        return None
+    except UnsafeFile as exc:
+        raise PreflightError(f"the shared credentials file {path} is {exc.strerror}",
+                             "point AWS_SHARED_CREDENTIALS_FILE at the credentials file, or unset it") from None
+    except OSError as exc:
+        raise PreflightError(f"cannot read the shared credentials file {path}: {exc.strerror or exc}",
+                             "check its permissions, or export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from None
+    except UnicodeDecodeError as exc:
+        raise PreflightError(f"the shared credentials file {path} is not UTF-8 text (byte {exc.start})",
+                             "write it as an INI file of plain text ([default] aws_access_key_id = ...)") from None
+    try:
+        parser.read_string(text, source=path)
+        if not parser.has_section(profile):
             return None
     except configparser.Error:
         return None
@@ -184,13 +201,8 @@ def key_id_tail(environ: dict[str, str] | None = None) -> str:
 
 
 def scrub(text: str, environ: dict[str, str] | None = None) -> str:
-    """`text` with any credential value replaced by ***."""
-    env = os.environ if environ is None else environ
-    for name in (*CREDENTIAL_NAMES, "AWS_SESSION_TOKEN"):
-        value = env.get(name)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
+    """`text` with any credential masked (redact.redact, the one redaction of mpibench)."""
+    return redact(text, environ)
 
 
 # -- process-wide s3dlio settings ---------------------------------------------------------------
@@ -414,7 +426,9 @@ class S3Backend(Backend):
 
     # -- writing -----------------------------------------------------------------------------
     def open(self, key: str, mode: str) -> Any:
-        if mode == "w":
+        # 'x' is 'w' here: s3dlio sends no conditional PUT (If-None-Match), so the
+        # preflight of a workload that must not replace objects lists the prefix instead.
+        if mode in ("w", "x"):
             return _Objects(key) if self.object_size else _Upload(self.path_of(key))
         return _Read(key, self.path_of(key))
 

@@ -24,6 +24,7 @@ goes out straight from our aligned buffer with no bounce copy.
 from __future__ import annotations
 
 import bisect
+import errno
 import os
 import threading
 from typing import Any
@@ -36,6 +37,7 @@ from mpibench.backends.posix import DirectFsBackend
 from mpibench.buffers import keep_freed_heap
 from mpibench.config import StorageConfig
 from mpibench.errors import BenchIOError, ConfigError
+from mpibench.safeio import check_regular
 
 PART_SUFFIX = ".part"
 
@@ -148,7 +150,9 @@ class S3dlioDirectBackend(DirectFsBackend):
     # -- writing -----------------------------------------------------------------------------
     def open(self, key: str, mode: str) -> Any:
         path = self.path_of(key)
-        if mode == "w":
+        if mode == "x" and os.path.lexists(path):  # s3dlio's put creates or replaces: look first
+            raise io_error("open", path, FileExistsError(errno.EEXIST, "File exists"))
+        if mode in ("w", "x"):
             handle = _WriteHandle(path)
             if os.path.isdir(path) and not os.path.islink(path):
                 handle.mode = "parts"  # written before with several writes: overwrite its parts
@@ -161,6 +165,10 @@ class S3dlioDirectBackend(DirectFsBackend):
             offsets, sizes, paths = _parts_of(path)
             size = offsets[-1] + sizes[-1] if offsets else 0
             return _ReadHandle(path, size, offsets, sizes, paths)
+        try:  # s3dlio would open a FIFO or a device and wait on it, or read it without end
+            check_regular(st, path)
+        except OSError as exc:
+            raise io_error("open", path, exc) from None
         return _ReadHandle(path, st.st_size)
 
     def write_at(self, handle: _WriteHandle, buf: memoryview, offset: int) -> int:
