@@ -46,8 +46,8 @@ def check_regular(info: os.stat_result, path: str, limit: int | None = None) -> 
         code = errno.EISDIR if stat.S_ISDIR(info.st_mode) else errno.EINVAL
         raise UnsafeFile(code, f"{kind_of(info.st_mode)}, not a regular file", path)
     if limit is not None and info.st_size > limit:
-        raise UnsafeFile(errno.EFBIG, f"{format_size(info.st_size)} ({info.st_size} bytes), more than the "
-                                      f"{format_size(limit)} such a file can have", path)
+        raise UnsafeFile(errno.EFBIG, f"{info.st_size} bytes ({format_size(info.st_size)}), over the {limit} "
+                                      f"bytes ({format_size(limit)}) such a file may have", path)
 
 
 def open_regular(path: str, limit: int | None = None, *, flags: int = 0, follow: bool = True) -> int:
@@ -80,7 +80,8 @@ def read_regular(path: str, limit: int) -> bytes:
             chunks.append(chunk)
             total += len(chunk)
             if total > limit:
-                raise UnsafeFile(errno.EFBIG, f"more than the {format_size(limit)} such a file can have", path)
+                raise UnsafeFile(errno.EFBIG, f"over the {limit} bytes ({format_size(limit)}) such a file may "
+                                              "have (it grew while being read)", path)
     finally:
         os.close(fd)
     return b"".join(chunks)
