@@ -446,6 +446,9 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
             if args.ranks_per_node is not None and args.ranks_per_node > size:
                 raise ConfigError(f"--ranks-per-node {args.ranks_per_node} is more than the {size} rank(s) planned",
                                   f"give --ranks-per-node {size} or less, or plan more with --ranks")
+            from mpibench.workloads import get_workload
+
+            get_workload(config.workload).check_magnitudes(config, size)  # before listing every rank's share
         if args.command != "run":
             return config, None
         output = args.output

@@ -34,9 +34,9 @@ NUMERIC_KINDS = ("int", "optional_int", "int_or_auto", "float", "size", "optiona
 DAY_S = 86400.0
 TiB = 1024**4
 SEED_MAX = 2**63 - 1
-#: the most ranks a run or an emulated job may have (far beyond any machine's; a count that
-#: large only makes per-rank work grow without end)
-RANKS_MAX = 1_000_000
+#: the most ranks a checkpoint may emulate (beyond the largest training jobs; each is a
+#: shard file or two per checkpoint, and planning lists them)
+RANKS_MAX = 2**17
 
 
 def _opt(default: Any, kind: str, *, choices: tuple[str, ...] = (), minimum: float | None = None,

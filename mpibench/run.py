@@ -199,13 +199,28 @@ def check_huge_pages() -> str:
 
 
 def preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
-    """Rank 0's checks of the configuration and the storage, before any benchmark I/O."""
+    """Rank 0's checks of the configuration and the storage, before any benchmark I/O.
+
+    Whatever fails here fails before anything is measured, so it is a PreflightError
+    (exit 2), an I/O error on the way (a socket where the manifest should be) included.
+    """
+    try:
+        return _preflight(config, size, layout)
+    except BenchIOError as exc:
+        raise PreflightError(exc.message, exc.hint) from exc
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        raise PreflightError(f"preflight failed on{where}: {exc.strerror or exc}",
+                             "check storage.root and what is in it") from exc
+
+
+def _preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
     workload = get_workload(config.workload)
     run_id = config.run_id or new_run_id()
     info = PreflightInfo(run_id=run_id, run_key=RUN_DIR_PREFIX + run_id)
+    workload.check_magnitudes(config, size)  # first: planned_bytes may list every file or shard
     info.planned_bytes = workload.planned_bytes(config, size)
     workload.check(config, size, 1)
-    memory = check_memory(config, workload, size, layout)
     engine = resolve_io_engine(config)
     if engine == "threads" and config.bandwidth.io_engine == AUTO and resolve_io_depth(config, layout) > 1:
         info.warnings.append(f"io_uring unavailable ({uring.unavailable()}): "
@@ -216,8 +231,6 @@ def preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
     cls = backend_class(config.storage.type, config.storage.library)
     info.checks.append(f"configuration valid: workload {config.workload} on {config.storage.type} "
                        f"({cls.name}), {size} rank(s) on {layout.num_nodes} node(s)")
-    if memory:
-        info.checks.append(memory)
     if config.huge_pages:
         info.checks.append(check_huge_pages())
     backend_pre = getattr(cls, "preflight_storage", None)
@@ -237,6 +250,11 @@ def preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
         workload.check(config, size, info.alignment)
         backend = make_backend(config.storage, **_backend_kwargs(config, info))
         workload.prepare(config, size, backend, info)
+        # After prepare, which proves the input there (train's dataset): the buffers of a
+        # dataset are sized over all of its files, work no missing dataset should cost.
+        memory = check_memory(config, workload, size, layout)
+        if memory:
+            info.checks.append(memory)
     except BaseException:
         _remove_run_dir(config, info)
         raise

@@ -124,6 +124,11 @@ class Backend(ABC):
     def remove_dir(self, key: str) -> None:
         """Remove directory `key` if it is empty (no-op where there are no directories)."""
 
+    def first_entry(self, key: str) -> str | None:
+        """The path of some file (object) below folder `key`, None when it holds none (empty
+        subfolders do not count); looks no further than the first one found."""
+        raise NotImplementedError(f"{self.name} cannot list a folder")
+
     def not_a_dir(self, key: str) -> str | None:
         """The first of `key` and its parents that exists and is not a directory (for a
         preflight before makedirs), or None (always None where there are no directories)."""

@@ -30,6 +30,10 @@ class MemoryBackend(Backend):
                 raise FileNotFoundError(key)
         return key
 
+    def first_entry(self, key: str) -> str | None:
+        with self._lock:
+            return next((k for k in sorted(self.files) if k.startswith(key.rstrip("/") + "/")), None)
+
     def write_at(self, handle: Any, buf: memoryview, offset: int) -> int:
         with self._lock:
             data = self.files[handle]

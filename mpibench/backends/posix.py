@@ -422,6 +422,24 @@ class PosixBackend(Backend):
         except OSError as exc:
             raise io_error("mkdir", path, exc) from None
 
+    def first_entry(self, key: str) -> str | None:
+        pending = [self.path_of(key)]
+        try:
+            while pending:
+                try:
+                    listing = os.scandir(pending.pop())
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                with listing:
+                    for entry in listing:
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append(entry.path)
+                        else:  # a file, a link, a FIFO: anything is someone's
+                            return entry.path
+        except OSError as exc:
+            raise io_error("list", self.path_of(key), exc) from None
+        return None
+
     def not_a_dir(self, key: str) -> str | None:
         path = self.root
         for part in [p for p in key.split("/") if p and p != "."]:

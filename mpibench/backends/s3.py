@@ -670,6 +670,27 @@ class S3Backend(Backend):
         except RuntimeError as exc:
             raise io_failure("stat", uri, exc) from None
 
+    def first_entry(self, key: str) -> str | None:
+        """One signed ListObjectsV2 of at most one key under `key`/ (a prefix of millions of
+        objects costs no more than an empty one)."""
+        prefix = f"{self.prefix}/{key}/" if self.prefix else f"{key}/"
+        creds = _current_credentials()
+        shown = f"s3://{self.bucket}/{prefix}"
+        try:
+            status, _headers, body = signed_request(
+                self.endpoint, "GET", f"/{self.bucket}", query={"list-type": "2", "max-keys": "1", "prefix": prefix},
+                access_key=creds["access_key"], secret_key=creds["secret_key"], region=region(),
+                session_token=creds.get("session_token") or None, timeout=self.storage.timeout,
+                context=_ssl_context() if self.endpoint.startswith("https") else None)
+            objects, _ = parse_list(body) if status == 200 else ([], None)
+        except (OSError, ElementTree.ParseError) as exc:
+            raise io_failure("list", shown, exc) from None
+        if status != 200:
+            code, message = error_code(body)
+            raise BenchIOError(f"list {shown} failed: HTTP {status} {code or ''} {message or ''}".rstrip(),
+                               "check the credentials' permission to list the bucket")
+        return f"s3://{self.bucket}/{objects[0][0]}" if objects else None
+
     def remove(self, key: str) -> None:
         """DELETE the object, and the objects of `key` this rank wrote with object_size."""
         with self._lock:

@@ -33,6 +33,10 @@ class Workload:
         streams may be a multipart upload with storage.parts_in_flight parts on the way."""
         return io_depth * config.storage.parts_in_flight
 
+    def check_magnitudes(self, config: Config, size: int) -> None:
+        """Rank 0, before anything proportional to files, shards or ranks is computed (the
+        plan, planned_bytes, the memory check): the counts the run would make are sane."""
+
     def check(self, config: Config, size: int, alignment: int) -> None:
         """Rank 0: rules that depend on the rank count or the storage's alignment."""
 

@@ -17,6 +17,7 @@ size after a padded O_DIRECT write, fsynced and closed.
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import threading
@@ -90,11 +91,20 @@ def read_manifest(backend: Backend, ds: Any) -> dict[str, Any] | None:
     return found
 
 
-def write_manifest(backend: Backend, ds: Any, doc: dict[str, Any]) -> None:
-    """Write (or replace) the manifest: padded, truncated and fsynced."""
+def write_manifest(backend: Backend, ds: Any, doc: dict[str, Any], claim: bool = False) -> None:
+    """Write (or replace) the manifest: padded, truncated and fsynced. With `claim` it is
+    created exclusively: the first manifest claims the folder for one datagen run, and a
+    second run that passed its preflight at the same time is refused here (exit 2)."""
     buf, size, padded = encode_manifest(doc, backend.alignment)
     key = manifest_key(ds)
-    handle = backend.open(key, "w")
+    try:
+        handle = backend.open(key, "x" if claim else "w")
+    except BenchIOError as exc:
+        if claim and exc.errno == errno.EEXIST:
+            raise PreflightError(f"dataset folder {backend.path_of(ds.name)} was claimed by another datagen run "
+                                 "since this run's preflight (its manifest appeared)",
+                                 "choose another dataset.name: one datagen run writes a folder") from None
+        raise
     try:
         backend.write_at(handle, memoryview(buf)[:padded], 0)
         backend.truncate(handle, size)  # also cuts a longer earlier version
@@ -153,12 +163,12 @@ class DatagenWorkload(Workload):
                 f"({found.get('num_files')} {found.get('format')} files, run {found.get('run_id')})",
                 "choose another dataset.name, or remove the folder first: datagen never overwrites a dataset",
             )
-        for index in sorted({0, ds.num_files - 1}):
-            if key_exists(backend, file_key(ds, index)):
-                raise PreflightError(
-                    f"dataset folder {where} exists and holds {backend.path_of(file_key(ds, index))}",
-                    "choose another dataset.name or remove it: datagen writes only files it creates",
-                )
+        taken = backend.first_entry(ds.name)  # any file at all, not only the dataset's own names
+        if taken is not None:
+            raise PreflightError(
+                f"dataset folder {where} exists and holds {taken}",
+                "choose another dataset.name or remove it: datagen writes only into an empty folder",
+            )
         backend.makedirs(ds.name)
         for sub in subfolder_keys(ds):
             backend.makedirs(sub)
@@ -189,7 +199,7 @@ class DatagenWorkload(Workload):
         start, count = part_range(ds.num_files, comm.size, comm.rank)
         created = time.time()
         broadcast_outcome(comm, lambda: write_manifest(
-            backend, ds, manifest_of(ds, complete=False, run_id=ctx.info.run_id, created=created)))
+            backend, ds, manifest_of(ds, complete=False, run_id=ctx.info.run_id, created=created), claim=True))
         phase = ctx.phase("datagen", 0, lambda rec: self._generate(ctx, rec, start, count),
                           expected_bytes=ctx.info.planned_bytes, format=ds.format,
                           dataset=backend.path_of(ds.name), fsync=True, cache=None)
@@ -269,7 +279,7 @@ class DatagenWorkload(Workload):
         backend = ctx.backend
         key = file_key(ctx.config.dataset, item.index)
         t = time.perf_counter()
-        handle = backend.open(key, "w")
+        handle = backend.open(key, "x")  # a new file only: never one that is someone else's
         rec.open_s += time.perf_counter() - t
         rec.files += 1
         try:
