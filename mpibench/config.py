@@ -534,6 +534,10 @@ def validate(config: Config) -> None:
             )
         if "://" in root and not root.startswith(LOCAL_SCHEMES):
             raise ConfigError(f"storage.root {root} has an unknown scheme", "give a directory path")
+        if root.startswith("direct://") and storage.type != "direct_fs":
+            raise ConfigError(f"storage.root {root} asks for O_DIRECT (direct://) but storage.type={storage.type} "
+                              "does buffered I/O", "set storage.type=direct_fs, or write the root as a path "
+                              "(or file://)")
         if storage.library == "s3dlio" and storage.type != "direct_fs":
             raise ConfigError(
                 f"storage.library=s3dlio applies to direct_fs only, not {storage.type}",

@@ -337,7 +337,7 @@ def check_output_path(path: str, force: bool, option: str = "--output") -> None:
         from mpibench.safeio import kind_of
 
         raise ResultsError(f"{what} {path} exists and is {kind_of(os.lstat(path).st_mode)}, not a regular file",
-                           f"choose another {option}: mpibench writes or replaces (--force) regular files only")
+                           f"choose another {option}: only a regular file is ever replaced")
     if os.path.lexists(path) and not force:
         raise ResultsError(f"{what} {path} already exists", f"choose another {option} or pass --force")
     if not os.path.isdir(directory):

@@ -221,6 +221,7 @@ def _preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
     workload.check_magnitudes(config, size)  # first: planned_bytes may list every file or shard
     info.planned_bytes = workload.planned_bytes(config, size)
     workload.check(config, size, 1)
+    memory = None if workload.buffers_sized_by_input else check_memory(config, workload, size, layout)
     engine = resolve_io_engine(config)
     if engine == "threads" and config.bandwidth.io_engine == AUTO and resolve_io_depth(config, layout) > 1:
         info.warnings.append(f"io_uring unavailable ({uring.unavailable()}): "
@@ -231,6 +232,8 @@ def _preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
     cls = backend_class(config.storage.type, config.storage.library)
     info.checks.append(f"configuration valid: workload {config.workload} on {config.storage.type} "
                        f"({cls.name}), {size} rank(s) on {layout.num_nodes} node(s)")
+    if memory:
+        info.checks.append(memory)
     if config.huge_pages:
         info.checks.append(check_huge_pages())
     backend_pre = getattr(cls, "preflight_storage", None)
@@ -250,11 +253,12 @@ def _preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
         workload.check(config, size, info.alignment)
         backend = make_backend(config.storage, **_backend_kwargs(config, info))
         workload.prepare(config, size, backend, info)
-        # After prepare, which proves the input there (train's dataset): the buffers of a
-        # dataset are sized over all of its files, work no missing dataset should cost.
-        memory = check_memory(config, workload, size, layout)
-        if memory:
-            info.checks.append(memory)
+        if workload.buffers_sized_by_input:
+            # After prepare, which proves the input there (train's dataset): its buffers are
+            # sized over all of its files, work that a missing dataset must not cost.
+            memory = check_memory(config, workload, size, layout)
+            if memory:
+                info.checks.append(memory)
     except BaseException:
         _remove_run_dir(config, info)
         raise

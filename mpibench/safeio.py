@@ -54,6 +54,8 @@ def open_regular(path: str, limit: int | None = None, *, flags: int = 0, follow:
     """A read-only descriptor of `path`, only if it is a regular file of at most `limit`
     bytes; never blocks in open. `flags` are added (O_DIRECT); follow=False refuses a link."""
     info = os.stat(path, follow_symlinks=follow)
+    if stat.S_ISLNK(info.st_mode):  # what O_NOFOLLOW says of a link
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
     check_regular(info, path, limit)
     extra = 0 if follow else os.O_NOFOLLOW
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | extra | flags)

@@ -485,7 +485,7 @@ class PosixBackend(Backend):
         """posix_fadvise(DONTNEED) on the file; confirmed when mincore-free reads follow."""
         path = self.path_of(key)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = open_regular(path, follow=False)  # a FIFO there would block a plain open
         except OSError:
             return False
         try:

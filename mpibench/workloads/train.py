@@ -376,6 +376,7 @@ class TrainWorkload(Workload):
 
     name = "train"
     describe_totals = True
+    buffers_sized_by_input = True  # the largest file of the dataset sizes the buffers
 
     def requests_in_flight(self, config: Config, io_depth: int) -> int:
         return config.train.read_threads  # each reader thread reads one file at a time
