@@ -689,3 +689,45 @@ def test_inode_exhaustion_is_named_as_such(box, mounted):
 
     line = io_error("open", os.path.join(mounted, "new"), OSError(28, "No space left on device")).line()
     assert "no free inodes" in line and "free space" not in line
+
+
+# -- the same classes on the real S3 server -----------------------------------------------------
+
+from s3fixture import PREFIX, assert_untouched, s3_fixture  # noqa: E402,F401
+
+
+@pytest.mark.s3
+def test_s3_datagen_refuses_a_prefix_holding_any_object(s3, box):
+    """Preflight looked at the first and last object names only, and s3dlio sends no
+    conditional PUT: a listing of the dataset prefix (one key at most) is the check."""
+    dataset = f"{PREFIX}-rel2-ds"
+    stranger = f"{PREFIX}/{dataset}/00000003.npz"
+    status, _ = s3.request("PUT", f"/{s3.bucket}/{stranger}", body=b"theirs")
+    assert status == 200
+    before = s3.listing()
+    try:
+        done = run_cli(2, "run", box["config"], "storage.type=s3", f"storage.root={s3.root}",
+                       f"dataset.name={dataset}", "--output", box["output"], env=s3.cli_env(), timeout=120)
+        only_error(done, 2, f"exists and holds s3://{s3.bucket}/{stranger}")
+        assert s3.listing() == before
+    finally:
+        s3.delete([stranger])
+
+
+@pytest.mark.s3
+def test_s3_endpoint_credentials_are_redacted_everywhere(s3, box):
+    """A user and password in the endpoint URL reached the error line and the results."""
+    host = s3.endpoint.split("://", 1)[1]
+    url = f"http://admin:{SECRET}@{host}"
+    before = s3.listing()
+    for override in (f"storage.endpoint={url}",):
+        done = run_cli(0, "run", box["config"], "workload=bandwidth", "bandwidth.block_size=1MiB",
+                       "bandwidth.transfer_size=1MiB", "bandwidth.iterations=1", "storage.type=s3",
+                       f"storage.root={s3.root}", override, "--output", box["output"], "--force", "--debug",
+                       env=s3.cli_env(), timeout=120)
+        text = done.stdout + done.stderr
+        if os.path.exists(box["output"]):
+            with open(box["output"]) as handle:
+                text += handle.read()
+        assert SECRET not in text, text[-3000:]
+    assert_untouched(s3, before)
