@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,7 @@ from mpibench.errors import (
     interrupt_in,
 )
 from mpibench.metrics import LatencyHistogram, PhaseRecorder
-from mpibench.plan import RUN_DIR_PREFIX
+from mpibench.plan import RUN_DIR_PREFIX, RUN_MARKER
 from mpibench.results import (
     SCHEMA_VERSION,
     annotate_storage,
@@ -571,6 +572,12 @@ def _document(config: Config, comm: Comm, info: PreflightInfo, ctx: RunContext, 
     of the run is raised with the document attached as its partial result."""
     if failure is None and cleanup_error is not None:
         failure = cleanup_error
+    elif cleanup_error is not None and comm.is_root:
+        # The run failed and its cleanup too: what is left (files, objects, the run's
+        # marker) is named, not lost behind the run's own error line.
+        warnings.warn(f"the cleanup after the failure failed as well: {cleanup_error.line()}; "
+                      f"{backend.path_of(info.run_key)} may keep the run's files and its {RUN_MARKER} "
+                      "marker: remove them by hand", stacklevel=2)
     document = None
     if comm.is_root:
         document = {

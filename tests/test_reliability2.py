@@ -731,3 +731,26 @@ def test_s3_endpoint_credentials_are_redacted_everywhere(s3, box):
                 text += handle.read()
         assert SECRET not in text, text[-3000:]
     assert_untouched(s3, before)
+
+
+@pytest.mark.s3
+def test_a_failed_s3_run_that_cannot_clean_up_names_its_marker(tmp_path):
+    """The server went away mid-run: the run's objects and its .mpibench-run marker stayed
+    in the bucket with no word; now a warning names them (the error line stays the run's)."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_s3_faults import _held_before_read, _one_error_line, _started_server
+
+    server = _started_server()
+    try:
+        proc, hold, _output = _held_before_read(server, tmp_path, "bandwidth.block_size=8MiB")
+        server.stop()
+        (hold / "resume").touch()
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        server.stop()
+    _one_error_line(proc, stdout, stderr, server)
+    warned = [line for line in stderr.splitlines() if line.startswith("mpibench: warning: the cleanup after")]
+    assert len(warned) == 1 and ".mpibench-run marker" in warned[0] and "s3://faults/run/mpibench-" in warned[0], \
+        stderr
