@@ -754,3 +754,50 @@ def test_a_failed_s3_run_that_cannot_clean_up_names_its_marker(tmp_path):
     warned = [line for line in stderr.splitlines() if line.startswith("mpibench: warning: the cleanup after")]
     assert len(warned) == 1 and ".mpibench-run marker" in warned[0] and "s3://faults/run/mpibench-" in warned[0], \
         stderr
+
+
+@pytest.mark.s3
+def test_writes_of_uploads_that_never_completed_do_not_count(tmp_path):
+    """The S3 server paused (SIGSTOP) before the writes: s3dlio acknowledges every part it
+    queues, and the partial result counted the full bytes although no upload completed."""
+    import signal as signal_mod
+
+    from test_s3_faults import _started_server
+
+    server = _started_server()
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    output = tmp_path / "result.json"
+    env = clean_env({**server.env(), "MPIBENCH_FAULT": f"pause:phase=write:dir={hold}"})
+    proc = subprocess.Popen(
+        mpibench_cmd(2, "run", os.path.join(REPO, "configs", "s3.yaml"), "storage.root=s3://faults/paused",
+                     "bandwidth.iterations=1", "bandwidth.block_size=24MiB", "bandwidth.transfer_size=1MiB",
+                     "storage.part_size=5MiB", "storage.parts_in_flight=8", "storage.timeout=2",
+                     "storage.retries=0", "--output", str(output)),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    pid = server._proc.pid  # the weed process of this test's own server
+    try:
+        deadline = time.monotonic() + 60
+        while not (hold / "paused").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the run never reached its write phase"
+            time.sleep(0.05)
+        os.kill(pid, signal_mod.SIGSTOP)
+        (hold / "resume").touch()
+        stdout, stderr = proc.communicate(timeout=150)
+    finally:
+        os.kill(pid, signal_mod.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+        server.stop()
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stdout + stderr
+    document = json.loads(output.read_text())
+    assert document["complete"] is False
+    write = next(p for p in document["phases"] if p["name"] == "write")
+    assert write["complete"] is False
+    for rank in write["ranks"]:
+        # every write the server acknowledged (s3dlio queues parts) is uncommitted, none moved
+        assert rank["ops"] > 0 and rank.get("uncommitted_bytes") == rank["ops"] * 2**20, rank
+        assert rank["bytes"] == 0, rank
+    assert write["bytes"] == sum(r["bytes"] for r in write["ranks"]) == 0

@@ -106,6 +106,11 @@ class Backend(ABC):
     def close(self, handle: Any) -> None:
         """Close (for object stores: commit) the handle."""
 
+    def uncommitted(self, handle: Any) -> int:
+        """Bytes written through `handle` that exist only once it is closed (an object store
+        completes an upload at close); 0 where a returned write is in the file."""
+        return 0
+
     def truncate(self, handle: Any, size: int) -> None:
         """Cut the file to `size` bytes (after padded O_DIRECT writes)."""
 

@@ -339,7 +339,7 @@ def _copy_into(buf: memoryview, data: Any) -> int:
 class _Upload:
     """A write handle: one PUT if the object gets one write, else a multipart upload."""
 
-    __slots__ = ("uri", "written", "pending", "pending_len", "writer", "failed")
+    __slots__ = ("uri", "written", "pending", "pending_len", "writer", "failed", "committed")
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
@@ -348,6 +348,7 @@ class _Upload:
         self.pending_len = 0
         self.writer: Any = None  # s3dlio.MultipartUploadWriter from the second write on
         self.failed = False
+        self.committed = False  # the object exists: its PUT or its multipart upload completed
 
 
 class _Objects:
@@ -535,13 +536,23 @@ class S3Backend(Backend):
                 if int(done.get("total_bytes", up.written)) != up.written:
                     raise BenchIOError(f"close {up.uri}: {done.get('total_bytes')} bytes uploaded, "
                                        f"{up.written} written", path=up.uri)
+                up.committed = True
             elif not up.failed:
                 self._put_uri(up.uri, memoryview(up.pending)[: up.pending_len] if up.pending is not None else b"")
+                up.committed = True
         except RuntimeError as exc:
             raise io_failure("complete upload of", up.uri, exc) from None
         finally:
             up.pending = None
             up.writer = None
+
+    def uncommitted(self, handle: Any) -> int:
+        """The bytes of the handle's upload that is not completed: a whole-object PUT is
+        complete when it returns, a multipart upload (or a single pending write) only once
+        close completed it (an upload abandoned after a failed write never is)."""
+        if isinstance(handle, _Objects):
+            handle = handle.current
+        return handle.written if isinstance(handle, _Upload) and not handle.committed else 0
 
     def truncate(self, handle: Any, size: int) -> None:
         """Cut an object being written; possible only while it is still one pending write."""
