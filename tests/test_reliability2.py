@@ -801,3 +801,48 @@ def test_writes_of_uploads_that_never_completed_do_not_count(tmp_path):
         assert rank["ops"] > 0 and rank.get("uncommitted_bytes") == rank["ops"] * 2**20, rank
         assert rank["bytes"] == 0, rank
     assert write["bytes"] == sum(r["bytes"] for r in write["ranks"]) == 0
+
+
+@pytest.mark.s3
+def test_two_s3_datagen_runs_into_one_prefix(s3, box):
+    """The claim on S3 is a conditional PUT of the manifest (If-None-Match: *)."""
+    dataset = f"{PREFIX}-rel2-twice"
+    env = s3.cli_env()
+    cmd = mpibench_cmd(2, "run", box["config"], "storage.type=s3", f"storage.root={s3.root}",
+                       f"dataset.name={dataset}", "dataset.num_files=32", "--output")
+    procs = [subprocess.Popen([*cmd, os.path.join(box["top"], f"s{i}.json")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=clean_env(env), stdin=subprocess.DEVNULL)
+             for i in range(2)]
+    try:
+        outputs = [p.communicate(timeout=180) for p in procs]
+        done = [Completed(p.returncode, out, err, 0.0) for p, (out, err) in zip(procs, outputs)]
+        assert sorted(d.returncode for d in done) == [0, 2], [(d.returncode, d.stderr) for d in done]
+        only_error(next(d for d in done if d.returncode == 2), 2, dataset)
+        winner = next(i for i, d in enumerate(done) if d.returncode == 0)
+        with open(os.path.join(box["top"], f"s{winner}.json")) as handle:
+            run_id = json.load(handle)["run_id"]
+        status, body = s3.request("GET", f"/{s3.bucket}/{PREFIX}/{dataset}/.mpibench-dataset.json")
+        assert status == 200 and json.loads(body)["run_id"] == run_id
+    finally:
+        s3.delete(list(s3.listing(f"{PREFIX}/{dataset}/")))
+
+
+def test_create_exclusive_is_one_winner(tmp_path):
+    """Of many threads claiming one name at once, exactly one succeeds."""
+    from mpibench.backends.posix import LocalFsBackend
+    from mpibench.config import StorageConfig
+
+    backend = LocalFsBackend(StorageConfig(root=str(tmp_path)))
+    results: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def claim(n: int) -> None:
+        barrier.wait()
+        results.append(backend.create_exclusive("claim", f"{n}".encode()))
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [False] * 7 + [True]

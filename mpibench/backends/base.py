@@ -129,6 +129,11 @@ class Backend(ABC):
     def remove_dir(self, key: str) -> None:
         """Remove directory `key` if it is empty (no-op where there are no directories)."""
 
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Create `key` holding `data` only if nothing has that name (a claim); False when
+        something does. Atomic: of two callers at once, one gets True."""
+        raise NotImplementedError(f"{self.name} cannot create a file exclusively")
+
     def first_entry(self, key: str) -> str | None:
         """The path of some file (object) below folder `key`, None when it holds none (empty
         subfolders do not count); looks no further than the first one found."""

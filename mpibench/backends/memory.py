@@ -30,6 +30,13 @@ class MemoryBackend(Backend):
                 raise FileNotFoundError(key)
         return key
 
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        with self._lock:
+            if key in self.files:
+                return False
+            self.files[key] = bytearray(data)
+        return True
+
     def first_entry(self, key: str) -> str | None:
         with self._lock:
             return next((k for k in sorted(self.files) if k.startswith(key.rstrip("/") + "/")), None)

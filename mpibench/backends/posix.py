@@ -422,6 +422,25 @@ class PosixBackend(Backend):
         except OSError as exc:
             raise io_error("mkdir", path, exc) from None
 
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        path = self.path_of(key)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise io_error("create", path, exc) from None
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as exc:
+            raise io_error("write", path, exc) from None
+        finally:
+            os.close(fd)
+        return True
+
     def first_entry(self, key: str) -> str | None:
         pending = [self.path_of(key)]
         try:

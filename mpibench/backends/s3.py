@@ -681,18 +681,39 @@ class S3Backend(Backend):
         except RuntimeError as exc:
             raise io_failure("stat", uri, exc) from None
 
+    def _signed(self, method: str, key: str | None, **kwargs: Any) -> tuple[int, bytes]:
+        """One request of our own (SigV4, standard library) to this rank's endpoint."""
+        creds = _current_credentials()
+        path = f"/{self.bucket}" + (f"/{self.prefix}/{key}" if self.prefix else f"/{key}") if key else f"/{self.bucket}"
+        status, _headers, body = signed_request(
+            self.endpoint, method, path, access_key=creds["access_key"], secret_key=creds["secret_key"],
+            region=region(), session_token=creds.get("session_token") or None, timeout=self.storage.timeout,
+            context=_ssl_context() if self.endpoint.startswith("https") else None, **kwargs)
+        return status, body
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """A conditional PUT (If-None-Match: *): 412 when the object exists. s3dlio sends
+        no such header, so this one request goes through our own client."""
+        uri = self.path_of(key)
+        try:
+            status, body = self._signed("PUT", key, body=data, headers={"If-None-Match": "*"})
+        except OSError as exc:
+            raise io_failure("put", uri, exc) from None
+        if status in (412, 409):  # PreconditionFailed; ConditionalRequestConflict (a PUT racing ours)
+            return False
+        if status != 200:
+            code, message = error_code(body)
+            raise BenchIOError(f"put {uri} failed: HTTP {status} {code} {message}".rstrip(),
+                               "check the credentials' permission to write the prefix", path=uri)
+        return True
+
     def first_entry(self, key: str) -> str | None:
         """One signed ListObjectsV2 of at most one key under `key`/ (a prefix of millions of
         objects costs no more than an empty one)."""
         prefix = f"{self.prefix}/{key}/" if self.prefix else f"{key}/"
-        creds = _current_credentials()
         shown = f"s3://{self.bucket}/{prefix}"
         try:
-            status, _headers, body = signed_request(
-                self.endpoint, "GET", f"/{self.bucket}", query={"list-type": "2", "max-keys": "1", "prefix": prefix},
-                access_key=creds["access_key"], secret_key=creds["secret_key"], region=region(),
-                session_token=creds.get("session_token") or None, timeout=self.storage.timeout,
-                context=_ssl_context() if self.endpoint.startswith("https") else None)
+            status, body = self._signed("GET", None, query={"list-type": "2", "max-keys": "1", "prefix": prefix})
             objects, _ = parse_list(body) if status == 200 else ([], None)
         except (OSError, ElementTree.ParseError) as exc:
             raise io_failure("list", shown, exc) from None

@@ -17,7 +17,6 @@ size after a padded O_DIRECT write, fsynced and closed.
 
 from __future__ import annotations
 
-import errno
 import os
 import queue
 import threading
@@ -97,14 +96,13 @@ def write_manifest(backend: Backend, ds: Any, doc: dict[str, Any], claim: bool =
     second run that passed its preflight at the same time is refused here (exit 2)."""
     buf, size, padded = encode_manifest(doc, backend.alignment)
     key = manifest_key(ds)
-    try:
-        handle = backend.open(key, "x" if claim else "w")
-    except BenchIOError as exc:
-        if claim and exc.errno == errno.EEXIST:
+    if claim:  # an O_EXCL create, or on S3 a conditional PUT (If-None-Match: *)
+        if not backend.create_exclusive(key, bytes(buf[:size])):
             raise PreflightError(f"dataset folder {backend.path_of(ds.name)} was claimed by another datagen run "
                                  "since this run's preflight (its manifest appeared)",
-                                 "choose another dataset.name: one datagen run writes a folder") from None
-        raise
+                                 "choose another dataset.name: one datagen run writes a folder")
+        return
+    handle = backend.open(key, "w")
     try:
         backend.write_at(handle, memoryview(buf)[:padded], 0)
         backend.truncate(handle, size)  # also cuts a longer earlier version
