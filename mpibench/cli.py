@@ -16,7 +16,6 @@ import warnings
 from typing import Any, NoReturn
 
 from mpibench import __version__
-from mpibench.redact import RedactingStream
 from mpibench.errors import (
     EXIT_CONFIG,
     EXIT_INTERRUPTED,
@@ -27,6 +26,7 @@ from mpibench.errors import (
     agreed,
     interrupt_in,
 )
+from mpibench.redact import RedactingStream
 
 MPI_COMMANDS = ("run", "plan", "preflight")
 CONFIG_EXAMPLE = "e.g. mpibench {command} configs/quickstart.yaml (configs/ holds one per workload)"

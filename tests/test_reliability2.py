@@ -815,7 +815,7 @@ def test_two_s3_datagen_runs_into_one_prefix(s3, box):
              for i in range(2)]
     try:
         outputs = [p.communicate(timeout=180) for p in procs]
-        done = [Completed(p.returncode, out, err, 0.0) for p, (out, err) in zip(procs, outputs)]
+        done = [Completed(p.returncode, out, err, 0.0) for p, (out, err) in zip(procs, outputs, strict=True)]
         assert sorted(d.returncode for d in done) == [0, 2], [(d.returncode, d.stderr) for d in done]
         only_error(next(d for d in done if d.returncode == 2), 2, dataset)
         winner = next(i for i, d in enumerate(done) if d.returncode == 0)
