@@ -269,6 +269,18 @@ def test_a_special_file_in_the_dataset_ends_train_and_datagen(box, where, kind):
             keep.close()
 
 
+@pytest.mark.parametrize("content", [b"[" * 200_000, b"\xff\xfe" * 100, b"{" * 10 + b"x"])
+def test_a_damaged_manifest_is_one_line(box, content):
+    """A manifest nested past the JSON parser's depth ended in an internal RecursionError."""
+    folder = os.path.join(box["root"], "dataset")
+    os.mkdir(folder)
+    with open(os.path.join(folder, ".mpibench-dataset.json"), "wb") as handle:
+        handle.write(content)
+    for workload in ("train", "datagen"):
+        done = run_cli(0, "preflight", box["config"], f"workload={workload}", timeout=END_WITHIN_S)
+        only_error(done, 2, "is not valid JSON")
+
+
 def test_a_dataset_file_far_larger_than_any_of_the_dataset_is_not_read_to_the_end(box):
     """A sparse 1 TiB file at a dataset file's name was read (buffers doubled) until memory ran out."""
     assert _datagen(box).returncode == 0

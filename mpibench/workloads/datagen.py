@@ -82,7 +82,7 @@ def read_manifest(backend: Backend, ds: Any) -> dict[str, Any] | None:
     n = backend.get(key, memoryview(buf)[:MANIFEST_READ_BYTES])
     try:
         found = json.loads(bytes(buf[:n]).decode("utf-8"))
-    except ValueError:
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past the parser's depth
         raise PreflightError(f"dataset manifest {backend.path_of(key)} is not valid JSON",
                              "it was not written by mpibench datagen, or was damaged") from None
     if not isinstance(found, dict) or "mpibench_dataset" not in found:
