@@ -10,7 +10,7 @@ Cases (docs/performance.md says what each compares and why it is fair):
   seq    mpibench bandwidth on direct_fs vs fio --direct=1 (psync and io_uring engines) at
          queue depth 1: sequential write then read, one file per rank, 1 and 2 ranks,
          transfer sizes 4 KiB, 64 KiB, 1 MiB, 16 MiB, the same bytes per rank.
-  rand   4 KiB random reads at depth 16: mpibench bandwidth.access=random io_depth=16
+  rand   4 KiB random reads at depth 16: mpibench bandwidth.access=random io.depth=16
          (io_uring; its thread engine and bare Python threads for reference) vs
          fio --rw=randread --ioengine=io_uring --iodepth=16.
   train  mpibench train on a direct_fs dataset (decode off, no compute) vs a plain Python
@@ -279,7 +279,7 @@ def seq_mpibench(tools: Tools, work: Path, ranks: int, transfer: int, nbytes: in
     doc = mpibench_run(tools, ranks, work, str(REPO / "configs" / "bandwidth.yaml"), [
         "storage.type=direct_fs", f"storage.root={work / 'data'}", f"bandwidth.transfer_size={transfer}",
         f"bandwidth.block_size={nbytes}", "bandwidth.iterations=1", "bandwidth.reorder_reads=false",
-        "bandwidth.io_depth=1", "bandwidth.fsync=true", "bandwidth.file_mode=per_rank"])
+        "io.depth=1", "bandwidth.fsync=true", "bandwidth.file_mode=per_rank"])
     case = f"seq {size_text(transfer)} {ranks}r"
     for phase in doc["phases"]:
         device = phase["hosts"][0].get("block_device") or {}
@@ -313,8 +313,8 @@ def rand_mpibench(tools: Tools, work: Path, ranks: int, nbytes: int, engine: str
     doc = mpibench_run(tools, ranks, work, str(REPO / "configs" / "bandwidth.yaml"), [
         "storage.type=direct_fs", f"storage.root={work / 'data'}", "bandwidth.transfer_size=4KiB",
         f"bandwidth.block_size={nbytes}", "bandwidth.iterations=1", "bandwidth.reorder_reads=false",
-        "bandwidth.io_depth=16", "bandwidth.access=random", "bandwidth.fsync=true",
-        f"bandwidth.io_engine={engine}"])
+        "io.depth=16", "bandwidth.access=random", "bandwidth.fsync=true",
+        f"io.engine={engine}"])
     if engine != "auto" and doc["environment"]["io_engine"] != engine:
         raise SystemExit(f"mpibench ran io_engine {doc['environment']['io_engine']}, not {engine}")
     return {"randread": phase_bw(doc, "read")}
@@ -604,7 +604,7 @@ def s3_mpibench(tools: Tools, work: Path, s3: S3Session, size: int, count: int, 
     doc = mpibench_run(tools, 1, work, str(REPO / "configs" / "s3.yaml"), [
         f"storage.root=s3://{S3Session.BUCKET}/mpibench", f"bandwidth.transfer_size={size}",
         f"bandwidth.object_size={size}", f"bandwidth.block_size={size * count}", "bandwidth.iterations=1",
-        "bandwidth.reorder_reads=false", f"bandwidth.io_depth={depth}",
+        "bandwidth.reorder_reads=false", f"io.depth={depth}",
         f"storage.sign_payload={str(signed).lower()}"], env=s3.env, bind=False, prefix=s3.client_prefix)
     phases = {"put": "write", "get": "read"}
     found = {ours: next(p for p in doc["phases"] if p["name"] == name) for ours, name in phases.items()}

@@ -82,10 +82,10 @@ def train_rss(files: int, ranks: int, rank: int) -> dict[str, Any]:
     """Rank `rank` of `ranks` runs train's epoch over `files` files of a stand-in storage."""
     from mpibench.backends.base import Backend
     from mpibench.config import build_config
+    from mpibench.context import PreflightInfo
     from mpibench.formats import encode_manifest, manifest_key, manifest_of
     from mpibench.metrics import PhaseRecorder
     from mpibench.plan import part_range
-    from mpibench.run import PreflightInfo
     from mpibench.workloads.train import WORKLOAD as TRAIN
 
     config = build_config({"workload": "train", "storage": {"type": "direct_fs", "root": "/standin"},

@@ -436,8 +436,9 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
     import dataclasses
 
     from mpibench.config import load_config
+    from mpibench.context import broadcast_outcome
     from mpibench.results import check_output_path
-    from mpibench.run import broadcast_outcome, execute, new_run_id
+    from mpibench.run import execute, new_run_id
 
     def load() -> tuple[Any, str | None]:
         config = load_config(args.config, args.overrides)
@@ -568,14 +569,14 @@ def _plan_buffers(config: Any, workload: Any, size: int, per_node: int) -> dict[
     against the node's available memory); io_depth auto is sized on this host's cores."""
     from mpibench.comm import NodeLayout
     from mpibench.config import AUTO
-    from mpibench.run import resolve_io_depth
+    from mpibench.context import resolve_io_depth
 
     layout = NodeLayout(host="", node_index=0, num_nodes=1, local_rank=0, local_size=per_node,
                         ranks_per_node=[per_node], hosts=[])
     depth = resolve_io_depth(config, layout)
     per_rank, driver, _ = workload.buffer_bytes(config, size, per_node, depth)
     note = ""
-    if config.bandwidth.io_depth == AUTO and config.storage.type != "local_fs" and config.workload in (
+    if config.io.depth == AUTO and config.storage.type not in ("local_fs", "null") and config.workload in (
             "bandwidth", "checkpoint"):
         note = f"; io_depth auto is {depth} with {layout.node_cpus()} CPUs per node, as this process may use"
     return {"per_rank_bytes": per_rank, "per_node_bytes": per_rank * per_node, "sized_by": driver,

@@ -85,11 +85,6 @@ class Comm:
         """True on rank 0."""
         return self.rank == 0
 
-    @property
-    def mpi_available(self) -> bool:
-        """True when mpi4py imported and a communicator is in use."""
-        return self._comm is not None
-
     def barrier(self) -> None:
         """Wait for every rank."""
         if self._comm is not None and self.size > 1:
@@ -142,12 +137,6 @@ class Comm:
         if self._comm is None or self.size == 1:
             return value
         return self._comm.allreduce(value, op=MPI.MIN)
-
-    def allreduce_sum(self, value: float) -> float:
-        """The sum over all ranks."""
-        if self._comm is None or self.size == 1:
-            return value
-        return self._comm.allreduce(value, op=MPI.SUM)
 
     def allreduce_max_polled(self, value: float, poll: Any) -> float:
         """The largest value over all ranks, calling poll() while waiting (it may raise).

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from mpibench.config import MOVED_KEYS
 from mpibench.errors import ConfigError, MpibenchError, ResultsError
 from mpibench.reporting import flatten, group_by_name, load_document, malformed, text_table
 
@@ -76,13 +77,13 @@ METRICS = (
     Metric("samples", "samples/s", True, 1, _samples_per_s),
     Metric("au", "AU %", True, 1, _au_pct),
 )
-# The configuration sections (or single keys) each workload reads; storage, metrics and the
-# top-level keys apply to every workload.
+# The configuration sections (or single keys) each workload reads; storage, io, metrics and
+# the top-level keys apply to every workload.
 WORKLOAD_SECTIONS = {
     "bandwidth": ("bandwidth",),
-    "checkpoint": ("checkpoint", "bandwidth.io_depth", "bandwidth.io_engine"),
-    "train": ("dataset", "train", "bandwidth.io_depth", "bandwidth.io_engine"),
-    "datagen": ("dataset", "bandwidth.io_depth", "bandwidth.io_engine"),
+    "checkpoint": ("checkpoint",),
+    "train": ("dataset", "train"),
+    "datagen": ("dataset",),
 }
 WORKLOAD_SPECIFIC = ("bandwidth", "checkpoint", "dataset", "train")
 
@@ -254,12 +255,18 @@ def _used(key: str, workload: str) -> bool:
     return any(key == used or key.startswith(f"{used}.") for used in WORKLOAD_SECTIONS.get(workload, ()))
 
 
+def _current_keys(flat: dict[str, Any]) -> dict[str, Any]:
+    """A file's flattened configuration under today's key names (files written before a
+    key moved, e.g. bandwidth.io_depth to io.depth)."""
+    return {MOVED_KEYS.get(key, key): value for key, value in flat.items()}
+
+
 def config_differences(base: dict[str, Any], other: dict[str, Any]) -> list[str]:
     """'key: base -> other' for what differs, what changes the measurement first: the workload,
     the ranks and nodes, the storage type and filesystem, then the keys of the sections both
     workloads read (storage first). Sections a workload does not read (their defaults) are left out."""
-    left = dict(flatten(base.get("config") or {}))
-    right = dict(flatten(other.get("config") or {}))
+    left = _current_keys(dict(flatten(base.get("config") or {})))
+    right = _current_keys(dict(flatten(other.get("config") or {})))
     env_a, env_b = base.get("environment") or {}, other.get("environment") or {}
     first = [("workload", left.get("workload"), right.get("workload")),
              ("ranks (world size)", env_a.get("world_size"), env_b.get("world_size")),

@@ -21,7 +21,7 @@ from mpibench.units import format_size, parse_size
 
 AUTO = "auto"
 WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint")
-STORAGE_TYPES = ("local_fs", "direct_fs", "s3")
+STORAGE_TYPES = ("local_fs", "direct_fs", "s3", "null")
 LOCAL_SCHEMES = ("file://", "direct://")
 RUN_ID_MAX = 128
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
@@ -60,8 +60,9 @@ class StorageConfig:
     """Where the benchmark does its I/O and through which library."""
 
     type: str = _opt("local_fs", "enum", choices=STORAGE_TYPES,
-                     doc="local_fs (buffered POSIX), direct_fs (O_DIRECT) or s3")
-    root: str = _opt("", "str", doc="directory, or s3://bucket/prefix for s3")
+                     doc="local_fs (buffered POSIX), direct_fs (O_DIRECT), s3, or null (no storage: "
+                         "every I/O succeeds at once; measures mpibench's own cost per operation)")
+    root: str = _opt("", "str", doc="directory, or s3://bucket/prefix for s3 (unused by null)")
     library: str = _opt("native", "enum", choices=("native", "s3dlio"),
                         doc="direct_fs through native os.pwritev/preadv or s3dlio's direct://")
     create_parents: bool = _opt(False, "bool", doc="create missing parent directories of root")
@@ -84,6 +85,17 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class IoConfig:
+    """How every workload keeps I/Os in flight: the queue depth and what keeps it."""
+
+    depth: int | str = _opt(AUTO, "int_or_auto", minimum=1, maximum=4096,
+                            doc="concurrent I/Os in flight per rank (auto: 1 for local_fs)")
+    engine: str = _opt(AUTO, "enum", choices=(AUTO, "io_uring", "threads"),
+                       doc="files, depth > 1: one thread with an io_uring ring, or a thread "
+                           "per I/O (auto: io_uring where the kernel allows it)")
+
+
+@dataclass(frozen=True)
 class BandwidthConfig:
     """IOR-like write-then-read test."""
 
@@ -97,11 +109,6 @@ class BandwidthConfig:
                                "(IOR -k) instead of removing them first and writing new ones")
     fsync: bool = _opt(True, "bool", doc="fsync before close in the write phase")
     reorder_reads: bool = _opt(True, "bool", doc="read data another rank wrote (IOR -C)")
-    io_depth: int | str = _opt(AUTO, "int_or_auto", minimum=1, maximum=4096,
-                               doc="concurrent I/Os in flight per rank (auto: 1 for local_fs)")
-    io_engine: str = _opt(AUTO, "enum", choices=(AUTO, "io_uring", "threads"),
-                          doc="files, io_depth > 1: one thread with an io_uring ring, or a thread "
-                              "per I/O (auto: io_uring where the kernel allows it)")
     access: str = _opt("sequential", "enum", choices=("sequential", "random"),
                        doc="transfer order within a rank's block")
     object_size: int | None = _opt(None, "optional_size", minimum=1, maximum=5 * TiB,
@@ -183,6 +190,7 @@ class Config:
 
     workload: str = _opt("bandwidth", "enum", choices=WORKLOADS, doc="what to run")
     storage: StorageConfig = field(default_factory=StorageConfig)
+    io: IoConfig = field(default_factory=IoConfig)
     bandwidth: BandwidthConfig = field(default_factory=BandwidthConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -203,11 +211,19 @@ class Config:
 
 SECTIONS: dict[str, type] = {
     "storage": StorageConfig,
+    "io": IoConfig,
     "bandwidth": BandwidthConfig,
     "dataset": DatasetConfig,
     "train": TrainConfig,
     "checkpoint": CheckpointConfig,
     "metrics": MetricsConfig,
+}
+
+
+#: keys that moved: old dotted name -> new one (an old key is refused with one line naming the new)
+MOVED_KEYS = {
+    "bandwidth.io_depth": "io.depth",
+    "bandwidth.io_engine": "io.engine",
 }
 
 
@@ -242,6 +258,8 @@ def _coerce(value: Any, meta: dict[str, Any], key: str) -> Any:
     if kind == "enum":
         if isinstance(value, bool) and ("on" if value else "off") in choices:
             value = "on" if value else "off"  # YAML 1.1 reads a bare off/on as a boolean
+        if value is None and "null" in choices:
+            value = "null"  # YAML reads a bare null (storage.type: null) as nothing
         if not isinstance(value, str) or value not in choices:
             close = difflib.get_close_matches(str(value), list(choices), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -327,6 +345,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
         if not isinstance(key, str):
             raise ConfigError(f"configuration key {key!r} in '{where or 'top level'}' is not a name")
         if key not in fields:
+            if f"{where}{key}" in MOVED_KEYS:
+                raise ConfigError(f"{where}{key} moved to {MOVED_KEYS[where + key]}")
             raise _unknown_key(key, list(fields), where)
         if where == "" and key in SECTIONS:
             kwargs[key] = _build(SECTIONS[key], value, f"{key}.")
@@ -507,11 +527,23 @@ def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Confi
     return build_config(load_mapping(path), overrides)
 
 
+def _check_null(config: Config) -> None:
+    """null storage keeps nothing: what reads data back and looks at it cannot run on it."""
+    if config.verify or (config.workload == "checkpoint" and config.checkpoint.verify):
+        raise ConfigError("verify needs storage that keeps data, and storage.type=null keeps none",
+                          "set verify=false (and checkpoint.verify=false), or choose another storage.type")
+    if config.workload in ("datagen", "train"):  # both read the dataset's manifest back
+        raise ConfigError(f"workload {config.workload} reads its dataset's manifest back, and storage.type=null "
+                          "keeps none", "use bandwidth or checkpoint on null, or another storage.type")
+
+
 def validate(config: Config) -> None:
     """Check the rules that span several keys (the storage-dependent ones are preflight's)."""
     storage = config.storage
     root = storage.root.strip()
-    if not root:
+    if storage.type == "null":
+        _check_null(config)
+    elif not root:
         raise ConfigError("storage.root is not set", "give a directory, e.g. storage.root=/scratch/$USER/bench, or s3://bucket/prefix for s3")
     is_s3_root = root.startswith("s3://")
     if storage.type == "s3":

@@ -3,7 +3,6 @@ given queue depth, timed per operation, stoppable between operations."""
 
 from __future__ import annotations
 
-import errno
 import threading
 import time
 from collections.abc import Iterable
@@ -11,16 +10,38 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mpibench.backends.base import io_error
+from mpibench import uring
+from mpibench.backends.base import complete_short, io_error
 from mpibench.buffers import DataPattern, aligned_buffer
-from mpibench.errors import BenchIOError, VerifyError
+from mpibench.config import Config
+from mpibench.context import POLL_INTERVAL_NS
+from mpibench.errors import ConfigError, VerifyError
 from mpibench.metrics import FLUSH_EVERY, PhaseRecorder
 
 if TYPE_CHECKING:
     from mpibench.backends.base import Backend
-    from mpibench.run import RunContext
+    from mpibench.context import RunContext
 
-POLL_INTERVAL_NS = 5_000_000  # look for another rank's stop notice at most every 5 ms
+
+def uses_files(config: Config) -> bool:
+    """True when the rank's I/O goes through file descriptors of its own (not s3dlio)."""
+    return config.storage.type in ("local_fs", "direct_fs") and config.storage.library == "native"
+
+
+def resolve_io_engine(config: Config) -> str:
+    """How io_depth > 1 is kept in flight: 'io_uring', 'threads', or 'none' (no file I/O)."""
+    if not uses_files(config):
+        return "none"
+    wanted = config.io.engine
+    if wanted == "threads":
+        return "threads"
+    reason = uring.unavailable()
+    if reason is None:
+        return "io_uring"
+    if wanted == "io_uring":
+        raise ConfigError(f"io.engine=io_uring cannot be used here: {reason}",
+                          "set io.engine=auto (io_uring where available) or threads")
+    return "threads"
 
 
 def transfer_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, path: str,
@@ -42,9 +63,7 @@ def transfer_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, p
     bufs = ctx.buffers.take(writing, transfer_size, depth, pattern if writing else None)
     fd = ctx.backend.fileno(handle) if depth > 1 and ctx.io_engine == "io_uring" else None
     if fd is not None:
-        from mpibench.uring import uring_region
-
-        return uring_region(ctx, rec, handle, fd, op, path, absolute, transfer_size, pattern,
+        return uring.uring_region(ctx, rec, handle, fd, op, path, absolute, transfer_size, pattern,
                             bufs, verify=verify, deadline_ns=deadline_ns)
     if depth == 1:
         return _loop(ctx, rec, handle, op, path, absolute, transfer_size, pattern, bufs[0],
@@ -176,23 +195,6 @@ def _loop(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, path: str,
     except OSError as exc:  # the backend's call failed: name the file and the offset
         raise io_error(op, path, exc, offset) from None
     return log.ops * transfer_size
-
-
-def complete_short(backend: Backend, handle: Any, view: memoryview, writing: bool, path: str,
-                   offset: int, done: int, transfer_size: int) -> None:
-    """Finish a short transfer (the kernel may move fewer bytes than asked), or raise."""
-    if writing:
-        if done <= 0:
-            raise OSError(errno.ENOSPC, "short write")  # a 0-byte write means no space here
-        backend.write_at(handle, view[done:], offset + done)
-        return
-    if done > 0:
-        done += backend.read_at(handle, view[done:], offset + done)
-    if done < transfer_size:
-        raise BenchIOError(
-            f"read {path} at offset {offset}: expected {transfer_size} bytes, got {done}",
-            "the file is shorter than written: was it truncated or replaced by another process?",
-            path=path)
 
 
 def timed_fsync(backend: Backend, handle: Any, rec: PhaseRecorder) -> None:

@@ -195,13 +195,6 @@ def bandwidth_file(file_mode: str, rank: int, block_size: int) -> BandwidthFile:
     return BandwidthFile(f"bandwidth/rank-{rank:06d}.dat", rank, 0, block_size)
 
 
-def bandwidth_files_all(file_mode: str, size: int) -> list[str]:
-    """Names of every file the bandwidth test creates (for cleanup by name)."""
-    if file_mode == "shared":
-        return ["bandwidth/shared.dat"]
-    return [f"bandwidth/rank-{r:06d}.dat" for r in range(size)]
-
-
 def transfer_offsets(length: int, transfer_size: int, access: str, seed: int) -> np.ndarray:
     """Offsets (relative to the slice) of the transfers covering `length` bytes.
 
@@ -212,12 +205,3 @@ def transfer_offsets(length: int, transfer_size: int, access: str, seed: int) ->
     if access == "random" and count > 1:
         order = np.random.default_rng(np.random.SeedSequence([seed, count])).permutation(count)
     return order * transfer_size
-
-
-def iter_chunks(length: int, chunk: int) -> Iterator[tuple[int, int]]:
-    """(offset, size) pieces of at most `chunk` bytes covering `length` bytes."""
-    offset = 0
-    while offset < length:
-        size = min(chunk, length - offset)
-        yield offset, size
-        offset += size

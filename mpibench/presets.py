@@ -275,16 +275,3 @@ def check_world_size(model: CheckpointModel, explicit_ranks: int | None, world_s
             f"this job has {world_size} ranks but the checkpoint has shards of only {model.ranks} emulated ranks",
             f"run at most {model.ranks} ranks, or raise checkpoint.ranks",
         )
-
-
-def describe_preset(p: ModelPreset) -> dict[str, object]:
-    """A preset with its derived parameter count and formula sizes (for plans and docs)."""
-    params = llama_params(p)
-    return {
-        "name": p.name, "layers": p.layers, "hidden": p.hidden, "ffn": p.ffn, "kv_dim": p.kv_dim,
-        "vocab": p.vocab, "tp": p.tp, "pp": p.pp, "dp": p.dp, "zero_stage": p.zero_stage,
-        "ranks": p.ranks, "model_GiB": p.model_gib, "optimizer_GiB": p.optimizer_gib,
-        "formula_params": params,
-        "formula_model_GiB": params * MODEL_BYTES_PER_PARAM / GiB,
-        "formula_optimizer_GiB": params * OPTIMIZER_BYTES_PER_PARAM / GiB,
-    }

@@ -49,6 +49,9 @@ def phase_table(document: dict[str, Any]) -> str:
     if any(p.get("complete") is False for p in document.get("phases", [])):
         lines.append("! incomplete: the phase was stopped by an error or a signal; figures cover what was done")
     lines.extend(warnings)
+    note = ((document.get("environment") or {}).get("backend") or {}).get("note")
+    if note:  # what the backend says its figures are (null storage: mpibench's own cost)
+        lines.append(f"note: {note}")
     lines.extend(upload_notes(document))
     lines.extend(workload_lines(document))
     return "\n".join(lines)

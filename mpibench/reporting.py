@@ -329,6 +329,9 @@ def summary_text(document: dict[str, Any]) -> str:
     lines = [run_header(document)]
     state = "complete" if document.get("complete") else f"INCOMPLETE: {document.get('incomplete_reason')}"
     lines.append(f"started {document.get('started_at')}, {state}")
+    note = ((document.get("environment") or {}).get("backend") or {}).get("note")
+    if note:  # what the backend says its figures are (null storage: mpibench's own cost)
+        lines.append(f"note: {note}")
     if not phases:
         lines += ["", "no phases were measured"]
         return "\n".join(lines)

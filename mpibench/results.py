@@ -124,6 +124,8 @@ def summarize_phase(name: str, iteration: int, ranks: list[dict[str, Any]],
 WRITE_PHASES = ("write", "datagen")  # phase names that write (a phase recording `fsync` writes too)
 FSYNC_KEYS = {"bandwidth": "bandwidth.fsync", "checkpoint": "checkpoint.fsync"}
 S3_CACHE = {"state": "object", "method": "s3: no client cache, every request goes to the server"}
+NULL_CACHE = {"state": "none", "method": "null storage: no I/O reaches any storage; the figures are "
+                                         "mpibench's own cost per operation"}
 
 
 def phase_writes(phase: dict[str, Any]) -> bool:
@@ -167,9 +169,13 @@ def write_cache_warning(phase: dict[str, Any], storage_type: str, workload: str)
 
 def annotate_storage(phase: dict[str, Any], storage_type: str, workload: str) -> None:
     """Say what a phase's storage figures mean where the workload's own record cannot:
-    an S3 phase's cache is `object` (no client cache, not O_DIRECT); a write phase left in
+    an S3 phase's cache is `object` (no client cache, not O_DIRECT), a null-storage phase's
+    `none` (nothing reaches storage); a write phase left in
     the page cache gets `cache.device_write_bytes` (the device's counter, or null) and a warning."""
     cache = phase.get("cache")
+    if storage_type == "null" and cache is not None:
+        phase["cache"] = dict(NULL_CACHE)
+        return
     if storage_type == "s3" and (cache or {}).get("state") == "direct":
         phase["cache"] = dict(S3_CACHE)
         return

@@ -78,11 +78,6 @@ def format_exact_size(nbytes: int) -> str:
     return str(nbytes)
 
 
-def mib_per_s(nbytes: float, seconds: float) -> float:
-    """Bandwidth in MiB/s (2**20 bytes per second); 0 when no time elapsed."""
-    return nbytes / MiB / seconds if seconds > 0 else 0.0
-
-
 def gb_per_s(nbytes: float, seconds: float) -> float:
     """Bandwidth in GB/s (10**9 bytes per second); 0 when no time elapsed."""
     return nbytes / 1e9 / seconds if seconds > 0 else 0.0

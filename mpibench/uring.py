@@ -1,12 +1,12 @@
 """Queue depth from one thread through io_uring, for POSIX files.
 
-With `bandwidth.io_depth` > 1 on local_fs and direct_fs, one thread keeps that many
+With `io.depth` > 1 on local_fs and direct_fs, one thread keeps that many
 operations in flight in an io_uring ring (through the `liburing` binding): it prepares
 and submits one read or write per free slot, waits, reaps whatever has completed and
 refills those slots. Nothing blocks per operation and no completion has
 to take the GIL back from another thread, which is what limits a thread per I/O in
 CPython (see docs/performance.md). Where io_uring is missing (the binding is not
-installed, the kernel lacks it or a seccomp policy forbids it), `bandwidth.io_engine:
+installed, the kernel lacks it or a seccomp policy forbids it), `io.engine:
 auto` falls back to threads and the results say which engine ran.
 
 Every slot owns a page-aligned buffer and an iovec over it for the whole region. An
@@ -24,9 +24,9 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from mpibench.backends.base import io_error
+from mpibench.backends.base import complete_short, io_error
 from mpibench.buffers import DataPattern, aligned_buffer
-from mpibench.engine import POLL_INTERVAL_NS, complete_short
+from mpibench.context import POLL_INTERVAL_NS
 from mpibench.errors import BenchIOError, VerifyError
 from mpibench.metrics import FLUSH_EVERY
 
@@ -38,8 +38,8 @@ except Exception as exc:  # pragma: no cover - depends on the platform (not inst
     _import_error = f"{type(exc).__name__}: {exc}"
 
 if TYPE_CHECKING:
+    from mpibench.context import RunContext
     from mpibench.metrics import PhaseRecorder
-    from mpibench.run import RunContext
 
 WAIT_S = 0.005  # longest wait for a completion before the loop looks at stop notices again
 _DRAIN_S = 5.0  # on an error, how long to wait for the operations still in flight
@@ -117,7 +117,7 @@ def uring_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, fd: int, op: 
         lu.io_uring_queue_init(_ring_entries(depth), ring)
     except OSError as exc:
         raise BenchIOError(f"cannot set up an io_uring ring of {_ring_entries(depth)} entries for {path}: "
-                           f"{exc.strerror or exc}", "set bandwidth.io_engine=threads", path=path) from None
+                           f"{exc.strerror or exc}", "set io.engine=threads", path=path) from None
 
     log = rec.new_log(transfer_size)
     note = log.entries.append  # -start then end per operation: a pair, see OpLog

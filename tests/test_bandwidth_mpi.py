@@ -110,7 +110,7 @@ def file_states(monkeypatch):
     """For each phase this rank enters, before its start barrier: (phase, iteration, whether
     the file it writes exists, its inode); and how often the file system was synced."""
     from mpibench.backends.posix import PosixBackend
-    from mpibench.run import RunContext
+    from mpibench.context import RunContext
 
     states: list[tuple[str, int, bool, int | None]] = []
     syncs: list[float] = []
@@ -189,8 +189,8 @@ def test_stonewall_stops_within_one_operation(shared_tmpdir):
     deadline = 0.3
     cfg = build_config({
         "workload": "bandwidth", "storage": {"type": "direct_fs", "root": root},
-        "bandwidth": {"transfer_size": "1MiB", "block_size": "1GiB", "iterations": 1, "deadline": deadline,
-                      "io_depth": 1},
+        "io": {"depth": 1},
+        "bandwidth": {"transfer_size": "1MiB", "block_size": "1GiB", "iterations": 1, "deadline": deadline},
     })
     doc = execute(cfg, comm, output=None)
     if comm.is_root:
@@ -282,7 +282,7 @@ def test_huge_page_buffers_reach_the_device_one_request_per_transfer(shared_tmpd
     transfer = 2**20
     cfg = bandwidth_config(root, "direct_fs", "per_rank", bandwidth__iterations=1,
                            bandwidth__transfer_size=transfer, bandwidth__block_size=16 * transfer,
-                           bandwidth__io_depth=1)
+                           io__depth=1)
     doc = execute(cfg.__class__(**{**cfg.__dict__, "huge_pages": True}), comm, output=None)
     if not comm.is_root:
         return
@@ -317,8 +317,8 @@ def test_queue_depth_engines_verify(shared_tmpdir, engine, access):
         _require_io_uring()
     comm = Comm()
     root = os.path.join(shared_tmpdir, "root")
-    cfg = bandwidth_config(root, "direct_fs", "per_rank", bandwidth__io_depth=8,
-                           bandwidth__io_engine=engine, bandwidth__access=access,
+    cfg = bandwidth_config(root, "direct_fs", "per_rank", io__depth=8,
+                           io__engine=engine, bandwidth__access=access,
                            bandwidth__transfer_size=64 * 2**10)
     doc = execute(cfg, comm, output=None)
     if comm.is_root:
@@ -344,9 +344,9 @@ def test_io_uring_stonewall_reads_what_was_written(shared_tmpdir):
     root = os.path.join(shared_tmpdir, "root")
     cfg = build_config({
         "workload": "bandwidth", "storage": {"type": "direct_fs", "root": root},
+        "io": {"depth": 8, "engine": "io_uring"},
         "bandwidth": {"transfer_size": "64KiB", "block_size": "1GiB", "iterations": 1, "deadline": 0.3,
-                      "io_depth": 8, "io_engine": "io_uring", "access": "random",
-                      "reorder_reads": False},
+                      "access": "random", "reorder_reads": False},
         "verify": True,
     })
     doc = execute(cfg, comm, output=None)

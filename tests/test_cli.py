@@ -40,6 +40,31 @@ def test_quickstart_under_mpiexec(tmp_path, ranks):
     assert not root.exists()
 
 
+def test_null_storage_under_mpiexec(tmp_path):
+    """storage.type=null: a real 2-rank run whose I/Os return at once. Every operation is
+    counted as on real storage, nothing is created (not even the root), and the result and
+    the printed table say that the figures are mpibench's own cost per operation."""
+    root = tmp_path / "never"
+    output = tmp_path / "null.json"
+    done = run_cli(2, "run", os.path.join(CONFIGS, "bandwidth.yaml"), "storage.type=null", f"storage.root={root}",
+                   "bandwidth.transfer_size=4KiB", "bandwidth.block_size=8MiB", "bandwidth.iterations=2",
+                   "--output", str(output))
+    assert done.returncode == 0, done.stderr
+    assert "note: null storage: no I/O reaches any storage" in done.stdout
+    doc = json.loads(output.read_text())
+    assert doc["complete"] and doc["config"]["storage"]["type"] == "null"
+    backend = doc["environment"]["backend"]
+    assert backend["backend"] == "null" and "mpibench's own cost" in backend["note"]
+    assert doc["environment"]["io_depth"] == 1 and doc["environment"]["io_engine"] == "none"
+    assert any("mpibench's own cost" in w for w in doc["preflight"]["warnings"])
+    assert [p["name"] for p in doc["phases"]] == ["write", "read"] * 2
+    for phase in doc["phases"]:
+        assert phase["bytes"] == 2 * 8 * 2**20 and phase["cache"]["state"] == "none"
+        assert [r["ops"] for r in phase["ranks"]] == [8 * 2**20 // 4096] * 2
+        assert phase["storage_bytes"]["read_bytes"] == 0
+    assert not root.exists()
+
+
 def test_singleton_run_and_csv(tmp_path):
     output = tmp_path / "r.json"
     csv_path = tmp_path / "r.csv"
@@ -138,7 +163,7 @@ def test_plan_and_preflight_commands(tmp_path):
     assert "preflight will check" in done.stdout
     assert "buffers of a node's ranks fit in its available memory" in done.stdout
     # The I/O buffers preflight checks against memory: transfer_size x (io_depth + 2) per rank.
-    done = run_cli(0, "plan", os.path.join(CONFIGS, "bandwidth.yaml"), "bandwidth.io_depth=4", "--ranks", "64",
+    done = run_cli(0, "plan", os.path.join(CONFIGS, "bandwidth.yaml"), "io.depth=4", "--ranks", "64",
                    "--ranks-per-node", "8")
     assert "I/O buffers: 6.00 MiB per rank (bandwidth.transfer_size x (io_depth 4 + 2)), 48.00 MiB per node " \
            "of 8 rank(s)\n" in done.stdout, done.stdout

@@ -173,14 +173,26 @@ def test_different_workloads_are_not_compared(tmp_path, result_path, checkpoint_
         compare_text([("a.json", json.loads(result_path.read_text())), ("b.json", checkpoint)])
 
 
+def test_a_file_written_before_a_key_moved_compares_under_the_new_name(document):
+    """bandwidth.io_depth / io_engine of older files are io.depth / io.engine: equal values
+    are no difference, others are named by the new key."""
+    older = copy.deepcopy(document)
+    io = older["config"].pop("io")
+    older["config"]["bandwidth"].update(io_depth=io["depth"], io_engine=io["engine"])
+    assert config_differences(older, document) == []
+    older["config"]["bandwidth"]["io_depth"] = 64
+    assert config_differences(older, document) == [f"io.depth: 64 -> {io['depth']}"]
+
+
 def test_differences_that_change_the_measurement_come_first(document):
     other = copy.deepcopy(document)
     other["environment"]["world_size"] = 4
     other["environment"]["num_nodes"] = 2
     other["config"]["storage"]["type"] = "local_fs"
     for key, value in (("transfer_size", 4096), ("block_size", 1), ("iterations", 9), ("fsync", False),
-                       ("access", "random"), ("io_depth", 8), ("cache", "warm")):
+                       ("access", "random"), ("cache", "warm")):
         other["config"]["bandwidth"][key] = value
+    other["config"]["io"]["depth"] = 8
     other["config"]["train"]["epochs"] = 7  # a section the bandwidth workload does not read
     other["config"]["metrics"]["interval"] = 1.0
     differences = config_differences(document, other)

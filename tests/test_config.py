@@ -25,7 +25,7 @@ def test_defaults_and_overrides():
     assert cfg.bandwidth.iterations == 5
     assert cfg.bandwidth.fsync is False
     assert cfg.storage.library == "s3dlio"
-    assert cfg.bandwidth.io_depth == "auto"
+    assert cfg.io.depth == "auto"
     assert cfg.to_dict()["bandwidth"]["transfer_size"] == 4 * 2**20
 
 
@@ -59,13 +59,46 @@ def test_unknown_keys_suggest(override, fragment):
     ("bandwidth.file_mode=sharde", "did you mean 'shared'"),
     ("storage.type=nfs", "must be one of local_fs, direct_fs, s3"),
     ("bandwidth.block_size=1000000", "not a multiple of bandwidth.transfer_size"),
-    ("bandwidth.io_depth=0", "at least 1"),
-    ("bandwidth.io_depth=deep", "or 'auto'"),
+    ("io.depth=0", "at least 1"),
+    ("io.depth=deep", "or 'auto'"),
 ])
 def test_bad_values(override, fragment):
     with pytest.raises(ConfigError) as info:
         build(override)
     assert fragment in info.value.line()
+
+
+@pytest.mark.parametrize(("old", "new", "value"), [("bandwidth.io_depth", "io.depth", 4),
+                                                     ("bandwidth.io_engine", "io.engine", "threads")])
+def test_moved_keys_name_their_new_place(tmp_path, old, new, value):
+    """A key that moved to the shared io: section is refused with one line naming where it
+    went, given in a YAML file or as an override; the new key takes the value."""
+    with pytest.raises(ConfigError) as info:
+        build(f"{old}={value}")
+    assert info.value.line() == f"{old} moved to {new}"
+    section, key = old.split(".")
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({**BASE, section: {"transfer_size": "1MiB", key: value}}))
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert info.value.line().endswith(f"{old} moved to {new}") and "\n" not in info.value.line()
+    cfg = build(f"{new}={value}")
+    assert getattr(cfg.io, new.split(".")[1]) == value
+
+
+def test_null_storage_needs_no_root_and_keeps_no_data():
+    """storage.type=null (also a bare YAML null) needs no root; what reads data back and
+    looks at it is refused with one line: it would check bytes that were never stored."""
+    cfg = build_config({"workload": "bandwidth", "storage": {"type": None}})
+    assert cfg.storage.type == "null" and cfg.storage.root == ""
+    assert build("storage.type=null").storage.type == "null"
+    for overrides, fragment in ((["verify=true"], "verify needs storage that keeps data"),
+                                (["workload=checkpoint", "checkpoint.verify=true"], "verify needs storage"),
+                                (["workload=train"], "workload train reads its dataset's manifest back"),
+                                (["workload=datagen"], "workload datagen reads its dataset's manifest back")):
+        with pytest.raises(ConfigError) as info:
+            build("storage.type=null", *overrides)
+        assert fragment in info.value.line() and "storage.type=null keeps none" in info.value.line()
 
 
 def test_s3_needs_bucket_root():
@@ -141,7 +174,7 @@ def test_every_shipped_config_loads():
 
 def test_reference_lists_every_key():
     keys = {row[0] for row in describe_keys()}
-    assert {"storage.type", "storage.root", "bandwidth.transfer_size", "bandwidth.io_depth",
+    assert {"storage.type", "storage.root", "bandwidth.transfer_size", "io.depth",
             "dataset.num_files", "train.epochs", "checkpoint.model", "keep_files", "verify"} <= keys
 
 
@@ -269,27 +302,27 @@ S3_BASE = {"workload": "bandwidth", "storage": {"type": "s3", "root": "s3://benc
 
 @pytest.mark.parametrize("overrides, cpus, ranks, expected", [
     # One object per transfer: as many workers as PUTs/GETs in flight, at most the CPUs per rank.
-    (["bandwidth.io_depth=1"], 16, 1, 1),
-    (["bandwidth.io_depth=8"], 16, 1, 8),
-    (["bandwidth.io_depth=16"], 16, 4, 4),
-    (["bandwidth.io_depth=auto"], 16, 2, 8),
+    (["io.depth=1"], 16, 1, 1),
+    (["io.depth=8"], 16, 1, 8),
+    (["io.depth=16"], 16, 4, 4),
+    (["io.depth=auto"], 16, 2, 8),
     # One object per block: each stream is a multipart upload with parts_in_flight parts on the way.
-    (["bandwidth.io_depth=1", "bandwidth.object_size=null", "storage.parts_in_flight=3"], 16, 1, 3),
+    (["io.depth=1", "bandwidth.object_size=null", "storage.parts_in_flight=3"], 16, 1, 3),
     (["workload=train", "train.read_threads=2"], 16, 1, 2),
     (["workload=datagen"], 16, 1, 1),
-    (["storage.threads=3", "bandwidth.io_depth=1"], 16, 1, 3),  # set by the user: kept
+    (["storage.threads=3", "io.depth=1"], 16, 1, 3),  # set by the user: kept
     # direct:// files through s3dlio: the CPUs per rank, whatever the depth.
     (["storage.type=direct_fs", "storage.root=/tmp/x", "storage.library=s3dlio", "bandwidth.object_size=null",
-      "bandwidth.io_depth=1"], 16, 2, 8),
+      "io.depth=1"], 16, 2, 8),
 ])
 def test_runtime_threads_auto_follow_the_requests_in_flight(overrides, cpus, ranks, expected):
     """storage.threads auto: the node's usable CPUs over its ranks, but on S3 never more
     s3dlio workers than the rank has requests in flight (more only pass requests between
     threads); direct:// keeps the CPUs per rank."""
     from mpibench.comm import NodeLayout
-    from mpibench.run import resolve_threads
+    from mpibench.run import rank_threads
 
     base = {**S3_BASE, "bandwidth": {"transfer_size": "1MiB", "object_size": "1MiB", "block_size": "64MiB"}}
     layout = NodeLayout(host="n0", node_index=0, num_nodes=1, local_rank=0, local_size=ranks,
                         ranks_per_node=[ranks], hosts=["n0"], usable_cpus=cpus)
-    assert resolve_threads(build(*overrides, base=base), layout) == expected
+    assert rank_threads(build(*overrides, base=base), layout) == expected

@@ -489,7 +489,7 @@ def test_partner_file_truncated_before_read_io_uring(request, jobs, sandbox):
 
     _, line = _tamper_during_read(request, jobs, sandbox, 2, truncate,
                                   "rank 0: read ", "rank-000001.dat", "expected 262144 bytes, got 0",
-                                  "truncated", extra=("bandwidth.io_depth=8", "bandwidth.io_engine=io_uring"))
+                                  "truncated", extra=("io.depth=8", "io.engine=io_uring"))
     offset = int(line.split(" at offset ")[1].split(":")[0])
     assert 1 * MiB <= offset < 4 * MiB and offset % (256 * 1024) == 0
 
@@ -499,10 +499,10 @@ def test_partner_file_truncated_before_read_io_uring(request, jobs, sandbox):
     (2, 1, "read", "raise", ()),
     (2, 0, "write", "raise", ()),
     (4, 3, "write", "raise", ()),
-    (4, 2, "read", "raise", ("storage.type=local_fs", "bandwidth.io_depth=4",
-                             "bandwidth.io_engine=threads")),  # threaded transfers
-    (2, 1, "write", "raise", ("bandwidth.io_depth=8", "bandwidth.io_engine=io_uring")),
-    (2, 0, "read", "ioerror", ("bandwidth.io_depth=8", "bandwidth.io_engine=io_uring")),
+    (4, 2, "read", "raise", ("storage.type=local_fs", "io.depth=4",
+                             "io.engine=threads")),  # threaded transfers
+    (2, 1, "write", "raise", ("io.depth=8", "io.engine=io_uring")),
+    (2, 0, "read", "ioerror", ("io.depth=8", "io.engine=io_uring")),
     (2, 1, "write", "raise", ("bandwidth.file_mode=shared",)),
     (4, 1, "read", "ioerror", ("bandwidth.iterations=2",)),
 ])
@@ -959,7 +959,7 @@ def test_buffers_over_the_available_memory(request, jobs, sandbox, case):
     args, fragments = {
         "bandwidth": ([QUICK, "bandwidth.transfer_size=64GiB", "bandwidth.block_size=64GiB"],
                       ["(2 ranks x 192.00 GiB: bandwidth.transfer_size x (io_depth 1 + 2))",
-                       "lower bandwidth.transfer_size or bandwidth.io_depth, or run fewer ranks per node"]),
+                       "lower bandwidth.transfer_size or io.depth, or run fewer ranks per node"]),
         "bandwidth_per_node": ([QUICK, f"bandwidth.transfer_size={half}", f"bandwidth.block_size={half}"],
                                ["of I/O buffers on this node (2 ranks x", "available; lower bandwidth.transfer_size"]),
         "train": ([UQ, "dataset.record_size=64GiB", "train.read_threads=4"],

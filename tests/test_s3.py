@@ -415,7 +415,7 @@ def test_runtime_workers_follow_the_requests_in_flight(s3, tmp_path, depth):
     output = tmp_path / "r.json"
     done = run_cli(1, "run", S3_YAML, f"storage.root={s3.root}", "bandwidth.transfer_size=1MiB",
                    "bandwidth.object_size=1MiB", "bandwidth.block_size=2MiB", "bandwidth.iterations=1",
-                   f"bandwidth.io_depth={depth}", "--output", str(output), env=s3.cli_env(), timeout=60)
+                   f"io.depth={depth}", "--output", str(output), env=s3.cli_env(), timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     doc = json.loads(output.read_text())
     cpus = doc["environment"]["usable_cpus_per_node"]

@@ -27,8 +27,8 @@ def test_bandwidth_through_direct_uri(shared_tmpdir, transfer):
     comm = Comm()
     root = os.path.join(shared_tmpdir, "root")
     block = 4 * MiB
-    config = direct_config(root, bandwidth={"transfer_size": transfer, "block_size": block, "iterations": 2,
-                                            "io_depth": 2}, verify=True, keep_files=True)
+    config = direct_config(root, bandwidth={"transfer_size": transfer, "block_size": block, "iterations": 2},
+                           io={"depth": 2}, verify=True, keep_files=True)
     doc = execute(config, comm, output=None)
     run_id = comm.bcast(doc["run_id"] if comm.is_root else None)
     folder = os.path.join(root, f"mpibench-{run_id}", "bandwidth")

@@ -67,10 +67,10 @@ def test_bandwidth_bytes_stored_and_cleanup(s3, object_size):
     before = s3.listing()
     comm.barrier()
     block, transfer, iterations = 4 * MiB, 1 * MiB, 2
-    bandwidth = {"transfer_size": transfer, "block_size": block, "iterations": iterations, "io_depth": 2}
+    bandwidth = {"transfer_size": transfer, "block_size": block, "iterations": iterations}
     if object_size:
         bandwidth["object_size"] = object_size
-    config = s3_config(s3, "bandwidth", bandwidth=bandwidth, verify=True, keep_files=True)
+    config = s3_config(s3, "bandwidth", bandwidth=bandwidth, io={"depth": 2}, verify=True, keep_files=True)
     doc = execute(config, comm, output=None)
     if comm.is_root:
         assert doc["complete"] is True

@@ -351,7 +351,7 @@ def test_memory_estimate_counts_huge_pages_whole():
     """The preflight's buffer estimate uses what a buffer really takes: whole 2 MiB pages."""
     workload = get_workload("bandwidth")
     data = {"workload": "bandwidth", "storage": {"type": "direct_fs", "root": "/x"},
-            "bandwidth": {"transfer_size": "1MiB", "block_size": "64MiB", "io_depth": 4}}
+            "io": {"depth": 4}, "bandwidth": {"transfer_size": "1MiB", "block_size": "64MiB"}}
     plain, _, _ = workload.buffer_bytes(build_config(data), 2, 2, 4)
     huge, _, _ = workload.buffer_bytes(build_config({**data, "huge_pages": True}), 2, 2, 4)
     assert plain == 6 * 2**20 and huge == 6 * 2 * 2**20  # io_depth working buffers + 2 bases

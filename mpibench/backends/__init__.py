@@ -15,7 +15,7 @@ REGISTRY: dict[tuple[str, str], tuple[str, str, str]] = {
     ("direct_fs", "s3dlio"): ("mpibench.backends.s3dlio_direct", "S3dlioDirectBackend", "s3dlio"),
     ("s3", "native"): ("mpibench.backends.s3", "S3Backend", "s3dlio"),
     ("s3", "s3dlio"): ("mpibench.backends.s3", "S3Backend", "s3dlio"),
-    ("memory", "native"): ("mpibench.backends.memory", "MemoryBackend", ""),
+    ("null", "native"): ("mpibench.backends.null", "NullBackend", ""),
 }
 
 

@@ -51,6 +51,23 @@ def _no_inodes_left(path: str) -> bool:
     return found.f_files > 0 and found.f_favail == 0
 
 
+def complete_short(backend: Backend, handle: Any, view: memoryview, writing: bool, path: str,
+                   offset: int, done: int, transfer_size: int) -> None:
+    """Finish a short transfer (the kernel may move fewer bytes than asked), or raise."""
+    if writing:
+        if done <= 0:
+            raise OSError(errno_mod.ENOSPC, "short write")  # a 0-byte write means no space here
+        backend.write_at(handle, view[done:], offset + done)
+        return
+    if done > 0:
+        done += backend.read_at(handle, view[done:], offset + done)
+    if done < transfer_size:
+        raise BenchIOError(
+            f"read {path} at offset {offset}: expected {transfer_size} bytes, got {done}",
+            "the file is shorter than written: was it truncated or replaced by another process?",
+            path=path)
+
+
 class Backend(ABC):
     """How bytes move between buffers and one kind of storage."""
 

@@ -165,7 +165,8 @@ class PosixBackend(Backend):
                 "filesystem": environment.filesystem_of(root), "checks": checks}
 
     @classmethod
-    def preflight_storage(cls, config: Any, run_key: str, planned_bytes: int, layout: Any) -> dict[str, Any]:
+    def preflight_storage(cls, config: Any, run_key: str, planned_bytes: int, layout: Any,
+                          threads: int) -> dict[str, Any]:
         """Rank 0: check the root, create the run directory and its marker, probe O_DIRECT."""
         found = cls.preflight_root(config.storage, planned_bytes)
         run_dir = os.path.join(found["root"], run_key)

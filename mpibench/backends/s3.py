@@ -735,10 +735,9 @@ class S3Backend(Backend):
 
     # -- rank 0: preflight and final cleanup -------------------------------------------------------
     @classmethod
-    def preflight_storage(cls, config: Any, run_key: str, planned_bytes: int, layout: Any) -> dict[str, Any]:
+    def preflight_storage(cls, config: Any, run_key: str, planned_bytes: int, layout: Any,
+                          threads: int) -> dict[str, Any]:
         """Credentials, endpoints, bucket, permissions and an empty run prefix; then the run marker."""
-        from mpibench.run import resolve_threads
-
         storage = config.storage
         bucket, prefix = parse_root(storage.root)
         check_workload(config)
@@ -757,7 +756,7 @@ class S3Backend(Backend):
             state = check_bucket(url, bucket, run_prefix, region_name, creds, timeout)
             bucket_missing = bucket_missing or state == "missing"
             checks.append(f"S3 endpoint {url} answers" + (" and accepts the credentials" if state != "missing" else ""))
-        configure_process(storage, endpoints[0] if endpoints else None, resolve_threads(config, layout))
+        configure_process(storage, endpoints[0] if endpoints else None, threads)
         created_bucket = False
         if bucket_missing:
             if not storage.create_bucket:

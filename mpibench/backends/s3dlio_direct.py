@@ -121,13 +121,14 @@ class S3dlioDirectBackend(DirectFsBackend):
                 "layout": "one write: one file; several writes: a folder of one file per write"}
 
     @classmethod
-    def preflight_storage(cls, config: Any, run_key: str, planned_bytes: int, layout: Any) -> dict[str, Any]:
+    def preflight_storage(cls, config: Any, run_key: str, planned_bytes: int, layout: Any,
+                          threads: int) -> dict[str, Any]:
         """The native direct_fs checks (root, free space, our own O_DIRECT probe), plus ours."""
         if config.workload == "bandwidth" and config.bandwidth.file_mode == "shared":
             raise ConfigError("bandwidth.file_mode=shared is not possible with storage.library=s3dlio: "
                               "direct:// writes whole files, so ranks cannot share one",
                               "use bandwidth.file_mode=per_rank, or storage.library=native")
-        found = super().preflight_storage(config, run_key, planned_bytes, layout)
+        found = super().preflight_storage(config, run_key, planned_bytes, layout, threads)
         found["checks"].append("s3dlio direct:// puts whole files from page-aligned buffers whose sizes are "
                                f"multiples of {found['alignment']} bytes (no bounce copy)")
         found.setdefault("backend", {})["library"] = "s3dlio"

@@ -3,74 +3,14 @@
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
-from mpibench.config import Config
 from mpibench.errors import ConfigError
+from mpibench.workloads.base import Workload
 
-if TYPE_CHECKING:
-    from mpibench.backends.base import Backend
-    from mpibench.run import PreflightInfo, RunContext
+__all__ = ["Workload", "get_workload"]
 
-
-class Workload:
-    """The steps every workload provides to the driver (defaults do nothing)."""
-
-    name = "abstract"
-
-    def planned_bytes(self, config: Config, size: int) -> int:
-        """Bytes the run will have on storage at its peak (checked against free space)."""
-        return 0
-
-    def buffer_bytes(self, config: Config, size: int, ranks_per_node: int, io_depth: int) -> tuple[int, str, str]:
-        """Memory one rank allocates for its I/O buffers (at least), the settings that
-        drive it, and how to lower it; checked against the node's memory in preflight."""
-        return 0, "", ""
-
-    def requests_in_flight(self, config: Config, io_depth: int) -> int:
-        """The most storage requests one rank has in flight at once (`storage.threads: auto`
-        gives s3dlio's runtime no more workers than that): by default each of io_depth
-        streams may be a multipart upload with storage.parts_in_flight parts on the way."""
-        return io_depth * config.storage.parts_in_flight
-
-    #: True when buffer_bytes looks at every file of an input the preflight has yet to find
-    #: (train's dataset): the memory check then comes after `prepare` has found it
-    buffers_sized_by_input = False
-
-    def check_magnitudes(self, config: Config, size: int) -> None:
-        """Rank 0, before anything proportional to files, shards or ranks is computed (the
-        plan, planned_bytes, the memory check): the counts the run would make are sane."""
-
-    def check(self, config: Config, size: int, alignment: int) -> None:
-        """Rank 0: rules that depend on the rank count or the storage's alignment."""
-
-    def prepare(self, config: Config, size: int, backend: Backend, info: PreflightInfo) -> None:
-        """Rank 0, in preflight: create the directories the ranks will write into."""
-
-    def run(self, ctx: RunContext) -> None:
-        """Every rank: the measured phases (each through ctx.phase)."""
-        raise NotImplementedError
-
-    def cleanup(self, ctx: RunContext) -> None:
-        """Every rank: remove the files this rank created."""
-
-    def cleanup_shared(self, ctx: RunContext) -> None:
-        """Rank 0, after every rank's cleanup: remove shared files."""
-
-    def summarize(self, ctx: RunContext) -> dict[str, Any]:
-        """Rank 0: workload-specific figures added to the results document."""
-        return {}
-
-    def report_lines(self, document: dict[str, Any]) -> list[str]:
-        """Lines printed after the phase table (workload figures such as AU% or files/s)."""
-        return []
-
-    def describe_plan(self, config: Config, size: int, rank: int, ranks_per_node: int,
-                      num_nodes: int) -> dict[str, Any]:
-        """What `rank` would do, without I/O (for `mpibench plan`)."""
-        return {}
-
-
+# A workload module imports Workload from mpibench.workloads.base, never from this registry
+# (which imports the modules by name): so the registry and its workloads form no import cycle.
 _WORKLOADS = {
     "bandwidth": "mpibench.workloads.bandwidth",
     "datagen": "mpibench.workloads.datagen",

@@ -20,11 +20,11 @@ from mpibench.plan import (
     transfer_offsets,
 )
 from mpibench.units import format_exact_size
-from mpibench.workloads import Workload
+from mpibench.workloads.base import Workload
 
 if TYPE_CHECKING:
     from mpibench.backends.base import Backend
-    from mpibench.run import PreflightInfo, RunContext
+    from mpibench.context import PreflightInfo, RunContext
 
 
 def check_alignment(key: str, value: int, alignment: int, fstype: str = "") -> None:
@@ -60,7 +60,7 @@ class BandwidthWorkload(Workload):
         count = depth + 2 + (1 if config.verify else 0)
         return (count * buffer_footprint(bw.transfer_size, config.huge_pages),
                 f"bandwidth.transfer_size x (io_depth {depth} + 2)",
-                "lower bandwidth.transfer_size or bandwidth.io_depth, or run fewer ranks per node")
+                "lower bandwidth.transfer_size or io.depth, or run fewer ranks per node")
 
     def requests_in_flight(self, config: Config, io_depth: int) -> int:
         # One object per transfer: every write is one PUT, every read one GET.

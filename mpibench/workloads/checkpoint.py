@@ -36,12 +36,12 @@ from mpibench.presets import (
     shard_unit,
 )
 from mpibench.units import format_size
-from mpibench.workloads import Workload
 from mpibench.workloads.bandwidth import annotate_cache, check_alignment
+from mpibench.workloads.base import Workload
 
 if TYPE_CHECKING:
     from mpibench.backends.base import Backend
-    from mpibench.run import PreflightInfo, RunContext
+    from mpibench.context import PreflightInfo, RunContext
 
 _CHECKPOINT_ID_SHIFT = 21  # shard ids (2 per emulated rank) stay below 2**21
 #: emulated ranks one actual rank may stand for (each writes one or two shard files per checkpoint)
@@ -107,7 +107,7 @@ class CheckpointWorkload(Workload):
         count = 2 * io_depth + 2 + (1 if ck.verify or config.verify else 0)
         return (count * buffer_footprint(unit, config.huge_pages),
                 f"checkpoint.transfer_size x (2 x io_depth {io_depth} + 2)",
-                "lower checkpoint.transfer_size or bandwidth.io_depth, or run fewer ranks per node")
+                "lower checkpoint.transfer_size or io.depth, or run fewer ranks per node")
 
     def check_magnitudes(self, config: Config, size: int) -> None:
         model = self._model(config, size)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from mpibench.buffers import buffer_footprint
 from mpibench.config import Config
+from mpibench.context import broadcast_outcome
 from mpibench.engine import timed_close, timed_fsync
 from mpibench.errors import BenchIOError, ConfigError, MpibenchError, PreflightError
 from mpibench.formats import (
@@ -40,11 +41,11 @@ from mpibench.formats import (
 from mpibench.metrics import PhaseRecorder
 from mpibench.plan import RUN_DIR_PREFIX, part_range
 from mpibench.units import format_size
-from mpibench.workloads import Workload
+from mpibench.workloads.base import Workload
 
 if TYPE_CHECKING:
     from mpibench.backends.base import Backend
-    from mpibench.run import PreflightInfo, RunContext
+    from mpibench.context import PreflightInfo, RunContext
 
 MANIFEST_READ_BYTES = 1 << 20
 
@@ -188,8 +189,6 @@ class DatagenWorkload(Workload):
         return plan
 
     def run(self, ctx: RunContext) -> None:
-        from mpibench.run import broadcast_outcome
-
         config = ctx.config
         ds = config.dataset
         comm = ctx.comm

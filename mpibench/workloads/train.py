@@ -35,6 +35,7 @@ import numpy as np
 
 from mpibench.buffers import aligned_buffer, buffer_footprint
 from mpibench.config import Config
+from mpibench.context import broadcast_outcome
 from mpibench.environment import memory_total_bytes
 from mpibench.errors import BenchIOError, PreflightError
 from mpibench.formats import (
@@ -49,13 +50,13 @@ from mpibench.formats import (
 from mpibench.metrics import PhaseRecorder
 from mpibench.plan import EpochShare, round_up
 from mpibench.units import format_size
-from mpibench.workloads import Workload
 from mpibench.workloads.bandwidth import annotate_cache
+from mpibench.workloads.base import Workload
 from mpibench.workloads.datagen import check_dataset_name, read_manifest
 
 if TYPE_CHECKING:
     from mpibench.backends.base import Backend
-    from mpibench.run import PreflightInfo, RunContext
+    from mpibench.context import PreflightInfo, RunContext
 
 COMPUTE_SLICE_S = 0.05  # emulated compute sleeps in slices, testing for a stop notice between
 OVERSHOOT_NOTE_PCT = 5.0
@@ -421,8 +422,6 @@ class TrainWorkload(Workload):
                 "first_files_epoch0": [file_key(ds, int(i)) for i in files.slice(0, 3)]}
 
     def run(self, ctx: RunContext) -> None:
-        from mpibench.run import broadcast_outcome
-
         config = ctx.config
         ds, tc = config.dataset, config.train
         comm = ctx.comm
