@@ -12,6 +12,7 @@ to blocking I/O.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 
@@ -57,11 +58,11 @@ def open_regular(path: str, limit: int | None = None, *, flags: int = 0, follow:
     if stat.S_ISLNK(info.st_mode):  # what O_NOFOLLOW says of a link
         raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
     check_regular(info, path, limit)
-    extra = 0 if follow else os.O_NOFOLLOW
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | extra | flags)
+    opened = os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW) | flags
+    fd = os.open(path, opened | os.O_NONBLOCK)
     try:
         check_regular(os.fstat(fd), path, limit)  # the name may point elsewhere since the stat
-        os.set_blocking(fd, True)
+        fcntl.fcntl(fd, fcntl.F_SETFL, opened)  # blocking again (one call: the flags are ours)
     except BaseException:
         os.close(fd)
         raise
