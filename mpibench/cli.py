@@ -28,7 +28,7 @@ from mpibench.errors import (
 )
 from mpibench.redact import RedactingStream
 
-MPI_COMMANDS = ("run", "plan", "preflight")
+MPI_COMMANDS = ("run", "plan", "preflight", "search")
 CONFIG_EXAMPLE = "e.g. mpibench {command} configs/quickstart.yaml (configs/ holds one per workload)"
 # Where a launcher puts the rank, so that only rank 0 speaks before MPI is up.
 LAUNCHER_RANK_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
@@ -122,6 +122,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                      "O_DIRECT, object store reachability); create and remove the run directory.",
                          epilog=PREFLIGHT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     common(pre)
+    from mpibench.search import add_parser as add_search
+
+    add_search(sub, common)
 
     if command in MPI_COMMANDS:
         return parser
@@ -140,7 +143,7 @@ def _command_of(argv: list[str]) -> str | None:
 
 
 _EXTRA_COMMANDS = {"report": "mpibench.reporting", "compare": "mpibench.compare",
-                   "s3-server": "mpibench.s3server_cli"}
+                   "s3-server": "mpibench.s3server_cli", "datasize": "mpibench.datasize_cli"}
 
 
 def _import_command(module: str) -> Any:
@@ -465,6 +468,10 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
         return config, output
 
     config, output = broadcast_outcome(comm, load)
+    if args.command == "search":
+        from mpibench.search import run_search
+
+        return run_search(config, args, comm, _DEFERRED, execute)
     if args.command == "plan":
         if comm.is_root:
             _print_plan(config, args, comm)

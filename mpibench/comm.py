@@ -85,6 +85,14 @@ class Comm:
         """True on rank 0."""
         return self.rank == 0
 
+    def split(self, color: int | None, key: int) -> Any:
+        """The mpi4py sub-communicator of the ranks giving the same color, ordered by key;
+        None on a rank that gives None (it takes part in none)."""
+        if self._comm is None:
+            return None
+        sub = self._comm.Split(MPI.UNDEFINED if color is None else color, key)
+        return None if sub == MPI.COMM_NULL else sub
+
     def barrier(self) -> None:
         """Wait for every rank."""
         if self._comm is not None and self.size > 1:

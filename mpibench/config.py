@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from mpibench.errors import ConfigError
+from mpibench.mlperf import ACCELERATORS, COLUMN_SETS, MODELS, row_bytes, timing_of
 from mpibench.units import format_size, parse_size
 
 AUTO = "auto"
@@ -25,12 +26,13 @@ STORAGE_TYPES = ("local_fs", "direct_fs", "s3", "null")
 LOCAL_SCHEMES = ("file://", "direct://")
 RUN_ID_MAX = 128
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
+DATASET_FORMATS = ("npz", "hdf5", "raw", "jpeg", "tfrecord", "parquet")
 #: dataset formats whose files honour dataset.compression (formats.encode)
 COMPRESSED_FORMATS = ("hdf5",)
 
 
 #: kinds of keys holding a number: each must declare its range (minimum and maximum)
-NUMERIC_KINDS = ("int", "optional_int", "int_or_auto", "float", "size", "optional_size")
+NUMERIC_KINDS = ("int", "optional_int", "int_or_auto", "float", "optional_float", "size", "optional_size")
 DAY_S = 86400.0
 TiB = 1024**4
 SEED_MAX = 2**63 - 1
@@ -130,13 +132,19 @@ class DatasetConfig:
     samples_per_file: int = _opt(1, "int", minimum=1, maximum=10**7, doc="samples (records) per file")
     record_size: int = _opt(1024**2, "size", minimum=1, maximum=64 * 1024**3, doc="mean bytes per sample")
     record_size_stdev: int = _opt(0, "size", minimum=0, maximum=64 * 1024**3, doc="standard deviation of sample bytes")
-    format: str = _opt("npz", "enum", choices=("npz", "hdf5", "raw"), doc="file format")
+    format: str = _opt("npz", "enum", choices=DATASET_FORMATS,
+                       doc="file format: npz, hdf5, raw, jpeg (one image a file), tfrecord, parquet")
     num_subfolders: int = _opt(0, "int", minimum=0, maximum=10**6, doc="spread files over this many subfolders")
     seed: int = _opt(1234, "int", minimum=0, maximum=SEED_MAX, doc="seed of sizes and content")
     hdf5_chunk_size: int | None = _opt(None, "optional_size", minimum=1, maximum=4 * 1024**3,
                                        doc="hdf5: chunk bytes (default contiguous)")
     compression: str = _opt("none", "enum", choices=("none", "gzip", "lzf"),
                             doc="hdf5: dataset compression")
+    columns: str = _opt("none", "enum", choices=("none", *COLUMN_SETS),
+                        doc="parquet: the published column set (mpibench/mlperf.py); record_size is its row size")
+    row_group_size: int | None = _opt(None, "optional_int", minimum=1, maximum=10**9,
+                                      doc="parquet: rows per row group (default: the column set's published "
+                                          "value, else one row group a file)")
 
 
 @dataclass(frozen=True)
@@ -144,13 +152,26 @@ class TrainConfig:
     """How the training workload reads the dataset."""
 
     epochs: int = _opt(1, "int", minimum=1, maximum=1_000_000, doc="passes over the dataset")
-    batch_size: int = _opt(4, "int", minimum=1, maximum=10**7, doc="samples per batch per rank")
+    runs: int = _opt(1, "int", minimum=1, maximum=1000,
+                     doc="runs of train.epochs each, a new shuffle seed per run; with more than one "
+                         "the first is a warm-up and the others are measured (MLPerf: 6)")
+    batch_size: int | None = _opt(None, "optional_int", minimum=1, maximum=10**7,
+                                  doc="samples per batch per rank (default: the accelerator's published batch, else 4)")
     read_threads: int = _opt(4, "int", minimum=1, maximum=4096, doc="reader threads per rank")
     shuffle: str = _opt("file", "enum", choices=("off", "file", "sample"),
                         doc="seeded order, new each epoch")
-    computation_time: float = _opt(0.0, "float", minimum=0.0, maximum=DAY_S, doc="emulated compute seconds per batch")
+    computation_time: float | None = _opt(None, "optional_float", minimum=0.0, maximum=DAY_S,
+                                          doc="emulated compute seconds per batch (default: the accelerator's "
+                                              "published time, else 0); wins over train.accelerator")
+    model: str = _opt("none", "enum", choices=("none", *MODELS),
+                      doc="MLPerf Storage model whose published timing train.accelerator picks")
+    accelerator: str = _opt("none", "enum", choices=("none", *ACCELERATORS),
+                            doc="emulated accelerator: sets computation_time, batch_size and min_au from "
+                                "the published config of train.model")
+    min_au: float | None = _opt(None, "optional_float", minimum=0.0, maximum=100.0,
+                                doc="AU % a run must reach to pass (default: the accelerator's published value)")
     prefetch: int = _opt(2, "int", minimum=0, maximum=10**6, doc="batches read ahead of the compute")
-    decode: bool = _opt(True, "bool", doc="parse npz/hdf5/raw from the bytes read")
+    decode: bool = _opt(True, "bool", doc="parse the files read as the format says (Parquet is always parsed)")
     cache: str = _opt("cold", "enum", choices=("cold", "warm"),
                       doc="local_fs: evict the files before each epoch (cold) or not (warm)")
     seed: int = _opt(0, "int", minimum=0, maximum=SEED_MAX, doc="seed of the shuffle")
@@ -175,6 +196,14 @@ class CheckpointConfig:
     tp: int = _opt(1, "int", minimum=1, maximum=RANKS_MAX, doc="custom: tensor parallel size")
     pp: int = _opt(1, "int", minimum=1, maximum=RANKS_MAX, doc="custom: pipeline parallel size")
     zero_stage: int = _opt(3, "int", minimum=0, maximum=3, doc="custom: ZeRO stage (1 or 3)")
+    accelerator: str = _opt("none", "enum", choices=("none", *ACCELERATORS),
+                            doc="emulated accelerator: its memory x the emulated ranks must hold the "
+                                "checkpoint (MLPerf Storage Rules 4.3.4)")
+    subset: bool = _opt(False, "bool", doc="MLPerf subset run: llama3-8b on exactly 8 emulated ranks (Rules 4.3.5)")
+    mode: str = _opt("both", "enum", choices=("both", "write", "read"),
+                     doc="both: write then read in one run (run directory); write: write into "
+                         "checkpoint.folder and keep it; read: read what a write run left there")
+    folder: str = _opt("", "str", doc="write/read modes: the folder below storage.root holding the checkpoints")
 
 
 @dataclass(frozen=True)
@@ -250,7 +279,7 @@ def _coerce(value: Any, meta: dict[str, Any], key: str) -> Any:
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"configuration key '{key}' must be {expected}, got {value!r}")
 
-    if kind in ("optional_str", "optional_size", "optional_int") and value is None:
+    if kind in ("optional_str", "optional_size", "optional_int", "optional_float") and value is None:
         return None
     if kind in ("int_or_auto",) and isinstance(value, str) and value.strip().lower() == AUTO:
         return AUTO
@@ -288,7 +317,7 @@ def _coerce(value: Any, meta: dict[str, Any], key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad("an integer" + (" or 'auto'" if kind == "int_or_auto" else ""))
         result = value
-    elif kind == "float":
+    elif kind in ("float", "optional_float"):
         if isinstance(value, str):
             value = _yaml11_number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -601,6 +630,8 @@ def validate(config: Config) -> None:
             f"{' or '.join(COMPRESSED_FORMATS)} only, not {ds.format}",
             f"set dataset.compression=none, or dataset.format={COMPRESSED_FORMATS[0]}",
         )
+    if config.workload in ("datagen", "train"):
+        _validate_mlperf(config)
     bw = config.bandwidth
     if config.workload == "bandwidth":
         if bw.block_size % bw.transfer_size:
@@ -624,6 +655,35 @@ def validate(config: Config) -> None:
         ck = config.checkpoint
         if not 0 < ck.scale <= 1:
             raise ConfigError(f"checkpoint.scale must be in (0, 1], got {ck.scale}")
+        if ck.mode != "both" and not ck.folder:
+            raise ConfigError(f"checkpoint.mode={ck.mode} needs checkpoint.folder, the folder below storage.root "
+                              "that the write run leaves and the read run reads",
+                              "set e.g. checkpoint.folder=ckpt-8b")
+        if ck.mode == "both" and ck.folder:
+            raise ConfigError("checkpoint.folder applies to checkpoint.mode=write or read only",
+                              "remove checkpoint.folder, or set checkpoint.mode")
+
+
+def _validate_mlperf(config: Config) -> None:
+    """The dataset formats' own rules, and a published timing for train.accelerator."""
+    ds, tc = config.dataset, config.train
+    if ds.format == "jpeg" and ds.samples_per_file != 1:
+        raise ConfigError(f"dataset.format=jpeg holds one image a file, not {ds.samples_per_file}",
+                          "set dataset.samples_per_file=1")
+    if ds.format == "parquet":
+        if ds.columns == "none":
+            raise ConfigError("dataset.format=parquet needs dataset.columns (dlrm or flux)",
+                              "set dataset.columns=dlrm or dataset.columns=flux")
+        width = row_bytes(COLUMN_SETS[ds.columns])
+        if ds.record_size != width or ds.record_size_stdev:
+            raise ConfigError(f"dataset.columns={ds.columns} rows are {width} bytes, but dataset.record_size="
+                              f"{ds.record_size} (stdev {ds.record_size_stdev})",
+                              f"set dataset.record_size={width} dataset.record_size_stdev=0")
+    elif ds.columns != "none" or ds.row_group_size is not None:
+        raise ConfigError(f"dataset.columns and dataset.row_group_size apply to dataset.format=parquet only, "
+                          f"not {ds.format}", "remove them, or set dataset.format=parquet")
+    if tc.accelerator != "none":
+        timing_of(tc.model, tc.accelerator)
 
 
 def describe_keys() -> list[tuple[str, str, str]]:

@@ -1,4 +1,4 @@
-"""Dataset files: deterministic names, seeded sizes and content, npz/hdf5/raw encode and decode.
+"""Dataset files: deterministic names, seeded sizes and content, encode and decode of every format.
 
 Pure apart from in-memory encoding: no MPI and no storage I/O. Any rank can recompute the
 name, record size and exact content of any file from the dataset config and the file's
@@ -11,7 +11,10 @@ normal(record_size, record_size_stdev), rounded and clipped at 1 byte:
   (int64 labels), as DLIO writes it;
 - hdf5: one file with the dataset ``records`` (samples x record bytes, uint8, optionally
   chunked and gzip/lzf compressed) and ``labels`` (int64);
-- raw: the records concatenated, nothing else.
+- raw: the records concatenated, nothing else;
+- jpeg, tfrecord, parquet: the MLPerf Storage formats, in mlperf_formats (one JPEG image a
+  file; TFRecord framing with CRC32C around tf.train.Example records; Parquet tables of a
+  published column set).
 """
 
 from __future__ import annotations
@@ -30,12 +33,15 @@ from mpibench.buffers import aligned_buffer, file_seed, fill_random
 from mpibench.errors import VerifyError
 from mpibench.plan import file_name, round_up
 
-EXTENSIONS = {"npz": "npz", "hdf5": "hdf5", "raw": "bin"}
+EXTENSIONS = {"npz": "npz", "hdf5": "hdf5", "raw": "bin", "jpeg": "jpeg", "tfrecord": "tfrecord",
+              "parquet": "parquet"}
 MANIFEST_NAME = ".mpibench-dataset.json"
 MANIFEST_VERSION = 1
 #: the dataset keys a manifest records and train compares with its own config
 MANIFEST_KEYS = ("num_files", "samples_per_file", "record_size", "record_size_stdev", "format",
                  "num_subfolders", "seed", "hdf5_chunk_size", "compression")
+#: the keys a parquet dataset's manifest records besides (mlperf_formats)
+PARQUET_KEYS = ("columns", "row_group_size")
 _SIZE_STREAM = 0  # SeedSequence spawn keys: sizes, content and labels never share a stream
 _CONTENT_STREAM = 1
 _LABEL_STREAM = 2
@@ -118,6 +124,18 @@ def size_bound(ds: Any, index: int, record: int | None = None) -> int:
     payload = ds.samples_per_file * record
     if ds.format == "raw":
         return payload
+    if ds.format in ("jpeg", "tfrecord", "parquet"):
+        from mpibench import mlperf_formats as mf
+
+        if ds.format == "tfrecord":
+            return mf.tfrecord_size(ds.samples_per_file, record)
+        if ds.format == "jpeg":  # the calibration aims near `record`; noise varies a little
+            return 2 * record + 65536
+        groups = -(-ds.samples_per_file // mf.row_group_rows(ds))
+        columns = mf.parquet_columns(ds)
+        # Parquet has no 8-bit physical type: int8 columns are stored as INT32.
+        stored = sum(max(4 if c.dtype == "int8" else 0, np.dtype(c.dtype).itemsize) * c.size for c in columns)
+        return ds.samples_per_file * stored + 65536 + groups * len(columns) * 256
     labels = ds.samples_per_file * 8
     if ds.format == "npz":
         return payload + labels + 4096  # two .npy headers and the zip records: < 1 KiB
@@ -153,6 +171,8 @@ def encode(ds: Any, index: int, alignment: int = 1) -> EncodedFile:
         return EncodedFile(index, buf, size, padded)
     if ds.format == "npz":
         return _encode_npz(ds, index, record, alignment)
+    if ds.format in ("jpeg", "tfrecord", "parquet"):
+        return _encode_mlperf(ds, index, record, alignment)
     import h5py
 
     samples = file_samples(ds, index, record)
@@ -165,6 +185,21 @@ def encode(ds: Any, index: int, alignment: int = 1) -> EncodedFile:
         h5.create_dataset("labels", data=file_labels(ds, index))
     del samples
     return _aligned_copy(index, out.getbuffer(), alignment)
+
+
+def _encode_mlperf(ds: Any, index: int, record: int, alignment: int) -> EncodedFile:
+    """A JPEG, TFRecord or Parquet file (mlperf_formats), ready to write."""
+    from mpibench import mlperf_formats as mf
+
+    if ds.format == "jpeg":
+        return _aligned_copy(index, memoryview(mf.encode_jpeg(ds.seed, index, record)), alignment)
+    if ds.format == "parquet":
+        return _aligned_copy(index, memoryview(mf.encode_parquet(ds, index)), alignment)
+    size = mf.tfrecord_size(ds.samples_per_file, record)
+    padded = round_up(size, alignment) if alignment > 1 else size
+    buf = aligned_buffer(padded)
+    mf.encode_tfrecord(file_samples(ds, index, record), buf)
+    return EncodedFile(index, buf, size, padded)
 
 
 def _aligned_copy(index: int, data: memoryview, alignment: int) -> EncodedFile:
@@ -238,7 +273,7 @@ def _encode_npz(ds: Any, index: int, record: int, alignment: int) -> EncodedFile
     return EncodedFile(index, buf, size, padded)
 
 
-class _MemoryFile(io.RawIOBase):
+class MemoryFile(io.RawIOBase):
     """A read-only file over bytes already in memory, without copying them first.
 
     io.BytesIO would copy the whole file before numpy or h5py copies it again; parsing
@@ -308,14 +343,27 @@ def decode(ds: Any, index: int, data: memoryview | mmap.mmap, nbytes: int, path:
     view = memoryview(data)[:nbytes]
     if verify:  # every byte datagen wrote (headers, labels, records), not only the records
         verify_file_bytes(ds, index, view, path)
-    if ds.format == "raw":
+    if ds.format == "jpeg":
+        from mpibench import mlperf_formats as mf
+
+        pixels = mf.decode_jpeg(MemoryFile(view), record, path)  # parsed from the read buffer, no copy
+        int(pixels[:, 0, 0].sum())  # the decoded image, touched as a model's input would be
+        if verify and bytes(view) != mf.encode_jpeg(ds.seed, index, record):
+            raise VerifyError(f"data verification failed: {path} differs from what datagen wrote",
+                              "the storage returned wrong data", path=path)
+        return 1
+    if ds.format == "tfrecord":
+        from mpibench import mlperf_formats as mf
+
+        records = mf.decode_tfrecord(view, want[0], record, path)
+    elif ds.format == "raw":
         if nbytes != want[0] * want[1]:
             raise VerifyError(f"{path}: {nbytes} bytes, expected {want[0]} records of {record} bytes",
                               "the dataset was changed after datagen: generate it again", path=path)
         records = np.frombuffer(view, dtype=np.uint8).reshape(want)
     elif ds.format == "npz":
         try:
-            with np.load(_MemoryFile(view), allow_pickle=False) as npz:
+            with np.load(MemoryFile(view), allow_pickle=False) as npz:
                 records = npz["x"]
                 labels = npz["y"]
         except Exception as exc:
@@ -327,7 +375,7 @@ def decode(ds: Any, index: int, data: memoryview | mmap.mmap, nbytes: int, path:
         import h5py
 
         try:
-            with h5py.File(_MemoryFile(view), "r") as h5:
+            with h5py.File(MemoryFile(view), "r") as h5:
                 records = h5["records"][()]
                 labels = h5["labels"][()]
         except Exception as exc:
@@ -356,7 +404,7 @@ def manifest_of(ds: Any, *, complete: bool, total_bytes: int | None = None,
                 run_id: str | None = None, created: float | None = None) -> dict[str, Any]:
     """The manifest describing a dataset (its config, and its size once complete)."""
     doc: dict[str, Any] = {"mpibench_dataset": MANIFEST_VERSION, "name": ds.name, "complete": complete}
-    doc.update({key: getattr(ds, key) for key in MANIFEST_KEYS})
+    doc.update({key: getattr(ds, key) for key in manifest_keys(ds)})
     doc["total_files"] = ds.num_files
     doc["total_samples"] = ds.num_files * ds.samples_per_file
     doc["total_bytes"] = total_bytes
@@ -377,4 +425,9 @@ def encode_manifest(doc: dict[str, Any], alignment: int) -> tuple[mmap.mmap, int
 def manifest_mismatch(found: dict[str, Any], ds: Any) -> list[str]:
     """'key=found (config says wanted)' for every dataset key that differs."""
     return [f"{key}={found.get(key)!r} (config says {getattr(ds, key)!r})"
-            for key in MANIFEST_KEYS if found.get(key) != getattr(ds, key)]
+            for key in manifest_keys(ds) if found.get(key) != getattr(ds, key)]
+
+
+def manifest_keys(ds: Any) -> tuple[str, ...]:
+    """The dataset keys a manifest records: the parquet ones only for parquet datasets."""
+    return MANIFEST_KEYS + (PARQUET_KEYS if ds.format == "parquet" else ())

@@ -13,6 +13,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# A property test's verdict must not depend on how busy the machine is: hypothesis's per-example
+# deadline and its too-slow health checks do, so both are off for the whole suite.
+settings.register_profile(
+    "mpibench", deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
+settings.load_profile("mpibench")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")

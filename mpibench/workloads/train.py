@@ -9,6 +9,12 @@ thread takes batches of `batch_size` samples in order and "computes" each for
 being computed, so the I/O of the next batches overlaps the compute as a prefetching
 loader's does (prefetch=0: no overlap).
 
+With `train.runs` above 1 the epochs are repeated, each run with a new shuffle seed; the
+first run is a warm-up and the summary gives the measured runs' mean, their agreement and
+a PASS/FAIL against the minimum AU (mlperf.run_verdicts). train.accelerator gives the
+compute time, batch and minimum AU of a published MLPerf Storage shape (mlperf.effective).
+A Parquet file is read through pyarrow over the backend, only its columns marked read.
+
 Uneven shares never deadlock: a rank's last partial batch is still processed, and ranks
 meet only at epoch boundaries (the phase barrier), never per batch.
 
@@ -48,6 +54,7 @@ from mpibench.formats import (
     size_bound,
 )
 from mpibench.metrics import PhaseRecorder
+from mpibench.mlperf import Effective, effective, min_dataset, run_verdicts
 from mpibench.plan import EpochShare, round_up
 from mpibench.units import format_size
 from mpibench.workloads.bandwidth import annotate_cache
@@ -82,6 +89,17 @@ def checked_manifest(backend: Backend, ds: Any) -> dict[str, Any]:
         raise PreflightError(f"the dataset at {where} was generated with {', '.join(differs)}",
                              "run datagen with this config into another dataset.name, or fix the config")
     return found
+
+
+def dataset_rule(ds: Any, hosts: int, memory: int, accelerators: int, batch_size: int) -> dict[str, Any]:
+    """Whether the dataset reaches the MLPerf minimum (Rules.md 3.1.2) for the hosts the
+    run is on, and by how much it falls short."""
+    need = min_dataset(hosts, memory, accelerators, batch_size, ds.samples_per_file, ds.record_size)
+    doc = need.as_dict()
+    short = max(0, need.num_files - ds.num_files)
+    doc.update(num_files=ds.num_files, meets=short == 0, short_files=short,
+               short_bytes=short * ds.samples_per_file * ds.record_size)
+    return doc
 
 
 def index_sums(num_files: int) -> tuple[int, int]:
@@ -159,11 +177,13 @@ def read_buffers(ds: Any, threads: int, shares: Iterable[EpochShare], alignment:
 class _EpochLoader:
     """One rank's data loader for one epoch: reader threads ahead of an emulated compute."""
 
-    def __init__(self, ctx: RunContext, rec: PhaseRecorder, epoch: int, files: EpochShare,
-                 buffers: list[Any]) -> None:
+    def __init__(self, ctx: RunContext, rec: PhaseRecorder, iteration: int, files: EpochShare,
+                 buffers: list[Any], eff: Effective, shuffle_seed: int) -> None:
         self.ctx = ctx
         self.rec = rec
-        self.epoch = epoch
+        self.epoch = iteration  # the phase's iteration: runs x epochs, counted through
+        self.eff = eff
+        self.shuffle_seed = shuffle_seed
         self.files = files  # made a slice at a time: memory does not grow with the share
         self.buffers = buffers  # one per reader thread, reused over epochs
         # A file of this dataset fits the buffers (sized for the largest) give or take the
@@ -182,11 +202,11 @@ class _EpochLoader:
         self.current_batch = 0
         self.stopping = False
         self.errors: list[BaseException] = []
-        self.hash_key = index_hash_key(ctx.config.seed, epoch)
+        self.hash_key = index_hash_key(ctx.config.seed, iteration)
 
     def first_batch(self, position: int) -> int:
         """The first batch that needs the file at `position` of the epoch order."""
-        return position * self.ds.samples_per_file // self.tc.batch_size
+        return position * self.ds.samples_per_file // self.eff.batch_size
 
     def read_loop(self, slot: int, stats: dict[str, float], log: Any) -> None:
         """A reader thread: take the next file in order when the prefetch window allows it."""
@@ -206,13 +226,16 @@ class _EpochLoader:
                     self.next_file += 1
                 index = int(self.files[position])
                 key = file_key(self.ds, index)
-                buf, nbytes = self._read_file(backend, key, buf, stats, log)
-                self.buffers[slot] = buf
-                if self.tc.decode or verify:  # verifying means parsing
+                if self.ds.format == "parquet":  # the columns read, fetched row group by row group
+                    self._read_parquet(backend, key, index, stats, log, verify)
+                else:
+                    buf, nbytes = self._read_file(backend, key, buf, stats, log)
+                    self.buffers[slot] = buf
+                if self.ds.format != "parquet" and (self.tc.decode or verify):  # verifying means parsing
                     t = time.perf_counter()
                     order = None
                     if sample_shuffle and self.ds.samples_per_file > 1:
-                        order = np.random.default_rng([self.tc.seed, self.epoch, index]).permutation(
+                        order = np.random.default_rng([self.shuffle_seed, self.epoch, index]).permutation(
                             self.ds.samples_per_file)
                     decode(self.ds, index, buf, nbytes, backend.path_of(key), verify=verify, sample_order=order)
                     stats["decode_s"] += time.perf_counter() - t
@@ -231,6 +254,28 @@ class _EpochLoader:
                 self.errors.append(exc)
                 self.stopping = True
                 self.cond.notify_all()
+
+    def _read_parquet(self, backend: Backend, key: str, index: int, stats: dict[str, float], log: Any,
+                      verify: bool) -> None:
+        """Read the Parquet file's columns marked read through pyarrow over the backend:
+        only the footer and those column chunks are fetched (their bytes are the I/O)."""
+        from mpibench.mlperf_formats import BackendFile, read_parquet
+
+        t = time.perf_counter()
+        handle = backend.open(key, "r")
+        stats["open_s"] += time.perf_counter() - t
+        try:
+            source = BackendFile(backend, handle, backend.size_of(key))
+            t0 = time.perf_counter_ns()
+            read_parquet(self.ds, index, source, backend.path_of(key), verify=verify)
+            t1 = time.perf_counter_ns()
+            log.record(source.fetched, t0, t1)
+            stats["transfer_s"] += source.io_s
+            stats["decode_s"] += max(0.0, (t1 - t0) / 1e9 - source.io_s)
+        finally:
+            t = time.perf_counter()
+            backend.close(handle)
+            stats["close_s"] += time.perf_counter() - t
 
     def _read_file(self, backend: Backend, key: str, buf: Any, stats: dict[str, float],
                    log: Any) -> tuple[Any, int]:
@@ -266,7 +311,8 @@ class _EpochLoader:
     def run(self) -> None:
         """Read and compute every batch of this rank's share; fill rec.extra."""
         ctx, rec, tc = self.ctx, self.rec, self.tc
-        bs = tc.batch_size
+        bs = self.eff.batch_size
+        compute = self.eff.computation_time
         spf = self.ds.samples_per_file
         batches = math.ceil(self.total_samples / bs) if self.total_samples else 0
         threads_n = min(tc.read_threads, self.n)
@@ -314,7 +360,7 @@ class _EpochLoader:
                 # The accelerator's time is the configured compute time per step, not what
                 # the sleep took: time lost to oversleeping counts against AU, not for it.
                 wall = end - first_step_end
-                au = 100.0 * tc.computation_time * (done_batches - 1) / wall if wall > 0 else None
+                au = 100.0 * compute * (done_batches - 1) / wall if wall > 0 else None
             else:  # at most one batch: nothing is left once the first step is excluded
                 wall, au = end - start, None
             for s in stats:
@@ -326,7 +372,7 @@ class _EpochLoader:
                 epoch=self.epoch,
                 samples=min(done_batches * bs, self.total_samples),
                 batches=done_batches,
-                compute_s=tc.computation_time * done_batches,
+                compute_s=compute * done_batches,
                 compute_measured_s=measured_s,
                 au_pct=au,
                 au_wall_s=wall,
@@ -344,7 +390,7 @@ class _EpochLoader:
     def _compute(self) -> float:
         """Emulate the accelerator's step: sleep computation_time, testing for a stop notice;
         return the time it really took (at least computation_time: sleeps overshoot)."""
-        seconds = self.tc.computation_time
+        seconds = self.eff.computation_time
         if seconds <= 0:
             return 0.0
         start = time.perf_counter()
@@ -418,7 +464,7 @@ class TrainWorkload(Workload):
         files = EpochShare(ds.num_files, size, rank, 0, tc.shuffle != "off", tc.seed)
         samples = len(files) * ds.samples_per_file
         return {"rank": rank, "files_per_epoch": len(files), "samples_per_epoch": samples,
-                "batches_per_epoch": math.ceil(samples / tc.batch_size),
+                "batches_per_epoch": math.ceil(samples / effective(tc).batch_size),
                 "first_files_epoch0": [file_key(ds, int(i)) for i in files.slice(0, 3)]}
 
     def run(self, ctx: RunContext) -> None:
@@ -428,8 +474,19 @@ class TrainWorkload(Workload):
         backend = ctx.backend
         manifest = broadcast_outcome(comm, lambda: checked_manifest(backend, ds))
         total_bytes = int(manifest["total_bytes"])
+        # The memory of every node, read there (one rank a node speaks for it).
+        node_memory = comm.allgather((ctx.layout.node_index, memory_total_bytes() or 0))
+        memory = sum(dict(node_memory).values())
+        eff = effective(tc)
+        rule = dataset_rule(ds, ctx.layout.num_nodes, memory, comm.size, eff.batch_size)
         if comm.is_root:
-            memory = memory_total_bytes() * ctx.layout.num_nodes
+            if not rule["meets"]:
+                ctx.info.warnings.append(
+                    f"the dataset ({ds.num_files} files) is below the MLPerf minimum for {ctx.layout.num_nodes} "
+                    f"host(s) with {format_size(memory)} of memory and {comm.size} accelerator(s): "
+                    f"{rule['min_num_files']} files ({format_size(rule['min_total_bytes'])}, set by the "
+                    f"{'memory' if rule['bound_by'] == 'memory' else '500-step'} rule), {rule['short_files']} "
+                    f"files ({format_size(rule['short_bytes'])}) short; set dataset.num_files={rule['min_num_files']}")
             if not backend.direct and memory and total_bytes < 2 * memory:
                 ctx.info.warnings.append(
                     f"the dataset ({format_size(total_bytes)}) is smaller than twice the nodes' memory "
@@ -437,23 +494,33 @@ class TrainWorkload(Workload):
                     "served from the page cache" + (" (train.cache=warm)" if tc.cache == "warm" else
                                                     "; every epoch evicts its files first (train.cache=cold)"))
 
-        def share(epoch: int) -> EpochShare:
-            return EpochShare(ds.num_files, comm.size, comm.rank, epoch, tc.shuffle != "off", tc.seed)
+        def share(run: int, epoch: int) -> EpochShare:
+            # A new shuffle seed per run: each run reads the files in another order.
+            return EpochShare(ds.num_files, comm.size, comm.rank, epoch, tc.shuffle != "off", tc.seed + run)
 
-        buffers = ctx.setup(lambda: read_buffers(ds, tc.read_threads, (share(e) for e in range(tc.epochs)),
-                                                 backend.alignment))
-        for epoch in range(tc.epochs):
-            files = share(epoch)
-            cache = self._cache(ctx, files)
-            phase = ctx.phase("train", epoch,
-                              lambda rec, e=epoch, f=files: _EpochLoader(ctx, rec, e, f, buffers).run(),
-                              expected_bytes=total_bytes, cache=cache, epoch=epoch,
-                              dataset_bytes=total_bytes, batch_size=tc.batch_size,
-                              computation_time=tc.computation_time, read_threads=tc.read_threads,
-                              prefetch=tc.prefetch, shuffle=tc.shuffle, decode=tc.decode,
-                              verified=config.verify)
-            if phase is not None:
-                annotate_cache(phase)
+        if ds.format in ("jpeg", "tfrecord", "parquet"):
+            from mpibench.mlperf_formats import load_libraries
+
+            load_libraries(ds.format)  # an import inside the first epoch would be timed
+        buffers = ctx.setup(lambda: read_buffers(
+            ds, tc.read_threads, (share(r, e) for r in range(tc.runs) for e in range(tc.epochs)),
+            backend.alignment))
+        for run in range(tc.runs):
+            for epoch in range(tc.epochs):
+                iteration = run * tc.epochs + epoch
+                files = share(run, epoch)
+                cache = self._cache(ctx, files)
+                phase = ctx.phase("train", iteration,
+                                  lambda rec, i=iteration, f=files, r=run: _EpochLoader(
+                                      ctx, rec, i, f, buffers, eff, tc.seed + r).run(),
+                                  expected_bytes=total_bytes, cache=cache, epoch=epoch, run=run,
+                                  shuffle_seed=tc.seed + run,
+                                  dataset_bytes=total_bytes, batch_size=eff.batch_size,
+                                  computation_time=eff.computation_time, read_threads=tc.read_threads,
+                                  prefetch=tc.prefetch, shuffle=tc.shuffle, decode=tc.decode,
+                                  verified=config.verify, dataset_rule=rule)
+                if phase is not None:
+                    annotate_cache(phase)
 
     def _cache(self, ctx: RunContext, files: EpochShare) -> dict[str, Any]:
         """Evict this epoch's files (train.cache=cold on local_fs) and say how the cache stands."""
@@ -482,6 +549,8 @@ class TrainWorkload(Workload):
             covered = every_file_once(ds.num_files, index_hash_key(ctx.config.seed, phase["iteration"]), ranks)
             epochs.append({
                 "epoch": phase["iteration"],
+                "run": phase.get("run", 0),
+                "epoch_in_run": phase.get("epoch", phase["iteration"]),
                 "samples": samples,
                 "files": files,
                 "bytes": phase["bytes"],
@@ -493,7 +562,9 @@ class TrainWorkload(Workload):
                 "au_pct_min": min(au) if au else None,
                 "au_pct_max": max(au) if au else None,
                 "every_file_once": covered,
-                "bytes_match_dataset": phase["bytes"] == phase.get("dataset_bytes"),
+                # a Parquet epoch reads the footers and the columns marked read: no match to expect
+                "bytes_match_dataset": (None if ds.format == "parquet"
+                                        else phase["bytes"] == phase.get("dataset_bytes")),
                 "cache": (phase.get("cache") or {}).get("state"),
                 "complete": phase.get("complete", True),
             })
@@ -505,13 +576,34 @@ class TrainWorkload(Workload):
         batches = sum(r.get("batches", 0) for r in train_ranks)
         nominal = sum(r.get("compute_s", 0.0) for r in train_ranks)
         measured = sum(r.get("compute_measured_s", 0.0) for r in train_ranks)
+        eff = effective(tc)
+        runs = []
+        for run in sorted({e["run"] for e in epochs}):
+            mine = [e for e in epochs if e["run"] == run]
+            secs = sum(e["seconds"] for e in mine)
+            au_run = [r["au_pct"] for p in ctx.phases if p["name"] == "train" and p.get("run", 0) == run
+                      for r in p["ranks"] if r.get("au_pct") is not None]
+            runs.append({"run": run, "epochs": len(mine), "samples": sum(e["samples"] for e in mine),
+                         "bytes": sum(e["bytes"] for e in mine), "seconds": secs,
+                         "samples_per_s": sum(e["samples"] for e in mine) / secs if secs > 0 else 0.0,
+                         "bandwidth_MiBps": sum(e["bytes"] for e in mine) / 2**20 / secs if secs > 0 else 0.0,
+                         "au_pct_mean": statistics.fmean(au_run) if au_run else None,
+                         "au_pct_min": min(au_run) if au_run else None,
+                         "complete": all(e["complete"] for e in mine)})
+        rule = next((p.get("dataset_rule") for p in ctx.phases if p["name"] == "train"), None)
         return {"train": {
             "dataset": ctx.backend.path_of(ds.name),
+            "model": tc.model,
+            "accelerator": tc.accelerator,
+            "timing": eff.as_dict(),
+            "runs": runs,
+            "protocol": run_verdicts(runs, eff.min_au_pct),
+            "dataset_rule": rule,
             "format": ds.format,
             "num_files": ds.num_files,
             "samples_per_file": ds.samples_per_file,
-            "batch_size": tc.batch_size,
-            "computation_time": tc.computation_time,
+            "batch_size": eff.batch_size,
+            "computation_time": eff.computation_time,
             # what the emulated compute's sleeps really took, per batch and above the configured time
             "compute_measured_s_per_batch": measured / batches if batches else None,
             "compute_overshoot_pct": 100.0 * (measured - nominal) / nominal if nominal > 0 else None,
@@ -528,7 +620,8 @@ class TrainWorkload(Workload):
             "au_pct_mean": statistics.fmean(au_all) if au_all else None,
             "au_pct_min": min(au_all) if au_all else None,
             "every_file_once": all(e["every_file_once"] for e in epochs),
-            "bytes_match_dataset": all(e["bytes_match_dataset"] for e in epochs),
+            "bytes_match_dataset": (None if ds.format == "parquet"
+                                    else all(e["bytes_match_dataset"] for e in epochs)),
             "warnings": list(ctx.info.warnings),
         }}
 
@@ -543,16 +636,29 @@ class TrainWorkload(Workload):
         lines = ["", f"train: {t['num_files']} {t['format']} files x {t['samples_per_file']} samples, "
                      f"{t['ranks']} rank(s), batch {t['batch_size']}, compute {t['computation_time']} s/batch, "
                      f"{t['read_threads']} reader thread(s), prefetch {t['prefetch']}, shuffle {t['shuffle']}"]
+        timing = t.get("timing") or {}
+        if timing:
+            au = timing.get("min_au_pct")
+            sources = {timing["computation_time_source"], timing["batch_size_source"]} | (
+                {timing["min_au_source"]} if au is not None else set())
+            if len(sources) == 1:  # all from one place: say it once
+                lines.append(f"compute, batch{' and minimum AU ' + format(au, 'g') + '%' if au is not None else ''} "
+                             f"from {sources.pop()}")
+            else:
+                lines.append(f"compute from {timing['computation_time_source']}; batch from "
+                             f"{timing['batch_size_source']}"
+                             + (f"; minimum AU {au:g}% from {timing['min_au_source']}" if au is not None else ""))
         lines.append(f"{'epoch':>7}{'samples':>10}{'seconds':>10}{'samples/s':>11}{'MiB/s':>10}"
                      f"{'AU mean':>9}{'AU min':>9}  {'cache':<7}{'each file once':<16}bytes = dataset")
         for e in t["epochs"]:
             lines.append(f"{e['epoch']:>7}{e['samples']:>10}{e['seconds']:>10.3f}{e['samples_per_s']:>11.1f}"
                          f"{e['bandwidth_MiBps']:>10.1f}{pct(e['au_pct_mean']):>9}{pct(e['au_pct_min']):>9}  "
                          f"{e['cache'] or '-':<7}{'yes' if e['every_file_once'] else 'NO':<16}"
-                         f"{'yes' if e['bytes_match_dataset'] else 'NO'}")
+                         f"{'n/a' if e['bytes_match_dataset'] is None else 'yes' if e['bytes_match_dataset'] else 'NO'}")
         lines.append(f"overall: {t['samples_per_s']:.1f} samples/s, {t['bandwidth_MiBps']:.1f} MiB/s, "
                      f"AU mean {pct(t['au_pct_mean'])}, min {pct(t['au_pct_min'])} "
                      "(AU: configured compute time / wall time per rank, first step excluded)")
+        lines.extend(protocol_lines(t))
         over = t.get("compute_overshoot_pct")
         if over is not None and over > OVERSHOOT_NOTE_PCT:
             lines.append(f"note: the emulated compute slept {t['compute_measured_s_per_batch']:.5f} s/batch, "
@@ -560,6 +666,36 @@ class TrainWorkload(Workload):
                          "configured time, so the oversleep lowers AU")
         lines.extend(f"warning: {w}" for w in t.get("warnings", []))
         return lines
+
+
+def protocol_lines(t: dict[str, Any]) -> list[str]:
+    """The runs, their AU verdicts and agreement, and the dataset-size rule, as report lines."""
+    lines: list[str] = []
+    proto = t.get("protocol") or {}
+    runs = t.get("runs") or []
+    if len(runs) > 1 or proto.get("verdict"):
+        lines.append(f"{'run':>7}{'samples/s':>11}{'MiB/s':>10}{'AU mean':>9}{'AU min':>9}  verdict")
+        for r in runs:
+            au = "n/a" if r["au_pct_mean"] is None else f"{r['au_pct_mean']:.1f}%"
+            low = "n/a" if r["au_pct_min"] is None else f"{r['au_pct_min']:.1f}%"
+            lines.append(f"{r['run']:>7}{r['samples_per_s']:>11.1f}{r['bandwidth_MiBps']:>10.1f}{au:>9}{low:>9}  "
+                         + ("warm-up" if r.get("warmup") else (r.get("verdict") or "-")))
+        agree = proto.get("runs_agree")
+        au = proto.get("au_pct_mean")
+        lines.append(f"measured runs: {proto['measured_runs']}, mean {proto['samples_per_s_mean']:.1f} samples/s, "
+                     f"AU mean {'n/a' if au is None else f'{au:.1f}%'}"
+                     + ("" if agree is None else
+                        f", samples/s within {proto['samples_per_s_spread_pct']:.1f}% of the mean "
+                        f"({'agree' if agree else 'DO NOT agree'} within {proto['agreement_pct']:g}%)"))
+        if proto.get("verdict"):
+            lines.append(f"{proto['verdict']}: AU {'reaches' if proto['verdict'] == 'PASS' else 'misses'} the "
+                         f"minimum {proto['min_au_pct']:g}% in {'every' if proto['verdict'] == 'PASS' else 'some'} "
+                         "measured run")
+    rule = t.get("dataset_rule")
+    if rule and rule["meets"]:  # a dataset short of it gets a warning saying by how much
+        lines.append(f"dataset size: meets the MLPerf minimum for {rule['hosts']} host(s), "
+                     f"{rule['accelerators']} accelerator(s): {rule['num_files']} >= {rule['min_num_files']} files")
+    return lines
 
 
 WORKLOAD = TrainWorkload()
