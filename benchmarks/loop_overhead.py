@@ -42,7 +42,7 @@ import numpy as np
 
 from mpibench import engine, uring
 from mpibench.backends.posix import DirectFsBackend
-from mpibench.buffers import DataPattern
+from mpibench.buffers import BufferPool, DataPattern
 from mpibench.config import StorageConfig
 from mpibench.metrics import PhaseRecorder
 
@@ -66,8 +66,8 @@ def measure(work: str, args: argparse.Namespace) -> int:
     size, count = args.size, args.ops
     backend = DirectFsBackend(StorageConfig(type="direct_fs", root=work), alignment=4096)
     depth = args.depth
-    ctx = SimpleNamespace(io_depth=depth, io_engine="threads", backend=backend, fault=None,
-                          check_stop=lambda now=None: None)
+    ctx = SimpleNamespace(io_depth=depth, write_io_depth=depth, io_engine="threads", backend=backend, fault=None,
+                          check_stop=lambda now=None: None, buffers=BufferPool())
     pattern = DataPattern(1, 0, size)
     offsets = np.arange(count, dtype=np.int64) * size
     if depth > 1:

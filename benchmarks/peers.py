@@ -7,9 +7,16 @@
 
 Cases (docs/performance.md says what each compares and why it is fair):
 
-  seq    mpibench bandwidth on direct_fs vs fio --direct=1 (psync and io_uring engines) at
-         queue depth 1: sequential write then read, one file per rank, 1 and 2 ranks,
-         transfer sizes 4 KiB, 64 KiB, 1 MiB, 16 MiB, the same bytes per rank.
+  seq    equal settings: mpibench bandwidth on direct_fs vs fio --direct=1 (psync and
+         io_uring engines) and IOR (--ior PATH; -a POSIX --posix.odirect -F -e) at queue
+         depth 1: sequential write then read, one file per rank, 1 and 2 ranks, transfer
+         sizes 4 KiB, 64 KiB, 1 MiB, 16 MiB, the same bytes per rank.
+  defaults  what a user gets with no tuning, the same files and sizes: mpibench with
+         configs/bandwidth.yaml's defaults (io.depth and io.engine auto: see the result's
+         auto_choices), fio's defaults (psync, depth 1, fallocate native, buffers
+         scrambled) and IOR's (depth 1: it has no other), each told only O_DIRECT, one file
+         per rank, fsync at the end, the transfer size and the bytes; none bound to a CPU
+         (as a user launches them: mpibench's auto sizes from the CPUs its ranks may use).
   rand   4 KiB random reads at depth 16: mpibench bandwidth.access=random io.depth=16
          (io_uring; its thread engine and bare Python threads for reference) vs
          fio --rw=randread --ioengine=io_uring --iodepth=16.
@@ -70,7 +77,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 LAUNCHER_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "MPIR_", "OMPI_", "SLURM_")
-TARGETS = {"seq": 0.95, "rand": 0.90, "train": 0.90}
+TARGETS = {"seq": 1.0, "defaults": 1.0, "rand": 0.90, "train": 0.90}
+IOR_BUILD = ("build IOR outside the project (never commit its code): mkdir -p /tmp/peers && tar xzf "
+             "<shared>/peers/ior-src.tar.gz -C /tmp/peers && cd /tmp/peers/ior && ./bootstrap && "
+             "./configure --prefix=/tmp/peers/inst MPICC=$(dirname $(which python))/mpicc && make -j2 install; "
+             "then --ior /tmp/peers/inst/bin/ior")
 SETTLE_S = 2.0
 CPUS: list[int] = []  # --bind cpus: rank r of every tool runs on CPUS[r % len(CPUS)]; empty: not bound
 HUGE = {"on": False}  # --huge-pages: every tool's I/O buffers in 2 MiB huge pages
@@ -78,6 +89,8 @@ HUGE_PAGE = 2 * MiB
 # seq cases: the block device's requests per transfer, by "case tool phase" (its /sys counters,
 # the whole device's): how many requests a transfer became, which its buffer's pages decide.
 REQUESTS: dict[str, list[float]] = {}
+#: defaults: "<case>" -> the auto_choices of mpibench's first run of it
+CHOICES: dict[str, dict[str, Any]] = {}
 #: s3: "<case> <tool> <phase>" -> client CPU microseconds per object, one value per repetition
 CLIENT_CPU: dict[str, list[float]] = {}
 
@@ -165,8 +178,11 @@ def run(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float = 9
 class Tools:
     """What is installed, and the one-line reason for each peer that is not."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, ior: str | None = None) -> None:
         self.skipped: dict[str, str] = {}
+        self.ior = ior if ior and os.access(ior, os.X_OK) else None
+        if not self.ior:
+            self.skipped["ior"] = (f"{ior} is not an executable: " if ior else "no --ior PATH: ") + IOR_BUILD
         bindir = Path(sys.executable).parent
         self.mpiexec = str(bindir / "mpiexec") if (bindir / "mpiexec").exists() else shutil.which("mpiexec")
         if not self.mpiexec:
@@ -304,6 +320,65 @@ def seq_fio(tools: Tools, work: Path, engine: str, ranks: int, transfer: int, nb
         case, transfers = f"seq {size_text(transfer)} {ranks}r", ranks * nbytes // transfer
         note_requests(case, f"fio-{engine}", "write", middle[1] - before[1], transfers)
         note_requests(case, f"fio-{engine}", "read", after[0] - middle[0], transfers)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return {"write": wrote["write"], "read": read["read"]}
+
+
+def ior_run(tools: Tools, ranks: int, args: list[str], bind: bool = True) -> dict[str, float]:
+    """`mpiexec -n RANKS ior ARGS` (bound as mpibench's ranks are, unless not `bind`); MiB/s
+    per direction, IOR's own figure: bytes over the slowest rank's open to close."""
+    command = [tools.ior, *args, "-O", "summaryFormat=JSON"]
+    cmd = [tools.mpiexec, "-n", str(ranks), *command]
+    if CPUS and bind:
+        cmd = [tools.mpiexec]
+        for rank in range(ranks):
+            cmd += [":"] * (rank > 0) + ["-n", "1", tools.taskset, "-c", str(rank_cpu(rank)), *command]
+    out = run(cmd)
+    doc = json.loads(out[out.index("{"):])
+    return {s["operation"]: s["bwMeanMIB"] for s in doc["summary"]}
+
+
+def seq_ior(tools: Tools, work: Path, ranks: int, transfer: int, nbytes: int, case: str,
+            bind: bool = True) -> dict[str, float]:
+    """IOR file per process, O_DIRECT, fsync at the end of the write, read back (its defaults
+    otherwise: POSIX, depth 1, no reordering, one repetition)."""
+    directory = work / "data" / "ior"
+    directory.mkdir(parents=True)
+    try:
+        before = device_requests(work)
+        got = ior_run(tools, ranks, ["-a", "POSIX", "--posix.odirect", "-F", "-e", "-w", "-r",
+                                     "-t", str(transfer), "-b", str(nbytes), "-o", str(directory / "testfile")],
+                      bind=bind)
+        after = device_requests(work)
+        transfers = ranks * nbytes // transfer
+        note_requests(case, "ior", "write+read", (after[0] - before[0]) + (after[1] - before[1]), 2 * transfers)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return {"write": got["write"], "read": got["read"]}
+
+
+def defaults_mpibench(tools: Tools, work: Path, ranks: int, transfer: int, nbytes: int) -> dict[str, float]:
+    """mpibench with the shipped bandwidth config's defaults; told only the storage, the
+    sizes and one iteration (io_depth, engine, preallocation: auto). Not bound, as a user
+    launches it: `auto` sizes from the CPUs the ranks may use."""
+    doc = mpibench_run(tools, ranks, work, str(REPO / "configs" / "bandwidth.yaml"), [
+        "storage.type=direct_fs", f"storage.root={work / 'data'}", f"bandwidth.transfer_size={transfer}",
+        f"bandwidth.block_size={nbytes}", "bandwidth.iterations=1"], bind=False)
+    CHOICES.setdefault(f"defaults {size_text(transfer)} {ranks}r", doc.get("auto_choices", {}))
+    return {"write": phase_bw(doc, "write"), "read": phase_bw(doc, "read")}
+
+
+def defaults_fio(tools: Tools, work: Path, ranks: int, transfer: int, nbytes: int) -> dict[str, float]:
+    """fio at its defaults (psync, iodepth 1, fallocate native, buffers scrambled), told only
+    O_DIRECT, the sizes, the jobs and an fsync at the end of the write; not bound."""
+    directory = work / "data" / "fio-defaults"
+    directory.mkdir(parents=True)
+    try:
+        common = [f"--directory={directory}", f"--numjobs={ranks}", "--direct=1", f"--bs={transfer}",
+                  f"--size={nbytes}"]
+        wrote = fio_run(tools, ["--name=seq", "--rw=write", "--end_fsync=1", *common])
+        read = fio_run(tools, ["--name=seq", "--rw=read", *common])
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     return {"write": wrote["write"], "read": read["read"]}
@@ -754,9 +829,31 @@ def build_cases(args: argparse.Namespace, sizes: dict[str, Any], tools: Tools) -
                 for engine in fio_engines:
                     tools_of[f"fio-{engine}"] = (lambda w, e=engine, r=ranks, t=transfer, n=nbytes:
                                                  seq_fio(tools, w, e, r, t, n))
-                cases.append({"kind": "seq", "name": f"seq {size_text(transfer)} {ranks}r",
+                name = f"seq {size_text(transfer)} {ranks}r"
+                if tools.ior:
+                    tools_of["ior"] = lambda w, r=ranks, t=transfer, n=nbytes, c=name: seq_ior(tools, w, r, t, n, c)
+                cases.append({"kind": "seq", "name": name,
                               "ranks": ranks, "transfer": transfer, "bytes_per_rank": nbytes,
-                              "tools": tools_of, "peers": [f"fio-{e}" for e in fio_engines]})
+                              "tools": tools_of, "peers": [f"fio-{e}" for e in fio_engines] + ["ior"] * bool(tools.ior)})
+    if "defaults" in args.cases:
+        for ranks in args.ranks:
+            for transfer, nbytes in sizes["seq_bytes"].items():
+                if args.transfer_sizes and transfer not in args.transfer_sizes:
+                    continue
+                name = f"defaults {size_text(transfer)} {ranks}r"
+                tools_of = {"mpibench-defaults": lambda w, r=ranks, t=transfer, n=nbytes:
+                            defaults_mpibench(tools, w, r, t, n)}
+                peers = []
+                if tools.fio:
+                    tools_of["fio-defaults"] = lambda w, r=ranks, t=transfer, n=nbytes: defaults_fio(tools, w, r, t, n)
+                    peers.append("fio-defaults")
+                if tools.ior:
+                    tools_of["ior"] = lambda w, r=ranks, t=transfer, n=nbytes, c=name: seq_ior(tools, w, r, t, n, c,
+                                                                                                bind=False)
+                    peers.append("ior")
+                cases.append({"kind": "defaults", "name": name, "ranks": ranks, "transfer": transfer,
+                              "bytes_per_rank": nbytes, "tools": tools_of, "peers": peers,
+                              "ours": "mpibench-defaults"})
     if "rand" in args.cases:
         for ranks in args.ranks:
             # mpibench's default engine (io_uring where available) and, for reference, its threads
@@ -840,11 +937,12 @@ def summarize(cases: list[dict[str, Any]], raw: dict[str, dict[str, dict[str, li
                      for tool, v in per_tool.items() if v.get(phase)}
             row: dict[str, Any] = {"case": case["name"], "kind": case["kind"], "phase": phase, "tools": stats,
                                    "ratios": {}, "paired": {}}
-            if case["kind"] in ("seq", "rand", "train"):
+            if case["kind"] in ("seq", "defaults", "rand", "train"):
                 peers = [p for p in case["peers"] if p in stats]
-                if "mpibench" in stats and peers:
+                ours = case.get("ours", "mpibench")
+                if ours in stats and peers:
                     best = max(peers, key=lambda p: stats[p]["median"])
-                    key = compare(row, per_tool, "mpibench", best)
+                    key = compare(row, per_tool, ours, best)
                     row["target"] = TARGETS[case["kind"]]
                     row["met"] = row["ratios"][key] >= row["target"]
             else:
@@ -866,6 +964,19 @@ def summarize(cases: list[dict[str, Any]], raw: dict[str, dict[str, dict[str, li
     return rows
 
 
+def format_tables(rows: list[dict[str, Any]], markdown: bool) -> str:
+    """The "equal settings" table (every case but defaults) and, when run, the "defaults" table."""
+    equal = [r for r in rows if r["kind"] != "defaults"]
+    defaults = [r for r in rows if r["kind"] == "defaults"]
+    head = "### " if markdown else ""
+    parts = []
+    if equal:
+        parts.append(f"{head}Equal settings\n\n{format_table(equal, markdown)}")
+    if defaults:
+        parts.append(f"{head}Defaults (what each tool does untuned)\n\n{format_table(defaults, markdown)}")
+    return "\n\n".join(parts)
+
+
 def format_table(rows: list[dict[str, Any]], markdown: bool) -> str:
     """The summary as an aligned text table or a Markdown table."""
     header = ["case", "phase", "tool", "median MiB/s", "min-max MiB/s", "ratio of medians (paired)", "target"]
@@ -873,8 +984,8 @@ def format_table(rows: list[dict[str, Any]], markdown: bool) -> str:
     for row in rows:
         for tool, s in row["tools"].items():
             ratio, target = "", ""
-            if row["kind"] in ("seq", "rand", "train"):
-                if tool != "mpibench" and row["ratios"]:
+            if row["kind"] in ("seq", "defaults", "rand", "train"):
+                if not tool.startswith("mpibench") and row["ratios"]:
                     key = next(iter(row["ratios"]))
                     if key.endswith(tool):
                         ratio = f"{row['ratios'][key]:.3f} ({row['paired'][key]:.3f})"
@@ -909,7 +1020,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes and 3 repetitions")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5; --quick 3)")
-    parser.add_argument("--cases", default="seq,rand,train,s3", help="comma-separated: seq,rand,train,s3")
+    parser.add_argument("--cases", default="seq,defaults,rand,train,s3",
+                        help="comma-separated: seq,defaults,rand,train,s3")
+    parser.add_argument("--ior", default=None, metavar="PATH",
+                        help="the ior binary (seq and defaults cases); without it IOR is skipped. " + IOR_BUILD)
     parser.add_argument("--ranks", default="1,2", help="rank counts (default 1,2)")
     parser.add_argument("--s3-server-cpus", default="",
                         help="s3: run the server on these CPUs (e.g. 0) and the clients on the others; "
@@ -961,7 +1075,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"workdir {work}", flush=True)
     args.s3 = None
     try:
-        tools = Tools(work)
+        tools = Tools(work, args.ior)
         for name, why in tools.skipped.items():
             print(f"skipping {name}: {why}", flush=True)
         if args.bind == "cpus":
@@ -1016,13 +1130,17 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"rep {rep + 1}/{reps}  {case['name']:<28} {tool:<14} {shown} MiB/s", flush=True)
             load.append(os.getloadavg()[0])
         rows = summarize(cases, raw)
-        table = format_table(rows, markdown=False)
+        table = format_tables(rows, markdown=False)
         print()
         print(table)
         if REQUESTS:
             print("\nseq: the device's requests per transfer, median (its counters: every process's I/O)")
             for key, values in REQUESTS.items():
                 print(f"  {key:<40} {statistics.median(values):.2f}")
+        if CHOICES:
+            print("\ndefaults: mpibench's automatic choices (its result's auto_choices)")
+            for key, choice in CHOICES.items():
+                print(f"  {key:<24} " + ", ".join(f"{k} {v['value']}" for k, v in choice.items()))
         if CLIENT_CPU:
             print("\ns3: the client's CPU per object in microseconds, median (mpibench: its phase's client_cpu; "
                   "the peers: getrusage around their loop), and the CPUs it kept busy (objects/s x CPU per "
@@ -1035,11 +1153,12 @@ def main(argv: list[str] | None = None) -> int:
                     "cases": [{k: v for k, v in c.items() if k != "tools"} for c in cases],
                     "raw_MiBps": raw, "summary": rows,
                     "device_requests_per_transfer": REQUESTS, "s3_client_cpu_us_per_object": CLIENT_CPU,
+                    "mpibench_auto_choices": CHOICES,
                     "s3_client_cpus_busy": s3_client_cpus(cases, raw)}
         output.write_text(json.dumps(document, indent=1))
         print(f"\nresults: {output}")
         if args.markdown:
-            Path(args.markdown).write_text(format_table(rows, markdown=True) + "\n")
+            Path(args.markdown).write_text(format_tables(rows, markdown=True) + "\n")
             print(f"markdown table: {args.markdown}")
         if max(load) > 1.5:
             print(f"note: the 1-minute load average reached {max(load):.1f} during the run (it counts "

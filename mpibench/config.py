@@ -21,7 +21,7 @@ from mpibench.mlperf import ACCELERATORS, COLUMN_SETS, MODELS, row_bytes, timing
 from mpibench.units import format_size, parse_size
 
 AUTO = "auto"
-WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint")
+WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint", "kvcache", "metadata")
 STORAGE_TYPES = ("local_fs", "direct_fs", "s3", "null")
 LOCAL_SCHEMES = ("file://", "direct://")
 RUN_ID_MAX = 128
@@ -207,6 +207,69 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class KvcacheConfig:
+    """LLM inference offloading its KV cache to storage (mpibench.workloads.kvcache)."""
+
+    model: str = _opt("llama3.1-8b", "enum", choices=("tiny", "mistral-7b", "llama2-7b", "llama3.1-8b",
+                                                       "llama3.1-70b-instruct"),
+                      doc="model shape: sets the KV bytes per token")
+    users: list[int] = _opt([8], "int_list", minimum=1,
+                            doc="concurrent users per rank; a list steps through the counts (capacity search)")
+    duration: float = _opt(60.0, "float", minimum=0.0, maximum=DAY_S, doc="measured seconds per user count")
+    max_requests: int = _opt(0, "int", minimum=0, maximum=10**12,
+                             doc="end a step early once each rank has started this many requests (0: duration only)")
+    warmup: float = _opt(5.0, "float", minimum=0.0, maximum=DAY_S, doc="seconds of traffic before each measurement, not counted")
+    memory_budget: int = _opt(0, "size", minimum=0, maximum=1024 * TiB,
+                              doc="memory tier per rank in bytes, LRU (0: every KV block goes to storage)")
+    storage_capacity: int = _opt(0, "size", minimum=0, maximum=1024 * TiB,
+                                 doc="storage per rank in bytes; past it the least recently used entries are "
+                                     "deleted (0: 80 % of the free space at preflight over the ranks; "
+                                     "unbounded on s3)")
+    concurrency: int = _opt(4, "int", minimum=1, maximum=4096, doc="requests served at once per rank (threads)")
+    generation: str = _opt("none", "enum", choices=("none", "fast", "realistic"),
+                           doc="emulated GPU time per output token: none 0, fast 2 ms, realistic 30 ms")
+    grouping: str = _opt("tokens", "enum", choices=("tokens", "layer", "entry"),
+                         doc="one object per block_tokens tokens, per layer, or per request (the reference)")
+    block_tokens: int = _opt(16, "int", minimum=1, maximum=10**7, doc="tokens per object with grouping=tokens")
+    transfer_size: int = _opt(4 * 1024**2, "size", minimum=4096, maximum=64 * 1024**3, doc="largest I/O; larger objects move in pieces")
+    max_context: int = _opt(0, "int", minimum=0, maximum=10**8, doc="cap on a user's context tokens (0: the templates' ranges)")
+    multi_turn: bool = _opt(True, "bool", doc="conversations: a turn reads its earlier turns' KV back")
+    max_turns: int = _opt(8, "int", minimum=1, maximum=10**6, doc="turns at most per conversation")
+    decode_batch: int = _opt(32, "int", minimum=1, maximum=10**7, doc="output tokens per decode read of the request's KV")
+    prefix_tokens: int = _opt(0, "int", minimum=0, maximum=10**8, doc="a shared prefix (system prompt) read by every request (0: none)")
+    fsync: bool = _opt(True, "bool", doc="local_fs: fsync each object written (the reference does)")
+    p95_target: float = _opt(0.0, "float", minimum=0.0, maximum=DAY_S,
+                             doc="seconds: capacity = the largest users count whose pooled p95 read latency is below")
+    verify: bool = _opt(False, "bool", doc="check every byte read against the seeded content")
+
+
+@dataclass(frozen=True)
+class MetadataConfig:
+    """mdtest-like metadata test: create, stat, read, rename, list and remove many small files."""
+
+    items: int = _opt(1000, "int", minimum=1, maximum=10**9, doc="files (objects) each rank creates (mdtest -n)")
+    file_size: int = _opt(0, "size", minimum=0, maximum=64 * 1024**3, doc="bytes written into each file and read back (0: empty files)")
+    layout: str = _opt("unique", "enum", choices=("unique", "shared"),
+                       doc="a directory tree per rank (mdtest -u) or one tree shared by every rank")
+    depth: int = _opt(0, "int", minimum=0, maximum=64, doc="levels of directories below the tree's top (mdtest -z)")
+    branching: int = _opt(1, "int", minimum=1, maximum=10**6, doc="subdirectories of each directory above the leaves (mdtest -b)")
+    items_at: str = _opt("leaves", "enum", choices=("leaves", "all"),
+                         doc="files in the leaf directories only (mdtest -L) or in every directory of the tree")
+    stride: int | str = _opt(AUTO, "int_or_auto", minimum=0, maximum=RANKS_MAX,
+                             doc="stat, read, list, rename and remove the files of rank (rank + stride) % ranks "
+                                 "(mdtest -N); auto: the ranks of one node, so another node's files")
+    deadline: float = _opt(0.0, "float", minimum=0.0, maximum=30 * DAY_S,
+                           doc="stonewall: seconds after which ranks stop creating files (0: off); "
+                               "later phases use exactly the files created")
+    read: bool = _opt(True, "bool", doc="read each file back (file_size bytes) after the stat phase")
+    list: bool = _opt(False, "bool", doc="list the directories (readdir / S3 LIST) after the read phase")
+    rename: bool = _opt(False, "bool", doc="rename each file in its directory before the remove phase (files only)")
+    fsync: bool = _opt(False, "bool", doc="fsync each file before closing it in the create phase (mdtest -y)")
+    preset: str | None = _opt(None, "optional_str", doc="name of the preset the configuration comes from "
+                                                        "(recorded in the results)")
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """What is recorded beside bytes and times."""
 
@@ -224,6 +287,8 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    kvcache: KvcacheConfig = field(default_factory=KvcacheConfig)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     run_id: str | None = _opt(None, "optional_str", doc="name of the run (default: time + random)")
     keep_files: bool = _opt(False, "bool", doc="keep the files the run wrote")
@@ -245,6 +310,8 @@ SECTIONS: dict[str, type] = {
     "dataset": DatasetConfig,
     "train": TrainConfig,
     "checkpoint": CheckpointConfig,
+    "kvcache": KvcacheConfig,
+    "metadata": MetadataConfig,
     "metrics": MetricsConfig,
 }
 
@@ -308,6 +375,20 @@ def _coerce(value: Any, meta: dict[str, Any], key: str) -> Any:
             raise bad("a list of strings")
         for item in value:
             _no_nul(item, key)
+        return list(value)
+    if kind == "int_list":
+        if isinstance(value, str):
+            try:
+                value = [int(v) for v in value.split(",") if v.strip()]
+            except ValueError:
+                raise bad("an integer or a list of integers") from None
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]
+        if (not isinstance(value, list) or not value
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            raise bad("an integer or a list of integers")
+        if minimum is not None and min(value) < minimum:
+            raise ConfigError(f"configuration key '{key}' must hold integers of at least {minimum}, got {value!r}")
         return list(value)
     if kind == "bool":
         if not isinstance(value, bool):
@@ -558,9 +639,10 @@ def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Confi
 
 def _check_null(config: Config) -> None:
     """null storage keeps nothing: what reads data back and looks at it cannot run on it."""
-    if config.verify or (config.workload == "checkpoint" and config.checkpoint.verify):
+    if (config.verify or (config.workload == "checkpoint" and config.checkpoint.verify)
+            or (config.workload == "kvcache" and config.kvcache.verify)):
         raise ConfigError("verify needs storage that keeps data, and storage.type=null keeps none",
-                          "set verify=false (and checkpoint.verify=false), or choose another storage.type")
+                          "set verify=false (and checkpoint.verify or kvcache.verify false), or choose another storage.type")
     if config.workload in ("datagen", "train"):  # both read the dataset's manifest back
         raise ConfigError(f"workload {config.workload} reads its dataset's manifest back, and storage.type=null "
                           "keeps none", "use bandwidth or checkpoint on null, or another storage.type")
@@ -651,6 +733,10 @@ def validate(config: Config) -> None:
                     "bandwidth.object_size must divide block_size and be a multiple of transfer_size",
                     f"e.g. object_size={bw.transfer_size} (one object per transfer) or {bw.block_size} (one per block)",
                 )
+    if config.workload == "kvcache":
+        _validate_kvcache(config.kvcache)
+    if config.workload == "metadata":
+        validate_metadata(config)
     if config.workload == "checkpoint":
         ck = config.checkpoint
         if not 0 < ck.scale <= 1:
@@ -684,6 +770,37 @@ def _validate_mlperf(config: Config) -> None:
                           f"not {ds.format}", "remove them, or set dataset.format=parquet")
     if tc.accelerator != "none":
         timing_of(tc.model, tc.accelerator)
+
+
+def _validate_kvcache(kv: KvcacheConfig) -> None:
+    """Rules of the kvcache section that span several keys."""
+    if kv.users != sorted(set(kv.users)):
+        raise ConfigError(f"kvcache.users must be increasing user counts without repeats, got {kv.users}",
+                          f"write kvcache.users={','.join(map(str, sorted(set(kv.users))))}")
+    if len(kv.users) > 1 and kv.p95_target <= 0:
+        raise ConfigError("kvcache.users lists several user counts but kvcache.p95_target is not set",
+                          "set kvcache.p95_target to the p95 read latency in seconds the capacity must stay under")
+    if kv.duration <= 0:
+        raise ConfigError("kvcache.duration must be more than 0 seconds", "e.g. kvcache.duration=60")
+
+
+MAX_TREE_DIRS = 10_000_000  # a tree larger than this is a typing mistake, not a benchmark
+
+
+def validate_metadata(config: Config) -> None:
+    """Rules of the metadata section that need no storage."""
+    md = config.metadata
+    dirs = sum(md.branching ** level for level in range(min(md.depth, 64) + 1))
+    if md.depth > 64 or dirs > MAX_TREE_DIRS:
+        raise ConfigError(f"metadata.depth={md.depth} with metadata.branching={md.branching} makes a tree of "
+                          f"more than {MAX_TREE_DIRS} directories", "lower metadata.depth or metadata.branching")
+    if config.storage.type == "null" and (md.file_size or md.list):
+        raise ConfigError("metadata.file_size and metadata.list need storage that keeps files, and "
+                          "storage.type=null keeps none", "set metadata.file_size=0 and metadata.list=false "
+                          "to measure mpibench's own cost per operation, or use another storage.type")
+    if md.rename and config.storage.type == "s3":
+        raise ConfigError("metadata.rename applies to files only: S3 has no rename (a copy and a delete are "
+                          "not one metadata operation)", "remove metadata.rename, or use local_fs or direct_fs")
 
 
 def describe_keys() -> list[tuple[str, str, str]]:

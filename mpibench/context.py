@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mpibench import buffers, environment, faults
+from mpibench import buffers, choices, environment, faults
 from mpibench.backends.base import Backend
 from mpibench.buffers import out_of_memory
 from mpibench.comm import CancelChannel, Comm, NodeLayout
@@ -128,7 +128,7 @@ class RunContext:
     """What a workload needs on every rank: config, comm, backend, and the phase runner."""
 
     def __init__(self, config: Config, comm: Comm, info: PreflightInfo, backend: Backend,
-                 *, io_engine: str, progress: Any = None) -> None:
+                 *, io_engine: str, progress: Any = None, can_preallocate: bool = False) -> None:
         self.config = config
         self.comm = comm
         self.info = info
@@ -138,8 +138,12 @@ class RunContext:
         self.cancel = CancelChannel(comm)
         self.interrupted: str | None = None
         self.progress = progress
-        self.io_depth = resolve_io_depth(config, self.layout)
+        self.io_depth = resolve_io_depth(config, self.layout)  # reads' (and writes' unless chosen otherwise)
         self.io_engine = io_engine  # engine.resolve_io_engine: 'io_uring', 'threads' or 'none'
+        # can_preallocate: the workload preallocates the files it writes when asked (mpibench.choices)
+        self.choices = choices.decide(config, self.io_depth, io_engine, info.filesystem.get("fstype", ""),
+                                      self.layout.node_cpus(), self.layout.local_size, can_preallocate)
+        self.write_io_depth = self.choices.write_depth
         buffers.use_huge_pages(config.huge_pages)
         self.buffers = buffers.BufferPool()  # working buffers, allocated untimed, reused by every phase
         self._next_poll = 0

@@ -14,6 +14,17 @@ COLUMNS = ["run_id", "workload", "phase", "iteration", "ranks", "bytes", "second
            "latency_max_s", "slowest_rank", "slowest_over_median", "cache", "stonewalled", "client_cpu_cores"]
 
 
+def _workload(document: dict[str, Any]) -> Any:
+    """The document's workload (for the columns it adds), or None when unknown."""
+    from mpibench.errors import MpibenchError
+    from mpibench.workloads import get_workload
+
+    try:
+        return get_workload(document.get("config", {}).get("workload", ""))
+    except MpibenchError:
+        return None
+
+
 def write_csv(path: str, document: dict[str, Any], force: bool = False) -> str:
     """Write the phases of a results document as CSV (atomically); return the path written.
 
@@ -21,7 +32,8 @@ def write_csv(path: str, document: dict[str, Any], force: bool = False) -> str:
     """
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(COLUMNS)
+    workload = _workload(document)
+    writer.writerow(COLUMNS + (workload.csv_columns() if workload else []))
     for p in document.get("phases", []):
         lat = p.get("latency", {})
         writer.writerow([
@@ -32,6 +44,7 @@ def write_csv(path: str, document: dict[str, Any], force: bool = False) -> str:
             p.get("spread", {}).get("slowest_rank", ""), p.get("spread", {}).get("slowest_over_median", ""),
             (p.get("cache") or {}).get("state", ""), p.get("stonewalled", False),
             f"{p['client_cpu']['cores']:.3f}" if p.get("client_cpu") else "",
+            *(workload.csv_values(document, p) if workload else []),
         ])
     text = redact(out.getvalue())
     if force and replaceable(path):

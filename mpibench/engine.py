@@ -100,10 +100,11 @@ def transfer_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, p
 
 
 def region_depth(ctx: RunContext, op: str, transfers: int) -> int:
-    """The operations transfer_region keeps in flight for `transfers` transfers."""
+    """The operations transfer_region keeps in flight for `transfers` transfers (writes and
+    reads may differ: mpibench.choices)."""
     if op == "write" and not ctx.backend.random_write:
         return 1
-    return max(1, min(ctx.io_depth, transfers))
+    return max(1, min(ctx.write_io_depth if op == "write" else ctx.io_depth, transfers))
 
 
 def prepare_buffers(ctx: RunContext, op: str, transfers: int, transfer_size: int,

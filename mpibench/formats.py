@@ -23,6 +23,7 @@ import io
 import json
 import mmap
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -313,6 +314,12 @@ class MemoryFile(io.RawIOBase):
         return data
 
 
+# numpy parses each .npy header with ast.literal_eval, and CPython 3.11's AST constructor is
+# not safe in two threads at once ("AST constructor recursion depth mismatch", CPython
+# gh-106905): train's reader threads decode npz files one at a time.
+_NPY_HEADER_LOCK = threading.Lock()
+
+
 def verify_file_bytes(ds: Any, index: int, view: memoryview, path: str) -> None:
     """VerifyError unless `view` is byte for byte the file datagen writes for `index`
     (encoding is deterministic: the same seed gives the same bytes)."""
@@ -363,7 +370,7 @@ def decode(ds: Any, index: int, data: memoryview | mmap.mmap, nbytes: int, path:
         records = np.frombuffer(view, dtype=np.uint8).reshape(want)
     elif ds.format == "npz":
         try:
-            with np.load(MemoryFile(view), allow_pickle=False) as npz:
+            with _NPY_HEADER_LOCK, np.load(MemoryFile(view), allow_pickle=False) as npz:
                 records = npz["x"]
                 labels = npz["y"]
         except Exception as exc:

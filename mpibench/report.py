@@ -17,7 +17,8 @@ def phase_table(document: dict[str, Any]) -> str:
     """One row per phase and iteration, then median/min/max over iterations."""
     lines = []
     header = (f"{'phase':<10}{'iter':>5}{'bytes':>14}{'seconds':>10}{'MiB/s':>11}{'GB/s':>8}"
-              f"{'ops/s':>11}{'lat mean ms':>12}{'p50 ms':>9}{'p99 ms':>9}  {'slowest rank':<14}{'cache':<8}")
+              f"{'ops/s':>11}{'lat mean ms':>12}{'p50 ms':>9}{'p99 ms':>9}  {'slowest rank':<14}{'cache':<8}"
+              f"{'device/payload':>15}")
     lines.append(header)
     lines.append("-" * len(header))
     warnings = []
@@ -30,7 +31,7 @@ def phase_table(document: dict[str, Any]) -> str:
             f"{phase['name'] + flag:<10}{phase['iteration']:>5}{phase['bytes']:>14}{phase['seconds']:>10.3f}"
             f"{phase['bandwidth_MiBps']:>11.1f}{phase['bandwidth_GBps']:>8.3f}{phase['ops_per_s']:>11.0f}"
             f"{_ms(lat.get('mean_s', 0)):>12}{_ms(lat.get('p50_s', 0)):>9}{_ms(lat.get('p99_s', 0)):>9}  "
-            f"{slow:<14}{cache_state(phase, storage_type(document)):<8}"
+            f"{slow:<14}{cache_state(phase, storage_type(document)):<8}{amplification(phase):>15}"
         )
         warning = phase_warning(phase, document)
         if warning:
@@ -44,6 +45,9 @@ def phase_table(document: dict[str, Any]) -> str:
             lines.append(f"{row['name']:<10}{row['iterations']:>6}{row['median_MiBps']:>14.1f}"
                          f"{row['min_MiBps']:>11.1f}{row['max_MiBps']:>11.1f}{row['spread_pct']:>10.1f}"
                          f"{client_cores(document, row['name']):>18}")
+    if any("device_per_payload" in p for p in document.get("phases", [])):
+        lines.append("device/payload: bytes the block device under storage.root wrote (write phases) or read "
+                     "(reads) per byte moved, every process of the node counted")
     if any(p.get("stonewalled") for p in document.get("phases", [])):
         lines.append("* stonewalled: ranks stopped at the deadline; bytes are those moved by then")
     if any(p.get("complete") is False for p in document.get("phases", [])):
@@ -55,6 +59,12 @@ def phase_table(document: dict[str, Any]) -> str:
     lines.extend(upload_notes(document))
     lines.extend(workload_lines(document))
     return "\n".join(lines)
+
+
+def amplification(phase: dict[str, Any]) -> str:
+    """The phase's device bytes per payload byte as "1.02x", or "-" where unknown."""
+    ratio = phase.get("device_per_payload")
+    return "-" if ratio is None else f"{ratio:.2f}x"
 
 
 def client_cores(document: dict[str, Any], name: str) -> str:
@@ -171,9 +181,21 @@ def run_header(document: dict[str, Any]) -> str:
         depth = f"io_depth {env.get('io_depth')}"
         if env.get("io_engine") in ("io_uring", "threads") and (env.get("io_depth") or 1) > 1:
             depth += f" ({env['io_engine']})"
+        depth += auto_choices_note(document.get("auto_choices") or {})
         parts.append(
             f"transfer {format_size(bw.get('transfer_size', 0))}, block {format_size(bw.get('block_size', 0))} per rank, "
             f"{bw.get('file_mode')}, {depth}, {bw.get('access')}, " + ("" if s3 else f"fsync {bw.get('fsync')}, ")
             + f"reorder_reads {bw.get('reorder_reads')}"
         )
     return "\n".join(parts)
+
+
+def auto_choices_note(choices: dict[str, Any]) -> str:
+    """What the header adds for the automatic write choices (mpibench.choices)."""
+    write = (choices.get("write_io_depth") or {}).get("value")
+    read = (choices.get("read_io_depth") or {}).get("value")
+    if (choices.get("preallocate") or {}).get("value"):
+        return ", writes into preallocated files (not timed)"
+    if write is not None and read is not None and write != read:
+        return f", writes at depth {write} (they extend files)"
+    return ""

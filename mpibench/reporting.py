@@ -59,6 +59,8 @@ FIGURES = {
     "latency_cdf.png": "Latency distribution",
     "rank_bandwidth.png": "Bandwidth per rank",
 }
+KVCACHE_FIGURE = "kvcache_users.png"  # a kvcache run's figure beside the three every run has
+TITLES = {**FIGURES, KVCACHE_FIGURE: "kvcache: read latency and throughput against users"}
 
 REPORT_EXAMPLES = """\
 examples:
@@ -88,7 +90,7 @@ def run_report(args: argparse.Namespace) -> int:
         document = load_document(args.result)
         if args.html:
             _check_target(args.html, args.force)
-        png_paths = _png_targets(args.png, args.force) if args.png else []
+        png_paths = _png_targets(args.png, args.force, figure_names(document)) if args.png else []
         try:
             text = summary_text(document)
             print(text, flush=True)
@@ -143,13 +145,18 @@ def _check_target(path: str, force: bool) -> None:
         raise ResultsError(f"directory of {path} does not exist", f"create {directory} first")
 
 
-def _png_targets(directory: str, force: bool) -> list[tuple[str, str]]:
+def figure_names(document: dict[str, Any]) -> list[str]:
+    """The figures a results document has: FIGURES, and KVCACHE_FIGURE for a kvcache run."""
+    return [*FIGURES, *([KVCACHE_FIGURE] if (document.get("kvcache") or {}).get("steps") else [])]
+
+
+def _png_targets(directory: str, force: bool, names: list[str]) -> list[tuple[str, str]]:
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise ResultsError(f"--png {directory} is not a directory", "give a directory for the figures")
     parent = os.path.dirname(os.path.abspath(directory))
     if not os.path.isdir(parent):
         raise ResultsError(f"cannot create {directory}: {parent} does not exist", f"create {parent} first")
-    targets = [(os.path.join(directory, name), name) for name in FIGURES]
+    targets = [(os.path.join(directory, name), name) for name in names]
     for path, _ in targets:
         _check_target(path, force)
     try:
@@ -739,12 +746,17 @@ def _draw_rank_panel(axes: Any, phase: dict[str, Any], caption: str) -> None:
 
 
 def render_figures(document: dict[str, Any]) -> dict[str, bytes]:
-    """The three figures of a results document as PNG bytes, by file name."""
-    return {
+    """The figures of a results document as PNG bytes, by file name."""
+    figures = {
         "bandwidth_over_time.png": figure_png(figure_bandwidth_over_time(document)),
         "latency_cdf.png": figure_png(figure_latency_cdf(document)),
         "rank_bandwidth.png": figure_png(figure_rank_bandwidth(document)),
     }
+    if KVCACHE_FIGURE in figure_names(document):
+        from mpibench.workloads.kvcache import figure_users
+
+        figures[KVCACHE_FIGURE] = figure_png(figure_users(document, _new_figure(8.0, 4.0)))
+    return figures
 
 
 # ---------------------------------------------------------------------------- HTML
@@ -770,8 +782,8 @@ def html_page(document: dict[str, Any], text: str, figures: dict[str, bytes]) ->
     """One self-contained HTML page: summary, figures (inline PNG), config, environment, preflight."""
     title = f"mpibench report: run {document.get('run_id')}"
     images = "".join(
-        f"<h2>{html.escape(FIGURES.get(name, name))}</h2>"
-        f"<img alt=\"{html.escape(FIGURES.get(name, name))}\" src=\"data:image/png;base64,"
+        f"<h2>{html.escape(TITLES.get(name, name))}</h2>"
+        f"<img alt=\"{html.escape(TITLES.get(name, name))}\" src=\"data:image/png;base64,"
         f"{base64.b64encode(data).decode('ascii')}\">"
         for name, data in figures.items())
     preflight = document.get("preflight") or {}

@@ -122,7 +122,7 @@ def summarize_phase(name: str, iteration: int, ranks: list[dict[str, Any]],
 
 
 WRITE_PHASES = ("write", "datagen")  # phase names that write (a phase recording `fsync` writes too)
-FSYNC_KEYS = {"bandwidth": "bandwidth.fsync", "checkpoint": "checkpoint.fsync"}
+FSYNC_KEYS = {"bandwidth": "bandwidth.fsync", "checkpoint": "checkpoint.fsync", "metadata": "metadata.fsync"}
 S3_CACHE = {"state": "object", "method": "s3: no client cache, every request goes to the server"}
 NULL_CACHE = {"state": "none", "method": "null storage: no I/O reaches any storage; the figures are "
                                          "mpibench's own cost per operation"}
@@ -172,6 +172,7 @@ def annotate_storage(phase: dict[str, Any], storage_type: str, workload: str) ->
     an S3 phase's cache is `object` (no client cache, not O_DIRECT), a null-storage phase's
     `none` (nothing reaches storage); a write phase left in
     the page cache gets `cache.device_write_bytes` (the device's counter, or null) and a warning."""
+    annotate_amplification(phase)
     cache = phase.get("cache")
     if storage_type == "null" and cache is not None:
         phase["cache"] = dict(NULL_CACHE)
@@ -187,6 +188,20 @@ def annotate_storage(phase: dict[str, Any], storage_type: str, workload: str) ->
     cache["device_write_bytes"] = device[1] if device is not None else None
     cache["warning"] = warning
     phase["cache"] = cache
+
+
+def annotate_amplification(phase: dict[str, Any]) -> None:
+    """`device_per_payload`: the block device's bytes in the phase's direction (written for a
+    write phase, read for a read) per byte the phase moved; more than 1 is write or read
+    amplification (padding to the alignment, metadata, journal, read-ahead), less than 1 data
+    the page cache kept or served. Absent where the device's counters are unknown (S3, no
+    block device). The counters count every process of the node, so a busy device
+    shows its other work too."""
+    device = device_bytes(phase)
+    payload = int(phase.get("bytes", 0))
+    if device is None or payload <= 0:
+        return
+    phase["device_per_payload"] = (device[1] if phase_writes(phase) else device[0]) / payload
 
 
 def summarize_repetitions(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:

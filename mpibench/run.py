@@ -228,7 +228,8 @@ def execute(config: Config, comm: Comm, *, output: str | None, force: bool = Fal
     started = time.time()
     try:
         backend = _make_rank_backend(config, info, layout)
-        ctx = RunContext(config, comm, info, backend, io_engine=resolve_io_engine(config), progress=progress)
+        ctx = RunContext(config, comm, info, backend, io_engine=resolve_io_engine(config), progress=progress,
+                         can_preallocate=workload.preallocates_writes)
         holder["ctx"] = ctx
         if "pending" in holder:
             ctx.interrupted = holder["pending"]
@@ -296,6 +297,7 @@ def _document(config: Config, comm: Comm, info: PreflightInfo, ctx: RunContext, 
             },
             "preflight": {"checks": info.checks, "warnings": info.warnings,
                           "planned_bytes": info.planned_bytes, "free_bytes": info.free_bytes},
+            "auto_choices": ctx.choices.record,
             "phases": ctx.phases,
             "summary": summarize_repetitions(ctx.phases),
         }

@@ -148,7 +148,11 @@ def test_auto_sizes_count_the_cpus_the_ranks_may_use(shared_tmpdir):
     assert {p["io_depth"] for p in one_cpu["phases"]} == {1}
     every = run("all", [])
     assert every["environment"]["usable_cpus_per_node"] == len(mine)
-    assert {p["io_depth"] for p in every["phases"]} == {max(1, min(16, len(mine)))}
+    reads = {p["io_depth"] for p in every["phases"] if p["name"] == "read"}
+    assert reads == {max(1, min(16, len(mine)))} == {every["auto_choices"]["read_io_depth"]["value"]}
+    # writes at the depth mpibench.choices gave them (1 for 256 KiB transfers on ext4)
+    writes = {p["io_depth"] for p in every["phases"] if p["name"] == "write"}
+    assert writes == {every["auto_choices"]["write_io_depth"]["value"]}
     if len(mine) >= 2:  # two ranks bound to a CPU each: their node has both
         doc = run("bound", [TASKSET, "-c", str(mine[0])], [TASKSET, "-c", str(mine[1])])
         assert doc["environment"]["usable_cpus_per_node"] == 2

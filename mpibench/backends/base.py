@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno as errno_mod
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from mpibench.config import StorageConfig
@@ -68,6 +69,12 @@ def complete_short(backend: Backend, handle: Any, view: memoryview, writing: boo
             path=path)
 
 
+#: Backend.open mode of a read of a file the run did not create (a dataset's, a manifest):
+#: only a regular file is opened, and never with a wait in open (see mpibench.safeio).
+#: Mode "r" is for the run's own files, opened plainly (a measured open stays one call).
+READ_FOREIGN = "r-foreign"
+
+
 class Backend(ABC):
     """How bytes move between buffers and one kind of storage."""
 
@@ -86,7 +93,8 @@ class Backend(ABC):
     @abstractmethod
     def open(self, key: str, mode: str) -> Any:
         """Open `key` for writing ('w': create or truncate; 'x': create, an error if it exists,
-        so that nothing someone else wrote is replaced) or reading ('r': a regular file only)."""
+        so that nothing someone else wrote is replaced) or reading ('r': a file of this run;
+        READ_FOREIGN: one it did not create, a regular file only)."""
 
     @abstractmethod
     def write_at(self, handle: Any, buf: memoryview, offset: int) -> int:
@@ -190,10 +198,70 @@ class Backend(ABC):
             self.close(handle)
         return written
 
-    def get(self, key: str, buf: memoryview) -> int:
-        """Read a whole file into a buffer large enough to hold it; return its size."""
-        handle = self.open(key, "r")
+    def get(self, key: str, buf: memoryview, foreign: bool = False) -> int:
+        """Read a whole file into a buffer large enough to hold it; return its size
+        (`foreign`: a file the run did not create, opened as READ_FOREIGN says)."""
+        handle = self.open(key, READ_FOREIGN if foreign else "r")
         try:
             return self.read_at(handle, buf, 0)
         finally:
             self.close(handle)
+
+    # -- metadata operations (the metadata workload) ------------------------------------------
+    # Each works on an entry of a directory handle from open_dir, so that a file system
+    # resolves the directory once and each operation costs one system call on a name
+    # (openat, fstatat, unlinkat), as mdtest's do. Failures raise BenchIOError with errno.
+    #: True when the storage has directories to create and remove (false: key prefixes)
+    has_directories: ClassVar[bool] = False
+    #: True when an entry can be renamed in one operation
+    can_rename: ClassVar[bool] = False
+
+    def data_io(self, size: int) -> dict[str, Any]:
+        """How files of `size` bytes are written and read by the *_in operations (recorded)."""
+        return {"state": "direct" if self.direct else "buffered", "method": self.name}
+
+    def free_entries(self, key: str) -> int | None:
+        """Files and directories that can still be created where `key` is (the file system's
+        free inodes), or None where there is no such limit or it is not known."""
+        return None
+
+    def mkdir(self, key: str) -> None:
+        """Create the one directory `key` (its parent exists); an error if it exists."""
+
+    def rmdir(self, key: str) -> None:
+        """Remove the empty directory `key`; an error if it is missing or not empty."""
+
+    def open_dir(self, key: str) -> Any:
+        """A handle on directory (or key prefix) `key` for the *_in operations."""
+        return key
+
+    def close_dir(self, handle: Any) -> None:
+        """Release a handle from open_dir."""
+
+    def create_in(self, handle: Any, name: str, buf: memoryview, fsync: bool = False) -> int:
+        """Create the new entry `name` holding all of `buf`; return the bytes written."""
+        return self.put(f"{handle}/{name}", buf, fsync)
+
+    def stat_in(self, handle: Any, name: str) -> int:
+        """The size of entry `name` (one stat, or one HEAD)."""
+        return self.size_of(f"{handle}/{name}")
+
+    def read_in(self, handle: Any, name: str, buf: memoryview) -> int:
+        """Read entry `name` whole into `buf` (len(buf) is its size); return the bytes read."""
+        return self.get(f"{handle}/{name}", buf)
+
+    def rename_in(self, handle: Any, name: str, new_name: str) -> None:
+        """Rename entry `name` to `new_name` in the same directory (where can_rename)."""
+        raise NotImplementedError(f"{self.name} cannot rename")
+
+    def unlink_in(self, handle: Any, name: str, missing_ok: bool = False) -> None:
+        """Remove entry `name` (a missing one is an error unless missing_ok)."""
+        self.remove(f"{handle}/{name}")
+
+    def list_in(self, handle: Any) -> Iterator[list[str]]:
+        """The names in the directory, page by page, as the storage hands them out."""
+        raise NotImplementedError(f"{self.name} cannot list")
+
+    def where_in(self, handle: Any, name: str) -> str:
+        """A human-readable location of entry `name` for messages."""
+        return self.path_of(f"{handle}/{name}")

@@ -14,7 +14,8 @@ import warnings
 from typing import Any
 
 from mpibench import environment
-from mpibench.backends.base import Backend, io_error
+from mpibench.backends.base import READ_FOREIGN, Backend, io_error
+from mpibench.backends.posix_metadata import O_DIRECT, PosixMetadataOps
 from mpibench.buffers import aligned_buffer
 from mpibench.config import StorageConfig
 from mpibench.errors import PreflightError
@@ -22,7 +23,6 @@ from mpibench.plan import RUN_MARKER
 from mpibench.safeio import open_regular
 from mpibench.units import format_size
 
-O_DIRECT = getattr(os, "O_DIRECT", 0)
 #: kernel interfaces that look like directories but are no storage (statvfs says 0 B free)
 PSEUDO_FILESYSTEMS = frozenset({
     "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
@@ -73,7 +73,7 @@ class _PosixHandle:
         self.path = path
 
 
-class PosixBackend(Backend):
+class PosixBackend(PosixMetadataOps, Backend):
     """Files below a root directory, moved with os.pwritev/os.preadv."""
 
     name = "posix"
@@ -304,11 +304,23 @@ class PosixBackend(Backend):
     def open(self, key: str, mode: str) -> _PosixHandle:
         path = self.path_of(key)
         try:
-            if mode == "r":  # a FIFO or a device at a file's name is refused, never waited on
+            if mode == READ_FOREIGN:  # a FIFO or a device at a file's name is refused, never waited on
                 fd = open_regular(path, flags=self.open_flags, follow=False)
+            elif mode == "r":  # the run's own file
+                fd = os.open(path, os.O_RDONLY | self.open_flags | os.O_CLOEXEC | os.O_NOFOLLOW)
             else:  # "x": a new file only (O_EXCL), never one that someone else's
                 flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if mode == "x" else 0)
                 fd = os.open(path, flags | self.open_flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise io_error("open", path, exc) from None
+        return _PosixHandle(fd, path)
+
+    def open_buffered(self, key: str) -> _PosixHandle:
+        """Create `key` (a new file only, O_EXCL) for writing through the page cache, also
+        on direct_fs (small files that O_DIRECT would pad and truncate: see datagen)."""
+        path = self.path_of(key)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
             raise io_error("open", path, exc) from None
         return _PosixHandle(fd, path)

@@ -289,7 +289,7 @@ class S3dlioDirectBackend(DirectFsBackend):
             self.fsync(handle)
         return written
 
-    def get(self, key: str, buf: memoryview) -> int:
+    def get(self, key: str, buf: memoryview, foreign: bool = False) -> int:
         return self.read_at(self.open(key, "r"), buf, 0)
 
     def remove(self, key: str) -> None:

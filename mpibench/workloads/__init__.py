@@ -16,6 +16,8 @@ _WORKLOADS = {
     "datagen": "mpibench.workloads.datagen",
     "train": "mpibench.workloads.train",
     "checkpoint": "mpibench.workloads.checkpoint",
+    "kvcache": "mpibench.workloads.kvcache",
+    "metadata": "mpibench.workloads.metadata",
 }
 
 

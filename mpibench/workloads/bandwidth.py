@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mpibench.backends.base import io_error
 from mpibench.buffers import DataPattern, buffer_footprint
+from mpibench.choices import fallocate
 from mpibench.config import Config
 from mpibench.engine import prepare_buffers, timed_close, timed_fsync, transfer_region
 from mpibench.errors import ConfigError
@@ -48,6 +51,7 @@ class BandwidthWorkload(Workload):
     """Sequential (or random) write then read of block_size bytes per rank per iteration."""
 
     name = "bandwidth"
+    preallocates_writes = True
 
     def planned_bytes(self, config: Config, size: int) -> int:
         return config.bandwidth.block_size * size
@@ -125,10 +129,13 @@ class BandwidthWorkload(Workload):
                 self._remove_written(ctx)
             if iteration > 0:  # untimed: the base content back into the buffers the reads used
                 prepare_buffers(ctx, "write", len(write_offsets), bw.transfer_size, write_pattern)
+            if ctx.choices.preallocate:  # untimed: see mpibench.choices
+                ctx.setup(lambda: preallocate(ctx, ctx.key(mine.key), mine.offset, mine.length))
             ctx.phase("write", iteration, write_body,
                       expected_bytes=bw.block_size * comm.size, cache=self._write_cache(ctx), file_mode=bw.file_mode, transfer_size=bw.transfer_size,
-                      block_size=bw.block_size, io_depth=ctx.io_depth, access=bw.access,
-                      fsync=bw.fsync, fresh_files=iteration == 0 or not bw.overwrite)
+                      block_size=bw.block_size, io_depth=ctx.write_io_depth, access=bw.access,
+                      fsync=bw.fsync, fresh_files=iteration == 0 or not bw.overwrite,
+                      preallocated=ctx.choices.preallocate)
             if bw.deadline > 0:
                 # A stonewalled writer wrote only its first transfers (a prefix of its
                 # order, whatever the io_depth): read back exactly those, as IOR does.
@@ -244,6 +251,32 @@ def annotate_cache(phase: dict[str, Any]) -> None:
             cache["warning"] = (f"requested {requested} bytes, storage read {storage}: "
                                 f"{(1 - ratio) * 100:.0f}% served from the page cache")
         phase["cache"] = cache
+
+
+def preallocate(ctx: RunContext, key: str, offset: int, length: int) -> None:
+    """Outside the timed window: reserve a file's region to be written and make it durable
+    (fsync), so that the phase's writes land inside its size (mpibench.choices decides
+    when). Where the filesystem cannot, writes go back to depth 1 and the result says why."""
+    backend = ctx.backend
+    path = backend.path_of(key)
+    handle = backend.open(key, "w")
+    try:
+        fd = backend.fileno(handle)
+        try:
+            reason = fallocate(fd, offset, length) if fd is not None else "the backend has no file descriptor"
+            if reason is None:
+                os.fsync(fd)  # type: ignore[arg-type]
+        except OSError as exc:
+            raise io_error("preallocate", path, exc, offset) from None
+    finally:
+        backend.close(handle)
+    if reason is not None:
+        ctx.choices.preallocate = False
+        ctx.choices.write_depth = ctx.write_io_depth = 1
+        ctx.choices.record["preallocate"] = {"value": False, "why": f"cannot preallocate {path}: {reason}"}
+        ctx.choices.record["write_io_depth"] = {
+            "value": 1, "why": "writes that extend a file serialize on this filesystem and it cannot "
+                               f"preallocate: writes keep depth 1, reads keep {ctx.io_depth}"}
 
 
 WORKLOAD = BandwidthWorkload()

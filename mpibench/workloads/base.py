@@ -15,6 +15,8 @@ class Workload:
     """The steps every workload provides to the driver (defaults do nothing)."""
 
     name = "abstract"
+    #: preallocates the files it writes when ctx.choices.preallocate says so (mpibench.choices)
+    preallocates_writes = False
 
     def planned_bytes(self, config: Config, size: int) -> int:
         """Bytes the run will have on storage at its peak (checked against free space)."""
@@ -61,6 +63,14 @@ class Workload:
 
     def report_lines(self, document: dict[str, Any]) -> list[str]:
         """Lines printed after the phase table (workload figures such as AU% or files/s)."""
+        return []
+
+    def csv_columns(self) -> list[str]:
+        """Columns this workload adds to every CSV row (after the common ones)."""
+        return []
+
+    def csv_values(self, document: dict[str, Any], phase: dict[str, Any]) -> list[Any]:
+        """The values of csv_columns for one phase."""
         return []
 
     def describe_plan(self, config: Config, size: int, rank: int, ranks_per_node: int,

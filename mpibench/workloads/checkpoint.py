@@ -221,7 +221,8 @@ class CheckpointWorkload(Workload):
                 time.sleep(ck.interval)  # the training steps between two checkpoints
             work = ctx.setup(lambda c=n: self._content(ctx, c, mine, "write"))
             ctx.phase("write", n, lambda rec, w=work, c=n: self._shards(ctx, rec, "write", c, w, False),
-                      expected_bytes=total, checkpoint=n, fsync=ck.fsync, cache=self._write_cache(ctx), **meta)
+                      expected_bytes=total, checkpoint=n, fsync=ck.fsync, cache=self._write_cache(ctx),
+                      **{**meta, "io_depth": ctx.write_io_depth})
             del work
         if ck.mode == "write":  # the read run finds the checkpoints, and when they were done
             comm.barrier()
@@ -412,7 +413,7 @@ def read_marker(backend: Backend, folder: str) -> dict[str, Any] | None:
     if not key_exists(backend, key):
         return None
     buf = aligned_buffer(MANIFEST_READ_BYTES)
-    n = backend.get(key, memoryview(buf)[:MANIFEST_READ_BYTES])
+    n = backend.get(key, memoryview(buf)[:MANIFEST_READ_BYTES], foreign=True)
     try:
         found = json.loads(bytes(buf[:n]).decode("utf-8"))
     except ValueError:

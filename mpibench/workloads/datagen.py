@@ -12,7 +12,12 @@ Per rank, producer threads (the node's cores shared by its ranks, 1 to 4) genera
 encode the next files while the main thread writes, so the phase measures the storage,
 not numpy, wherever the storage is slower than generation (``generation_wait_s`` says how
 long writing waited for data). Each file is written with one call, truncated to its true
-size after a padded O_DIRECT write, fsynced and closed.
+size after a padded O_DIRECT write, fsynced and closed. On direct_fs a small file whose
+size is not a multiple of the alignment (SMALL_FILE) is written through the page cache
+and fsynced instead: O_DIRECT would pad it, extend the file past its end (which ext4
+journals with the inode on its orphan list) and truncate it back, 11.0 device bytes per
+payload byte for 4,500-byte files against 9.2 buffered; the result counts these files
+(`buffered_files`) and the phase's `device_per_payload` shows what reached the device.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ if TYPE_CHECKING:
     from mpibench.context import PreflightInfo, RunContext
 
 MANIFEST_READ_BYTES = 1 << 20
+SMALL_FILE = 64 * 1024  # direct_fs: unaligned files below this are written buffered and fsynced
 
 
 def check_dataset_name(name: str) -> None:
@@ -80,7 +86,7 @@ def read_manifest(backend: Backend, ds: Any) -> dict[str, Any] | None:
     if not key_exists(backend, key):
         return None
     buf = aligned_buffer(MANIFEST_READ_BYTES)
-    n = backend.get(key, memoryview(buf)[:MANIFEST_READ_BYTES])
+    n = backend.get(key, memoryview(buf)[:MANIFEST_READ_BYTES], foreign=True)
     try:
         found = json.loads(bytes(buf[:n]).decode("utf-8"))
     except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past the parser's depth
@@ -275,14 +281,22 @@ class DatagenWorkload(Workload):
     def _write_file(self, ctx: RunContext, rec: PhaseRecorder, log: Any, item: EncodedFile) -> None:
         backend = ctx.backend
         key = file_key(ctx.config.dataset, item.index)
+        buffered = (backend.direct and item.padded != item.size and item.size < SMALL_FILE
+                    and hasattr(backend, "open_buffered"))
         t = time.perf_counter()
-        handle = backend.open(key, "x")  # a new file only: never one that is someone else's
+        # A new file only (O_EXCL either way): never one that is someone else's.
+        handle = backend.open_buffered(key) if buffered else backend.open(key, "x")  # type: ignore[attr-defined]
         rec.open_s += time.perf_counter() - t
         rec.files += 1
+        if buffered:
+            rec.extra["buffered_files"] = rec.extra.get("buffered_files", 0) + 1
         try:
             t0 = time.perf_counter_ns()
-            written = backend.write_at(handle, item.view(), 0)
-            if item.padded != item.size:
+            if buffered:  # its true size, no padding to cut (the fsync below makes it durable)
+                written = backend.write_at(handle, item.view()[: item.size], 0) + item.padded - item.size
+            else:
+                written = backend.write_at(handle, item.view(), 0)
+            if item.padded != item.size and not buffered:
                 backend.truncate(handle, item.size)  # O_DIRECT wrote whole blocks: cut the padding
             t1 = time.perf_counter_ns()
             if written < item.padded:
@@ -317,6 +331,8 @@ class DatagenWorkload(Workload):
                 encode_s_max=max(r.get("encode_s", 0.0) for r in ranks),
                 generation_wait_s_max=max(r.get("generation_wait_s", 0.0) for r in ranks),
                 spread=phase["spread"],
+                buffered_files=sum(r.get("buffered_files", 0) for r in ranks),
+                device_per_payload=phase.get("device_per_payload"),
             )
         return {"datagen": out}
 
@@ -332,6 +348,13 @@ class DatagenWorkload(Workload):
             f"in {d['seconds']:.3f} s; per rank {d['spread']['min_MiBps']:.1f} / "
             f"{d['spread']['median_MiBps']:.1f} / {d['spread']['max_MiBps']:.1f} MiB/s (min / median / max)",
         ]
+        if d.get("buffered_files"):
+            lines.append(f"  {d['buffered_files']} files below {format_size(SMALL_FILE)} and not a multiple of the "
+                         "direct-I/O alignment written through the page cache and fsynced (O_DIRECT would pad, "
+                         "extend and truncate them)")
+        if d.get("device_per_payload") is not None:
+            lines.append(f"  the device wrote {d['device_per_payload']:.2f} bytes per byte of the dataset "
+                         "(every process of the node counted)")
         if d["seconds"] > 0 and d["generation_wait_s_max"] > 0.2 * d["seconds"]:
             lines.append(f"  note: writing waited {d['generation_wait_s_max']:.3f} s for data generation "
                          "(the CPU, not the storage, limited this run)")

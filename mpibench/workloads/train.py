@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mpibench.backends.base import READ_FOREIGN
 from mpibench.buffers import aligned_buffer, buffer_footprint
 from mpibench.config import Config
 from mpibench.context import broadcast_outcome
@@ -262,7 +263,7 @@ class _EpochLoader:
         from mpibench.mlperf_formats import BackendFile, read_parquet
 
         t = time.perf_counter()
-        handle = backend.open(key, "r")
+        handle = backend.open(key, READ_FOREIGN)  # the dataset: not this run's files
         stats["open_s"] += time.perf_counter() - t
         try:
             source = BackendFile(backend, handle, backend.size_of(key))
@@ -281,7 +282,7 @@ class _EpochLoader:
                    log: Any) -> tuple[Any, int]:
         """Read a whole file into `buf` (grown when the file is larger); return (buf, bytes)."""
         t = time.perf_counter()
-        handle = backend.open(key, "r")
+        handle = backend.open(key, READ_FOREIGN)  # the dataset: not this run's files
         stats["open_s"] += time.perf_counter() - t
         try:
             t0 = time.perf_counter_ns()
