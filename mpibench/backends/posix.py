@@ -315,6 +315,9 @@ class PosixBackend(PosixMetadataOps, Backend):
             raise io_error("open", path, exc) from None
         return _PosixHandle(fd, path)
 
+    #: datagen may write small files through open_buffered (the page cache) on direct_fs
+    small_files_buffered = True
+
     def open_buffered(self, key: str) -> _PosixHandle:
         """Create `key` (a new file only, O_EXCL) for writing through the page cache, also
         on direct_fs (small files that O_DIRECT would pad and truncate: see datagen)."""

@@ -100,6 +100,8 @@ class _ReadHandle:
 class S3dlioDirectBackend(DirectFsBackend):
     """O_DIRECT files through s3dlio's direct:// put_bytes / get_range."""
 
+    small_files_buffered = False  # its handles are s3dlio's: posix open_buffered's would not write
+
     name = "s3dlio_direct"
     direct = True
     random_write = True  # every write is its own whole-file put

@@ -282,7 +282,7 @@ class DatagenWorkload(Workload):
         backend = ctx.backend
         key = file_key(ctx.config.dataset, item.index)
         buffered = (backend.direct and item.padded != item.size and item.size < SMALL_FILE
-                    and hasattr(backend, "open_buffered"))
+                    and getattr(backend, "small_files_buffered", False))
         t = time.perf_counter()
         # A new file only (O_EXCL either way): never one that is someone else's.
         handle = backend.open_buffered(key) if buffered else backend.open(key, "x")  # type: ignore[attr-defined]
