@@ -21,7 +21,7 @@ from mpibench.mlperf import ACCELERATORS, COLUMN_SETS, MODELS, row_bytes, timing
 from mpibench.units import format_size, parse_size
 
 AUTO = "auto"
-WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint", "kvcache", "metadata")
+WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint", "kvcache", "metadata", "modelload")
 STORAGE_TYPES = ("local_fs", "direct_fs", "s3", "null")
 LOCAL_SCHEMES = ("file://", "direct://")
 RUN_ID_MAX = 128
@@ -132,8 +132,9 @@ class DatasetConfig:
     samples_per_file: int = _opt(1, "int", minimum=1, maximum=10**7, doc="samples (records) per file")
     record_size: int = _opt(1024**2, "size", minimum=1, maximum=64 * 1024**3, doc="mean bytes per sample")
     record_size_stdev: int = _opt(0, "size", minimum=0, maximum=64 * 1024**3, doc="standard deviation of sample bytes")
-    format: str = _opt("npz", "enum", choices=DATASET_FORMATS,
-                       doc="file format: npz, hdf5, raw, jpeg (one image a file), tfrecord, parquet")
+    format: str = _opt("npz", "enum", choices=(*DATASET_FORMATS, "safetensors"),
+                       doc="file format: npz, hdf5, raw, jpeg (one image a file), tfrecord, parquet; "
+                           "safetensors: the modelload section's model, in HF's layout")
     num_subfolders: int = _opt(0, "int", minimum=0, maximum=10**6, doc="spread files over this many subfolders")
     seed: int = _opt(1234, "int", minimum=0, maximum=SEED_MAX, doc="seed of sizes and content")
     hdf5_chunk_size: int | None = _opt(None, "optional_size", minimum=1, maximum=4 * 1024**3,
@@ -244,6 +245,35 @@ class KvcacheConfig:
 
 
 @dataclass(frozen=True)
+class ModelloadConfig:
+    """Loading an LLM's safetensors shards (written by datagen with dataset.format=safetensors)."""
+
+    model: str = _opt("llama3-8b", "str", doc="llama3 preset whose tensors the model has")
+    scale: float = _opt(1.0, "float", minimum=0.0, maximum=1.0, doc="factor in (0, 1] shrinking every matrix's rows")
+    shard_size: int = _opt(5 * 10**9, "size", minimum=1, maximum=1024 * TiB, doc="largest shard file (transformers: 5GB)")
+    reader: str = _opt(AUTO, "enum", choices=(AUTO, "mmap", "read", "direct", "s3"),
+                       doc="mmap or read (local_fs), direct (direct_fs), s3 (ranged GETs); auto: "
+                           "mmap, direct or s3 by storage.type")
+    mmap_mapping: str = _opt("private", "enum", choices=("private", "shared"),
+                             doc="mmap reader: MAP_PRIVATE (as safetensors) or MAP_SHARED (as mmap.mmap)")
+    layout: str = _opt("replicated", "enum",
+                       choices=("replicated", "tensor_parallel", "pipeline_parallel", "tensor_pipeline"),
+                       doc="who loads what: all of it, a TP slice, a PP stage, or both")
+    tp: int | str = _opt(AUTO, "int_or_auto", minimum=1, maximum=RANKS_MAX, doc="tensor-parallel size (auto: the preset's, "
+                                                            "else the world size for tensor_parallel)")
+    pp: int | str = _opt(AUTO, "int_or_auto", minimum=1, maximum=RANKS_MAX, doc="pipeline stages (auto: the preset's, "
+                                                            "else the world size for pipeline_parallel)")
+    iterations: int = _opt(1, "int", minimum=1, maximum=1_000_000, doc="cold load then warm load, this many times")
+    buffer_size: int = _opt(64 * 1024**2, "size", minimum=4096, maximum=64 * 1024**3, doc="bytes per read and staging buffer per rank")
+    s3_fetch: str = _opt("ranges", "enum", choices=("ranges", "objects"),
+                         doc="s3 reader: one ranged GET per tensor slice, or every shard whole (its own "
+                             "tensors or not, in buffer_size GETs), as a download before the load")
+    backing_root: str | None = _opt(None, "optional_str",
+                                    doc="a FUSE root's backing directory: its files are evicted too before "
+                                        "a cold load")
+
+
+@dataclass(frozen=True)
 class MetadataConfig:
     """mdtest-like metadata test: create, stat, read, rename, list and remove many small files."""
 
@@ -288,6 +318,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     kvcache: KvcacheConfig = field(default_factory=KvcacheConfig)
+    modelload: ModelloadConfig = field(default_factory=ModelloadConfig)
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     run_id: str | None = _opt(None, "optional_str", doc="name of the run (default: time + random)")
@@ -311,6 +342,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "checkpoint": CheckpointConfig,
     "kvcache": KvcacheConfig,
+    "modelload": ModelloadConfig,
     "metadata": MetadataConfig,
     "metrics": MetricsConfig,
 }
@@ -735,6 +767,7 @@ def validate(config: Config) -> None:
                 )
     if config.workload == "kvcache":
         _validate_kvcache(config.kvcache)
+    validate_modelload(config)
     if config.workload == "metadata":
         validate_metadata(config)
     if config.workload == "checkpoint":
@@ -782,6 +815,45 @@ def _validate_kvcache(kv: KvcacheConfig) -> None:
                           "set kvcache.p95_target to the p95 read latency in seconds the capacity must stay under")
     if kv.duration <= 0:
         raise ConfigError("kvcache.duration must be more than 0 seconds", "e.g. kvcache.duration=60")
+
+
+READERS_BY_STORAGE = {"local_fs": ("mmap", "read"), "direct_fs": ("direct",), "s3": ("s3",)}
+
+
+def modelload_reader(config: Config) -> str:
+    """The reader a modelload run uses: modelload.reader, or by storage.type when auto."""
+    reader = config.modelload.reader
+    return READERS_BY_STORAGE[config.storage.type][0] if reader == AUTO else reader
+
+
+def validate_modelload(config: Config) -> None:
+    """The rules of the modelload section and of a safetensors datagen."""
+    ml = config.modelload
+    safetensors = config.dataset.format == "safetensors"
+    if config.workload == "train" and safetensors:
+        raise ConfigError("dataset.format=safetensors is a model for workload=modelload, not a training dataset",
+                          "choose npz, hdf5 or raw for train")
+    if config.workload == "modelload" and not safetensors:
+        raise ConfigError("workload=modelload reads a safetensors model: dataset.format is "
+                          f"{config.dataset.format}", "set dataset.format=safetensors (and datagen it first)")
+    if config.workload not in ("modelload", "datagen") or (config.workload == "datagen" and not safetensors):
+        return
+    if not 0 < ml.scale <= 1:
+        raise ConfigError(f"modelload.scale must be in (0, 1], got {ml.scale}")
+    if config.workload != "modelload":
+        return
+    if config.storage.type not in READERS_BY_STORAGE:
+        raise ConfigError(f"workload=modelload loads a model from storage; storage.type={config.storage.type} holds none",
+                          "use local_fs, direct_fs or s3")
+    reader = modelload_reader(config)
+    allowed = READERS_BY_STORAGE[config.storage.type]
+    if reader not in allowed:
+        where = {"mmap": "local_fs", "read": "local_fs", "direct": "direct_fs", "s3": "s3"}[reader]
+        raise ConfigError(f"modelload.reader={reader} does not read storage.type={config.storage.type}",
+                          f"use modelload.reader={' or '.join(allowed)}, or storage.type={where}")
+    if ml.backing_root is not None and config.storage.type != "local_fs":
+        raise ConfigError("modelload.backing_root applies to storage.type=local_fs (a FUSE mount) only",
+                          "remove modelload.backing_root")
 
 
 MAX_TREE_DIRS = 10_000_000  # a tree larger than this is a typing mistake, not a benchmark

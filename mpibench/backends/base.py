@@ -169,8 +169,9 @@ class Backend(ABC):
         preflight before makedirs), or None (always None where there are no directories)."""
         return None
 
-    def evict(self, key: str) -> bool:
-        """Drop `key` from the client cache; True when the eviction is known to have worked."""
+    def evict(self, key: str, *, synced: bool = False) -> bool:
+        """Drop `key` from the client cache; True when the eviction is known to have worked.
+        `synced`: the caller fsynced the object since it last wrote it (nothing dirty to flush)."""
         return self.direct
 
     def sync_filesystem(self) -> None:

@@ -19,6 +19,7 @@ from mpibench.backends.posix_metadata import O_DIRECT, PosixMetadataOps
 from mpibench.buffers import aligned_buffer
 from mpibench.config import StorageConfig
 from mpibench.errors import PreflightError
+from mpibench.pagecache import evict_file
 from mpibench.plan import RUN_MARKER
 from mpibench.safeio import open_regular
 from mpibench.units import format_size
@@ -516,21 +517,9 @@ class PosixBackend(PosixMetadataOps, Backend):
                     os.close(fd)
         os.sync()
 
-    def evict(self, key: str) -> bool:
+    def evict(self, key: str, *, synced: bool = False) -> bool:
         """posix_fadvise(DONTNEED) on the file; confirmed when mincore-free reads follow."""
-        path = self.path_of(key)
-        try:
-            fd = open_regular(path, follow=False)  # a FIFO there would block a plain open
-        except OSError:
-            return False
-        try:
-            os.fdatasync(fd)  # dirty pages cannot be dropped
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            return True
-        except OSError:
-            return False
-        finally:
-            os.close(fd)
+        return evict_file(self.path_of(key), synced=synced)
 
 
 class LocalFsBackend(PosixBackend):
@@ -547,7 +536,7 @@ class DirectFsBackend(PosixBackend):
     direct = True
     open_flags = O_DIRECT
 
-    def evict(self, key: str) -> bool:
+    def evict(self, key: str, *, synced: bool = False) -> bool:
         return True
 
     def describe(self) -> dict[str, Any]:

@@ -732,7 +732,7 @@ class S3Backend(Backend):
         uris = [self.path_of(self._part_key(key, i)) for i in indices] or [self.path_of(key)]
         delete_objects(uris)
 
-    def evict(self, key: str) -> bool:
+    def evict(self, key: str, *, synced: bool = False) -> bool:
         return True  # nothing is cached on the client
 
     # -- metadata operations: one request each (a directory handle is its key prefix) ------------

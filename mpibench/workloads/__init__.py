@@ -16,6 +16,7 @@ _WORKLOADS = {
     "datagen": "mpibench.workloads.datagen",
     "train": "mpibench.workloads.train",
     "checkpoint": "mpibench.workloads.checkpoint",
+    "modelload": "mpibench.workloads.modelload",
     "kvcache": "mpibench.workloads.kvcache",
     "metadata": "mpibench.workloads.metadata",
 }
