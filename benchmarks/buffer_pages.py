@@ -12,7 +12,7 @@ physically contiguous run of pages, and a queue takes at most `max_segments` of 
 request: with scattered 4 KiB pages a large transfer can become several requests. With
 --fio, fio psync runs the same transfers from reserved huge pages (`--mem=shmhuge`, needs
 `sysctl vm.nr_hugepages`) and from malloc'd memory, with its default scramble_buffers=1 and
-with 0. docs/performance.md has a run of it.
+with 0. docs/runs/2026-12-05-peers-journal.md has a run of it.
 """
 
 from __future__ import annotations

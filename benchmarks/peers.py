@@ -310,7 +310,7 @@ def seq_fio(tools: Tools, work: Path, engine: str, ranks: int, transfer: int, nb
     try:
         common = fio_common(directory, ranks, engine, transfer, nbytes)
         # --scramble_buffers=0: fio's default rewrites every 512 bytes of its buffer before each
-        # write, which cost it 21-27 % at 1 MiB here (docs/performance.md); the peer runs at its fastest.
+        # write, which cost it 21-27 % at 1 MiB here (docs/runs/2026-12-05-peers-journal.md); the peer runs at its fastest.
         before = device_requests(work)
         wrote = fio_run(tools, ["--name=seq", "--rw=write", "--iodepth=1", "--end_fsync=1",
                                 "--scramble_buffers=0", *common])
@@ -707,7 +707,7 @@ def worker_s3(client: str, bucket: str, threads: int, size: int, count: int, sha
 
     Each thread sends from a buffer of its own, as each of mpibench's I/O threads does
     (and each fio job); with `shared`, all threads send one buffer, which stays in the
-    CPU's caches and costs a fifth less client CPU per PUT at 8 threads (docs/performance.md)."""
+    CPU's caches and costs a fifth less client CPU per PUT at 8 threads (docs/runs/2026-12-05-peers-journal.md)."""
     import numpy as np
 
     prefix = f"peer-{client}-{os.getpid()}"
@@ -811,7 +811,7 @@ def machine_info(workdir: Path, tools: Tools) -> dict[str, Any]:
             "kernel": platform.release(), "python": platform.python_version(),
             "filesystem": filesystem_of(str(workdir)), "fio": tools.fio_version,
             "mpiexec": next((line.strip() for line in mpi if "Version" in line), mpi[0] if mpi else ""),
-            # which pages a buffer gets moves the large-transfer figures (docs/performance.md, I/O buffers)
+            # which pages a buffer gets moves the large-transfer figures (docs/runs/2026-12-05-peers-journal.md, I/O buffers)
             "transparent_huge_pages": transparent_huge_pages() or "none",
             "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
 

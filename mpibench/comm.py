@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+NODE_KEY_ENV = "MPIBENCH_NODE_KEY"  # how ranks are grouped into nodes: see node_key()
+NODE_KEYS = ("shared_memory", "hostname")
 ABORT_FORWARD_S = 0.2  # pause between a rank's last line and MPI_Abort (see Comm.abort)
 IDLE_PAUSE_S = (0.00005, 0.001)  # Comm.idle_barrier's first and longest sleep between tests
 
@@ -44,6 +46,21 @@ def _affinity_mask() -> int:
         return sum(1 << cpu for cpu in os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return (1 << (os.cpu_count() or 1)) - 1
+
+
+def node_key() -> str:
+    """How ranks are grouped into nodes: 'shared_memory' (default: MPI's own split, the ranks
+    that can share memory) or 'hostname' (ranks whose host names are equal), from
+    MPIBENCH_NODE_KEY. The two agree on a cluster; 'hostname' is for ranks that MPI sees on
+    one host but that stand for different nodes (containers, the test suite's emulated
+    nodes in UTS namespaces)."""
+    key = os.environ.get(NODE_KEY_ENV, "").strip().lower().replace("-", "_") or "shared_memory"
+    if key not in NODE_KEYS:
+        from mpibench.errors import ConfigError
+
+        raise ConfigError(f"{NODE_KEY_ENV}={os.environ[NODE_KEY_ENV]} is not a way to group ranks into nodes",
+                          f"set it to {' or '.join(NODE_KEYS)}, or unset it")
+    return key
 
 
 @dataclass(frozen=True)
@@ -210,14 +227,18 @@ class Comm:
         os._exit(code)
 
     def layout(self) -> NodeLayout:
-        """This rank's node, found with a node-local (shared-memory) communicator split."""
+        """This rank's node, found with a node-local communicator split (see node_key())."""
         if self._layout is not None:
             return self._layout
         host = socket.gethostname()
         if self._comm is None or self.size == 1:
             self._layout = NodeLayout(host, 0, 1, 0, 1, [1], [host], usable_cpus())
             return self._layout
-        local = self._comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        if node_key() == "hostname":
+            names = sorted(set(self._comm.allgather(host)))
+            local = self._comm.Split(names.index(host), key=self.rank)
+        else:
+            local = self._comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         local_rank, local_size = local.Get_rank(), local.Get_size()
         # The node's usable CPUs: the union of its ranks' affinities (each rank may be bound
         # to a few; unbound, each has them all).

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from mpibench.config import MOVED_KEYS
 from mpibench.errors import ConfigError, MpibenchError, ResultsError
 from mpibench.reporting import flatten, group_by_name, load_document, malformed, text_table
+from mpibench.results import phase_au_pct, phase_samples_per_s
 
 MIN_ITERATIONS = 3
 BOOTSTRAP_RESAMPLES = 10_000
@@ -56,26 +56,12 @@ def _p99_ms(phase: dict[str, Any]) -> float | None:
     return float(latency["p99_s"]) * 1e3 if latency.get("count") else None
 
 
-def _samples_per_s(phase: dict[str, Any]) -> float | None:
-    """A train epoch's samples per second (all ranks' samples over the phase's seconds)."""
-    ranks = phase.get("ranks") or []
-    if phase.get("name") != "train" or not any("samples" in r for r in ranks) or not phase.get("seconds"):
-        return None
-    return sum(int(r.get("samples", 0)) for r in ranks) / float(phase["seconds"])
-
-
-def _au_pct(phase: dict[str, Any]) -> float | None:
-    """A train epoch's accelerator utilisation, % (the mean over ranks, as the train summary gives it)."""
-    values = [float(r["au_pct"]) for r in phase.get("ranks") or [] if r.get("au_pct") is not None]
-    return statistics.fmean(values) if phase.get("name") == "train" and values else None
-
-
 METRICS = (
     Metric("bandwidth", "bandwidth MiB/s", True, 1, lambda p: float(p["bandwidth_MiBps"])),
     Metric("iops", "IOPS", True, 0, lambda p: float(p["ops_per_s"])),
     Metric("p99", "p99 latency ms", False, 3, _p99_ms),
-    Metric("samples", "samples/s", True, 1, _samples_per_s),
-    Metric("au", "AU %", True, 1, _au_pct),
+    Metric("samples", "samples/s", True, 1, phase_samples_per_s),
+    Metric("au", "AU %", True, 1, phase_au_pct),
 )
 # The configuration sections (or single keys) each workload reads; storage, io, metrics and
 # the top-level keys apply to every workload.
@@ -209,15 +195,21 @@ def compare_metric(base: list[float], other: list[float], metric: Metric, alpha:
     med_b = statistics.median(other) if other else math.nan
     ratio = med_b / med_a if base and other and med_a > 0 else None
     n_a, n_b = len(base), len(other)
+    # The interval is shown even without a verdict (it says how far apart the runs may be);
+    # from one value a side it would be a single point, so it needs two.
+    low, high = (bootstrap_ratio_ci(base, other) if med_a > 0 and min(n_a, n_b) >= 2
+                 else (math.nan, math.nan))
+    needed = iterations_needed(alpha)
     if min(n_a, n_b) < MIN_ITERATIONS:
-        return Verdict(n_a, n_b, med_a, med_b, ratio, None, None, None, False,
-                       f"n/a (need >= {MIN_ITERATIONS} iterations)")
-    low, high = bootstrap_ratio_ci(base, other) if med_a > 0 else (math.nan, math.nan)
+        return Verdict(n_a, n_b, med_a, med_b, ratio, low, high, None, False,
+                       f"n/a: {n_a} vs {n_b} iterations are too few for a test "
+                       f"(need >= {MIN_ITERATIONS}; run >= {needed} per file for a verdict)")
     p_value = mann_whitney_p(base, other)
     if smallest_p(n_a, n_b) >= alpha:
         # The test cannot reach alpha at these sizes, however different the values: no verdict.
         return Verdict(n_a, n_b, med_a, med_b, ratio, low, high, p_value, False,
-                       f"n/a (need >= {iterations_needed(alpha)} iterations)")
+                       f"n/a: {n_a} vs {n_b} iterations cannot give p < {alpha:g} "
+                       f"(smallest possible p {smallest_p(n_a, n_b):.3f}; need >= {needed} iterations)")
     excludes_one = math.isfinite(low) and (low > 1 or high < 1)
     significant = p_value < alpha and excludes_one
     if significant and ratio is not None:
@@ -255,18 +247,12 @@ def _used(key: str, workload: str) -> bool:
     return any(key == used or key.startswith(f"{used}.") for used in WORKLOAD_SECTIONS.get(workload, ()))
 
 
-def _current_keys(flat: dict[str, Any]) -> dict[str, Any]:
-    """A file's flattened configuration under today's key names (files written before a
-    key moved, e.g. bandwidth.io_depth to io.depth)."""
-    return {MOVED_KEYS.get(key, key): value for key, value in flat.items()}
-
-
 def config_differences(base: dict[str, Any], other: dict[str, Any]) -> list[str]:
     """'key: base -> other' for what differs, what changes the measurement first: the workload,
     the ranks and nodes, the storage type and filesystem, then the keys of the sections both
     workloads read (storage first). Sections a workload does not read (their defaults) are left out."""
-    left = _current_keys(dict(flatten(base.get("config") or {})))
-    right = _current_keys(dict(flatten(other.get("config") or {})))
+    left = dict(flatten(base.get("config") or {}))
+    right = dict(flatten(other.get("config") or {}))
     env_a, env_b = base.get("environment") or {}, other.get("environment") or {}
     first = [("workload", left.get("workload"), right.get("workload")),
              ("ranks (world size)", env_a.get("world_size"), env_b.get("world_size")),
@@ -334,11 +320,11 @@ def compare_text(documents: list[tuple[str, dict[str, Any]]], alpha: float = 0.0
         rows = []
         for name in common:
             for i, metric in enumerate(METRICS):
-                base = base_samples[name][metric.key]
-                other = other_samples[name][metric.key]
-                if not base and not other:
+                base_values = base_samples[name][metric.key]
+                other_values = other_samples[name][metric.key]
+                if not base_values and not other_values:
                     continue
-                verdict = compare_metric(base, other, metric, alpha)
+                verdict = compare_metric(base_values, other_values, metric, alpha)
                 interval = (f"{verdict.ci_low:.2f}-{verdict.ci_high:.2f}"
                             if verdict.ci_low is not None and math.isfinite(verdict.ci_low) else "-")
                 rows.append([name if i == 0 else "", metric.label, f"{verdict.n_base}/{verdict.n_other}",

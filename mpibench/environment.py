@@ -6,11 +6,14 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import re
+import shutil
+import subprocess
 import sys
 from typing import Any
 
 from mpibench import __version__
-from mpibench.comm import Comm, mpi4py_version, mpi_library_version
+from mpibench.comm import Comm, mpi4py_version, mpi_library_version, node_key
 
 LAUNCHER_PREFIXES = ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_NNODES", "SLURM_NTASKS",
                      "SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "SLURM_MPI_TYPE",
@@ -58,6 +61,35 @@ def filesystem_of(path: str) -> dict[str, str]:
     except OSError:
         pass
     return best
+
+
+LUSTRE_STRIPE = re.compile(r"stripe_count:\s*(-?\d+)\s+stripe_size:\s*(\d+)(?:.*?stripe_offset:\s*(-?\d+))?",
+                           re.S)
+
+
+def parse_lustre_stripe(text: str) -> dict[str, str]:
+    """stripe_count, stripe_size (and stripe_offset) from `lfs getstripe -d DIR`'s output."""
+    match = LUSTRE_STRIPE.search(text)
+    if not match:
+        return {}
+    found = {"lustre_stripe_count": match.group(1), "lustre_stripe_size": match.group(2)}
+    if match.group(3) is not None:
+        found["lustre_stripe_offset"] = match.group(3)
+    return found
+
+
+def lustre_stripe(path: str) -> dict[str, str]:
+    """The default striping new files get in directory `path` on Lustre (`lfs getstripe -d`),
+    where the `lfs` command is installed; else nothing. A shared file's bandwidth depends on
+    it: one OST (stripe_count 1) serves every rank."""
+    lfs = shutil.which("lfs")
+    if lfs is None:
+        return {}
+    try:
+        done = subprocess.run([lfs, "getstripe", "-d", path], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return parse_lustre_stripe(done.stdout) if done.returncode == 0 else {}
 
 
 # statx(2) with STATX_DIOALIGN (Linux 6.1+) tells the direct-I/O alignment a file needs.
@@ -227,12 +259,9 @@ def collect(comm: Comm) -> dict[str, Any]:
         "python": platform.python_version(),
         "mpi4py": mpi4py_version(),
     }
-    try:
-        import numpy
+    import numpy
 
-        versions["numpy"] = numpy.__version__
-    except ImportError:  # pragma: no cover
-        pass
+    versions["numpy"] = numpy.__version__
     from importlib.metadata import version
 
     for package in ("s3dlio", "liburing"):
@@ -245,6 +274,7 @@ def collect(comm: Comm) -> dict[str, Any]:
         "num_nodes": layout.num_nodes,
         "hosts": layout.hosts,
         "ranks_per_node": layout.ranks_per_node,
+        "nodes_by": node_key(),
         "mpi_library": mpi_library_version(),
         "versions": versions,
         "platform": platform.platform(),

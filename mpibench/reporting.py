@@ -17,16 +17,17 @@ import math
 import os
 import statistics
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mpibench.errors import MpibenchError, ResultsError
 from mpibench.metrics import LatencyHistogram
 from mpibench.report import (
+    backend_record,
     cache_state,
     huge_page_notes,
     phase_warning,
     run_header,
-    storage_type,
     upload_notes,
     workload_lines,
 )
@@ -39,6 +40,7 @@ from mpibench.results import (
     unsynced_write,
     write_text_atomic,
 )
+from mpibench.schema import validate_document
 from mpibench.units import MiB, format_size
 
 if TYPE_CHECKING:
@@ -61,13 +63,15 @@ FIGURES = {
 }
 KVCACHE_FIGURE = "kvcache_users.png"  # a kvcache run's figure beside the three every run has
 MODELLOAD_FIGURE = "modelload_cold_warm.png"  # a modelload run's cold and warm loads
+READERS_FIGURE = "modelload_readers.png"  # several modelload runs: cold vs warm per reader
 TITLES = {**FIGURES, KVCACHE_FIGURE: "kvcache: read latency and throughput against users",
-          MODELLOAD_FIGURE: "modelload: cold and warm loads"}
+          MODELLOAD_FIGURE: "modelload: cold and warm loads", READERS_FIGURE: "modelload: cold vs warm per reader"}
 
 REPORT_EXAMPLES = """\
 examples:
   mpibench report result.json
   mpibench report result.json --png figures/ --html report.html
+  mpibench report mmap.json read.json direct.json --html readers.html   # modelload: cold vs warm per reader
 """
 
 
@@ -78,7 +82,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Print a summary of a results file (bandwidth, IOPS, latency percentiles, stragglers, "
                     "cache state, repetitions) and optionally draw its figures.",
         epilog=REPORT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("result", metavar="RESULT.json", help="results file written by `mpibench run`")
+    parser.add_argument("result", metavar="RESULT.json", nargs="+",
+                        help="results file written by `mpibench run`; several modelload files (one per reader) "
+                             "give one cold-vs-warm view per reader across them")
     parser.add_argument("--html", metavar="REPORT.html", help="write one self-contained HTML page")
     parser.add_argument("--png", metavar="DIR", help="write the figures as PNG files into DIR (created if missing)")
     parser.add_argument("--force", action="store_true", help="overwrite existing HTML and PNG files")
@@ -88,6 +94,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_report(args: argparse.Namespace) -> int:
     """Handle `mpibench report`: print the summary, write the requested figures and page."""
+    if len(args.result) > 1:
+        return _report_readers(args)
+    args.result = args.result[0]
     try:
         document = load_document(args.result)
         if args.html:
@@ -115,15 +124,46 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_document(path: str) -> dict[str, Any]:
-    """Read a results file and check it against the schema (when jsonschema is installed)."""
-    document = load_results(path)
-    try:
-        import jsonschema  # noqa: F401
-    except ImportError:  # not installed: the loader's version check still applies
-        return document
-    from mpibench.schema import validate_document
+def _report_readers(args: argparse.Namespace) -> int:
+    """`mpibench report` of several modelload results: one cold-vs-warm table per reader across
+    them and one figure (READERS_FIGURE), as text, PNG and a page."""
+    from mpibench.workloads.modelload import check_comparable, figure_readers, readers_text
 
+    try:
+        documents = [(path, load_document(path)) for path in args.result]
+        check_comparable(documents)
+        if args.html:
+            _check_target(args.html, args.force)
+        png_paths = _png_targets(args.png, args.force, [READERS_FIGURE]) if args.png else []
+        try:
+            text = readers_text(documents)
+            print(text, flush=True)
+            figures = ({READERS_FIGURE: figure_png(figure_readers(documents, _new_figure(9.0, 4.0)))}
+                       if png_paths or args.html else {})
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ResultsError(f"a modelload results file is malformed ({type(exc).__name__}: {exc})",
+                               "python -m mpibench.schema FILE lists every place it breaks the results "
+                               "schema") from None
+        try:
+            for path, name in png_paths:
+                _write_bytes(path, figures[name])
+                print(f"figure written to {path}")
+            if args.html:
+                runs = ", ".join(str(doc.get("run_id")) for _, doc in documents)
+                write_text_atomic(args.html, _page(f"mpibench report: modelload runs {runs}", text, figures, ""))
+                print(f"report written to {args.html}")
+        except OSError as exc:
+            raise ResultsError(f"cannot write {exc.filename or 'the report'}: {exc.strerror}",
+                               "choose a writable place") from None
+    except MpibenchError as exc:
+        print(f"mpibench: error: {exc.line()}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    return 0
+
+
+def load_document(path: str) -> dict[str, Any]:
+    """Read a results file (migrated to the current version) and check it against the schema."""
+    document = load_results(path)
     try:
         validate_document(document, ranks_per_phase=SCHEMA_SAMPLE_RANKS)
     except ResultsError as exc:
@@ -328,6 +368,24 @@ def text_table(header: list[str], rows: list[list[str]], left: tuple[int, ...] =
     return lines
 
 
+@dataclass(frozen=True)
+class Table:
+    """A table of a report section: text_table() for the text report, <table> for the HTML page."""
+
+    header: list[str]
+    rows: list[list[str]]
+    left: tuple[int, ...] = (0,)
+
+
+def _sections(document: dict[str, Any]) -> list[list[Any]]:
+    """The report's sections (captions and Tables), those with content."""
+    phases = document.get("phases", [])
+    parts = [section(phases) for section in (_bandwidth_section, _latency_section, _ranks_section,
+                                             _hosts_section, lambda ps: _cache_section(ps, document),
+                                             _repetitions_section)]
+    return [part for part in parts if part]
+
+
 def _label(phase: dict[str, Any]) -> str:
     """The phase name with its flags: * stonewalled, ! did not complete."""
     return (phase["name"] + ("*" if phase.get("stonewalled") else "")
@@ -336,26 +394,28 @@ def _label(phase: dict[str, Any]) -> str:
 
 def summary_text(document: dict[str, Any]) -> str:
     """The text report: run header, then per phase bandwidth, latency, ranks, hosts, cache; then repetitions."""
-    phases = document.get("phases", [])
     lines = [run_header(document)]
     state = "complete" if document.get("complete") else f"INCOMPLETE: {document.get('incomplete_reason')}"
     lines.append(f"started {document.get('started_at')}, {state}")
     note = ((document.get("environment") or {}).get("backend") or {}).get("note")
     if note:  # what the backend says its figures are (null storage: mpibench's own cost)
         lines.append(f"note: {note}")
-    if not phases:
+    if not document.get("phases"):
         lines += ["", "no phases were measured"]
         return "\n".join(lines)
+    for part in _sections(document):
+        lines.append("")
+        for item in part:
+            lines += text_table(item.header, item.rows, item.left) if isinstance(item, Table) else [item]
+    headline, notes = _closing_lines(document)
+    return "\n".join(lines + headline + [""] + notes)
+
+
+def _closing_lines(document: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The workload's headline figures, then the flags' legends, warnings and the recomputation check."""
+    phases = document.get("phases", [])
     fstype = str((document.get("environment") or {}).get("filesystem", {}).get("fstype", ""))
-    for section in (_bandwidth_section, _latency_section, _ranks_section, _hosts_section,
-                    lambda ps: _cache_section(ps, document), _repetitions_section):
-        part = section(phases)
-        if part:
-            lines += ["", *part]
-    headline = workload_lines(document)
-    if headline:
-        lines += headline
-    lines.append("")
+    lines = []
     if any(p.get("stonewalled") for p in phases):
         lines.append("* stonewalled: ranks stopped at the deadline; bytes are those moved by then")
     if any(p.get("complete") is False for p in phases):
@@ -374,20 +434,51 @@ def summary_text(document: dict[str, Any]) -> str:
         warnings += [f"warning: figure does not match its per-rank values: {m}" for m in mismatches]
     else:
         lines.append(f"every phase bandwidth recomputed from its per-rank values: matches ({len(phases)} phases)")
-    return "\n".join(lines + warnings)
+    return workload_lines(document), lines + warnings
 
 
-def _bandwidth_section(phases: list[dict[str, Any]]) -> list[str]:
+def summary_html(document: dict[str, Any]) -> str:
+    """The text report's content as HTML: its tables as tables, its notes as a list."""
+    out = [f"<p>{html.escape(line)}</p>" for line in run_header(document).splitlines()]
+    if not document.get("phases"):
+        return "".join(out) + "<p>no phases were measured</p>"
+    for part in _sections(document):
+        for item in part:
+            if isinstance(item, Table):
+                out.append(_html_grid(item))
+            else:
+                out.append(f'<p class="caption">{html.escape(item)}</p>')
+    headline, notes = _closing_lines(document)
+    items = [f"<li>{html.escape(line)}</li>" for line in headline]
+    items += [(WARN_ITEM if line.startswith("warning") else "<li>{}</li>").format(html.escape(line)) for line in notes]
+    return "".join(out) + (f"<ul>{''.join(items)}</ul>" if items else "")
+
+
+WARN_ITEM = '<li class="warn">{}</li>'
+
+
+def _html_grid(table: Table) -> str:
+    """A Table as an HTML table, numbers right-aligned as in the text report."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.header)
+    rows = []
+    for row in table.rows:
+        cells = [f"<td>{html.escape(str(c))}</td>" if i in table.left else f'<td class="num">{html.escape(str(c))}</td>'
+                 for i, c in enumerate(row)]
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _bandwidth_section(phases: list[dict[str, Any]]) -> list[Any]:
     rows = [[_label(p), str(p["iteration"]), format_size(p["bytes"]), f"{p['seconds']:.3f}",
              f"{p['bandwidth_MiBps']:.1f}", f"{p['bandwidth_GBps']:.3f}", f"{p['ops_per_s']:.0f}", str(p["ops"]),
              f"{p['client_cpu']['cores']:.2f}" if p.get("client_cpu") else "-"]
             for p in phases]
     return ["Bandwidth = sum of rank bytes / (last rank end - first rank start); MiB/s = 2^20 B/s, "
             "GB/s = 10^9 B/s; client cores = CPU seconds of the ranks (every thread) / seconds",
-            *text_table(["phase", "iter", "bytes", "seconds", "MiB/s", "GB/s", "IOPS", "ops", "client cores"], rows)]
+            Table(["phase", "iter", "bytes", "seconds", "MiB/s", "GB/s", "IOPS", "ops", "client cores"], rows)]
 
 
-def _latency_section(phases: list[dict[str, Any]]) -> list[str]:
+def _latency_section(phases: list[dict[str, Any]]) -> list[Any]:
     rows = []
     for p in phases:
         lat = p.get("latency") or {}
@@ -399,10 +490,10 @@ def _latency_section(phases: list[dict[str, Any]]) -> list[str]:
                      _ms(lat.get("max_s"))])
     return [f"Latency per operation, ms (histogram percentiles, within "
             f"{LatencyHistogram.RELATIVE_ERROR * 100:.0f}%)",
-            *text_table(["phase", "iter", "ops", "mean", "p50", "p90", "p99", "p99.9", "max"], rows)]
+            Table(["phase", "iter", "ops", "mean", "p50", "p90", "p99", "p99.9", "max"], rows)]
 
 
-def _ranks_section(phases: list[dict[str, Any]]) -> list[str]:
+def _ranks_section(phases: list[dict[str, Any]]) -> list[Any]:
     rows = []
     for p in phases:
         spread = p.get("spread") or {}
@@ -413,11 +504,11 @@ def _ranks_section(phases: list[dict[str, Any]]) -> list[str]:
                      f"{ratio:.2f}" + (" straggler" if ratio < STRAGGLER_RATIO else ""),
                      f"{spread.get('last_behind_first_s', 0) * 1e3:.1f}"])
     return [f"Ranks: per-rank MiB/s; a straggler is below {STRAGGLER_RATIO:.1f}x the median rank",
-            *text_table(["phase", "iter", "min", "median", "max", "slowest rank", "slowest/median",
+            Table(["phase", "iter", "min", "median", "max", "slowest rank", "slowest/median",
                          "last end behind first, ms"], rows, left=(0, 5, 6))]
 
 
-def _hosts_section(phases: list[dict[str, Any]]) -> list[str]:
+def _hosts_section(phases: list[dict[str, Any]]) -> list[Any]:
     """Per-host bandwidth (each host's bytes over its own span), only when there are several hosts."""
     if all(len(p.get("hosts") or []) < 2 for p in phases):
         return []
@@ -434,11 +525,11 @@ def _hosts_section(phases: list[dict[str, Any]]) -> list[str]:
                      f"{max(values):.1f}", f"{slowest['host']} ({slowest.get('ranks', '?')} ranks)",
                      f"{ratio:.2f}" + (" straggler" if ratio < STRAGGLER_RATIO else "")])
     return ["Hosts: per-host MiB/s (a host's bytes over its own first start to last end)",
-            *text_table(["phase", "iter", "hosts", "min", "median", "max", "slowest host", "slowest/median"],
+            Table(["phase", "iter", "hosts", "min", "median", "max", "slowest host", "slowest/median"],
                         rows, left=(0, 6, 7))]
 
 
-def _reached(phase: dict[str, Any], storage: str, fstype: str) -> str:
+def _reached(phase: dict[str, Any], backend: dict[str, Any], fstype: str) -> str:
     """The share of the requested bytes that reached storage during the phase, in the phase's direction.
 
     Reads: /proc/self/io read_bytes. Writes: /proc/self/io write_bytes when the data was
@@ -448,9 +539,9 @@ def _reached(phase: dict[str, Any], storage: str, fstype: str) -> str:
     counted by design (S3, network filesystems).
     """
     requested = int(phase["bytes"])
-    if storage == "s3" or requested <= 0:
+    if not backend.get("kernel_counted") or requested <= 0:
         return "-"
-    if phase_writes(phase) and unsynced_write(phase, storage):
+    if phase_writes(phase) and unsynced_write(phase, not backend.get("direct")):
         device = device_bytes(phase)
         return f"{device[1] / requested * 100:.0f}% device" if device is not None else "? no fsync"
     stored = phase.get("storage_bytes") or {}
@@ -460,22 +551,22 @@ def _reached(phase: dict[str, Any], storage: str, fstype: str) -> str:
     return f"{counted / requested * 100:.0f}%"
 
 
-def _cache_section(phases: list[dict[str, Any]], document: dict[str, Any]) -> list[str]:
-    storage = storage_type(document)
+def _cache_section(phases: list[dict[str, Any]], document: dict[str, Any]) -> list[Any]:
+    backend = backend_record(document)
     fstype = str((document.get("environment") or {}).get("filesystem", {}).get("fstype", ""))
     with_device = any(device_bytes(p) is not None for p in phases)
     rows = []
     for p in phases:
         cache = p.get("cache") or {}
         stored = p.get("storage_bytes") or {}
-        row = [_label(p), str(p["iteration"]), cache_state(p, storage), format_size(p["bytes"]),
+        row = [_label(p), str(p["iteration"]), cache_state(p), format_size(p["bytes"]),
                format_size(stored.get("read_bytes", 0)), format_size(stored.get("write_bytes", 0)),
-               _reached(p, storage, fstype)]
+               _reached(p, backend, fstype)]
         if with_device:
             device = device_bytes(p)
             row += [format_size(device[0]), format_size(device[1])] if device else ["-", "-"]
         how = str(cache.get("method", ""))
-        if unsynced_write(p, storage):
+        if unsynced_write(p, not backend.get("direct")):
             how += "; no fsync: data may still be in the page cache"
         rows.append([*row, how])
     header = ["phase", "iter", "cache", "requested", "storage read", "kernel written", "reached"]
@@ -488,10 +579,10 @@ def _cache_section(phases: list[dict[str, Any]], document: dict[str, Any]) -> li
     if with_device:
         lines.append("device: the block device under storage.root, all its I/O during the phase by every process "
                      "of its node, summed over hosts")
-    return [*lines, *text_table([*header, "how"], rows, left=(0, 2, len(header)))]
+    return [*lines, Table([*header, "how"], rows, left=(0, 2, len(header)))]
 
 
-def _repetitions_section(phases: list[dict[str, Any]]) -> list[str]:
+def _repetitions_section(phases: list[dict[str, Any]]) -> list[Any]:
     finished = [p for p in phases if p.get("complete") is not False]
     if not finished:
         return []
@@ -504,7 +595,7 @@ def _repetitions_section(phases: list[dict[str, Any]]) -> list[str]:
                      _ms(statistics.median(p99s)) if p99s else "-"])
     left_out = " (phases that did not complete left out)" if len(finished) < len(phases) else ""
     return [f"Over iterations (per phase name){left_out}",
-            *text_table(["phase", "iters", "median MiB/s", "min MiB/s", "max MiB/s", "spread %", "median IOPS",
+            Table(["phase", "iters", "median MiB/s", "min MiB/s", "max MiB/s", "spread %", "median IOPS",
                          "median p99 ms"], rows)]
 
 
@@ -615,8 +706,10 @@ def _draw_time_panel(axes: Any, phase: dict[str, Any], caption: str) -> list[Any
     else:
         _draw_rank_band(per_rank, series, interval, handles)
     if len(lefts) <= 1:
+        finer = max(0.01, math.floor(float(phase["seconds"]) * 10) / 100)  # about ten intervals
         axes.text(0.5, 0.5, f"one interval only: the phase is shorter than\nmetrics.interval = {interval:g} s; "
-                  "lower it for a time series", transform=axes.transAxes, ha="center", va="center",
+                  f"rerun with metrics.interval={finer:g}\nfor a time series", transform=axes.transAxes,
+                  ha="center", va="center",
                   fontsize=8, color="dimgray")
     return handles
 
@@ -786,18 +879,75 @@ def _html_table(pairs: list[tuple[str, str]]) -> str:
     return f"<table>{rows}</table>"
 
 
+def config_rows(config: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The configuration's keys in human units (sizes as 4MiB): those that differ from the
+    defaults, and the rest."""
+    from mpibench.catalog import human_value, key_kinds
+    from mpibench.config import Config
+
+    kinds = key_kinds()
+    defaults = dict(_plain_pairs(Config().to_dict()))
+    changed, default = [], []
+    for key, value in _plain_pairs(config):
+        row = (key, human_value(kinds.get(key, ""), value))
+        (default if key in defaults and defaults[key] == value else changed).append(row)
+    return changed, default
+
+
+def _plain_pairs(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Dotted keys and their values (unlike flatten(), not turned into text)."""
+    if isinstance(value, dict):
+        pairs: list[tuple[str, Any]] = []
+        for key, item in value.items():
+            pairs.extend(_plain_pairs(item, f"{prefix}.{key}" if prefix else str(key)))
+        return pairs
+    return [(prefix, value)]
+
+
+def _environment_rows(environment: dict[str, Any]) -> list[tuple[str, str]]:
+    """The environment's pairs, byte counts also in binary units."""
+    rows = []
+    for key, text in flatten(environment):
+        if key.endswith("_bytes") and text.isdigit():
+            text = f"{text} ({format_size(int(text))})"
+        rows.append((key, text))
+    return rows
+
+
 def html_page(document: dict[str, Any], text: str, figures: dict[str, bytes]) -> str:
     """One self-contained HTML page: summary, figures (inline PNG), config, environment, preflight."""
-    title = f"mpibench report: run {document.get('run_id')}"
+    preflight = document.get("preflight") or {}
+    checks = "".join(f"<li>{html.escape(str(c))}</li>" for c in preflight.get("checks", []))
+    checks += "".join(f"<li class=\"warn\">warning: {html.escape(str(w))}</li>" for w in preflight.get("warnings", []))
+    status = "complete" if document.get("complete") else f"INCOMPLETE: {document.get('incomplete_reason')}"
+    lead = f"""<p>{html.escape(status)}; started {html.escape(str(document.get('started_at')))};
+results schema version {html.escape(str(document.get('schema_version')))}</p>
+"""
+    changed, default = config_rows(document.get("config") or {})
+    tail = f"""<h2>Configuration</h2>
+<p>Set in this run (the other keys have their defaults; sizes in binary units, 1MiB = 2^20 bytes):</p>
+{_html_table(changed)}
+<details><summary>{len(default)} keys at their defaults</summary>{_html_table(default)}</details>
+<h2>Environment</h2>
+{_html_table(_environment_rows(document.get('environment') or {}))}
+<h2>Preflight</h2>
+<ul>{checks}</ul>
+"""
+    return _page(f"mpibench report: run {document.get('run_id')}", text, figures, tail, lead,
+                 summary=summary_html(document))
+
+
+def _page(title: str, text: str, figures: dict[str, bytes], tail: str, lead: str = "",
+          summary: str | None = None) -> str:
+    """The self-contained HTML page around a summary (HTML tables, with the text folded
+    under them; or the text alone) and its figures (inline PNG)."""
     images = "".join(
         f"<h2>{html.escape(TITLES.get(name, name))}</h2>"
         f"<img alt=\"{html.escape(TITLES.get(name, name))}\" src=\"data:image/png;base64,"
         f"{base64.b64encode(data).decode('ascii')}\">"
         for name, data in figures.items())
-    preflight = document.get("preflight") or {}
-    checks = "".join(f"<li>{html.escape(str(c))}</li>" for c in preflight.get("checks", []))
-    checks += "".join(f"<li class=\"warn\">warning: {html.escape(str(w))}</li>" for w in preflight.get("warnings", []))
-    status = "complete" if document.get("complete") else f"INCOMPLETE: {document.get('incomplete_reason')}"
+    body = (f"{summary}\n<details><summary>The same as text (mpibench report)</summary>"
+            f"<pre>{html.escape(text)}</pre></details>" if summary is not None else f"<pre>{html.escape(text)}</pre>")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -807,19 +957,14 @@ img {{ max-width: 100%; border: 1px solid #ddd; }}
 table {{ border-collapse: collapse; font-size: 13px; }}
 th, td {{ border: 1px solid #ddd; padding: 2px 8px; text-align: left; vertical-align: top; }}
 th {{ background: #f6f8fa; font-weight: 600; }}
+td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
+table {{ margin: 0.5em 0 1em; }}
+.caption {{ margin: 1.2em 0 0.2em; color: #444; }}
 .warn {{ color: #a00; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>{html.escape(status)}; started {html.escape(str(document.get('started_at')))};
-results schema version {html.escape(str(document.get('schema_version')))}</p>
-<h2>Summary</h2>
-<pre>{html.escape(text)}</pre>
+{lead}<h2>Summary</h2>
+{body}
 {images}
-<h2>Configuration</h2>
-{_html_table(flatten(document.get('config') or {}))}
-<h2>Environment</h2>
-{_html_table(flatten(document.get('environment') or {}))}
-<h2>Preflight</h2>
-<ul>{checks}</ul>
-</body></html>
+{tail}</body></html>
 """

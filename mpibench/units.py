@@ -58,6 +58,23 @@ def parse_size(value: object) -> int:
     return int(total)
 
 
+def si_size_hint(value: object) -> str | None:
+    """For a size written with a 1000-based unit ('4MB'), the hint that it is not 4 MiB; else None.
+
+    Storage people say MB for MiB often enough that '4MB' is more likely a slip than a wish
+    for 4,000,000 bytes; the value is still read as written."""
+    if not isinstance(value, str):
+        return None
+    match = _SIZE_RE.match(value)
+    if not match or match.group(2).lower() not in ("kb", "mb", "gb", "tb"):
+        return None
+    number, unit = match.groups()
+    binary = unit[0].upper() + "iB"
+    return (f"{value.strip()} is {parse_size(value)} bytes (1000-based); did you mean {number}{binary} "
+            f"({parse_size(number + binary)} bytes)? Write {number}{binary}, or the bytes in digits to keep "
+            "this size without the hint")
+
+
 def format_size(nbytes: float) -> str:
     """Format a byte count with binary units, e.g. 1.50 GiB."""
     value = float(nbytes)

@@ -5,7 +5,7 @@ operations in flight in an io_uring ring (through the `liburing` binding): it pr
 and submits one read or write per free slot, waits, reaps whatever has completed and
 refills those slots. Nothing blocks per operation and no completion has
 to take the GIL back from another thread, which is what limits a thread per I/O in
-CPython (see docs/performance.md). Where io_uring is missing (the binding is not
+CPython (see docs/runs/2026-12-05-peers-journal.md). Where io_uring is missing (the binding is not
 installed, the kernel lacks it or a seccomp policy forbids it), `io.engine:
 auto` falls back to threads and the results say which engine ran.
 
@@ -122,7 +122,6 @@ def uring_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, fd: int, op: 
     log = rec.new_log(transfer_size)
     note = log.entries.append  # -start then end per operation: a pair, see OpLog
     clock = time.perf_counter_ns
-    fault = ctx.fault
     stop_at = deadline_ns or (1 << 62)
     slot_offset = [0] * depth
     slot_start = [0] * depth  # negated: as the log stores a start
@@ -133,7 +132,7 @@ def uring_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, fd: int, op: 
         now = clock()
         free = list(range(depth))  # slots whose buffer is idle: refilled, in order, each round
         issuing = True
-        next_check = 0 if fault is not None else min(stop_at, now + POLL_INTERVAL_NS)
+        next_check = min(stop_at, now + POLL_INTERVAL_NS)
         while True:
             if issuing:
                 for slot in free:
@@ -152,7 +151,7 @@ def uring_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, fd: int, op: 
                     # device starts on it while the next slot is prepared. Submitting the
                     # round as one batch saves a system call per operation, but 4 KiB random
                     # reads at depth 16 on a virtio disk then ran at 0.7-0.9 of the rate of
-                    # one submission per operation (docs/performance.md).
+                    # one submission per operation (docs/runs/2026-12-05-peers-journal.md).
                     submit(ring)
             free.clear()
             if not pending:
@@ -196,11 +195,8 @@ def uring_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, fd: int, op: 
                     issuing = False  # what is in flight completes: the operations done stay a prefix
                 if len(log.entries) >= 2 * FLUSH_EVERY:
                     log.flush()
-                if fault is not None and log.ops >= fault.after_ops:
-                    injected, fault, ctx.fault = fault, None, None
-                    injected.trigger()
                 ctx.check_stop(now)
-                next_check = 0 if fault is not None else min(stop_at, now + POLL_INTERVAL_NS)
+                next_check = min(stop_at, now + POLL_INTERVAL_NS)
     except OSError as exc:
         _drain(ring, cqe, pending)
         raise io_error(op, path, exc, offset) from None

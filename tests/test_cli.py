@@ -85,7 +85,6 @@ def test_preflight_error_ends_every_rank(tmp_path, ranks):
     assert lines == ["mpibench: error: storage.type=s3 needs an s3://bucket/prefix root; "
                      "for a local directory use local_fs or direct_fs"]
     assert "Traceback" not in done.stderr + done.stdout
-    assert done.seconds < 30
     assert os.listdir(tmp_path) == []
 
 
@@ -355,10 +354,10 @@ def test_a_signal_python_cannot_raise_is_not_lost():
     an interruption, without a traceback (both seen when Ctrl-C lands during imports)."""
     code = textwrap.dedent("""
         import signal, sys, time, weakref
-        from mpibench import cli
+        from mpibench import lifecycle
         from mpibench.errors import interrupt_in
-        sys.unraisablehook = cli._redeliver_interrupt
-        signal.signal(signal.SIGINT, cli._raise_interrupt)
+        sys.unraisablehook = lifecycle.redeliver_interrupt
+        signal.signal(signal.SIGINT, lifecycle.raise_interrupt)
         class Owner:
             pass
         owner = Owner()

@@ -115,7 +115,7 @@ def test_index_hash_vectorised_equals_scalar(indices, key):
 
 def test_expected_file_checks_in_slices_with_bounded_memory():
     """Across slice boundaries the expected hash sum is the plain sum; for 10 million files
-    rank 0 needs well under a megabyte beside the slice (docs/performance.md)."""
+    rank 0 needs well under a megabyte beside the slice (docs/runs/2026-12-05-peers-journal.md)."""
     import tracemalloc
 
     key = index_hash_key(7, 2)

@@ -14,12 +14,14 @@ shards of emulated ranks r, r + size, r + 2 size, ... (round robin).
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mpibench.backends.base import AccessHints
 from mpibench.buffers import DataPattern, buffer_footprint
 from mpibench.config import RANKS_MAX, Config
 from mpibench.context import broadcast_outcome
@@ -128,6 +130,10 @@ class CheckpointWorkload(Workload):
                               f"{per_rank} emulated ranks per checkpoint, more than {MAX_EMULATED_PER_RANK}",
                               f"run at least {-(-model.ranks // MAX_EMULATED_PER_RANK)} ranks, or lower checkpoint.ranks")
 
+    def access_hints(self, config: Config) -> AccessHints:
+        """Each rank writes its own shard files front to back."""
+        return AccessHints(unit="shard")
+
     def check(self, config: Config, size: int, alignment: int) -> None:
         ck = config.checkpoint
         self.check_magnitudes(config, size)
@@ -233,7 +239,7 @@ class CheckpointWorkload(Workload):
         for n in range(reads):
             work = ctx.setup(lambda c=n: self._content(ctx, c, theirs, "read"))
             cache = self._evict(ctx, n, theirs)
-            phase = ctx.phase("read", n, lambda rec, w=work, c=n: self._shards(ctx, rec, "read", c, w, verify),
+            phase = ctx.phase("read", n, functools.partial(self._shards, ctx, op="read", n=n, work=work, verify=verify),
                               expected_bytes=total, checkpoint=n, cache=cache, written_by=partner,
                               verified=verify, **meta)
             if phase is not None:
@@ -241,15 +247,17 @@ class CheckpointWorkload(Workload):
             del work
 
     def _write_cache(self, ctx: RunContext) -> dict[str, Any]:
-        if ctx.backend.direct:
-            return {"state": "direct", "method": ctx.backend.name}
+        own = ctx.backend.cache_state()
+        if own is not None:
+            return own
         return {"state": "buffered", "method": "page cache" + (", fsync before close" if ctx.config.checkpoint.fsync
                                                                else ", no fsync")}
 
     def _evict(self, ctx: RunContext, n: int, shards: list[Shard]) -> dict[str, Any]:
         backend = ctx.backend
-        if backend.direct:
-            return {"state": "direct", "method": backend.name}
+        own = backend.cache_state()
+        if own is not None:
+            return own
         evicted = all([backend.evict(shard_key(ctx, n, s)) for s in shards])
         everywhere = bool(ctx.comm.allreduce_min(1 if evicted else 0))
         return {"state": "cold", "evicted": everywhere,
