@@ -65,8 +65,7 @@ from mpibench.backends.s3_locations import (  # noqa: F401
     region,
     scrub,
 )
-from mpibench.backends.s3_preflight import _ssl_context
-from mpibench.backends.s3_preflight import check_access, check_bucket, object_layout, reach_endpoint  # noqa: F401
+from mpibench.backends.s3_preflight import check_access, check_bucket, object_layout, reach_endpoint, ssl_context  # noqa: F401
 from mpibench.backends.s3_preflight import preflight as preflight_s3
 from mpibench.backends.s3_preflight import undo as undo_s3
 from mpibench.buffers import aligned_buffer
@@ -471,7 +470,7 @@ class S3Backend(Backend):
         status, _headers, body = signed_request(
             self.endpoint, method, path, access_key=creds["access_key"], secret_key=creds["secret_key"],
             region=region(), session_token=creds.get("session_token") or None, timeout=self.storage.timeout,
-            context=_ssl_context() if self.endpoint.startswith("https") else None, **kwargs)
+            context=ssl_context() if self.endpoint.startswith("https") else None, **kwargs)
         return status, body
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
