@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import stat
 import sys
 import time
 import warnings
@@ -26,9 +25,9 @@ from mpibench.errors import (
     interrupt_in,
 )
 from mpibench.lifecycle import NOT_STARTED, RUN_STARTS_WITHIN_S, Lifecycle  # noqa: F401  (tests read the deadline here)
+from mpibench.redact import RedactingStream
 
 MPI_COMMANDS = ("run", "plan", "preflight", "search")
-MAX_CONFIG_BYTES = 1024 * 1024  # a configuration is a few KiB; more is not one (and /dev/zero never ends)
 CONFIG_EXAMPLE = "e.g. mpibench {command} configs/quickstart.yaml (configs/ holds one per workload)"
 # Where a launcher puts the rank, so that only rank 0 speaks before MPI is up.
 LAUNCHER_RANK_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
@@ -178,6 +177,20 @@ def main(argv: list[str] | None = None) -> int:
     """
     LIFECYCLE.rank_hint = _launcher_rank()
     LIFECYCLE.boot()
+    streams = (sys.stdout, sys.stderr)
+    sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)  # no secret in any line
+    try:
+        return _main(argv)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing more can be said
+                pass
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     try:
         if args.command in MPI_COMMANDS:
@@ -368,13 +381,15 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
         if ior is not None:
             config = build_config(ior.config)
         else:
-            _check_config_file(args.config)
             config = load_config(args.config, args.overrides)
         if args.command == "plan":
             size = comm.size if args.ranks is None else args.ranks
             if args.ranks_per_node is not None and args.ranks_per_node > size:
                 raise ConfigError(f"--ranks-per-node {args.ranks_per_node} is more than the {size} rank(s) planned",
                                   f"give --ranks-per-node {size} or less, or plan more with --ranks")
+            from mpibench.workloads import get_workload
+
+            get_workload(config.workload).check_magnitudes(config, size)  # before listing every rank's share
         if args.command != "run":
             return config, None
         output = args.output
@@ -472,21 +487,6 @@ def _save(write: Any, path: str, document: dict[str, Any], force: bool, option: 
     except OSError as exc:  # the directory checked before the run failed since (removed, full)
         raise agreed(BenchIOError(f"cannot write {path} after the run: {exc.strerror or exc}",
                                   f"check its directory, or choose another {option} next time")) from None
-
-
-def _check_config_file(path: str) -> None:
-    """Refuse what cannot be a configuration file before reading it (a device, a FIFO, huge)."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return  # reading it says what is wrong
-    example = "give the path of a YAML file, e.g. configs/quickstart.yaml"
-    if not stat.S_ISREG(info.st_mode):
-        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-        raise ConfigError(f"config file {path} is {kind}", example)
-    if info.st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {path} is {info.st_size} bytes, over the {MAX_CONFIG_BYTES} a "
-                          "configuration may have", example)
 
 
 def _print_plan(config: Any, args: argparse.Namespace, comm: Any) -> None:

@@ -20,7 +20,7 @@ import yaml
 
 from mpibench.errors import ConfigError
 from mpibench.mlperf import ACCELERATORS, COLUMN_SETS, MODELS, row_bytes, timing_of
-from mpibench.units import parse_size, si_size_hint
+from mpibench.units import format_size, parse_size, si_size_hint
 
 AUTO = "auto"
 WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint", "kvcache", "metadata", "modelload")
@@ -34,10 +34,27 @@ DATASET_FORMATS = ("npz", "hdf5", "raw", "jpeg", "tfrecord", "parquet")
 COMPRESSED_FORMATS = ("hdf5",)
 
 
+#: kinds of keys holding a number: each must declare its range (minimum and maximum)
+NUMERIC_KINDS = ("int", "optional_int", "int_or_auto", "float", "optional_float", "size", "optional_size")
+DAY_S = 86400.0
+TiB = 1024**4
+SEED_MAX = 2**63 - 1
+#: the most ranks a checkpoint may emulate (beyond the largest training jobs; each is a
+#: shard file or two per checkpoint, and planning lists them)
+RANKS_MAX = 2**17
+
+
 def _opt(default: Any, kind: str, *, choices: Sequence[str] = (), minimum: float | None = None,
-         doc: str = "") -> Any:
-    """Declare a config key: its default, how its value is read, and its allowed range."""
-    meta = {"kind": kind, "choices": choices, "minimum": minimum, "doc": doc}
+         maximum: float | None = None, doc: str = "") -> Any:
+    """Declare a config key: its default, how its value is read, and its allowed range.
+
+    A number beyond `maximum` is refused when the configuration is loaded (exit 2): a
+    value that passes must be one the run can act on (a timer, a size, a count), not
+    one that overflows a clock or a buffer later, mid-run.
+    """
+    if kind in NUMERIC_KINDS and (minimum is None or maximum is None):
+        raise AssertionError(f"a {kind} key needs a minimum and a maximum")  # a declaration error
+    meta = {"kind": kind, "choices": choices, "minimum": minimum, "maximum": maximum, "doc": doc}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -57,15 +74,15 @@ class StorageConfig:
     endpoint: str | None = _opt(None, "optional_str", doc="S3 endpoint URL (else AWS_ENDPOINT_URL)")
     endpoints: list[str] = _opt([], "str_list", doc="several S3 endpoints, spread over ranks")
     create_bucket: bool = _opt(False, "bool", doc="create the bucket when it is missing")
-    timeout: float = _opt(30.0, "float", minimum=0.1,
+    timeout: float = _opt(30.0, "float", minimum=0.1, maximum=DAY_S,
                           doc="S3 request timeout in seconds (connect timeout is min(5, this))")
-    retries: int = _opt(3, "int", minimum=0, doc="S3 retries of a failed request")
-    threads: int | str = _opt(AUTO, "int_or_auto", minimum=1,
+    retries: int = _opt(3, "int", minimum=0, maximum=1000, doc="S3 retries of a failed request")
+    threads: int | str = _opt(AUTO, "int_or_auto", minimum=1, maximum=4096,
                               doc="s3dlio runtime threads per rank (auto: usable CPUs per node / ranks per node, "
                                   "on S3 at most the rank's requests in flight)")
-    part_size: int = _opt(16 * 1024**2, "size", minimum=1,
+    part_size: int = _opt(16 * 1024**2, "size", minimum=1, maximum=5 * 1024**3,
                           doc="s3: bytes per multipart-upload part (at least 5 MiB)")
-    parts_in_flight: int = _opt(8, "int", minimum=1,
+    parts_in_flight: int = _opt(8, "int", minimum=1, maximum=4096,
                                 doc="s3: parts of one multipart upload being sent at once")
     sign_payload: bool = _opt(True, "bool",
                               doc="s3: put the SHA-256 of each PUT body in its signature (false: "
@@ -76,7 +93,7 @@ class StorageConfig:
 class IoConfig:
     """How every workload keeps I/Os in flight: the queue depth and what keeps it."""
 
-    depth: int | str = _opt(AUTO, "int_or_auto", minimum=1,
+    depth: int | str = _opt(AUTO, "int_or_auto", minimum=1, maximum=4096,
                             doc="concurrent I/Os in flight per rank (auto: 1 for local_fs)")
     engine: str = _opt(AUTO, "enum", choices=(AUTO, "io_uring", "threads"),
                        doc="files, depth > 1: one thread with an io_uring ring, or a thread "
@@ -87,11 +104,11 @@ class IoConfig:
 class BandwidthConfig:
     """IOR-like write-then-read test."""
 
-    transfer_size: int = _opt(1024**2, "size", minimum=1, doc="bytes per I/O operation")
-    block_size: int = _opt(256 * 1024**2, "size", minimum=1, doc="bytes each rank writes per iteration")
+    transfer_size: int = _opt(1024**2, "size", minimum=1, maximum=64 * 1024**3, doc="bytes per I/O operation")
+    block_size: int = _opt(256 * 1024**2, "size", minimum=1, maximum=1024 * TiB, doc="bytes each rank writes per iteration")
     file_mode: str = _opt("per_rank", "enum", choices=("per_rank", "shared"),
                           doc="one file per rank, or one shared file of rank slices")
-    iterations: int = _opt(3, "int", minimum=1, doc="repetitions of the write and read phases")
+    iterations: int = _opt(3, "int", minimum=1, maximum=1_000_000, doc="repetitions of the write and read phases")
     overwrite: bool = _opt(False, "bool",
                            doc="iterations after the first write over the previous iteration's files "
                                "(IOR -k) instead of removing them first and writing new ones")
@@ -99,9 +116,9 @@ class BandwidthConfig:
     reorder_reads: bool = _opt(True, "bool", doc="read data another rank wrote (IOR -C)")
     access: str = _opt("sequential", "enum", choices=("sequential", "random"),
                        doc="transfer order within a rank's block")
-    object_size: int | None = _opt(None, "optional_size", minimum=1,
+    object_size: int | None = _opt(None, "optional_size", minimum=1, maximum=5 * TiB,
                                    doc="s3: bytes per object (default: one object per rank per iteration)")
-    deadline: float = _opt(0.0, "float", minimum=0.0,
+    deadline: float = _opt(0.0, "float", minimum=0.0, maximum=30 * DAY_S,
                            doc="stonewall: seconds after which ranks stop issuing I/O (0: off)")
     cache: str = _opt("cold", "enum", choices=("cold", "warm"),
                       doc="local_fs reads: evict the file first (cold) or read what the page cache holds (warm)")
@@ -114,22 +131,22 @@ class DatasetConfig:
     """The synthetic training dataset written by datagen and read by train."""
 
     name: str = _opt("dataset", "str", doc="folder under storage.root holding the dataset")
-    num_files: int = _opt(64, "int", minimum=1, doc="number of files (objects)")
-    samples_per_file: int = _opt(1, "int", minimum=1, doc="samples (records) per file")
-    record_size: int = _opt(1024**2, "size", minimum=1, doc="mean bytes per sample")
-    record_size_stdev: int = _opt(0, "size", minimum=0, doc="standard deviation of sample bytes")
+    num_files: int = _opt(64, "int", minimum=1, maximum=10**9, doc="number of files (objects)")
+    samples_per_file: int = _opt(1, "int", minimum=1, maximum=10**7, doc="samples (records) per file")
+    record_size: int = _opt(1024**2, "size", minimum=1, maximum=64 * 1024**3, doc="mean bytes per sample")
+    record_size_stdev: int = _opt(0, "size", minimum=0, maximum=64 * 1024**3, doc="standard deviation of sample bytes")
     format: str = _opt("npz", "enum", choices=(*DATASET_FORMATS, "safetensors"),
                        doc="file format: npz, hdf5, raw, jpeg (one image a file), tfrecord, parquet; "
                            "safetensors: the modelload section's model, in HF's layout")
-    num_subfolders: int = _opt(0, "int", minimum=0, doc="spread files over this many subfolders")
-    seed: int = _opt(1234, "int", minimum=0, doc="seed of sizes and content")
-    hdf5_chunk_size: int | None = _opt(None, "optional_size", minimum=1,
+    num_subfolders: int = _opt(0, "int", minimum=0, maximum=10**6, doc="spread files over this many subfolders")
+    seed: int = _opt(1234, "int", minimum=0, maximum=SEED_MAX, doc="seed of sizes and content")
+    hdf5_chunk_size: int | None = _opt(None, "optional_size", minimum=1, maximum=4 * 1024**3,
                                        doc="hdf5: chunk bytes (default contiguous)")
     compression: str = _opt("none", "enum", choices=("none", "gzip", "lzf"),
                             doc="hdf5: dataset compression")
     columns: str = _opt("none", "enum", choices=("none", *COLUMN_SETS),
                         doc="parquet: the published column set (mpibench/mlperf.py); record_size is its row size")
-    row_group_size: int | None = _opt(None, "optional_int", minimum=1,
+    row_group_size: int | None = _opt(None, "optional_int", minimum=1, maximum=10**9,
                                       doc="parquet: rows per row group (default: the column set's published "
                                           "value, else one row group a file)")
 
@@ -138,16 +155,16 @@ class DatasetConfig:
 class TrainConfig:
     """How the training workload reads the dataset."""
 
-    epochs: int = _opt(1, "int", minimum=1, doc="passes over the dataset")
-    runs: int = _opt(1, "int", minimum=1,
+    epochs: int = _opt(1, "int", minimum=1, maximum=1_000_000, doc="passes over the dataset")
+    runs: int = _opt(1, "int", minimum=1, maximum=1000,
                      doc="runs of train.epochs each, a new shuffle seed per run; with more than one "
                          "the first is a warm-up and the others are measured (MLPerf: 6)")
-    batch_size: int | None = _opt(None, "optional_int", minimum=1,
+    batch_size: int | None = _opt(None, "optional_int", minimum=1, maximum=10**7,
                                   doc="samples per batch per rank (default: the accelerator's published batch, else 4)")
-    read_threads: int = _opt(4, "int", minimum=1, doc="reader threads per rank")
+    read_threads: int = _opt(4, "int", minimum=1, maximum=4096, doc="reader threads per rank")
     shuffle: str = _opt("file", "enum", choices=("off", "file", "sample"),
                         doc="seeded order, new each epoch")
-    computation_time: float | None = _opt(None, "optional_float", minimum=0.0,
+    computation_time: float | None = _opt(None, "optional_float", minimum=0.0, maximum=DAY_S,
                                           doc="emulated compute seconds per batch (default: the accelerator's "
                                               "published time, else 0); wins over train.accelerator")
     model: str = _opt("none", "enum", choices=("none", *MODELS),
@@ -155,13 +172,13 @@ class TrainConfig:
     accelerator: str = _opt("none", "enum", choices=("none", *ACCELERATORS),
                             doc="emulated accelerator: sets computation_time, batch_size and min_au from "
                                 "the published config of train.model")
-    min_au: float | None = _opt(None, "optional_float", minimum=0.0,
+    min_au: float | None = _opt(None, "optional_float", minimum=0.0, maximum=100.0,
                                 doc="AU % a run must reach to pass (default: the accelerator's published value)")
-    prefetch: int = _opt(2, "int", minimum=0, doc="batches read ahead of the compute")
+    prefetch: int = _opt(2, "int", minimum=0, maximum=10**6, doc="batches read ahead of the compute")
     decode: bool = _opt(True, "bool", doc="parse the files read as the format says (Parquet is always parsed)")
     cache: str = _opt("cold", "enum", choices=("cold", "warm"),
                       doc="local_fs: evict the files before each epoch (cold) or not (warm)")
-    seed: int = _opt(0, "int", minimum=0, doc="seed of the shuffle")
+    seed: int = _opt(0, "int", minimum=0, maximum=SEED_MAX, doc="seed of the shuffle")
 
 
 @dataclass(frozen=True)
@@ -169,20 +186,20 @@ class CheckpointConfig:
     """LLM checkpoint write and read."""
 
     model: str = _opt("llama3-8b", "str", doc="preset name, or 'custom' with the sizes below")
-    num_checkpoints_write: int = _opt(10, "int", minimum=0, doc="checkpoints written")
-    num_checkpoints_read: int = _opt(10, "int", minimum=0, doc="checkpoints read back")
+    num_checkpoints_write: int = _opt(10, "int", minimum=0, maximum=1_000_000, doc="checkpoints written")
+    num_checkpoints_read: int = _opt(10, "int", minimum=0, maximum=1_000_000, doc="checkpoints read back")
     fsync: bool = _opt(True, "bool", doc="fsync each shard before close")
-    interval: float = _opt(0.0, "float", minimum=0.0, doc="seconds between checkpoints")
-    scale: float = _opt(1.0, "float", minimum=0.0, doc="factor in (0, 1] shrinking every shard")
+    interval: float = _opt(0.0, "float", minimum=0.0, maximum=DAY_S, doc="seconds between checkpoints")
+    scale: float = _opt(1.0, "float", minimum=0.0, maximum=1.0, doc="factor in (0, 1] shrinking every shard")
     verify: bool = _opt(False, "bool", doc="check the content read back")
-    ranks: int | None = _opt(None, "optional_int", minimum=1,
+    ranks: int | None = _opt(None, "optional_int", minimum=1, maximum=RANKS_MAX,
                              doc="the preset's rank count to emulate (default: the preset's)")
-    transfer_size: int = _opt(16 * 1024**2, "size", minimum=1, doc="bytes per I/O operation")
-    model_bytes: int | None = _opt(None, "optional_size", minimum=1, doc="custom: model bytes")
-    optimizer_bytes: int | None = _opt(None, "optional_size", minimum=1, doc="custom: optimizer bytes")
-    tp: int = _opt(1, "int", minimum=1, doc="custom: tensor parallel size")
-    pp: int = _opt(1, "int", minimum=1, doc="custom: pipeline parallel size")
-    zero_stage: int = _opt(3, "int", minimum=0, doc="custom: ZeRO stage (1 or 3)")
+    transfer_size: int = _opt(16 * 1024**2, "size", minimum=1, maximum=64 * 1024**3, doc="bytes per I/O operation")
+    model_bytes: int | None = _opt(None, "optional_size", minimum=1, maximum=1024 * TiB, doc="custom: model bytes")
+    optimizer_bytes: int | None = _opt(None, "optional_size", minimum=1, maximum=1024 * TiB, doc="custom: optimizer bytes")
+    tp: int = _opt(1, "int", minimum=1, maximum=RANKS_MAX, doc="custom: tensor parallel size")
+    pp: int = _opt(1, "int", minimum=1, maximum=RANKS_MAX, doc="custom: pipeline parallel size")
+    zero_stage: int = _opt(3, "int", minimum=0, maximum=3, doc="custom: ZeRO stage (1 or 3)")
     accelerator: str = _opt("none", "enum", choices=("none", *ACCELERATORS),
                             doc="emulated accelerator: its memory x the emulated ranks must hold the "
                                 "checkpoint (MLPerf Storage Rules 4.3.4)")
@@ -202,30 +219,30 @@ class KvcacheConfig:
                       doc="model shape: sets the KV bytes per token")
     users: list[int] = _opt([8], "int_list", minimum=1,
                             doc="concurrent users per rank; a list steps through the counts (capacity search)")
-    duration: float = _opt(60.0, "float", minimum=0.0, doc="measured seconds per user count")
-    max_requests: int = _opt(0, "int", minimum=0,
+    duration: float = _opt(60.0, "float", minimum=0.0, maximum=DAY_S, doc="measured seconds per user count")
+    max_requests: int = _opt(0, "int", minimum=0, maximum=10**12,
                              doc="end a step early once each rank has started this many requests (0: duration only)")
-    warmup: float = _opt(5.0, "float", minimum=0.0, doc="seconds of traffic before each measurement, not counted")
-    memory_budget: int = _opt(0, "size", minimum=0,
+    warmup: float = _opt(5.0, "float", minimum=0.0, maximum=DAY_S, doc="seconds of traffic before each measurement, not counted")
+    memory_budget: int = _opt(0, "size", minimum=0, maximum=1024 * TiB,
                               doc="memory tier per rank in bytes, LRU (0: every KV block goes to storage)")
-    storage_capacity: int = _opt(0, "size", minimum=0,
+    storage_capacity: int = _opt(0, "size", minimum=0, maximum=1024 * TiB,
                                  doc="storage per rank in bytes; past it the least recently used entries are "
                                      "deleted (0: 80 % of the free space at preflight over the ranks; "
                                      "unbounded on s3)")
-    concurrency: int = _opt(4, "int", minimum=1, doc="requests served at once per rank (threads)")
+    concurrency: int = _opt(4, "int", minimum=1, maximum=4096, doc="requests served at once per rank (threads)")
     generation: str = _opt("none", "enum", choices=("none", "fast", "realistic"),
                            doc="emulated GPU time per output token: none 0, fast 2 ms, realistic 30 ms")
     grouping: str = _opt("tokens", "enum", choices=("tokens", "layer", "entry"),
                          doc="one object per block_tokens tokens, per layer, or per request (the reference)")
-    block_tokens: int = _opt(16, "int", minimum=1, doc="tokens per object with grouping=tokens")
-    transfer_size: int = _opt(4 * 1024**2, "size", minimum=4096, doc="largest I/O; larger objects move in pieces")
-    max_context: int = _opt(0, "int", minimum=0, doc="cap on a user's context tokens (0: the templates' ranges)")
+    block_tokens: int = _opt(16, "int", minimum=1, maximum=10**7, doc="tokens per object with grouping=tokens")
+    transfer_size: int = _opt(4 * 1024**2, "size", minimum=4096, maximum=64 * 1024**3, doc="largest I/O; larger objects move in pieces")
+    max_context: int = _opt(0, "int", minimum=0, maximum=10**8, doc="cap on a user's context tokens (0: the templates' ranges)")
     multi_turn: bool = _opt(True, "bool", doc="conversations: a turn reads its earlier turns' KV back")
-    max_turns: int = _opt(8, "int", minimum=1, doc="turns at most per conversation")
-    decode_batch: int = _opt(32, "int", minimum=1, doc="output tokens per decode read of the request's KV")
-    prefix_tokens: int = _opt(0, "int", minimum=0, doc="a shared prefix (system prompt) read by every request (0: none)")
+    max_turns: int = _opt(8, "int", minimum=1, maximum=10**6, doc="turns at most per conversation")
+    decode_batch: int = _opt(32, "int", minimum=1, maximum=10**7, doc="output tokens per decode read of the request's KV")
+    prefix_tokens: int = _opt(0, "int", minimum=0, maximum=10**8, doc="a shared prefix (system prompt) read by every request (0: none)")
     fsync: bool = _opt(True, "bool", doc="local_fs: fsync each object written (the reference does)")
-    p95_target: float = _opt(0.0, "float", minimum=0.0,
+    p95_target: float = _opt(0.0, "float", minimum=0.0, maximum=DAY_S,
                              doc="seconds: capacity = the largest users count whose pooled p95 read latency is below")
     verify: bool = _opt(False, "bool", doc="check every byte read against the seeded content")
 
@@ -235,8 +252,8 @@ class ModelloadConfig:
     """Loading an LLM's safetensors shards (written by datagen with dataset.format=safetensors)."""
 
     model: str = _opt("llama3-8b", "str", doc="llama3 preset whose tensors the model has")
-    scale: float = _opt(1.0, "float", minimum=0.0, doc="factor in (0, 1] shrinking every matrix's rows")
-    shard_size: int = _opt(5 * 10**9, "size", minimum=1, doc="largest shard file (transformers: 5GB)")
+    scale: float = _opt(1.0, "float", minimum=0.0, maximum=1.0, doc="factor in (0, 1] shrinking every matrix's rows")
+    shard_size: int = _opt(5 * 10**9, "size", minimum=1, maximum=1024 * TiB, doc="largest shard file (transformers: 5GB)")
     reader: str = _opt(AUTO, "enum", choices=(AUTO, "mmap", "read", "direct", "s3"),
                        doc="mmap or read (local_fs), direct (direct_fs), s3 (ranged GETs); auto: "
                            "mmap, direct or s3 by storage.type")
@@ -245,12 +262,12 @@ class ModelloadConfig:
     layout: str = _opt("replicated", "enum",
                        choices=("replicated", "tensor_parallel", "pipeline_parallel", "tensor_pipeline"),
                        doc="who loads what: all of it, a TP slice, a PP stage, or both")
-    tp: int | str = _opt(AUTO, "int_or_auto", minimum=1, doc="tensor-parallel size (auto: the preset's, "
+    tp: int | str = _opt(AUTO, "int_or_auto", minimum=1, maximum=RANKS_MAX, doc="tensor-parallel size (auto: the preset's, "
                                                             "else the world size for tensor_parallel)")
-    pp: int | str = _opt(AUTO, "int_or_auto", minimum=1, doc="pipeline stages (auto: the preset's, "
+    pp: int | str = _opt(AUTO, "int_or_auto", minimum=1, maximum=RANKS_MAX, doc="pipeline stages (auto: the preset's, "
                                                             "else the world size for pipeline_parallel)")
-    iterations: int = _opt(1, "int", minimum=1, doc="cold load then warm load, this many times")
-    buffer_size: int = _opt(64 * 1024**2, "size", minimum=4096, doc="bytes per read and staging buffer per rank")
+    iterations: int = _opt(1, "int", minimum=1, maximum=1_000_000, doc="cold load then warm load, this many times")
+    buffer_size: int = _opt(64 * 1024**2, "size", minimum=4096, maximum=64 * 1024**3, doc="bytes per read and staging buffer per rank")
     s3_fetch: str = _opt("ranges", "enum", choices=("ranges", "objects"),
                          doc="s3 reader: one ranged GET per tensor slice, or every shard whole (its own "
                              "tensors or not) in one GET into a shard-sized buffer, as a download "
@@ -264,23 +281,23 @@ class ModelloadConfig:
 class MetadataConfig:
     """mdtest-like metadata test: create, stat, read, rename, list and remove many small files."""
 
-    items: int = _opt(1000, "int", minimum=1, doc="files (objects) each rank creates (mdtest -n)")
-    file_size: int = _opt(0, "size", minimum=0, doc="bytes written into each file and read back (0: empty files)")
+    items: int = _opt(1000, "int", minimum=1, maximum=10**9, doc="files (objects) each rank creates (mdtest -n)")
+    file_size: int = _opt(0, "size", minimum=0, maximum=64 * 1024**3, doc="bytes written into each file and read back (0: empty files)")
     layout: str = _opt("unique", "enum", choices=("unique", "shared"),
                        doc="a directory tree per rank (mdtest -u) or one tree shared by every rank")
-    depth: int = _opt(0, "int", minimum=0, doc="levels of directories below the tree's top (mdtest -z)")
-    branching: int = _opt(1, "int", minimum=1, doc="subdirectories of each directory above the leaves (mdtest -b)")
+    depth: int = _opt(0, "int", minimum=0, maximum=64, doc="levels of directories below the tree's top (mdtest -z)")
+    branching: int = _opt(1, "int", minimum=1, maximum=10**6, doc="subdirectories of each directory above the leaves (mdtest -b)")
     items_at: str = _opt("leaves", "enum", choices=("leaves", "all"),
                          doc="files in the leaf directories only (mdtest -L) or in every directory of the tree")
-    stride: int | str = _opt(AUTO, "int_or_auto", minimum=0,
+    stride: int | str = _opt(AUTO, "int_or_auto", minimum=0, maximum=RANKS_MAX,
                              doc="stat, read, list, rename and remove the files of rank (rank + stride) % ranks "
                                  "(mdtest -N); auto: the ranks of one node, so another node's files")
-    deadline: float = _opt(0.0, "float", minimum=0.0,
+    deadline: float = _opt(0.0, "float", minimum=0.0, maximum=30 * DAY_S,
                            doc="stonewall: seconds after which ranks stop creating files (0: off); "
                                "later phases use exactly the files created")
     read: bool = _opt(True, "bool", doc="read each file back (file_size bytes) after the stat phase")
     list: bool = _opt(False, "bool", doc="list the directories (readdir / S3 LIST) after the read phase")
-    list_page: int = _opt(1000, "int", minimum=1, doc="entries per page of a listing: S3 ListObjectsV2 MaxKeys "
+    list_page: int = _opt(1000, "int", minimum=1, maximum=1_000_000, doc="entries per page of a listing: S3 ListObjectsV2 MaxKeys "
                           "(at most 1000), names handed out per readdir page on files")
     rename: bool = _opt(False, "bool", doc="rename each file in its directory before the remove phase (files only)")
     fsync: bool = _opt(False, "bool", doc="fsync each file before closing it in the create phase (mdtest -y)")
@@ -292,7 +309,7 @@ class MetadataConfig:
 class MetricsConfig:
     """What is recorded beside bytes and times."""
 
-    interval: float = _opt(0.5, "float", minimum=0.01, doc="time-series interval in seconds")
+    interval: float = _opt(0.5, "float", minimum=0.01, maximum=3600.0, doc="time-series interval in seconds")
 
 
 @dataclass(frozen=True)
@@ -316,7 +333,7 @@ class Config:
     huge_pages: bool = _opt(False, "bool",
                             doc="I/O buffers in 2 MiB transparent huge pages (physically contiguous, "
                                 "as fio --mem=mmaphuge); default: ordinary 4 KiB pages")
-    seed: int = _opt(42, "int", minimum=0, doc="seed of the data written")
+    seed: int = _opt(42, "int", minimum=0, maximum=SEED_MAX, doc="seed of the data written")
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved configuration as plain data (for results and plan output)."""
@@ -362,6 +379,7 @@ def _coerce(value: Any, meta: dict[str, Any], key: str) -> Any:
     kind = meta["kind"]
     choices = meta["choices"]
     minimum = meta["minimum"]
+    maximum = meta.get("maximum")
 
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"configuration key '{key}' must be {expected}, got {value!r}")
@@ -440,6 +458,11 @@ def _coerce(value: Any, meta: dict[str, Any], key: str) -> Any:
         if minimum == 1 and kind in ("size", "optional_size"):
             raise ConfigError(f"configuration key '{key}' must be a positive size, got {value!r}")
         raise ConfigError(f"configuration key '{key}' must be at least {minimum}, got {value!r}")
+    if maximum is not None and result > maximum:
+        most = (f"{int(maximum)} bytes ({format_size(int(maximum))})" if kind in ("size", "optional_size")
+                else f"{maximum:g}")
+        raise ConfigError(f"configuration key '{key}' must be at most {most}, got {value!r}",
+                          f"give {key} a value from {minimum:g} to {maximum:g}")
     return result
 
 
@@ -511,7 +534,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     key = key.strip()
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
+    except ConfigError as exc:
+        raise ConfigError(f"override '{key}': {exc.message}", exc.hint) from None
     except yaml.YAMLError:
         value = raw
     if isinstance(value, (dict,)) or (value is None and raw.strip() not in ("null", "~", "None")):
@@ -540,24 +565,89 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+#: what one YAML document may expand to: nodes, an alias counted in full each time it is
+#: used (a config has a few hundred; a "billion laughs" file of a few hundred bytes expands
+#: to billions), and nesting levels (a config has 3; deeper ends in a RecursionError)
+YAML_MAX_NODES = 100_000
+YAML_MAX_DEPTH = 64
+#: a configuration is a few KiB; more is not one (and /dev/zero never ends)
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+class _BoundedLoader(_UniqueKeyLoader):
+    """The loader of every YAML mpibench reads: refuses, while composing and before any
+    object is built, a document that expands past YAML_MAX_NODES or nests deeper than
+    YAML_MAX_DEPTH."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._expanded: dict[int, int] = {}  # id(node) -> nodes it stands for, aliases expanded
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+        if self.check_event(yaml.AliasEvent):  # type: ignore[no-untyped-call]
+            node = super().compose_node(parent, index)  # type: ignore[no-untyped-call]
+            if id(node) not in self._expanded:  # the alias is inside the node it names
+                raise ConfigError(f"the YAML alias at line {mark.line + 1} refers to a node that holds it",
+                                  "a configuration cannot contain itself: remove the alias")
+            return node
+        self._depth += 1
+        if self._depth > YAML_MAX_DEPTH:
+            raise ConfigError(f"the YAML nests more than {YAML_MAX_DEPTH} levels deep (line {mark.line + 1})",
+                              "a configuration has sections of keys, two levels")
+        try:
+            node = super().compose_node(parent, index)  # type: ignore[no-untyped-call]
+        finally:
+            self._depth -= 1
+        children: list[Any] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        size = 1 + sum(self._expanded.get(id(child), 1) for child in children)
+        if size > YAML_MAX_NODES:
+            raise ConfigError(f"the YAML expands to more than {YAML_MAX_NODES} values (aliases counted each time "
+                              f"they are used; line {mark.line + 1})",
+                              "a configuration is a few dozen keys: remove the repeated aliases")
+        self._expanded[id(node)] = size
+        return node
+
+
+def load_yaml(text: str) -> Any:
+    """`text` parsed with the bounded loader (ConfigError for a bound or a key given twice)."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()  # type: ignore[no-untyped-call]
+    except RecursionError:  # a bound above should come first; never a traceback
+        raise ConfigError("the YAML nests too deeply to be read",
+                          "a configuration has sections of keys, two levels") from None
+    finally:
+        loader.dispose()  # type: ignore[no-untyped-call]
+
+
 def _path_in(path: str, error: ConfigError) -> ConfigError:
     return ConfigError(f"config file {path}: {error.message}", error.hint)
 
 
 def load_mapping(path: str) -> dict[str, Any]:
     """Read a YAML config file into a mapping, with a one-line error for any problem."""
+    from mpibench.safeio import UnsafeFile, read_text
+
+    example = "give the path of a YAML file, e.g. configs/quickstart.yaml"
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        text = read_text(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist", "give the path of a YAML file, e.g. configs/quickstart.yaml") from None
+        raise ConfigError(f"config file {path} does not exist", example) from None
+    except UnsafeFile as exc:
+        raise ConfigError(f"config file {path} is {exc.strerror}", example) from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})",
                           "give the path of a YAML file") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+        data = load_yaml(text)
     except ConfigError as exc:
         raise _path_in(path, exc) from None
     except yaml.YAMLError as exc:
@@ -628,6 +718,10 @@ def validate(config: Config) -> None:
             )
         if "://" in root and not root.startswith(LOCAL_SCHEMES):
             raise ConfigError(f"storage.root {root} has an unknown scheme", "give a directory path")
+        if root.startswith("direct://") and storage.type != "direct_fs":
+            raise ConfigError(f"storage.root {root} asks for O_DIRECT (direct://) but storage.type={storage.type} "
+                              "does buffered I/O", "set storage.type=direct_fs, or write the root as a path "
+                              "(or file://)")
         if storage.library == "s3dlio" and storage.type != "direct_fs":
             raise ConfigError(
                 f"storage.library=s3dlio applies to direct_fs only, not {storage.type}",

@@ -6,7 +6,8 @@ import csv
 import io
 from typing import Any
 
-from mpibench.results import phase_au_pct, phase_samples_per_s, write_new_text, write_text_atomic
+from mpibench.redact import redact
+from mpibench.results import phase_au_pct, phase_samples_per_s, replaceable, write_new_text, write_text_atomic
 
 COLUMNS = ["run_id", "workload", "phase", "iteration", "ranks", "nodes", "storage_type", "file_mode",
            "transfer_size", "block_size", "io_depth", "access", "bytes", "seconds", "bandwidth_MiBps",
@@ -69,7 +70,8 @@ def write_csv(path: str, document: dict[str, Any], force: bool = False) -> str:
             f"{samples:.3f}" if samples is not None else "", f"{au:.2f}" if au is not None else "",
             *(workload.csv_values(document, p) if workload else []),
         ])
-    if force:
-        write_text_atomic(path, out.getvalue())
+    text = redact(out.getvalue())
+    if force and replaceable(path):
+        write_text_atomic(path, text)
         return path
-    return write_new_text(path, out.getvalue(), str(document.get("run_id") or "results"))
+    return write_new_text(path, text, str(document.get("run_id") or "results"))

@@ -199,5 +199,13 @@ def timed_fsync(backend: Backend, handle: Any, rec: PhaseRecorder) -> None:
 def timed_close(backend: Backend, handle: Any, rec: PhaseRecorder) -> None:
     """Close a handle (for object stores: commit it), adding the time to the close seconds."""
     start = time.perf_counter()
-    backend.close(handle)
-    rec.close_s += time.perf_counter() - start
+    pending = backend.uncommitted(handle)  # before close, which lets the handle go
+    try:
+        backend.close(handle)
+    except BaseException:
+        rec.uncommitted(pending)  # acknowledged writes whose object never came to be
+        raise
+    else:
+        rec.uncommitted(backend.uncommitted(handle))  # an upload abandoned after a failed write
+    finally:
+        rec.close_s += time.perf_counter() - start

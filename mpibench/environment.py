@@ -198,23 +198,57 @@ def memory_available_bytes() -> int:
     return available
 
 
-def _cgroup_memory_left() -> int | None:
-    """memory.max - memory.current of this process's cgroup (v2), None without a limit."""
+CGROUP_ROOT = "/sys/fs/cgroup"
+#: (files of the limit and of the usage) in a cgroup v2 and in a v1 memory hierarchy
+_CGROUP_FILES = {2: ("memory.max", "memory.current"), 1: ("memory.limit_in_bytes", "memory.usage_in_bytes")}
+_V1_UNLIMITED = 2**62  # v1 writes "no limit" as a page-rounded LONG_MAX
+
+
+def _cgroup_memory_left(proc_cgroup: str = "/proc/self/cgroup", root: str = CGROUP_ROOT) -> int | None:
+    """What this process's cgroup and every cgroup above it have left (limit - usage), the
+    least of them; None without a limit. Both cgroup v2 (memory.max) and the v1 memory
+    controller (memory.limit_in_bytes, still common under Slurm) are read."""
     try:
-        with open("/proc/self/cgroup", encoding="utf-8") as handle:
-            path = next((line.strip()[3:] for line in handle if line.startswith("0::")), None)
-        if path is None:
-            return None
-        base = os.path.join("/sys/fs/cgroup", path.lstrip("/"))
-        with open(os.path.join(base, "memory.max"), encoding="ascii") as handle:
-            limit = handle.read().strip()
-        if limit == "max":
-            return None
-        with open(os.path.join(base, "memory.current"), encoding="ascii") as handle:
-            current = int(handle.read())
-        return max(0, int(limit) - current)
-    except (OSError, ValueError, StopIteration):
+        with open(proc_cgroup, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
         return None
+    found: list[int] = []
+    for line in lines:
+        number, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if number == "0" and controllers == "":
+            left = _hierarchy_left(root, path, 2)
+        elif "memory" in controllers.split(","):
+            left = _hierarchy_left(os.path.join(root, "memory"), path, 1)
+        else:
+            continue
+        if left is not None:
+            found.append(left)
+    return min(found) if found else None
+
+
+def _hierarchy_left(mount: str, path: str, version: int) -> int | None:
+    """The least limit - usage from the cgroup at `path` up to the hierarchy's root (a
+    parent's limit binds its children). Inside a cgroup namespace the path may not exist
+    below the mount: then the mount itself is the process's cgroup."""
+    limit_name, usage_name = _CGROUP_FILES[version]
+    directory = os.path.join(mount, path.strip("/"))
+    if not os.path.isdir(directory):
+        directory = mount
+    least: int | None = None
+    while True:
+        try:
+            with open(os.path.join(directory, limit_name), encoding="ascii") as handle:
+                limit = handle.read().strip()
+            if limit != "max" and int(limit) < _V1_UNLIMITED:
+                with open(os.path.join(directory, usage_name), encoding="ascii") as handle:
+                    left = max(0, int(limit) - int(handle.read()))
+                least = left if least is None else min(least, left)
+        except (OSError, ValueError):
+            pass  # this level has no such file (the root cgroup): its parents may
+        if os.path.normpath(directory) == os.path.normpath(mount):
+            return least
+        directory = os.path.dirname(directory)
 
 
 def collect(comm: Comm) -> dict[str, Any]:

@@ -10,7 +10,11 @@ EXIT_INTERRUPTED = 130
 
 def one_line(text: str) -> str:
     """`text` with newlines and other control characters escaped (a path or key given by
-    the user may hold them), so an error is always exactly one line."""
+    the user may hold them), so an error is always exactly one line; credentials in it are
+    masked (redact.redact)."""
+    from mpibench.redact import redact
+
+    text = redact(text)
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -320,6 +320,23 @@ class MemoryFile(io.RawIOBase):
 _NPY_HEADER_LOCK = threading.Lock()
 
 
+def verify_file_bytes(ds: Any, index: int, view: memoryview, path: str) -> None:
+    """VerifyError unless `view` is byte for byte the file datagen writes for `index`
+    (encoding is deterministic: the same seed gives the same bytes)."""
+    expected = encode(ds, index, 1)
+    want = memoryview(expected.buffer)[: expected.size]
+    if len(view) == expected.size and view == want:
+        return
+    common = min(len(view), expected.size)
+    differs = np.flatnonzero(np.frombuffer(view[:common], dtype=np.uint8)
+                             != np.frombuffer(want[:common], dtype=np.uint8))
+    if differs.size:
+        raise VerifyError(f"data verification failed: {path} byte {int(differs[0])} differs from what datagen wrote",
+                          "the storage returned wrong data, or the file was changed", path=path)
+    raise VerifyError(f"data verification failed: {path} holds {len(view)} bytes, datagen wrote {expected.size}",
+                      "the storage returned wrong data, or the file was changed", path=path)
+
+
 def decode(ds: Any, index: int, data: memoryview | mmap.mmap, nbytes: int, path: str,
            *, verify: bool = False, sample_order: np.ndarray | None = None) -> int:
     """Parse a file read back as a training data loader would; return its sample count.
@@ -331,6 +348,8 @@ def decode(ds: Any, index: int, data: memoryview | mmap.mmap, nbytes: int, path:
     record = record_size_of(ds, index)
     want = (ds.samples_per_file, record)
     view = memoryview(data)[:nbytes]
+    if verify:  # every byte datagen wrote (headers, labels, records), not only the records
+        verify_file_bytes(ds, index, view, path)
     if ds.format == "jpeg":
         from mpibench import mlperf_formats as mf
 

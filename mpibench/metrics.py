@@ -269,8 +269,15 @@ class PhaseRecorder:
 
     @property
     def bytes(self) -> int:
-        """Bytes moved, summed from the return values of the operations."""
-        return sum(log.bytes for log in self.logs)
+        """Bytes moved, summed from the return values of the operations, less those of
+        writes whose object was never completed (`uncommitted_bytes`)."""
+        return sum(log.bytes for log in self.logs) - int(self.extra.get("uncommitted_bytes", 0))
+
+    def uncommitted(self, nbytes: int) -> None:
+        """Writes of `nbytes` were acknowledged but their object never completed (an S3
+        upload whose completion failed): they do not count as moved."""
+        if nbytes > 0:
+            self.extra["uncommitted_bytes"] = int(self.extra.get("uncommitted_bytes", 0)) + nbytes
 
     @property
     def ops(self) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from mpibench.buffers import aligned_buffer
+from mpibench.safeio import open_regular
 
 PAGE = 4096
 O_DIRECT = getattr(os, "O_DIRECT", 0)
@@ -23,7 +24,7 @@ def evict_file(path: str, *, synced: bool = False) -> bool:
     """Drop a file's pages from this node's page cache (fdatasync unless the caller already
     synced it, then posix_fadvise(POSIX_FADV_DONTNEED)); True when the calls succeeded."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = open_regular(path, follow=False)  # a FIFO at the name would block a plain open
     except OSError:
         return False
     try:

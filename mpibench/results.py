@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import stat
 import statistics
 import tempfile
 import warnings
@@ -28,6 +29,7 @@ from mpibench.phase_notes import (  # noqa: F401  (names the readers take from h
     write_cache_warning,
 )
 from mpibench.schema_versions import SCHEMA_VERSION, migrate
+from mpibench.redact import redact
 from mpibench.units import GiB, MiB
 
 KNOWN_SCHEMA_VERSIONS = tuple(range(1, SCHEMA_VERSION + 1))  # every one is migrated on load
@@ -209,11 +211,22 @@ def write_json_atomic(path: str, document: dict[str, Any], force: bool = False) 
     Without `force` an existing file is never replaced: measured results go to a fresh
     name beside it instead (see `write_new_text`).
     """
-    text = json.dumps(document, indent=1, default=_json_default) + "\n"
-    if force:
+    text = redact(json.dumps(document, indent=1, default=_json_default)) + "\n"
+    if force and replaceable(path):
         write_text_atomic(path, text)
         return path
     return write_new_text(path, text, str(document.get("run_id") or "results"))
+
+
+def replaceable(path: str) -> bool:
+    """True when `path` is missing or a regular file: all that --force may replace (never
+    a device node, a FIFO, a socket or a symlink, nor what a symlink points at)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
 
 
 def write_text_atomic(path: str, text: str) -> None:
@@ -307,6 +320,11 @@ def check_output_path(path: str, force: bool, option: str = "--output") -> None:
     directory = os.path.dirname(os.path.abspath(path)) or "."
     if os.path.isdir(path):
         raise ResultsError(f"{what} {path} is a directory", f"give a file name, e.g. {option} {_EXAMPLES[option]}")
+    if not replaceable(path):
+        from mpibench.safeio import kind_of
+
+        raise ResultsError(f"{what} {path} exists and is {kind_of(os.lstat(path).st_mode)}, not a regular file",
+                           f"choose another {option}: only a regular file is ever replaced")
     if os.path.lexists(path) and not force:
         raise ResultsError(f"{what} {path} already exists", f"choose another {option} or pass --force")
     if not os.path.isdir(directory):
@@ -330,15 +348,27 @@ def check_output_path(path: str, force: bool, option: str = "--output") -> None:
 _EXAMPLES = {"--output": "result.json", "--csv": "result.csv"}
 
 
+#: the largest results file read back (a run of 10 000 ranks with time series writes tens of MiB)
+RESULTS_MAX_BYTES = 1024**3
+
+
 def load_results(path: str) -> dict[str, Any]:
     """Read a results file, refusing schema versions this mpibench does not know, and bring
     an older one to the current version (schema_versions.migrate)."""
+    from mpibench.safeio import UnsafeFile, read_regular
+
     try:
-        with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
+        document = json.loads(read_regular(path, RESULTS_MAX_BYTES))
     except FileNotFoundError:
         raise ResultsError(f"results file {path} does not exist") from None
-    except (OSError, ValueError) as exc:
+    except UnsafeFile as exc:
+        raise ResultsError(f"results file {path} is {exc.strerror}", "give the path of an mpibench results "
+                           "(.json) file") from None
+    except OSError as exc:
+        raise ResultsError(f"cannot read results file {path}: {exc.strerror or exc}") from None
+    except RecursionError:
+        raise ResultsError(f"{path} is not an mpibench results file (nested too deeply)") from None
+    except ValueError as exc:
         raise ResultsError(f"cannot read results file {path}: {exc}") from None
     if not isinstance(document, dict) or "schema_version" not in document:
         raise ResultsError(f"{path} is not an mpibench results file (no schema_version)")

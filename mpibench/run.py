@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 import time
 import traceback
+import warnings
 from typing import Any
 
 from mpibench import buffers, environment, uring
@@ -36,7 +37,7 @@ from mpibench.errors import (
     agreed,
 )
 from mpibench.lifecycle import Lifecycle, State
-from mpibench.plan import RUN_DIR_PREFIX
+from mpibench.plan import RUN_DIR_PREFIX, RUN_MARKER
 from mpibench.results import SCHEMA_VERSION, summarize_repetitions, write_json_atomic
 from mpibench.shared_root import check_nodes_see_run_dir
 from mpibench.units import format_size
@@ -93,13 +94,29 @@ def check_huge_pages() -> str:
 
 
 def preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
-    """Rank 0's checks of the configuration and the storage, before any benchmark I/O."""
+    """Rank 0's checks of the configuration and the storage, before any benchmark I/O.
+
+    Whatever fails here fails before anything is measured, so it is a PreflightError
+    (exit 2), an I/O error on the way (a socket where the manifest should be) included.
+    """
+    try:
+        return _preflight(config, size, layout)
+    except BenchIOError as exc:
+        raise PreflightError(exc.message, exc.hint) from exc
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        raise PreflightError(f"preflight failed on{where}: {exc.strerror or exc}",
+                             "check storage.root and what is in it") from exc
+
+
+def _preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
     workload = get_workload(config.workload)
     run_id = config.run_id or new_run_id()
     info = PreflightInfo(run_id=run_id, run_key=RUN_DIR_PREFIX + run_id)
+    workload.check_magnitudes(config, size)  # first: planned_bytes may list every file or shard
     info.planned_bytes = workload.planned_bytes(config, size)
     workload.check(config, size, 1)
-    memory = check_memory(config, workload, size, layout)
+    memory = None if workload.buffers_sized_by_input else check_memory(config, workload, size, layout)
     engine = resolve_io_engine(config)
     if engine == "threads" and config.io.engine == AUTO and resolve_io_depth(config, layout) > 1:
         info.warnings.append(f"io_uring unavailable ({uring.unavailable()}): "
@@ -131,6 +148,12 @@ def preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
         backend.begin("preflight", 0)
         workload.check(config, size, info.alignment)
         workload.prepare(config, size, backend, info)
+        if workload.buffers_sized_by_input:
+            # After prepare, which proves the input there (train's dataset): its buffers are
+            # sized over all of its files, work that a missing dataset must not cost.
+            memory = check_memory(config, workload, size, layout)
+            if memory:
+                info.checks.append(memory)
     except BaseException:
         _remove_run_dir(config, info)
         raise
@@ -219,6 +242,12 @@ def _document(config: Config, comm: Comm, info: PreflightInfo, ctx: RunContext, 
     of the run is raised with the document attached as its partial result."""
     if failure is None and cleanup_error is not None:
         failure = cleanup_error
+    elif cleanup_error is not None and comm.is_root:
+        # The run failed and its cleanup too: what is left (files, objects, the run's
+        # marker) is named, not lost behind the run's own error line.
+        warnings.warn(f"the cleanup after the failure failed as well: {cleanup_error.line()}; "
+                      f"{backend.path_of(info.run_key)} may keep the run's files and its {RUN_MARKER} "
+                      "marker: remove them by hand", stacklevel=2)
     document = None
     if comm.is_root:
         document = {

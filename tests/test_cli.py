@@ -320,7 +320,8 @@ def test_configuration_that_is_not_a_small_regular_file_is_refused(tmp_path):
     os.mkfifo(fifo)
     huge = tmp_path / "huge.yaml"
     huge.write_text("workload: bandwidth\n" + "# padding\n" * (2**20 // 10 + 1))
-    for path, fragment in (("/dev/zero", "is not a regular file"), (str(fifo), "is not a regular file"),
+    for path, fragment in (("/dev/zero", "is a character device, not a regular file"),
+                           (str(fifo), "is a FIFO (named pipe), not a regular file"),
                            (str(tmp_path), "is a directory"), (str(huge), "over the 1048576")):
         done = run_cli(0, "run", path, f"storage.root={tmp_path / 'd'}", timeout=30)
         only_error(done, f"config file {path} ", fragment, "give the path of a YAML file")

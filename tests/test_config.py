@@ -200,7 +200,7 @@ def test_yaml11_number_strings_are_numbers(tmp_path):
     assert info.value.line() == "configuration key 'metrics.interval' must be at least 0.01, got 1e-09"
     assert build("metrics.interval=5E-1").metrics.interval == 0.5
     assert build("workload=checkpoint", "checkpoint.scale=1e-3").checkpoint.scale == 1e-3
-    with pytest.raises(ConfigError, match=r"checkpoint.scale must be in \(0, 1\], got 2.0"):
+    with pytest.raises(ConfigError, match=r"checkpoint.scale. must be at most 1, got 2.0"):
         build("workload=checkpoint", "checkpoint.scale=2e0")
     for text in ("fast", "1e", "inf", "nan", "0x1p-3"):
         with pytest.raises(ConfigError, match="must be a number"):

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 from s3fixture import PREFIX, S3Server, assert_untouched, s3_fixture  # noqa: F401
 
-from mpibench.backends.base import StoragePlan
+from mpibench.backends.base import READ_FOREIGN, StoragePlan
 from mpibench.backends.s3 import S3Backend
 from mpibench.comm import Comm
 from mpibench.config import build_config
@@ -117,7 +117,7 @@ def test_datagen_then_train_reads_every_object_once(s3, opened):
     gen = execute(s3_config(s3, "datagen", dataset=dataset), comm, output=None)
     train = {"epochs": epochs, "batch_size": 2, "read_threads": 3, "prefetch": 2, "shuffle": "file"}
     doc = execute(s3_config(s3, "train", dataset=dataset, train=train, verify=True), comm, output=None)
-    mine = Counter(key for key, mode in opened if mode == "r" and "img_" in key)
+    mine = Counter(key for key, mode in opened if mode in ("r", READ_FOREIGN) and "img_" in key)
     counts = Counter()
     for part in comm._comm.allgather(mine):
         counts.update(part)

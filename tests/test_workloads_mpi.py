@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 from mpi4py import MPI
 
+from mpibench.backends.base import READ_FOREIGN
 from mpibench.backends.posix import PosixBackend
 from mpibench.comm import Comm
 from mpibench.config import build_config
@@ -52,7 +53,7 @@ def dataset_files(root: str, name: str) -> dict[str, int]:
 
 def reads_per_file(opened: list[tuple[str, str]], name: str) -> Counter:
     """How often each dataset file was opened for reading, over all ranks."""
-    mine = Counter(key for key, mode in opened if mode == "r" and key.startswith(name + "/")
+    mine = Counter(key for key, mode in opened if mode in ("r", READ_FOREIGN) and key.startswith(name + "/")
                    and not key.endswith(MANIFEST_NAME))
     total: Counter = Counter()
     for counts in MPI.COMM_WORLD.allgather(mine):

@@ -199,7 +199,7 @@ def test_decode_catches_damage():
         decode(ds, 0, item.buffer, item.size - 1, "/x/f")
     damaged = bytearray(item.view())
     damaged[1500] ^= 0xFF
-    with pytest.raises(VerifyError, match="record 1 differs"):
+    with pytest.raises(VerifyError, match="byte 1500 differs"):
         decode(ds, 0, memoryview(damaged), item.size, "/x/f", verify=True)
     npz = DatasetConfig(num_files=2, samples_per_file=2, record_size=1000, format="npz")
     with pytest.raises(VerifyError, match="not a readable npz"):

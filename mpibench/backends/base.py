@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from mpibench.config import StorageConfig
 from mpibench.errors import BenchIOError
+from mpibench.safeio import UnsafeFile
 
 if TYPE_CHECKING:
     from mpibench.comm import NodeLayout
@@ -84,7 +85,13 @@ def io_error(op: str, path: str, exc: BaseException, offset: int | None = None) 
     reason = os.strerror(code) if isinstance(code, int) else str(exc)
     where = f" at offset {offset}" if offset is not None else ""
     hint = None
-    if code == errno_mod.ENOSPC:
+    if isinstance(exc, UnsafeFile):  # not a regular file, or implausibly large: say which
+        return BenchIOError(f"{op} {path} refused: it is {exc.strerror}",
+                            "move it away: mpibench reads only regular files it can expect there",
+                            path=path, errno=code)
+    if code == errno_mod.ENOSPC and _no_inodes_left(path):
+        reason, hint = "no free inodes left on the filesystem", "remove files there or choose another storage.root"
+    elif code == errno_mod.ENOSPC:
         hint = "free space on the filesystem or lower the sizes"
     elif code in (errno_mod.EACCES, errno_mod.EPERM, errno_mod.EROFS):
         hint = "check the permissions of storage.root"
@@ -94,6 +101,15 @@ def io_error(op: str, path: str, exc: BaseException, offset: int | None = None) 
     label = f" [{name}]" if name else ""
     return BenchIOError(f"{op} {path}{where} failed: {reason}{label}", hint, path=path,
                         errno=code if isinstance(code, int) else None)
+
+
+def _no_inodes_left(path: str) -> bool:
+    """True when ENOSPC at `path` means no inode is left, not no block (a new file needs both)."""
+    try:
+        found = os.statvfs(os.path.dirname(path) or ".")
+    except OSError:
+        return False
+    return found.f_files > 0 and found.f_favail == 0
 
 
 def complete_short(backend: Backend, handle: Any, view: memoryview, writing: bool, path: str,
@@ -111,6 +127,12 @@ def complete_short(backend: Backend, handle: Any, view: memoryview, writing: boo
             f"read {path} at offset {offset}: expected {transfer_size} bytes, got {done}",
             "the file is shorter than written: was it truncated or replaced by another process?",
             path=path)
+
+
+#: Backend.open mode of a read of a file the run did not create (a dataset's, a manifest):
+#: only a regular file is opened, and never with a wait in open (see mpibench.safeio).
+#: Mode "r" is for the run's own files, opened plainly (a measured open stays one call).
+READ_FOREIGN = "r-foreign"
 
 
 class Backend(ABC):
@@ -187,7 +209,9 @@ class Backend(ABC):
     # -- files --------------------------------------------------------------------------
     @abstractmethod
     def open(self, key: str, mode: str) -> Any:
-        """Open `key` for writing ('w': create or truncate) or reading ('r')."""
+        """Open `key` for writing ('w': create or truncate; 'x': create, an error if it exists,
+        so that nothing someone else wrote is replaced) or reading ('r': a file of this run;
+        READ_FOREIGN: one it did not create, a regular file only)."""
 
     @abstractmethod
     def write_at(self, handle: Any, buf: memoryview, offset: int) -> int:
@@ -225,6 +249,11 @@ class Backend(ABC):
     def close(self, handle: Any) -> None:
         """Close (for object stores: commit) the handle."""
 
+    def uncommitted(self, handle: Any) -> int:
+        """Bytes written through `handle` that exist only once it is closed (an object store
+        completes an upload at close); 0 where a returned write is in the file."""
+        return 0
+
     def truncate(self, handle: Any, size: int) -> None:
         """Cut the file to `size` bytes (after padded O_DIRECT writes)."""
 
@@ -242,6 +271,16 @@ class Backend(ABC):
 
     def remove_dir(self, key: str) -> None:
         """Remove directory `key` if it is empty (no-op where there are no directories)."""
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Create `key` holding `data` only if nothing has that name (a claim); False when
+        something does. Atomic: of two callers at once, one gets True."""
+        raise NotImplementedError(f"{self.name} cannot create a file exclusively")
+
+    def first_entry(self, key: str) -> str | None:
+        """The path of some file (object) below folder `key`, None when it holds none (empty
+        subfolders do not count); looks no further than the first one found."""
+        raise NotImplementedError(f"{self.name} cannot list a folder")
 
     def not_a_dir(self, key: str) -> str | None:
         """The first of `key` and its parents that exists and is not a directory (for a
@@ -284,9 +323,10 @@ class Backend(ABC):
             self.close(handle)
         return written
 
-    def get(self, key: str, buf: memoryview) -> int:
-        """Read a whole file into a buffer large enough to hold it; return its size."""
-        handle = self.open(key, "r")
+    def get(self, key: str, buf: memoryview, foreign: bool = False) -> int:
+        """Read a whole file into a buffer large enough to hold it; return its size
+        (`foreign`: a file the run did not create, opened as READ_FOREIGN says)."""
+        handle = self.open(key, READ_FOREIGN if foreign else "r")
         try:
             return self.read_at(handle, buf, 0)
         finally:

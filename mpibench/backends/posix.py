@@ -15,13 +15,14 @@ import warnings
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mpibench import environment
-from mpibench.backends.base import AccessHints, Backend, StoragePlan, io_error
+from mpibench.backends.base import READ_FOREIGN, AccessHints, Backend, StoragePlan, io_error
 from mpibench.backends.posix_metadata import O_DIRECT, PosixMetadataOps
 from mpibench.buffers import aligned_buffer
 from mpibench.config import StorageConfig
 from mpibench.errors import PreflightError
 from mpibench.pagecache import evict_file
 from mpibench.plan import RUN_MARKER
+from mpibench.safeio import open_regular
 from mpibench.units import format_size
 
 if TYPE_CHECKING:
@@ -169,14 +170,21 @@ class PosixBackend(PosixMetadataOps, Backend):
                                      "choose a directory on a writable filesystem")
             _refuse_pseudo(root, fs)
             checks.append(f"storage.root {root} is a writable directory")
+            if stats.f_files > 0 and stats.f_favail == 0:
+                raise PreflightError(f"no free inodes in {root} ({fs['fstype']} at {fs['mount']}): no new file "
+                                     "can be created there", "remove files there or choose another storage.root")
             free = stats.f_bavail * stats.f_frsize
-            if planned_bytes > free:
+            if stats.f_blocks == 0:  # ramfs and the like report no size at all: nothing to compare
+                free = None
+                checks.append(f"{fs['fstype']} at {fs['mount']} reports no size: free space not checked")
+            elif planned_bytes > free:
                 raise PreflightError(
                     f"not enough free space in {root}: the run writes {format_size(planned_bytes)} "
                     f"({planned_bytes} bytes), {format_size(free)} ({free} bytes) are free",
                     "lower the sizes or choose another storage.root",
                 )
-            checks.append(f"free space {format_size(free)} covers the planned {format_size(planned_bytes)}")
+            else:
+                checks.append(f"free space {format_size(free)} covers the planned {format_size(planned_bytes)}")
         except BaseException:
             cls.remove_created(created)
             raise
@@ -331,19 +339,27 @@ class PosixBackend(PosixMetadataOps, Backend):
 
     def open(self, key: str, mode: str) -> _PosixHandle:
         path = self.path_of(key)
-        flags = (os.O_WRONLY | os.O_CREAT) if mode == "w" else os.O_RDONLY
         try:
-            fd = os.open(path, flags | self.open_flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+            if mode == READ_FOREIGN:  # a FIFO or a device at a file's name is refused, never waited on
+                fd = open_regular(path, flags=self.open_flags, follow=False)
+            elif mode == "r":  # the run's own file
+                fd = os.open(path, os.O_RDONLY | self.open_flags | os.O_CLOEXEC | os.O_NOFOLLOW)
+            else:  # "x": a new file only (O_EXCL), never one that someone else's
+                flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if mode == "x" else 0)
+                fd = os.open(path, flags | self.open_flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
             raise io_error("open", path, exc) from None
         return _PosixHandle(fd, path)
 
+    #: datagen may write small files through open_buffered (the page cache) on direct_fs
+    small_files_buffered = True
+
     def open_buffered(self, key: str) -> _PosixHandle:
-        """Open `key` for writing through the page cache, also on direct_fs (small files
-        that O_DIRECT would pad and truncate: see datagen)."""
+        """Create `key` (a new file only, O_EXCL) for writing through the page cache, also
+        on direct_fs (small files that O_DIRECT would pad and truncate: see datagen)."""
         path = self.path_of(key)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
             raise io_error("open", path, exc) from None
         return _PosixHandle(fd, path)
@@ -457,6 +473,43 @@ class PosixBackend(PosixMetadataOps, Backend):
             os.makedirs(path, exist_ok=True)
         except OSError as exc:
             raise io_error("mkdir", path, exc) from None
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        path = self.path_of(key)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise io_error("create", path, exc) from None
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as exc:
+            raise io_error("write", path, exc) from None
+        finally:
+            os.close(fd)
+        return True
+
+    def first_entry(self, key: str) -> str | None:
+        pending = [self.path_of(key)]
+        try:
+            while pending:
+                try:
+                    listing = os.scandir(pending.pop())
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                with listing:
+                    for entry in listing:
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append(entry.path)
+                        else:  # a file, a link, a FIFO: anything is someone's
+                            return entry.path
+        except OSError as exc:
+            raise io_error("list", self.path_of(key), exc) from None
+        return None
 
     def not_a_dir(self, key: str) -> str | None:
         path = self.root

@@ -29,12 +29,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import warnings
+from xml.etree import ElementTree
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import s3dlio
 
 from mpibench.backends.base import AccessHints, Backend, StoragePlan
+from mpibench.backends.s3_sign import error_code, parse_list, signed_request
 from mpibench.backends.s3_pages import (
     MAX_KEYS,
     S3ClientError,
@@ -55,6 +57,7 @@ from mpibench.backends.s3_client import (  # noqa: F401  (the names callers take
 from mpibench.backends.s3_locations import (  # noqa: F401
     configured_endpoints,
     credential_source,
+    current_credentials,
     endpoint_index,
     key_id_tail,
     object_uri,
@@ -62,7 +65,7 @@ from mpibench.backends.s3_locations import (  # noqa: F401
     region,
     scrub,
 )
-from mpibench.backends.s3_preflight import check_access, check_bucket, object_layout, reach_endpoint  # noqa: F401
+from mpibench.backends.s3_preflight import check_access, check_bucket, object_layout, reach_endpoint, ssl_context  # noqa: F401
 from mpibench.backends.s3_preflight import preflight as preflight_s3
 from mpibench.backends.s3_preflight import undo as undo_s3
 from mpibench.buffers import aligned_buffer
@@ -101,7 +104,7 @@ def _copy_into(buf: memoryview, data: Any) -> int:
 class _Upload:
     """A write handle: one PUT if the object gets one write, else a multipart upload."""
 
-    __slots__ = ("uri", "written", "pending", "pending_len", "writer", "failed")
+    __slots__ = ("uri", "written", "pending", "pending_len", "writer", "failed", "committed")
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
@@ -110,6 +113,7 @@ class _Upload:
         self.pending_len = 0
         self.writer: Any = None  # s3dlio.MultipartUploadWriter from the second write on
         self.failed = False
+        self.committed = False  # the object exists: its PUT or its multipart upload completed
 
 
 class _Objects:
@@ -200,7 +204,9 @@ class S3Backend(Backend):
 
     # -- writing -----------------------------------------------------------------------------
     def open(self, key: str, mode: str) -> Any:
-        if mode == "w":
+        # 'x' is 'w' here: s3dlio sends no conditional PUT (If-None-Match), so the
+        # preflight of a workload that must not replace objects lists the prefix instead.
+        if mode in ("w", "x"):
             return _Objects(key) if self.object_size else _Upload(self.path_of(key))
         return _Read(key, self.path_of(key))
 
@@ -307,13 +313,23 @@ class S3Backend(Backend):
                 if int(done.get("total_bytes", up.written)) != up.written:
                     raise BenchIOError(f"close {up.uri}: {done.get('total_bytes')} bytes uploaded, "
                                        f"{up.written} written", path=up.uri)
+                up.committed = True
             elif not up.failed:
                 self._put_uri(up.uri, memoryview(up.pending)[: up.pending_len] if up.pending is not None else b"")
+                up.committed = True
         except RuntimeError as exc:
             raise io_failure("complete upload of", up.uri, exc) from None
         finally:
             up.pending = None
             up.writer = None
+
+    def uncommitted(self, handle: Any) -> int:
+        """The bytes of the handle's upload that is not completed: a whole-object PUT is
+        complete when it returns, a multipart upload (or a single pending write) only once
+        close completed it (an upload abandoned after a failed write never is)."""
+        if isinstance(handle, _Objects):
+            handle = handle.current
+        return handle.written if isinstance(handle, _Upload) and not handle.committed else 0
 
     def truncate(self, handle: Any, size: int) -> None:
         """Cut an object being written; possible only while it is still one pending write."""
@@ -436,7 +452,7 @@ class S3Backend(Backend):
         the object must be exactly len(buf) bytes."""
         return self._read_whole(handle.uri, buf)
 
-    def get(self, key: str, buf: memoryview) -> int:
+    def get(self, key: str, buf: memoryview, foreign: bool = False) -> int:
         """One GET (ranged to the buffer's length) of the whole object."""
         return self._read_range(self.path_of(key), buf, 0)
 
@@ -446,6 +462,48 @@ class S3Backend(Backend):
             return int(s3dlio.stat(uri)["size"])
         except RuntimeError as exc:
             raise io_failure("stat", uri, exc) from None
+
+    def _signed(self, method: str, key: str | None, **kwargs: Any) -> tuple[int, bytes]:
+        """One request of our own (SigV4, standard library) to this rank's endpoint."""
+        creds = current_credentials()
+        path = f"/{self.bucket}" + (f"/{self.prefix}/{key}" if self.prefix else f"/{key}") if key else f"/{self.bucket}"
+        status, _headers, body = signed_request(
+            self.endpoint, method, path, access_key=creds["access_key"], secret_key=creds["secret_key"],
+            region=region(), session_token=creds.get("session_token") or None, timeout=self.storage.timeout,
+            context=ssl_context() if self.endpoint.startswith("https") else None, **kwargs)
+        return status, body
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """A conditional PUT (If-None-Match: *): 412 when the object exists. s3dlio sends
+        no such header, so this one request goes through our own client."""
+        uri = self.path_of(key)
+        try:
+            status, body = self._signed("PUT", key, body=data, headers={"If-None-Match": "*"})
+        except OSError as exc:
+            raise io_failure("put", uri, exc) from None
+        if status in (412, 409):  # PreconditionFailed; ConditionalRequestConflict (a PUT racing ours)
+            return False
+        if status != 200:
+            code, message = error_code(body)
+            raise BenchIOError(f"put {uri} failed: HTTP {status} {code} {message}".rstrip(),
+                               "check the credentials' permission to write the prefix", path=uri)
+        return True
+
+    def first_entry(self, key: str) -> str | None:
+        """One signed ListObjectsV2 of at most one key under `key`/ (a prefix of millions of
+        objects costs no more than an empty one)."""
+        prefix = f"{self.prefix}/{key}/" if self.prefix else f"{key}/"
+        shown = f"s3://{self.bucket}/{prefix}"
+        try:
+            status, body = self._signed("GET", None, query={"list-type": "2", "max-keys": "1", "prefix": prefix})
+            objects, _ = parse_list(body) if status == 200 else ([], None)
+        except (OSError, ElementTree.ParseError) as exc:
+            raise io_failure("list", shown, exc) from None
+        if status != 200:
+            code, message = error_code(body)
+            raise BenchIOError(f"list {shown} failed: HTTP {status} {code or ''} {message or ''}".rstrip(),
+                               "check the credentials' permission to list the bucket")
+        return f"s3://{self.bucket}/{objects[0][0]}" if objects else None
 
     def remove(self, key: str) -> None:
         """DELETE the object, and the objects of `key` this rank wrote with object_size."""

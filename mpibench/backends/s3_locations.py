@@ -11,8 +11,11 @@ from collections.abc import Mapping
 
 from mpibench.config import StorageConfig
 from mpibench.errors import ConfigError, PreflightError
+from mpibench.redact import redact
+from mpibench.safeio import UnsafeFile, read_text
 
 CREDENTIAL_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+CREDENTIALS_MAX_BYTES = 1024 * 1024  # a shared credentials file holds a few profiles
 ENDPOINT_ASSIGNMENT = ("interleaved over nodes: rank with node index n and node-local rank l uses "
                        "endpoints[(n + l * num_nodes) % len(endpoints)]")
 
@@ -94,7 +97,21 @@ def profile_credentials(environ: Mapping[str, str]) -> tuple[str, dict[str, str]
     path = environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.expanduser("~/.aws/credentials")
     parser = configparser.ConfigParser(interpolation=None)
     try:
-        if not parser.read(path) or not parser.has_section(profile):
+        text = read_text(path, CREDENTIALS_MAX_BYTES)
+    except FileNotFoundError:
+        return None
+    except UnsafeFile as exc:
+        raise PreflightError(f"the shared credentials file {path} is {exc.strerror}",
+                             "point AWS_SHARED_CREDENTIALS_FILE at the credentials file, or unset it") from None
+    except OSError as exc:
+        raise PreflightError(f"cannot read the shared credentials file {path}: {exc.strerror or exc}",
+                             "check its permissions, or export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from None
+    except UnicodeDecodeError as exc:
+        raise PreflightError(f"the shared credentials file {path} is not UTF-8 text (byte {exc.start})",
+                             "write it as an INI file of plain text ([default] aws_access_key_id = ...)") from None
+    try:
+        parser.read_string(text, source=path)
+        if not parser.has_section(profile):
             return None
     except configparser.Error:
         return None
@@ -137,13 +154,8 @@ def key_id_tail(environ: dict[str, str] | None = None) -> str:
 
 
 def scrub(text: str, environ: dict[str, str] | None = None) -> str:
-    """`text` with any credential value replaced by ***."""
-    env = os.environ if environ is None else environ
-    for name in (*CREDENTIAL_NAMES, "AWS_SESSION_TOKEN"):
-        value = env.get(name)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
+    """`text` with any credential masked (redact.redact, the one redaction of mpibench)."""
+    return redact(text, environ)
 
 
 def current_credentials() -> dict[str, str]:

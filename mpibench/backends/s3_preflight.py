@@ -168,7 +168,8 @@ def object_layout(hints: AccessHints, part_size: int) -> dict[str, Any]:
             "part_size_bytes": max(MIN_PART_SIZE, part_size)}
 
 
-def _ssl_context() -> ssl.SSLContext:
+def ssl_context() -> ssl.SSLContext:
+    """The TLS context of our own signed requests (AWS_CA_BUNDLE when set, as s3dlio reads it)."""
     bundle = os.environ.get("AWS_CA_BUNDLE")
     return ssl.create_default_context(cafile=bundle) if bundle else ssl.create_default_context()
 
@@ -208,7 +209,7 @@ def check_bucket(url: str, bucket: str, run_prefix: str, region_name: str, creds
             url, "GET", f"/{bucket}", query={"list-type": "2", "max-keys": "1", "prefix": run_prefix},
             access_key=creds["access_key"], secret_key=creds["secret_key"], region=region_name,
             session_token=creds.get("session_token") or None, timeout=timeout,
-            context=_ssl_context() if url.startswith("https") else None)
+            context=ssl_context() if url.startswith("https") else None)
     except ssl.SSLError as exc:
         raise PreflightError(f"TLS with S3 endpoint {shown} failed: {exc.reason or exc}",
                              "for a private CA set AWS_CA_BUNDLE to its certificate file") from None

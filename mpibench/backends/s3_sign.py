@@ -37,6 +37,7 @@ def signed_request(
     session_token: str | None = None,
     timeout: float = 10.0,
     context: ssl.SSLContext | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """Send one SigV4-signed (path-style) S3 request; return (status, headers, body).
 
@@ -45,6 +46,8 @@ def signed_request(
     OSError (URLError, TimeoutError, ConnectionRefusedError, ...).
     """
     url = urllib.parse.urlsplit(endpoint)
+    netloc = url.netloc.rsplit("@", 1)[-1]  # a user:password@ in the URL is never sent
+    extra = {k.lower(): v for k, v in (headers or {}).items()}  # signed with the others
     base_path = url.path.rstrip("/")
     canonical_path = _uri_encode(base_path + path, keep_slash=True)
     query = query or {}
@@ -55,7 +58,7 @@ def signed_request(
     amz_date = now.strftime("%Y%m%dT%H%M%SZ")
     day = amz_date[:8]
     payload_hash = hashlib.sha256(body).hexdigest()
-    headers = {"host": url.netloc, "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date}
+    headers = {**extra, "host": netloc, "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date}
     if session_token:
         headers["x-amz-security-token"] = session_token
     signed = ";".join(sorted(headers))
@@ -82,7 +85,7 @@ def signed_request(
         f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
         f"SignedHeaders={signed}, Signature={signature}"
     )
-    target = f"{url.scheme}://{url.netloc}{canonical_path}"
+    target = f"{url.scheme}://{netloc}{canonical_path}"
     if canonical_query:
         target += "?" + canonical_query
     req = urllib.request.Request(target, data=body or None, method=method, headers=headers)

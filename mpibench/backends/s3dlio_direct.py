@@ -24,6 +24,7 @@ goes out straight from our aligned buffer with no bounce copy.
 from __future__ import annotations
 
 import bisect
+import errno
 import dataclasses
 import os
 import threading
@@ -37,6 +38,7 @@ from mpibench.backends.posix import DirectFsBackend
 from mpibench.buffers import keep_freed_heap
 from mpibench.config import StorageConfig
 from mpibench.errors import BenchIOError, ConfigError
+from mpibench.safeio import check_regular
 
 if TYPE_CHECKING:
     from mpibench.comm import NodeLayout
@@ -103,6 +105,8 @@ class _ReadHandle:
 class S3dlioDirectBackend(DirectFsBackend):
     """O_DIRECT files through s3dlio's direct:// put_bytes / get_range."""
 
+    small_files_buffered = False  # its handles are s3dlio's: posix open_buffered's would not write
+
     name = "s3dlio_direct"
     direct = True
     file_descriptors = False  # every write is its own whole-file put through s3dlio
@@ -158,7 +162,9 @@ class S3dlioDirectBackend(DirectFsBackend):
     # -- writing -----------------------------------------------------------------------------
     def open(self, key: str, mode: str) -> Any:
         path = self.path_of(key)
-        if mode == "w":
+        if mode == "x" and os.path.lexists(path):  # s3dlio's put creates or replaces: look first
+            raise io_error("open", path, FileExistsError(errno.EEXIST, "File exists"))
+        if mode in ("w", "x"):
             handle = _WriteHandle(path)
             if os.path.isdir(path) and not os.path.islink(path):
                 handle.mode = "parts"  # written before with several writes: overwrite its parts
@@ -171,6 +177,10 @@ class S3dlioDirectBackend(DirectFsBackend):
             offsets, sizes, paths = _parts_of(path)
             size = offsets[-1] + sizes[-1] if offsets else 0
             return _ReadHandle(path, size, offsets, sizes, paths)
+        try:  # s3dlio would open a FIFO or a device and wait on it, or read it without end
+            check_regular(st, path)
+        except OSError as exc:
+            raise io_error("open", path, exc) from None
         return _ReadHandle(path, st.st_size)
 
     def write_at(self, handle: Any, buf: memoryview, offset: int) -> int:
@@ -290,7 +300,7 @@ class S3dlioDirectBackend(DirectFsBackend):
             self.fsync(handle)
         return written
 
-    def get(self, key: str, buf: memoryview) -> int:
+    def get(self, key: str, buf: memoryview, foreign: bool = False) -> int:
         return self.read_at(self.open(key, "r"), buf, 0)
 
     def remove(self, key: str) -> None:

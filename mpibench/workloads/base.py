@@ -36,6 +36,14 @@ class Workload:
         streams may be a multipart upload with storage.parts_in_flight parts on the way."""
         return io_depth * config.storage.parts_in_flight
 
+    #: True when buffer_bytes looks at every file of an input the preflight has yet to find
+    #: (train's dataset): the memory check then comes after `prepare` has found it
+    buffers_sized_by_input = False
+
+    def check_magnitudes(self, config: Config, size: int) -> None:
+        """Rank 0, before anything proportional to files, shards or ranks is computed (the
+        plan, planned_bytes, the memory check): the counts the run would make are sane."""
+
     def access_hints(self, config: Config) -> AccessHints:
         """How this workload uses the storage, for the backend's preflight and instance
         (shared file, random writes, transfer and object size): by default each rank

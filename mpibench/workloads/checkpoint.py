@@ -23,7 +23,7 @@ import numpy as np
 
 from mpibench.backends.base import AccessHints
 from mpibench.buffers import DataPattern, buffer_footprint
-from mpibench.config import Config
+from mpibench.config import RANKS_MAX, Config
 from mpibench.context import broadcast_outcome
 from mpibench.engine import prepare_buffers, timed_close, timed_fsync, transfer_region
 from mpibench.environment import memory_total_bytes
@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from mpibench.context import PreflightInfo, RunContext
 
 _CHECKPOINT_ID_SHIFT = 21  # shard ids (2 per emulated rank) stay below 2**21
+#: emulated ranks one actual rank may stand for (each writes one or two shard files per checkpoint)
+MAX_EMULATED_PER_RANK = 4096
 
 
 def checkpoint_dir(n: int) -> str:
@@ -116,12 +118,25 @@ class CheckpointWorkload(Workload):
                 f"checkpoint.transfer_size x (2 x io_depth {io_depth} + 2)",
                 "lower checkpoint.transfer_size or io.depth, or run fewer ranks per node")
 
+    def check_magnitudes(self, config: Config, size: int) -> None:
+        model = self._model(config, size)
+        if model.ranks > RANKS_MAX:
+            raise ConfigError(f"checkpoint {model.name} would emulate {model.ranks} ranks "
+                              f"(TP{model.tp} x PP{model.pp} x DP{model.dp}), more than {RANKS_MAX}",
+                              "lower checkpoint.ranks, tp or pp")
+        per_rank = -(-model.ranks // size)
+        if per_rank > MAX_EMULATED_PER_RANK:
+            raise ConfigError(f"checkpoint.ranks={model.ranks} on {size} rank(s) makes each rank write the shards of "
+                              f"{per_rank} emulated ranks per checkpoint, more than {MAX_EMULATED_PER_RANK}",
+                              f"run at least {-(-model.ranks // MAX_EMULATED_PER_RANK)} ranks, or lower checkpoint.ranks")
+
     def access_hints(self, config: Config) -> AccessHints:
         """Each rank writes its own shard files front to back."""
         return AccessHints(unit="shard")
 
     def check(self, config: Config, size: int, alignment: int) -> None:
         ck = config.checkpoint
+        self.check_magnitudes(config, size)
         model = self._model(config, size)
         check_world_size(model, ck.ranks, size)
         if ck.num_checkpoints_write == 0 and ck.num_checkpoints_read == 0:
@@ -406,7 +421,7 @@ def read_marker(backend: Backend, folder: str) -> dict[str, Any] | None:
     if not key_exists(backend, key):
         return None
     buf = aligned_buffer(MANIFEST_READ_BYTES)
-    n = backend.get(key, memoryview(buf)[:MANIFEST_READ_BYTES])
+    n = backend.get(key, memoryview(buf)[:MANIFEST_READ_BYTES], foreign=True)
     try:
         found = json.loads(bytes(buf[:n]).decode("utf-8"))
     except ValueError:

@@ -70,10 +70,10 @@ def read_manifest(backend: Backend, ds: Any) -> dict[str, Any] | None:
     if not key_exists(backend, key):
         return None
     buf = aligned_buffer(MANIFEST_READ_BYTES)
-    n = backend.get(key, memoryview(buf)[:MANIFEST_READ_BYTES])
+    n = backend.get(key, memoryview(buf)[:MANIFEST_READ_BYTES], foreign=True)
     try:
         found = json.loads(bytes(buf[:n]).decode("utf-8"))
-    except ValueError:
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past the parser's depth
         raise PreflightError(f"dataset manifest {backend.path_of(key)} is not valid JSON",
                              "it was not written by mpibench datagen, or was damaged") from None
     if not isinstance(found, dict) or "mpibench_dataset" not in found:
@@ -81,10 +81,18 @@ def read_manifest(backend: Backend, ds: Any) -> dict[str, Any] | None:
     return found
 
 
-def write_manifest(backend: Backend, ds: Any, doc: dict[str, Any]) -> None:
-    """Write (or replace) the manifest: padded, truncated and fsynced."""
+def write_manifest(backend: Backend, ds: Any, doc: dict[str, Any], claim: bool = False) -> None:
+    """Write (or replace) the manifest: padded, truncated and fsynced. With `claim` it is
+    created exclusively: the first manifest claims the folder for one datagen run, and a
+    second run that passed its preflight at the same time is refused here (exit 2)."""
     buf, size, padded = encode_manifest(doc, backend.alignment)
     key = manifest_key(ds)
+    if claim:  # an O_EXCL create, or on S3 a conditional PUT (If-None-Match: *)
+        if not backend.create_exclusive(key, bytes(buf[:size])):
+            raise PreflightError(f"dataset folder {backend.path_of(ds.name)} was claimed by another datagen run "
+                                 "since this run's preflight (its manifest appeared)",
+                                 "choose another dataset.name: one datagen run writes a folder")
+        return
     handle = backend.open(key, "w")
     try:
         backend.write_at(handle, memoryview(buf)[:padded], 0)
@@ -162,12 +170,12 @@ class DatagenWorkload(Workload):
                 f"({found.get('num_files')} {found.get('format')} files, run {found.get('run_id')})",
                 "choose another dataset.name, or remove the folder first: datagen never overwrites a dataset",
             )
-        for index in sorted({0, ds.num_files - 1}):
-            if key_exists(backend, file_key(ds, index)):
-                raise PreflightError(
-                    f"dataset folder {where} exists and holds {backend.path_of(file_key(ds, index))}",
-                    "choose another dataset.name or remove it: datagen writes only files it creates",
-                )
+        taken = backend.first_entry(ds.name)  # any file at all, not only the dataset's own names
+        if taken is not None:
+            raise PreflightError(
+                f"dataset folder {where} exists and holds {taken}",
+                "choose another dataset.name or remove it: datagen writes only into an empty folder",
+            )
         backend.makedirs(ds.name)
         for sub in subfolder_keys(ds):
             backend.makedirs(sub)
@@ -200,7 +208,7 @@ class DatagenWorkload(Workload):
         start, count = part_range(ds.num_files, comm.size, comm.rank)
         created = time.time()
         broadcast_outcome(comm, lambda: write_manifest(
-            backend, ds, manifest_of(ds, complete=False, run_id=ctx.info.run_id, created=created)))
+            backend, ds, manifest_of(ds, complete=False, run_id=ctx.info.run_id, created=created), claim=True))
         phase = ctx.phase("datagen", 0, lambda rec: self._generate(ctx, rec, start, count),
                           expected_bytes=ctx.info.planned_bytes, format=ds.format,
                           dataset=backend.path_of(ds.name), fsync=True, cache=None)
@@ -280,9 +288,10 @@ class DatagenWorkload(Workload):
         backend = ctx.backend
         key = file_key(ctx.config.dataset, item.index)
         buffered = (backend.direct and item.padded != item.size and item.size < SMALL_FILE
-                    and hasattr(backend, "open_buffered"))
+                    and getattr(backend, "small_files_buffered", False))
         t = time.perf_counter()
-        handle = backend.open_buffered(key) if buffered else backend.open(key, "w")  # type: ignore[attr-defined]
+        # A new file only (O_EXCL either way): never one that is someone else's.
+        handle = backend.open_buffered(key) if buffered else backend.open(key, "x")  # type: ignore[attr-defined]
         rec.open_s += time.perf_counter() - t
         rec.files += 1
         if buffered:

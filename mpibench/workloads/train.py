@@ -40,12 +40,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mpibench.backends.base import AccessHints
+from mpibench.backends.base import READ_FOREIGN, AccessHints
 from mpibench.buffers import aligned_buffer, buffer_footprint
 from mpibench.config import Config
 from mpibench.context import broadcast_outcome
 from mpibench.environment import memory_total_bytes
-from mpibench.errors import PreflightError
+from mpibench.errors import BenchIOError, PreflightError
 from mpibench.formats import (
     MANIFEST_VERSION,
     decode,
@@ -68,7 +68,8 @@ if TYPE_CHECKING:
     from mpibench.context import PreflightInfo, RunContext
 
 COMPUTE_SLICE_S = 0.05  # emulated compute sleeps in slices, testing for a stop notice between
-OVERSHOOT_NOTE_PCT = 5.0  # the report names the compute's sleep overshoot above this
+OVERSHOOT_NOTE_PCT = 5.0
+PLAUSIBLE_GROWTH = 8  # a dataset file may exceed its read buffer's estimate at most this much  # the report names the compute's sleep overshoot above this
 
 
 def checked_manifest(backend: Backend, ds: Any) -> dict[str, Any]:
@@ -187,6 +188,9 @@ class _EpochLoader:
         self.shuffle_seed = shuffle_seed
         self.files = files  # made a slice at a time: memory does not grow with the share
         self.buffers = buffers  # one per reader thread, reused over epochs
+        # A file of this dataset fits the buffers (sized for the largest) give or take the
+        # estimate's slack: one far larger is not the dataset's, and is not read to the end.
+        self.max_file_bytes = PLAUSIBLE_GROWTH * max(len(b) for b in buffers)
         ds = ctx.config.dataset
         tc = ctx.config.train
         self.ds = ds
@@ -280,7 +284,7 @@ class _EpochLoader:
         from mpibench.mlperf_formats import BackendFile, read_parquet
 
         t = time.perf_counter()
-        handle = backend.open(key, "r")
+        handle = backend.open(key, READ_FOREIGN)  # the dataset: not this run's files
         stats["open_s"] += time.perf_counter() - t
         try:
             source = BackendFile(backend, handle, backend.size_of(key))
@@ -300,12 +304,17 @@ class _EpochLoader:
                    log: Any) -> tuple[Any, int]:
         """Read a whole file into `buf` (grown when the file is larger); return (buf, bytes)."""
         t = time.perf_counter()
-        handle = backend.open(key, "r")
+        handle = backend.open(key, READ_FOREIGN)  # the dataset: not this run's files
         stats["open_s"] += time.perf_counter() - t
         try:
             t0 = time.perf_counter_ns()
             nbytes = backend.read_at(handle, memoryview(buf), 0)
             while nbytes == len(buf):  # the estimate was short: double and read on
+                if 2 * len(buf) > self.max_file_bytes:
+                    raise BenchIOError(f"read {backend.path_of(key)} refused: it holds more than "
+                                       f"{format_size(self.max_file_bytes)}, far more than a file of this dataset",
+                                       "it was not written by this dataset's datagen: remove the dataset and "
+                                       "generate it again", path=backend.path_of(key))
                 bigger = aligned_buffer(2 * len(buf))
                 bigger[:nbytes] = buf[:nbytes]
                 buf = bigger
@@ -437,6 +446,7 @@ class TrainWorkload(Workload):
 
     name = "train"
     describe_totals = True
+    buffers_sized_by_input = True  # the largest file of the dataset sizes the buffers
 
     def requests_in_flight(self, config: Config, io_depth: int) -> int:
         return config.train.read_threads  # each reader thread reads one file at a time
