@@ -3,6 +3,7 @@
 
     python benchmarks/train_peers.py                   # 4 formats, 2 ranks, 5 repetitions
     python benchmarks/train_peers.py --formats npz,parquet --reps 3 --workdir /scratch/$USER
+    python benchmarks/train_peers.py --formats npz,jpeg --dlio /tmp/dlio-venv/bin/python
 
 For each format a small dataset is generated once with mpibench datagen (npz like unet3d,
 JPEG like retinanet, TFRecord like resnet50, Parquet like dlrm), then every repetition
@@ -16,6 +17,25 @@ runs, in a rotating order:
               tfrecord package's tfrecord_iterator plus a CRC32C check of each record
               (TFRecord), pyarrow ParquetFile(pre_buffer=True).read_row_group of the
               columns marked read (Parquet)
+
+  dlio        (--dlio PYTHON, npz and jpeg) DLIO 2.0.0 from PyPI, its PyTorch path:
+              mpiexec -n R dlio_benchmark on its own dataset of the same shape (file count,
+              samples per file, record size and stdev, batch; generated once by DLIO),
+              reader.read_threads=4 as mpibench's, computation_time=0, files evicted
+              first; its figure is train_throughput_samples_per_second of its summary.json
+              (its steps x batch over each rank's epoch time, summed over ranks). DLIO has
+              no Parquet reader and reads TFRecord through TensorFlow only.
+
+DLIO's scratch install, outside the repository (its PyPI metadata pulls TensorFlow, DALI
+and torchvision, which its PyTorch path does not need):
+
+    python3 -m venv /tmp/dlio-venv
+    /tmp/dlio-venv/bin/pip install torch==2.13.0   # the CPU wheel
+    /tmp/dlio-venv/bin/pip install --no-deps dlio-benchmark==2.0.0
+    /tmp/dlio-venv/bin/pip install Pillow PyYAML h5py mpi4py mpich numpy omegaconf pandas \
+        psutil pydftracer==1.0.2 hydra-core
+    # dlio_benchmark/profiler/profiler_factory.py imports TensorFlow at module level for
+    # its TensorBoard profiler: move that import into the TENSORBOARD branch.
 
 No compute is emulated: samples/s is the loader's rate. samples/s = all samples / (latest
 rank end - earliest rank start), as mpibench reports it. The table gives the median
@@ -78,6 +98,57 @@ def run_plain(fmt: str, root: str, ranks: int, out: str) -> float:
     subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL)
     with open(out) as handle:
         return float(json.load(handle)["samples_per_s"])
+
+
+#: DLIO's workload keys for the shapes it reads (dataset and reader as in DATASETS)
+DLIO_SHAPES = {
+    "npz": {"format": "npz", "num_files_train": 64, "num_samples_per_file": 1, "record_length": 1 << 20,
+            "record_length_stdev": 256 << 10, "batch_size": 7},
+    "jpeg": {"format": "jpeg", "num_files_train": 192, "num_samples_per_file": 1, "record_length": 322957,
+             "record_length_stdev": 0, "batch_size": 24},
+}
+
+
+def dlio_args(fmt: str, root: str, generate: bool, out: str) -> list[str]:
+    """dlio_benchmark's overrides for one shape (on its unet3d_h100 workload, PyTorch)."""
+    shape = DLIO_SHAPES[fmt]
+    w = "++workload."
+    return ["workload=unet3d_h100", f"{w}framework=pytorch", f"{w}reader.data_loader=pytorch",
+            f"{w}workflow.generate_data={generate}", f"{w}workflow.train={not generate}",
+            f"{w}workflow.checkpoint=False", f"{w}dataset.data_folder={os.path.join(root, 'dlio-' + fmt)}",
+            f"{w}dataset.format={shape['format']}", f"{w}dataset.num_files_train={shape['num_files_train']}",
+            f"{w}dataset.num_samples_per_file={shape['num_samples_per_file']}",
+            f"{w}dataset.record_length={shape['record_length']}",
+            f"{w}dataset.record_length_stdev={shape['record_length_stdev']}", f"{w}dataset.record_length_resize=0",
+            f"{w}reader.batch_size={shape['batch_size']}", f"{w}reader.read_threads=4",
+            f"{w}train.epochs=1", f"{w}train.computation_time=0", f"{w}output.folder={out}",
+            f"hydra.run.dir={out}"]
+
+
+def dlio_bin(python: str) -> str:
+    return os.path.join(os.path.dirname(python), "dlio_benchmark")
+
+
+def run_dlio(fmt: str, root: str, ranks: int, python: str, out: str, generate: bool = False) -> float:
+    """One DLIO run (or its data generation); return its train samples/s."""
+    folder = os.path.join(root, "dlio-" + fmt)
+    if not generate:  # cold, as the others
+        for d, _, names in os.walk(folder):
+            for name in names:
+                fd = os.open(os.path.join(d, name), os.O_RDONLY)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                os.close(fd)
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [os.path.join(os.path.dirname(python), "mpiexec"), "-n", str(ranks), dlio_bin(python),
+           *dlio_args(fmt, root, generate, out)]
+    done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=root)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
+        raise SystemExit(f"DLIO failed (exit {done.returncode}): {' '.join(cmd)}\n{tail}")
+    if generate:
+        return 0.0
+    with open(os.path.join(out, "summary.json")) as handle:
+        return float(json.load(handle)["metric"]["train_throughput_mean_samples_per_second"])
 
 
 def plain_loop(fmt: str, root: str, out: str) -> None:
@@ -145,6 +216,8 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--workdir", default=os.environ.get("TMPDIR", "/tmp"))
     parser.add_argument("--output", default="train_peers.json")
+    parser.add_argument("--dlio", metavar="PYTHON",
+                        help="the python of a venv with dlio-benchmark 2.0.0 (see above): run DLIO too")
     parser.add_argument("--loop", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -154,7 +227,9 @@ def main() -> int:
         return 0
     formats = args.formats.split(",")
     work = tempfile.mkdtemp(prefix="mpibench-train-peers-", dir=args.workdir)
-    tools = ["mpibench", "mpibench-1", "plain"]
+    tools = ["mpibench", "mpibench-1", "plain"] + (["dlio"] if args.dlio else [])
+    if args.dlio and not os.path.exists(dlio_bin(args.dlio)):
+        parser.error(f"--dlio {args.dlio}: no dlio_benchmark next to it; install DLIO as the help says")
     values: dict[str, dict[str, list[float]]] = {f: {t: [] for t in tools} for f in formats}
     load = {"before": uptime()}
     print("load before:", load["before"], flush=True)
@@ -164,12 +239,17 @@ def main() -> int:
             subprocess.run(mpiexec(args.ranks, os.path.join(BIN, "mpibench"), "run", *gen, "workload=datagen",
                                    "-q", "-o", os.path.join(work, f"gen-{fmt}.json")),
                            check=True, stdin=subprocess.DEVNULL)
+            if args.dlio and fmt in DLIO_SHAPES:
+                run_dlio(fmt, work, args.ranks, args.dlio, os.path.join(work, f"dlio-gen-{fmt}"), generate=True)
         for rep in range(args.reps):
             for fmt in formats:
-                order = tools[rep % len(tools):] + tools[: rep % len(tools)]
+                mine = [t for t in tools if t != "dlio" or fmt in DLIO_SHAPES]
+                order = mine[rep % len(mine):] + mine[: rep % len(mine)]
                 for tool in order:
                     out = os.path.join(work, f"{fmt}-{tool}.json")
-                    if tool == "plain":
+                    if tool == "dlio":
+                        value = run_dlio(fmt, work, args.ranks, args.dlio, os.path.join(work, "dlio-out"))
+                    elif tool == "plain":
                         value = run_plain(fmt, work, args.ranks, out)
                     else:
                         extra = ["train.read_threads=1"] if tool == "mpibench-1" else []
@@ -181,14 +261,18 @@ def main() -> int:
     load["after"] = uptime()
     print("load after:", load["after"])
     print(f"\n{'format':<10}{'mpibench':>12}{'mpibench-1':>12}{'plain':>12}{'ratio':>8}{'ratio-1':>9}"
-          "   (median samples/s; ratio = mpibench / plain)")
+          + (f"{'dlio':>12}{'x dlio':>8}" if args.dlio else "")
+          + "   (median samples/s; ratio = mpibench / plain; x dlio = mpibench / dlio)")
     for fmt in formats:
-        med = {t: statistics.median(values[fmt][t]) for t in tools}
-        print(f"{fmt:<10}{med['mpibench']:>12.1f}{med['mpibench-1']:>12.1f}{med['plain']:>12.1f}"
-              f"{med['mpibench'] / med['plain']:>8.2f}{med['mpibench-1'] / med['plain']:>9.2f}")
+        med = {t: statistics.median(v) for t, v in values[fmt].items() if v}
+        line = (f"{fmt:<10}{med['mpibench']:>12.1f}{med['mpibench-1']:>12.1f}{med['plain']:>12.1f}"
+                f"{med['mpibench'] / med['plain']:>8.2f}{med['mpibench-1'] / med['plain']:>9.2f}")
+        if "dlio" in med:
+            line += f"{med['dlio']:>12.1f}" + (f"{med['mpibench'] / med['dlio']:>8.1f}" if med["dlio"] else "     inf")
+        print(line)
     with open(args.output, "w") as handle:
         json.dump({"ranks": args.ranks, "reps": args.reps, "load": load, "samples_per_s": values,
-                   "datasets": DATASETS, "when": time.strftime("%Y-%m-%d %H:%M:%S")}, handle, indent=1)
+                   "datasets": DATASETS, "dlio_shapes": DLIO_SHAPES if args.dlio else None, "when": time.strftime("%Y-%m-%d %H:%M:%S")}, handle, indent=1)
     print(f"values written to {args.output}")
     return 0
 

@@ -21,7 +21,7 @@ from mpibench.mlperf import ACCELERATORS, COLUMN_SETS, MODELS, row_bytes, timing
 from mpibench.units import parse_size
 
 AUTO = "auto"
-WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint", "kvcache")
+WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint", "kvcache", "metadata", "modelload")
 STORAGE_TYPES = ("local_fs", "direct_fs", "s3", "null")
 LOCAL_SCHEMES = ("file://", "direct://")
 RUN_ID_MAX = 128
@@ -115,8 +115,9 @@ class DatasetConfig:
     samples_per_file: int = _opt(1, "int", minimum=1, doc="samples (records) per file")
     record_size: int = _opt(1024**2, "size", minimum=1, doc="mean bytes per sample")
     record_size_stdev: int = _opt(0, "size", minimum=0, doc="standard deviation of sample bytes")
-    format: str = _opt("npz", "enum", choices=DATASET_FORMATS,
-                       doc="file format: npz, hdf5, raw, jpeg (one image a file), tfrecord, parquet")
+    format: str = _opt("npz", "enum", choices=(*DATASET_FORMATS, "safetensors"),
+                       doc="file format: npz, hdf5, raw, jpeg (one image a file), tfrecord, parquet; "
+                           "safetensors: the modelload section's model, in HF's layout")
     num_subfolders: int = _opt(0, "int", minimum=0, doc="spread files over this many subfolders")
     seed: int = _opt(1234, "int", minimum=0, doc="seed of sizes and content")
     hdf5_chunk_size: int | None = _opt(None, "optional_size", minimum=1,
@@ -229,6 +230,61 @@ class KvcacheConfig:
 
 
 @dataclass(frozen=True)
+class ModelloadConfig:
+    """Loading an LLM's safetensors shards (written by datagen with dataset.format=safetensors)."""
+
+    model: str = _opt("llama3-8b", "str", doc="llama3 preset whose tensors the model has")
+    scale: float = _opt(1.0, "float", minimum=0.0, doc="factor in (0, 1] shrinking every matrix's rows")
+    shard_size: int = _opt(5 * 10**9, "size", minimum=1, doc="largest shard file (transformers: 5GB)")
+    reader: str = _opt(AUTO, "enum", choices=(AUTO, "mmap", "read", "direct", "s3"),
+                       doc="mmap or read (local_fs), direct (direct_fs), s3 (ranged GETs); auto: "
+                           "mmap, direct or s3 by storage.type")
+    mmap_mapping: str = _opt("private", "enum", choices=("private", "shared"),
+                             doc="mmap reader: MAP_PRIVATE (as safetensors) or MAP_SHARED (as mmap.mmap)")
+    layout: str = _opt("replicated", "enum",
+                       choices=("replicated", "tensor_parallel", "pipeline_parallel", "tensor_pipeline"),
+                       doc="who loads what: all of it, a TP slice, a PP stage, or both")
+    tp: int | str = _opt(AUTO, "int_or_auto", minimum=1, doc="tensor-parallel size (auto: the preset's, "
+                                                            "else the world size for tensor_parallel)")
+    pp: int | str = _opt(AUTO, "int_or_auto", minimum=1, doc="pipeline stages (auto: the preset's, "
+                                                            "else the world size for pipeline_parallel)")
+    iterations: int = _opt(1, "int", minimum=1, doc="cold load then warm load, this many times")
+    buffer_size: int = _opt(64 * 1024**2, "size", minimum=4096, doc="bytes per read and staging buffer per rank")
+    s3_fetch: str = _opt("ranges", "enum", choices=("ranges", "objects"),
+                         doc="s3 reader: one ranged GET per tensor slice, or every shard whole (its own "
+                             "tensors or not, in buffer_size GETs), as a download before the load")
+    backing_root: str | None = _opt(None, "optional_str",
+                                    doc="a FUSE root's backing directory: its files are evicted too before "
+                                        "a cold load")
+
+
+@dataclass(frozen=True)
+class MetadataConfig:
+    """mdtest-like metadata test: create, stat, read, rename, list and remove many small files."""
+
+    items: int = _opt(1000, "int", minimum=1, doc="files (objects) each rank creates (mdtest -n)")
+    file_size: int = _opt(0, "size", minimum=0, doc="bytes written into each file and read back (0: empty files)")
+    layout: str = _opt("unique", "enum", choices=("unique", "shared"),
+                       doc="a directory tree per rank (mdtest -u) or one tree shared by every rank")
+    depth: int = _opt(0, "int", minimum=0, doc="levels of directories below the tree's top (mdtest -z)")
+    branching: int = _opt(1, "int", minimum=1, doc="subdirectories of each directory above the leaves (mdtest -b)")
+    items_at: str = _opt("leaves", "enum", choices=("leaves", "all"),
+                         doc="files in the leaf directories only (mdtest -L) or in every directory of the tree")
+    stride: int | str = _opt(AUTO, "int_or_auto", minimum=0,
+                             doc="stat, read, list, rename and remove the files of rank (rank + stride) % ranks "
+                                 "(mdtest -N); auto: the ranks of one node, so another node's files")
+    deadline: float = _opt(0.0, "float", minimum=0.0,
+                           doc="stonewall: seconds after which ranks stop creating files (0: off); "
+                               "later phases use exactly the files created")
+    read: bool = _opt(True, "bool", doc="read each file back (file_size bytes) after the stat phase")
+    list: bool = _opt(False, "bool", doc="list the directories (readdir / S3 LIST) after the read phase")
+    rename: bool = _opt(False, "bool", doc="rename each file in its directory before the remove phase (files only)")
+    fsync: bool = _opt(False, "bool", doc="fsync each file before closing it in the create phase (mdtest -y)")
+    preset: str | None = _opt(None, "optional_str", doc="name of the preset the configuration comes from "
+                                                        "(recorded in the results)")
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """What is recorded beside bytes and times."""
 
@@ -247,6 +303,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     kvcache: KvcacheConfig = field(default_factory=KvcacheConfig)
+    modelload: ModelloadConfig = field(default_factory=ModelloadConfig)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     run_id: str | None = _opt(None, "optional_str", doc="name of the run (default: time + random)")
     keep_files: bool = _opt(False, "bool", doc="keep the files the run wrote")
@@ -269,6 +327,8 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "checkpoint": CheckpointConfig,
     "kvcache": KvcacheConfig,
+    "modelload": ModelloadConfig,
+    "metadata": MetadataConfig,
     "metrics": MetricsConfig,
 }
 
@@ -615,6 +675,9 @@ def validate(config: Config) -> None:
                 )
     if config.workload == "kvcache":
         _validate_kvcache(config.kvcache)
+    validate_modelload(config)
+    if config.workload == "metadata":
+        validate_metadata(config)
     if config.workload == "checkpoint":
         ck = config.checkpoint
         if not 0 < ck.scale <= 1:
@@ -660,6 +723,64 @@ def _validate_kvcache(kv: KvcacheConfig) -> None:
                           "set kvcache.p95_target to the p95 read latency in seconds the capacity must stay under")
     if kv.duration <= 0:
         raise ConfigError("kvcache.duration must be more than 0 seconds", "e.g. kvcache.duration=60")
+
+
+READERS_BY_STORAGE = {"local_fs": ("mmap", "read"), "direct_fs": ("direct",), "s3": ("s3",)}
+
+
+def modelload_reader(config: Config) -> str:
+    """The reader a modelload run uses: modelload.reader, or by storage.type when auto."""
+    reader = config.modelload.reader
+    return READERS_BY_STORAGE[config.storage.type][0] if reader == AUTO else reader
+
+
+def validate_modelload(config: Config) -> None:
+    """The rules of the modelload section and of a safetensors datagen."""
+    ml = config.modelload
+    safetensors = config.dataset.format == "safetensors"
+    if config.workload == "train" and safetensors:
+        raise ConfigError("dataset.format=safetensors is a model for workload=modelload, not a training dataset",
+                          "choose npz, hdf5 or raw for train")
+    if config.workload == "modelload" and not safetensors:
+        raise ConfigError("workload=modelload reads a safetensors model: dataset.format is "
+                          f"{config.dataset.format}", "set dataset.format=safetensors (and datagen it first)")
+    if config.workload not in ("modelload", "datagen") or (config.workload == "datagen" and not safetensors):
+        return
+    if not 0 < ml.scale <= 1:
+        raise ConfigError(f"modelload.scale must be in (0, 1], got {ml.scale}")
+    if config.workload != "modelload":
+        return
+    if config.storage.type not in READERS_BY_STORAGE:
+        raise ConfigError(f"workload=modelload loads a model from storage; storage.type={config.storage.type} holds none",
+                          "use local_fs, direct_fs or s3")
+    reader = modelload_reader(config)
+    allowed = READERS_BY_STORAGE[config.storage.type]
+    if reader not in allowed:
+        where = {"mmap": "local_fs", "read": "local_fs", "direct": "direct_fs", "s3": "s3"}[reader]
+        raise ConfigError(f"modelload.reader={reader} does not read storage.type={config.storage.type}",
+                          f"use modelload.reader={' or '.join(allowed)}, or storage.type={where}")
+    if ml.backing_root is not None and config.storage.type != "local_fs":
+        raise ConfigError("modelload.backing_root applies to storage.type=local_fs (a FUSE mount) only",
+                          "remove modelload.backing_root")
+
+
+MAX_TREE_DIRS = 10_000_000  # a tree larger than this is a typing mistake, not a benchmark
+
+
+def validate_metadata(config: Config) -> None:
+    """Rules of the metadata section that need no storage."""
+    md = config.metadata
+    dirs = sum(md.branching ** level for level in range(min(md.depth, 64) + 1))
+    if md.depth > 64 or dirs > MAX_TREE_DIRS:
+        raise ConfigError(f"metadata.depth={md.depth} with metadata.branching={md.branching} makes a tree of "
+                          f"more than {MAX_TREE_DIRS} directories", "lower metadata.depth or metadata.branching")
+    if config.storage.type == "null" and (md.file_size or md.list):
+        raise ConfigError("metadata.file_size and metadata.list need storage that keeps files, and "
+                          "storage.type=null keeps none", "set metadata.file_size=0 and metadata.list=false "
+                          "to measure mpibench's own cost per operation, or use another storage.type")
+    if md.rename and config.storage.type == "s3":
+        raise ConfigError("metadata.rename applies to files only: S3 has no rename (a copy and a delete are "
+                          "not one metadata operation)", "remove metadata.rename, or use local_fs or direct_fs")
 
 
 def describe_keys() -> list[tuple[str, str, str]]:

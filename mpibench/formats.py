@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from mpibench.buffers import aligned_buffer, file_seed, fill_random
-from mpibench.errors import VerifyError
-from mpibench.plan import file_name, file_names, round_up
+from mpibench.errors import ConfigError, MpibenchError, VerifyError
+from mpibench.plan import RUN_DIR_PREFIX, file_name, file_names, round_up
 
 EXTENSIONS = {"npz": "npz", "hdf5": "hdf5", "raw": "bin", "jpeg": "jpeg", "tfrecord": "tfrecord",
               "parquet": "parquet"}
@@ -425,3 +425,23 @@ def manifest_mismatch(found: dict[str, Any], ds: Any) -> list[str]:
 def manifest_keys(ds: Any) -> tuple[str, ...]:
     """The dataset keys a manifest records: the parquet ones only for parquet datasets."""
     return MANIFEST_KEYS + (PARQUET_KEYS if ds.format == "parquet" else ())
+
+
+def check_dataset_name(name: str) -> None:
+    """dataset.name must be a relative folder below storage.root, outside any run directory."""
+    parts = name.split("/")
+    if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ConfigError(f"dataset.name {name!r} is not a relative folder name",
+                          "use e.g. dataset.name=unet3d (a folder below storage.root)")
+    if parts[0].startswith(RUN_DIR_PREFIX):
+        raise ConfigError(f"dataset.name {name!r} starts with {RUN_DIR_PREFIX!r}, the prefix of run directories",
+                          "choose another name")
+
+
+def key_exists(backend: Any, key: str) -> bool:
+    """True when `key` (file or folder) exists; any failure to look counts as absent."""
+    try:
+        backend.size_of(key)
+    except MpibenchError:
+        return False
+    return True

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import struct
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -310,12 +311,20 @@ class BackendFile(io.RawIOBase):
         return out  # pyarrow takes any bytes-like object: no copy into bytes
 
 
-def read_parquet(ds: Any, index: int, source: Any, path: str, *, verify: bool) -> int:
-    """Read the columns marked read, row group by row group; return the rows read."""
+def read_parquet(ds: Any, index: int, source: Any, path: str, *, verify: bool,
+                 on_rows: Callable[[int], None] | None = None) -> int:
+    """Read the columns marked read, row group by row group; return the rows read.
+
+    `on_rows(n)` is called after each row group with its rows, so that a loader can hand
+    out batches of them before the rest of the file is read.
+    """
     import pyarrow.parquet as pq
 
     columns = parquet_columns(ds)
     wanted = [j for j, c in enumerate(columns) if c.read]
+    names = [columns[j].name for j in wanted]
+    expected: dict[int, bytes] = {}
+    rows = 0
     try:
         # pre_buffer: pyarrow asks for the read columns' chunks of a row group in a few
         # coalesced ranges (59 instead of 81 requests on a dlrm file, 5x faster), still
@@ -326,21 +335,30 @@ def read_parquet(ds: Any, index: int, source: Any, path: str, *, verify: bool) -
             raise VerifyError(f"{path}: {meta.num_rows} rows of {meta.num_columns} columns, expected "
                               f"{ds.samples_per_file} of {len(columns)}",
                               "the dataset was generated with other settings: generate it again", path=path)
-        tables = [pf.read_row_group(g, columns=[columns[j].name for j in wanted], use_threads=False)
-                  for g in range(pf.num_row_groups)]
+        for group in range(pf.num_row_groups):
+            table = pf.read_row_group(group, columns=names, use_threads=False)
+            if verify:
+                for j in wanted:
+                    if j not in expected:
+                        expected[j] = column_values(ds, index, j).view(np.uint8).tobytes()
+                    _verify_rows(table, columns[j], expected[j], rows, path)
+            rows += table.num_rows
+            if on_rows is not None:
+                on_rows(table.num_rows)
     except VerifyError:
         raise
     except Exception as exc:
         raise VerifyError(f"{path} is not a readable Parquet file: {exc}",
                           "the dataset is damaged: generate it again", path=path) from None
-    rows = sum(t.num_rows for t in tables)
-    if verify:
-        for j in wanted:
-            name = columns[j].name
-            parts = [t.column(name).combine_chunks() for t in tables]
-            got = np.concatenate([(p.flatten() if columns[j].size > 1 else p).to_numpy(zero_copy_only=False)
-                                  for p in parts])
-            if got.view(np.uint8).tobytes() != column_values(ds, index, j).view(np.uint8).tobytes():
-                raise VerifyError(f"data verification failed: {path} column {name} differs from what "
-                                  "datagen wrote", "the storage returned wrong data", path=path)
     return rows
+
+
+def _verify_rows(table: Any, spec: Any, expected: bytes, first_row: int, path: str) -> None:
+    """Check one row group's values of a column against what datagen wrote from `first_row`."""
+    part = table.column(spec.name).combine_chunks()
+    got = (part.flatten() if spec.size > 1 else part).to_numpy(zero_copy_only=False)
+    width = spec.size * np.dtype(spec.dtype).itemsize
+    want = expected[first_row * width: (first_row + table.num_rows) * width]
+    if got.view(np.uint8).tobytes() != want:
+        raise VerifyError(f"data verification failed: {path} column {spec.name} differs from what "
+                          "datagen wrote", "the storage returned wrong data", path=path)

@@ -60,7 +60,9 @@ FIGURES = {
     "rank_bandwidth.png": "Bandwidth per rank",
 }
 KVCACHE_FIGURE = "kvcache_users.png"  # a kvcache run's figure beside the three every run has
-TITLES = {**FIGURES, KVCACHE_FIGURE: "kvcache: read latency and throughput against users"}
+MODELLOAD_FIGURE = "modelload_cold_warm.png"  # a modelload run's cold and warm loads
+TITLES = {**FIGURES, KVCACHE_FIGURE: "kvcache: read latency and throughput against users",
+          MODELLOAD_FIGURE: "modelload: cold and warm loads"}
 
 REPORT_EXAMPLES = """\
 examples:
@@ -146,8 +148,10 @@ def _check_target(path: str, force: bool) -> None:
 
 
 def figure_names(document: dict[str, Any]) -> list[str]:
-    """The figures a results document has: FIGURES, and KVCACHE_FIGURE for a kvcache run."""
-    return [*FIGURES, *([KVCACHE_FIGURE] if (document.get("kvcache") or {}).get("steps") else [])]
+    """The figures a results document has: FIGURES, KVCACHE_FIGURE for a kvcache run and
+    MODELLOAD_FIGURE for a modelload run."""
+    return [*FIGURES, *([KVCACHE_FIGURE] if (document.get("kvcache") or {}).get("steps") else []),
+            *([MODELLOAD_FIGURE] if (document.get("modelload") or {}).get("loads") else [])]
 
 
 def _png_targets(directory: str, force: bool, names: list[str]) -> list[tuple[str, str]]:
@@ -756,6 +760,10 @@ def render_figures(document: dict[str, Any]) -> dict[str, bytes]:
         from mpibench.workloads.kvcache import figure_users
 
         figures[KVCACHE_FIGURE] = figure_png(figure_users(document, _new_figure(8.0, 4.0)))
+    if MODELLOAD_FIGURE in figure_names(document):
+        from mpibench.workloads.modelload import figure_cold_warm
+
+        figures[MODELLOAD_FIGURE] = figure_png(figure_cold_warm(document, _new_figure(8.0, 3.5)))
     return figures
 
 

@@ -120,7 +120,7 @@ def summarize_phase(name: str, iteration: int, ranks: list[dict[str, Any]],
 
 
 WRITE_PHASES = ("write", "datagen")  # phase names that write (a phase recording `fsync` writes too)
-FSYNC_KEYS = {"bandwidth": "bandwidth.fsync", "checkpoint": "checkpoint.fsync"}
+FSYNC_KEYS = {"bandwidth": "bandwidth.fsync", "checkpoint": "checkpoint.fsync", "metadata": "metadata.fsync"}
 S3_CACHE = {"state": "object", "method": "s3: no client cache, every request goes to the server"}
 NULL_CACHE = {"state": "none", "method": "null storage: no I/O reaches any storage; the figures are "
                                          "mpibench's own cost per operation"}

@@ -106,15 +106,20 @@ def _start() -> tuple[LocalS3Server, S3Server]:
     return server, info
 
 
-@pytest.fixture(scope="session", name="s3")
-def s3_fixture() -> Iterator[S3Server]:
-    """A running S3 server with bucket BUCKET, its credentials exported in this process."""
+#: The one server of this test process: every module imports the fixture, and pytest makes a
+#: session fixture of each import, but s3dlio keeps the first credentials it was given for the
+#: life of the process, so a second server (new keys) would be refused by the first's client.
+_SESSION: dict[str, tuple[str, object]] = {}
+
+
+def _session_outcome() -> tuple[str, object]:
+    """Start the server once per process (rank 0 of a parallel run), or say why not."""
+    if "outcome" in _SESSION:
+        return _SESSION["outcome"]
     comm = world()
     parallel = comm is not None and comm.Get_size() > 1
-    root = not parallel or comm.Get_rank() == 0
-    server = None
     outcome: tuple[str, object] | None = None
-    if root:
+    if not parallel or comm.Get_rank() == 0:
         try:
             find_weed()
             server, info = _start()
@@ -124,20 +129,22 @@ def s3_fixture() -> Iterator[S3Server]:
     if parallel:
         outcome = comm.bcast(outcome, root=0)
     assert outcome is not None
-    kind, value = outcome
+    _SESSION["outcome"] = outcome
+    return outcome
+
+
+@pytest.fixture(scope="session", name="s3")
+def s3_fixture() -> Iterator[S3Server]:
+    """A running S3 server with bucket BUCKET, its credentials exported in this process
+    (the same server for every test module of the process; LocalS3Server stops it at exit)."""
+    kind, value = _session_outcome()
     if kind == "skip":
         pytest.skip(f"no S3 server for the tests: {value}")
     if kind == "error":
         pytest.fail(f"the local S3 server did not start: {value}")
     assert isinstance(value, S3Server)
     os.environ.update(value.env)  # before this process's first s3dlio call
-    try:
-        yield value
-    finally:
-        if parallel:
-            comm.Barrier()
-        if server is not None:
-            server.stop()
+    yield value
 
 
 def assert_untouched(s3: S3Server, before: dict[str, int]) -> None:

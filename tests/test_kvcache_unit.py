@@ -1,10 +1,17 @@
-"""The kvcache traffic model, its tiers, the capacity search and the configuration (no I/O)."""
+"""The kvcache traffic model, its tiers, the capacity search and the configuration, and the
+local_fs eviction kvcache relies on."""
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+import tempfile
+
 import pytest
 
-from mpibench.config import build_config
+from mpibench.backends import make_backend
+from mpibench.config import StorageConfig, build_config
 from mpibench.errors import ConfigError
 from mpibench.kvtraffic import (
     CLOSED_OPTIONS,
@@ -231,3 +238,44 @@ def test_storage_capacity_defaults_to_a_share_of_the_free_space():
     assert storage_capacity(5 * 2**20, 10**12, 4) == 5 * 2**20  # configured
     assert storage_capacity(0, 10**12, 4) == int(10**12 * 0.8) // 4
     assert storage_capacity(0, None, 4) == 0  # s3: free space unknown, unbounded
+
+
+def _cached(path: str, size: int) -> bool:
+    """Whether the whole file is in the page cache: a read that may not wait for the device."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.preadv(fd, [bytearray(size)], 0, os.RWF_NOWAIT) == size
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno == errno.EOPNOTSUPP:  # a filesystem without nowait buffered reads
+            pytest.skip(f"{path}: no RWF_NOWAIT reads on this filesystem")
+        raise
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("synced", [False, True])
+def test_local_fs_evict_drops_an_object_from_the_page_cache(tmp_path, synced):
+    # kvcache evicts each object before reading it back; an object fsynced at its write
+    # skips the second flush (synced=True) and must leave the page cache all the same.
+    if not hasattr(os, "RWF_NOWAIT"):
+        pytest.skip("no preadv2(RWF_NOWAIT) to look into the page cache")
+    base = os.environ.get("MPIBENCH_TEST_DIR") or str(tmp_path)
+    root = tempfile.mkdtemp(dir=base)
+    try:
+        backend = make_backend(StorageConfig(type="local_fs", root=root))
+        size = 384 * 1024
+        handle = backend.open("kv.0", "w")
+        try:
+            assert backend.write_at(handle, memoryview(os.urandom(size)), 0) == size
+            if synced:
+                backend.fsync(handle)
+        finally:
+            backend.close(handle)
+        path = backend.path_of("kv.0")
+        assert _cached(path, size)  # just written: its pages are there
+        assert backend.evict("kv.0", synced=synced)
+        assert not _cached(path, size)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -220,11 +220,36 @@ def test_parquet_training_read_fetches_only_the_columns_read(tmp_path):
     handle = backend.open("f.parquet", "r")
     try:
         source = mf.BackendFile(backend, handle, backend.size_of("f.parquet"))
-        assert mf.read_parquet(ds, 0, source, "f.parquet", verify=True) == 20000
+        groups: list[tuple[int, int]] = []  # (rows, bytes fetched so far) at each callback
+        assert mf.read_parquet(ds, 0, source, "f.parquet", verify=True,
+                               on_rows=lambda rows: groups.append((rows, source.fetched))) == 20000
     finally:
         backend.close(handle)
+    # Each row group is handed on as soon as it is read, before the next one is fetched.
+    assert [rows for rows, _ in groups] == [6144, 6144, 6144, 20000 - 3 * 6144]
+    assert groups[0][1] < groups[1][1] < groups[2][1] < groups[3][1] == source.fetched
     read_width = row_bytes(COLUMN_SETS["dlrm"], only_read=True)  # 160 of 761 bytes a row
     assert 20000 * read_width <= source.fetched < enc.size / 2
+
+
+def test_parquet_verification_catches_a_changed_value_in_a_later_row_group(tmp_path):
+    """Verified row group by row group: the first groups pass, the changed one fails."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ds = dataset(format="parquet", columns="dlrm", record_size=761, samples_per_file=7000)
+    table = pq.read_table(pa.BufferReader(formats.encode(ds, 0).view()[: formats.encode(ds, 0).size]))
+    column = next(j for j, c in enumerate(COLUMN_SETS["dlrm"]) if c.read)
+    name = COLUMN_SETS["dlrm"][column].name
+    values = table.column(name).to_numpy().copy()
+    values[6500] += 1  # in the second row group
+    table = table.set_column(column, table.schema.field(column), pa.array(values))
+    path = str(tmp_path / "f.parquet")
+    pq.write_table(table, path, row_group_size=6144, compression="none", use_dictionary=False)
+    groups: list[int] = []
+    with open(path, "rb") as source, pytest.raises(VerifyError, match=f"column {name} differs"):
+        mf.read_parquet(ds, 0, source, path, verify=True, on_rows=groups.append)
+    assert groups == [6144]
 
 
 def test_jpeg_files_have_the_published_mean_size():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno as errno_mod
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from mpibench.config import StorageConfig
@@ -129,8 +130,9 @@ class Backend(ABC):
         preflight before makedirs), or None (always None where there are no directories)."""
         return None
 
-    def evict(self, key: str) -> bool:
-        """Drop `key` from the client cache; True when the eviction is known to have worked."""
+    def evict(self, key: str, *, synced: bool = False) -> bool:
+        """Drop `key` from the client cache; True when the eviction is known to have worked.
+        `synced`: the caller fsynced the object since it last wrote it (nothing dirty to flush)."""
         return self.direct
 
     def sync_filesystem(self) -> None:
@@ -165,3 +167,62 @@ class Backend(ABC):
             return self.read_at(handle, buf, 0)
         finally:
             self.close(handle)
+
+    # -- metadata operations (the metadata workload) ------------------------------------------
+    # Each works on an entry of a directory handle from open_dir, so that a file system
+    # resolves the directory once and each operation costs one system call on a name
+    # (openat, fstatat, unlinkat), as mdtest's do. Failures raise BenchIOError with errno.
+    #: True when the storage has directories to create and remove (false: key prefixes)
+    has_directories: ClassVar[bool] = False
+    #: True when an entry can be renamed in one operation
+    can_rename: ClassVar[bool] = False
+
+    def data_io(self, size: int) -> dict[str, Any]:
+        """How files of `size` bytes are written and read by the *_in operations (recorded)."""
+        return {"state": "direct" if self.direct else "buffered", "method": self.name}
+
+    def free_entries(self, key: str) -> int | None:
+        """Files and directories that can still be created where `key` is (the file system's
+        free inodes), or None where there is no such limit or it is not known."""
+        return None
+
+    def mkdir(self, key: str) -> None:
+        """Create the one directory `key` (its parent exists); an error if it exists."""
+
+    def rmdir(self, key: str) -> None:
+        """Remove the empty directory `key`; an error if it is missing or not empty."""
+
+    def open_dir(self, key: str) -> Any:
+        """A handle on directory (or key prefix) `key` for the *_in operations."""
+        return key
+
+    def close_dir(self, handle: Any) -> None:
+        """Release a handle from open_dir."""
+
+    def create_in(self, handle: Any, name: str, buf: memoryview, fsync: bool = False) -> int:
+        """Create the new entry `name` holding all of `buf`; return the bytes written."""
+        return self.put(f"{handle}/{name}", buf, fsync)
+
+    def stat_in(self, handle: Any, name: str) -> int:
+        """The size of entry `name` (one stat, or one HEAD)."""
+        return self.size_of(f"{handle}/{name}")
+
+    def read_in(self, handle: Any, name: str, buf: memoryview) -> int:
+        """Read entry `name` whole into `buf` (len(buf) is its size); return the bytes read."""
+        return self.get(f"{handle}/{name}", buf)
+
+    def rename_in(self, handle: Any, name: str, new_name: str) -> None:
+        """Rename entry `name` to `new_name` in the same directory (where can_rename)."""
+        raise NotImplementedError(f"{self.name} cannot rename")
+
+    def unlink_in(self, handle: Any, name: str, missing_ok: bool = False) -> None:
+        """Remove entry `name` (a missing one is an error unless missing_ok)."""
+        self.remove(f"{handle}/{name}")
+
+    def list_in(self, handle: Any) -> Iterator[list[str]]:
+        """The names in the directory, page by page, as the storage hands them out."""
+        raise NotImplementedError(f"{self.name} cannot list")
+
+    def where_in(self, handle: Any, name: str) -> str:
+        """A human-readable location of entry `name` for messages."""
+        return self.path_of(f"{handle}/{name}")

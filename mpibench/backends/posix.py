@@ -15,13 +15,14 @@ from typing import Any
 
 from mpibench import environment
 from mpibench.backends.base import Backend, io_error
+from mpibench.backends.posix_metadata import O_DIRECT, PosixMetadataOps
 from mpibench.buffers import aligned_buffer
 from mpibench.config import StorageConfig
 from mpibench.errors import PreflightError
+from mpibench.pagecache import evict_file
 from mpibench.plan import RUN_MARKER
 from mpibench.units import format_size
 
-O_DIRECT = getattr(os, "O_DIRECT", 0)
 #: kernel interfaces that look like directories but are no storage (statvfs says 0 B free)
 PSEUDO_FILESYSTEMS = frozenset({
     "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
@@ -72,7 +73,7 @@ class _PosixHandle:
         self.path = path
 
 
-class PosixBackend(Backend):
+class PosixBackend(PosixMetadataOps, Backend):
     """Files below a root directory, moved with os.pwritev/os.preadv."""
 
     name = "posix"
@@ -465,21 +466,9 @@ class PosixBackend(Backend):
                     os.close(fd)
         os.sync()
 
-    def evict(self, key: str) -> bool:
+    def evict(self, key: str, *, synced: bool = False) -> bool:
         """posix_fadvise(DONTNEED) on the file; confirmed when mincore-free reads follow."""
-        path = self.path_of(key)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError:
-            return False
-        try:
-            os.fdatasync(fd)  # dirty pages cannot be dropped
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            return True
-        except OSError:
-            return False
-        finally:
-            os.close(fd)
+        return evict_file(self.path_of(key), synced=synced)
 
 
 class LocalFsBackend(PosixBackend):
@@ -496,7 +485,7 @@ class DirectFsBackend(PosixBackend):
     direct = True
     open_flags = O_DIRECT
 
-    def evict(self, key: str) -> bool:
+    def evict(self, key: str, *, synced: bool = False) -> bool:
         return True
 
     def describe(self) -> dict[str, Any]:

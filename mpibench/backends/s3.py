@@ -63,6 +63,8 @@ CREDENTIAL_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 ENDPOINT_ASSIGNMENT = ("interleaved over nodes: rank with node index n and node-local rank l uses "
                        "endpoints[(n + l * num_nodes) % len(endpoints)]")
 
+S3_OBJECT_IO = {"state": "object", "method": "s3: one PUT / HEAD / GET / DELETE per object, no client cache"}
+
 _BUCKET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]")
 
 
@@ -663,8 +665,44 @@ class S3Backend(Backend):
         uris = [self.path_of(self._part_key(key, i)) for i in indices] or [self.path_of(key)]
         delete_objects(uris)
 
-    def evict(self, key: str) -> bool:
+    def evict(self, key: str, *, synced: bool = False) -> bool:
         return True  # nothing is cached on the client
+
+    # -- metadata operations: one request each (a directory handle is its key prefix) ------------
+    def data_io(self, size: int) -> dict[str, Any]:
+        return dict(S3_OBJECT_IO)
+
+    def create_in(self, handle: str, name: str, buf: memoryview, fsync: bool = False) -> int:
+        """One PUT of the whole object."""
+        self._put_uri(self.path_of(f"{handle}/{name}"), buf)
+        return len(buf)
+
+    def stat_in(self, handle: str, name: str) -> int:
+        """One HEAD."""
+        return self.size_of(f"{handle}/{name}")
+
+    def read_in(self, handle: str, name: str, buf: memoryview) -> int:
+        """One GET of the whole object, its size checked, not copied."""
+        return self._read_whole(self.path_of(f"{handle}/{name}"), buf, keep=False)
+
+    def unlink_in(self, handle: str, name: str, missing_ok: bool = False) -> None:
+        """One DELETE (S3 does not say whether the object existed: missing_ok either way).
+        s3dlio 0.10 offers no batched DeleteObjects call."""
+        uri = self.path_of(f"{handle}/{name}")
+        try:
+            s3dlio.delete(uri)
+        except RuntimeError as exc:
+            raise io_failure("delete", uri, exc) from None
+
+    def list_in(self, handle: str) -> Any:
+        """One s3dlio.list of the prefix, one level deep: s3dlio pages ListObjectsV2 inside
+        the call and hands back the whole listing, so it comes as one page."""
+        uri = self.path_of(handle) + "/"
+        try:
+            found = s3dlio.list(uri, recursive=False)
+        except RuntimeError as exc:
+            raise io_failure("list", uri, exc) from None
+        yield found
 
     # -- rank 0: preflight and final cleanup -------------------------------------------------------
     @classmethod
@@ -798,6 +836,9 @@ def object_layout(config: Any) -> dict[str, Any]:
         return {"layout": "one object per transfer" if size == bw.transfer_size and size < bw.block_size
                 else ("one object per rank per iteration" if size == bw.block_size else "objects of object_size"),
                 "object_size_bytes": size, "objects_per_rank_per_iteration": bw.block_size // size}
+    if config.workload == "metadata":
+        return {"layout": "one object per file (PUT, HEAD, GET, LIST, DELETE one request each)",
+                "object_size_bytes": config.metadata.file_size}
     if config.workload == "checkpoint":
         return {"layout": "one object per shard (multipart upload of part_size parts)",
                 "part_size_bytes": max(MIN_PART_SIZE, config.storage.part_size)}

@@ -16,7 +16,9 @@ _WORKLOADS = {
     "datagen": "mpibench.workloads.datagen",
     "train": "mpibench.workloads.train",
     "checkpoint": "mpibench.workloads.checkpoint",
+    "modelload": "mpibench.workloads.modelload",
     "kvcache": "mpibench.workloads.kvcache",
+    "metadata": "mpibench.workloads.metadata",
 }
 
 

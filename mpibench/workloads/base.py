@@ -65,6 +65,7 @@ class Workload:
         """The values of csv_columns for one phase."""
         return []
 
+
     def describe_plan(self, config: Config, size: int, rank: int, ranks_per_node: int,
                       num_nodes: int) -> dict[str, Any]:
         """What `rank` would do, without I/O (for `mpibench plan`)."""

@@ -32,21 +32,24 @@ from mpibench.buffers import buffer_footprint
 from mpibench.config import Config
 from mpibench.context import broadcast_outcome
 from mpibench.engine import timed_close, timed_fsync
-from mpibench.errors import BenchIOError, ConfigError, MpibenchError, PreflightError
+from mpibench.errors import BenchIOError, PreflightError
 from mpibench.formats import (
     EncodedFile,
+    check_dataset_name,
     encode,
     encode_manifest,
     file_key,
+    key_exists,
     manifest_key,
     manifest_of,
     size_bound,
     subfolder_keys,
 )
 from mpibench.metrics import PhaseRecorder
-from mpibench.plan import RUN_DIR_PREFIX, part_range
+from mpibench.plan import part_range
 from mpibench.units import format_size
 from mpibench.workloads.base import Workload
+from mpibench.workloads.modelgen import MODEL_WRITER
 
 if TYPE_CHECKING:
     from mpibench.backends.base import Backend
@@ -54,26 +57,6 @@ if TYPE_CHECKING:
 
 MANIFEST_READ_BYTES = 1 << 20
 SMALL_FILE = 64 * 1024  # direct_fs: unaligned files below this are written buffered and fsynced
-
-
-def check_dataset_name(name: str) -> None:
-    """dataset.name must be a relative folder below storage.root, outside any run directory."""
-    parts = name.split("/")
-    if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise ConfigError(f"dataset.name {name!r} is not a relative folder name",
-                          "use e.g. dataset.name=unet3d (a folder below storage.root)")
-    if parts[0].startswith(RUN_DIR_PREFIX):
-        raise ConfigError(f"dataset.name {name!r} starts with {RUN_DIR_PREFIX!r}, the prefix of run directories",
-                          "choose another name")
-
-
-def key_exists(backend: Backend, key: str) -> bool:
-    """True when `key` (file or folder) exists; any failure to look counts as absent."""
-    try:
-        backend.size_of(key)
-    except MpibenchError:
-        return False
-    return True
 
 
 def read_manifest(backend: Backend, ds: Any) -> dict[str, Any] | None:
@@ -117,13 +100,21 @@ def producer_threads(ranks_on_node: int, files: int, node_cpus: int | None = Non
     return max(1, min(4, cpus // max(1, ranks_on_node), files))
 
 
+def model_writer(config: Config) -> Any:
+    """The writer of a safetensors model (dataset.format=safetensors), else None."""
+    return MODEL_WRITER if config.dataset.format == "safetensors" else None
+
+
 class DatagenWorkload(Workload):
-    """Generate dataset.num_files files in parallel and record how fast they reach storage."""
+    """Generate dataset.num_files files in parallel and record how fast they reach storage
+    (with dataset.format=safetensors: the modelload section's model, see workloads.modelload)."""
 
     name = "datagen"
     describe_totals = True
 
     def planned_bytes(self, config: Config, size: int) -> int:
+        if (writer := model_writer(config)) is not None:
+            return writer.planned_bytes(config, size)
         ds = config.dataset
         return ds.num_files * size_bound(ds, 0, ds.record_size)
 
@@ -131,6 +122,8 @@ class DatagenWorkload(Workload):
         return 1  # one writer: each file is one write (one PUT), then the next
 
     def buffer_bytes(self, config: Config, size: int, ranks_per_node: int, io_depth: int) -> tuple[int, str, str]:
+        if (writer := model_writer(config)) is not None:
+            return writer.buffer_bytes(config)
         # Per rank: each producer holds a file's samples and its encoding, the queue holds
         # one encoded file per producer, and the writer one more.
         ds = config.dataset
@@ -140,9 +133,13 @@ class DatagenWorkload(Workload):
                 "lower dataset.record_size or dataset.samples_per_file, or run fewer ranks per node")
 
     def check(self, config: Config, size: int, alignment: int) -> None:
+        if (writer := model_writer(config)) is not None:
+            return writer.check(config, size, alignment)
         check_dataset_name(config.dataset.name)
 
     def prepare(self, config: Config, size: int, backend: Backend, info: PreflightInfo) -> None:
+        if (writer := model_writer(config)) is not None:
+            return writer.prepare(config, backend, info)
         ds = config.dataset
         where = backend.path_of(ds.name)
         for key in [ds.name, *subfolder_keys(ds)]:
@@ -174,6 +171,8 @@ class DatagenWorkload(Workload):
 
     def describe_plan(self, config: Config, size: int, rank: int, ranks_per_node: int,
                       num_nodes: int) -> dict[str, Any]:
+        if (writer := model_writer(config)) is not None:
+            return writer.describe_plan(config, size, rank)
         ds = config.dataset
         if rank < 0:
             return {"totals": {"files": ds.num_files, "samples": ds.num_files * ds.samples_per_file,
@@ -187,6 +186,8 @@ class DatagenWorkload(Workload):
         return plan
 
     def run(self, ctx: RunContext) -> None:
+        if (writer := model_writer(ctx.config)) is not None:
+            return writer.run(ctx)
         config = ctx.config
         ds = config.dataset
         comm = ctx.comm
@@ -300,6 +301,8 @@ class DatagenWorkload(Workload):
             timed_close(backend, handle, rec)
 
     def summarize(self, ctx: RunContext) -> dict[str, Any]:
+        if (writer := model_writer(ctx.config)) is not None:
+            return writer.summarize(ctx)
         ds = ctx.config.dataset
         phases = [p for p in ctx.phases if p["name"] == "datagen"]
         out: dict[str, Any] = {"dataset": ctx.backend.path_of(ds.name), "format": ds.format,
@@ -329,6 +332,8 @@ class DatagenWorkload(Workload):
 
     def report_lines(self, document: dict[str, Any]) -> list[str]:
         d = document.get("datagen") or {}
+        if d.get("format") == "safetensors":
+            return MODEL_WRITER.report_lines(document)
         if "files" not in d:
             return []
         lines = [

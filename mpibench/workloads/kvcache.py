@@ -206,7 +206,9 @@ class _Step:
         for block, size in enumerate(entry.sizes):
             key = self._key(entry, block)
             if self.evict:
-                backend.evict(key)  # untimed, as the reference drops the page cache before np.load
+                # untimed, as the reference drops the page cache before np.load; an object
+                # fsynced at its write has nothing to flush first
+                backend.evict(key, synced=self.fsync)
             start = clock()
             if start >= deadline_ns:
                 raise _Deadline

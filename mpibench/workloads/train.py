@@ -3,8 +3,9 @@
 Each epoch is one measured phase. Every file is read exactly once per epoch across all
 ranks (plan.EpochShare: counts differ by at most one, seeded new order and assignment
 each epoch unless shuffle=off). Per rank, `read_threads` threads read whole files (one
-aligned buffer each, grown if a file is larger than estimated) and decode them; the main
-thread takes batches of `batch_size` samples in order and "computes" each for
+aligned buffer each, grown if a file is larger than estimated) and decode them (a
+Parquet file row group by row group, each group's rows ready for batches once read); the
+main thread takes batches of `batch_size` samples in order and "computes" each for
 `computation_time` seconds. Readers may run at most `prefetch` batches ahead of the batch
 being computed, so the I/O of the next batches overlaps the compute as a prefetching
 loader's does (prefetch=0: no overlap).
@@ -193,10 +194,16 @@ class _EpochLoader:
         self.tc = tc
         self.n = len(self.files)
         self.total_samples = self.n * ds.samples_per_file
-        self.cond = threading.Condition()
+        # One lock, two conditions: readers wait for the prefetch window (`cond`), the main
+        # thread for samples (`ready`); each side wakes only the other's waiters, and only
+        # when that changes what they wait for (a wake-up costs a core on a loaded node).
+        lock = threading.Lock()
+        self.cond = threading.Condition(lock)
+        self.ready = threading.Condition(lock)
         self.next_file = 0
         self.done: set[int] = set()  # positions read beyond the prefix (at most the readers')
         self.prefix = 0  # files 0..prefix-1 (in epoch order) are read and decoded
+        self.partial: dict[int, int] = {}  # samples ready of files being read (Parquet: row groups)
         self.current_batch = 0
         self.stopping = False
         self.errors: list[BaseException] = []
@@ -221,16 +228,18 @@ class _EpochLoader:
                     self.next_file += 1
                 self.load(position, slot, stats, log)
                 with self.cond:
+                    self.partial.pop(position, None)
                     self.done.add(position)
                     while self.prefix in self.done:
                         self.done.remove(self.prefix)
                         self.prefix += 1
-                    self.cond.notify_all()
+                    self.ready.notify()
         except BaseException as exc:  # handed to the main thread
             with self.cond:
                 self.errors.append(exc)
                 self.stopping = True
                 self.cond.notify_all()
+                self.ready.notify()
 
     def load(self, position: int, slot: int, stats: dict[str, float], log: Any) -> None:
         """Read (and decode, as configured) the file at `position` of the epoch order into
@@ -240,7 +249,7 @@ class _EpochLoader:
         index = self.files[position]
         key = self.key_of(index)
         if self.ds.format == "parquet":  # the columns read, fetched row group by row group
-            self._read_parquet(backend, key, index, stats, log, verify)
+            self._read_parquet(backend, key, index, position, stats, log, verify)
         else:
             buf, nbytes = self._read_file(backend, key, self.buffers[slot], stats, log)
             self.buffers[slot] = buf
@@ -257,10 +266,22 @@ class _EpochLoader:
         stats["index_sumsq"] += index * index
         stats["index_hash"] = (stats["index_hash"] + index_hash(index, self.hash_key)) & MASK64
 
-    def _read_parquet(self, backend: Backend, key: str, index: int, stats: dict[str, float], log: Any,
-                      verify: bool) -> None:
+    def _rows_ready(self, position: int, rows: int) -> None:
+        """A row group of the file at `position` is read: its rows can go into batches."""
+        with self.cond:
+            self.partial[position] = self.partial.get(position, 0) + rows
+            if position == self.prefix:  # only the file the batches have reached wakes them
+                self.ready.notify()
+
+    def samples_ready(self) -> int:
+        """Samples ready in epoch order: the files read whole, then the next one's row groups."""
+        return self.prefix * self.ds.samples_per_file + self.partial.get(self.prefix, 0)
+
+    def _read_parquet(self, backend: Backend, key: str, index: int, position: int, stats: dict[str, float],
+                      log: Any, verify: bool) -> None:
         """Read the Parquet file's columns marked read through pyarrow over the backend:
-        only the footer and those column chunks are fetched (their bytes are the I/O)."""
+        only the footer and those column chunks are fetched (their bytes are the I/O); each
+        row group feeds batches as soon as it is read."""
         from mpibench.mlperf_formats import BackendFile, read_parquet
 
         t = time.perf_counter()
@@ -269,7 +290,8 @@ class _EpochLoader:
         try:
             source = BackendFile(backend, handle, backend.size_of(key))
             t0 = time.perf_counter_ns()
-            read_parquet(self.ds, index, source, backend.path_of(key), verify=verify)
+            read_parquet(self.ds, index, source, backend.path_of(key), verify=verify,
+                         on_rows=lambda rows: self._rows_ready(position, rows))
             t1 = time.perf_counter_ns()
             log.record(source.fetched, t0, t1)
             stats["transfer_s"] += source.io_s
@@ -310,7 +332,6 @@ class _EpochLoader:
         ctx, rec, tc = self.ctx, self.rec, self.tc
         bs = self.eff.batch_size
         compute = self.eff.computation_time
-        spf = self.ds.samples_per_file
         batches = math.ceil(self.total_samples / bs) if self.total_samples else 0
         threads_n = max(1, min(read_threads(ctx.config), self.n))
         stats = [dict.fromkeys(("open_s", "transfer_s", "close_s", "decode_s", "files",
@@ -330,13 +351,15 @@ class _EpochLoader:
         first_step_end = start = time.perf_counter()
         try:
             for batch in range(batches):
-                needed = math.ceil(min((batch + 1) * bs, self.total_samples) / spf)
+                needed = min((batch + 1) * bs, self.total_samples)  # samples, in epoch order
                 t = time.perf_counter()
                 if inline:  # nothing to hand over, nobody to wake
-                    for position in range(self.prefix, needed):
+                    files_needed = -(-needed // self.ds.samples_per_file)
+                    for position in range(self.prefix, files_needed):
                         self.load(position, 0, stats[0], logs[0])
+                        self.partial.pop(position, None)
                         ctx.check_stop()
-                    self.prefix = self.next_file = needed
+                    self.prefix = self.next_file = max(self.prefix, files_needed)
                 else:
                     self.wait_for(batch, needed)
                 waited = time.perf_counter() - t
@@ -387,17 +410,18 @@ class _EpochLoader:
 
     def wait_for(self, batch: int, needed: int) -> None:
         """Let the readers run up to `prefetch` batches past `batch`; wait until the first
-        `needed` files are read (or a reader failed, or the run is stopped)."""
+        `needed` samples in epoch order are ready (or a reader failed, or the run is stopped)."""
         with self.cond:
             self.current_batch = batch
-            self.cond.notify_all()
+            if self.next_file < self.n and self.first_batch(self.next_file) <= batch + self.tc.prefetch:
+                self.cond.notify_all()  # the window takes in the next file
         while True:
             with self.cond:
                 if self.errors:
                     raise self.errors[0]
-                if self.prefix >= needed:
+                if self.samples_ready() >= needed:
                     return
-                self.cond.wait(0.005)
+                self.ready.wait(COMPUTE_SLICE_S)  # woken by the readers; the timeout tests for a stop
             self.ctx.check_stop()
 
     def _compute(self) -> float:
