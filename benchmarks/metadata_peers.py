@@ -4,6 +4,7 @@
     python benchmarks/metadata_peers.py --mdtest /tmp/peers/inst/bin/mdtest
     python benchmarks/metadata_peers.py --cases easy,hard --ranks 1,2 --reps 5 --items 10000
     python benchmarks/metadata_peers.py --cases s3 --s3-items 2000
+    python benchmarks/metadata_peers.py --cases easy,hard --ranks 1 --baseline /tmp/base  # A/B a change
 
 Cases:
 
@@ -22,6 +23,10 @@ repetition runs every tool once per case and rank count, the order of the tools 
 from one repetition to the next. The table gives per phase the median (and min-max) rate in
 operations per second and the ratio mpibench / peer of the medians. The load average is
 recorded before each run: the machine may be shared.
+
+--baseline DIR runs a second mpibench, the package in DIR (e.g. `git archive COMMIT mpibench |
+tar -x -C DIR`), as the tool "mpibench-base" in the same interleaving: the rows mpibench /
+mpibench-base are the A/B of a change.
 """
 
 from __future__ import annotations
@@ -63,15 +68,15 @@ def settle() -> None:
 
 
 def run_mpibench(case: str, ranks: int, items: int, workdir: Path, extra: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> dict[str, Any]:
-    """One mpibench metadata run; the results document."""
+                 env: dict[str, str] | None = None, source: str | None = None) -> dict[str, Any]:
+    """One mpibench metadata run (of the package in `source` when given); the results document."""
     out = workdir / f"result-{time.monotonic_ns()}.json"
     spec = CASES[case if case in CASES else "easy"]
     overrides = [f"storage.root={workdir / 'mpibench'}", f"metadata.items={items}", "metadata.stride=1",
                  "metadata.read=true", "metadata.list=false", "metadata.deadline=0", *(extra or [])]
     run([mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpibench", "run",
          str(REPO / "configs" / spec["config"]), *overrides, "--quiet", "--output", str(out)],
-        env=clean_env(env), cwd=str(workdir))
+        env=clean_env({**(env or {}), **({"PYTHONPATH": source} if source else {})}), cwd=str(workdir))
     try:
         return json.loads(out.read_text())
     finally:
@@ -109,9 +114,11 @@ def s3_mpibench(s3: S3Session, items: int, workdir: Path) -> dict[str, float]:
                        ["storage.type=s3", f"storage.root=s3://{S3Session.BUCKET}/mpibench", "metadata.read=false",
                         "metadata.list=true"], env=s3.env)
     rates = {p["name"]: p["ops_per_s"] for p in doc["phases"]}
-    listing = next(p for p in doc["metadata"]["phases"] if p["name"] == "list")
+    rows = {p["name"]: p for p in doc["metadata"]["phases"]}
+    listing, remove = rows["list"], rows["remove"]
+    # remove: objects per second (one DeleteObjects request removes up to 1000)
     return {"put": rates["create"], "head": rates["stat"], "list": listing["entries_per_s"],
-            "list_first_page_ms": listing["first_page_s_mean"] * 1e3, "delete": rates["remove"]}
+            "list_first_page_ms": listing["first_page_s_mean"] * 1e3, "delete": remove["files_per_s"]}
 
 
 def s3_peer(s3: S3Session, client: str, threads: int, items: int) -> dict[str, float]:
@@ -230,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=10000, help="files per rank (easy, hard)")
     parser.add_argument("--s3-items", type=int, default=2000, help="objects (s3)")
     parser.add_argument("--workdir", default=str(REPO), help="a folder on the file system to measure")
+    parser.add_argument("--baseline", metavar="DIR", help="a folder holding another mpibench package, run as "
+                        "mpibench-base beside mpibench (file cases)")
     parser.add_argument("--output", help="JSON file for every raw value")
     parser.add_argument("--table", metavar="JSON", help="print the table of an --output file and stop")
     args = parser.parse_args(argv)
@@ -242,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cases = args.cases.split(",")
     ranks = [int(r) for r in args.ranks.split(",")]
+    if args.baseline and not (Path(args.baseline) / "mpibench" / "__init__.py").exists():
+        raise SystemExit(f"--baseline {args.baseline}: no mpibench package there")
     if any(c in CASES for c in cases) and not os.access(args.mdtest, os.X_OK):
         raise SystemExit(f"mdtest not found at {args.mdtest}: build it per ../shared/peers/README.md, or give --mdtest")
     work = Path(tempfile.mkdtemp(prefix="mdpeers-", dir=args.workdir))
@@ -252,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             for case in cases:
                 for n in ([1] if case == "s3" else ranks):
                     name = f"{case} x{n}" if case != "s3" else "s3 x1"
-                    tools = (["mpibench", "mdtest"] if case != "s3" else ["mpibench", "s3dlio-loop", "boto3-1",
+                    tools = (["mpibench", "mdtest", *(["mpibench-base"] if args.baseline else [])] if case != "s3" else ["mpibench", "s3dlio-loop", "boto3-1",
                                                                            "boto3-8"])
                     shift = rep % len(tools)
                     for tool in tools[shift:] + tools[:shift]:
@@ -265,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
                                 rates = s3_peer(s3, "s3dlio", 1, args.s3_items)
                             else:
                                 rates = s3_peer(s3, "boto3", int(tool.split("-")[1]), args.s3_items)
-                        elif tool == "mpibench":
-                            rates = mpibench_rates(run_mpibench(case, n, args.items, work))
+                        elif tool in ("mpibench", "mpibench-base"):
+                            source = str(Path(args.baseline).resolve()) if tool == "mpibench-base" else None
+                            rates = mpibench_rates(run_mpibench(case, n, args.items, work, source=source))
                         else:
                             rates = run_mdtest(args.mdtest, case, n, args.items, work)
                         for phase, value in rates.items():

@@ -22,6 +22,14 @@ data-parallel replicas do):
 bindfs mounts of the model's folder, without and with -o direct_io, for the mmap and read
 readers (modelload.backing_root set, so that a cold load is cold underneath as well).
 
+--loop MIB (root, losetup and mkfs.ext4) is the device-truth demo instead: an ext4 file
+system of MIB MiB on a loop device of its own (an image file in --workdir, removed after),
+the model written there, and a 2-rank mpibench run (--config, e.g. the quick config) per
+reader: mmap and read on local_fs, direct on direct_fs. Its table gives each load's bytes
+the loop device read against the model's bytes and the bytes the load needed from storage
+(the union of the node's pages; each rank's own for O_DIRECT), and whether a warm load was
+served from memory; --results DIR keeps the result files (for `mpibench report`).
+
 The peers' ranks are started by mpiexec and meet at an MPI barrier before they start, as
 mpibench's do; every tool's GB/s is bytes / (last rank's end - first rank's start), its
 own bytes (mpibench counts headers and alignment too: under 0.1 % here). Within a
@@ -191,6 +199,45 @@ def fuse_ratios(args: argparse.Namespace, root: str, ranks_list: list[int]) -> N
             shutil.rmtree(mount, ignore_errors=True)
 
 
+def device_truth(args: argparse.Namespace) -> None:
+    """Cold and warm loads on ext4 on a loop device of its own, against its device counters."""
+    image = os.path.join(args.workdir, f"modelload-loop-{os.getpid()}.img")
+    mount = tempfile.mkdtemp(prefix="modelload-loop-", dir=args.workdir)
+    with open(image, "wb") as handle:
+        handle.truncate(args.loop * 2**20)
+    device = run(["losetup", "--find", "--show", image]).strip()
+    mounted = False
+    try:
+        run(["mkfs.ext4", "-q", device])
+        run(["mount", device, mount])
+        mounted = True
+        print(f"ext4 on {device} ({args.loop} MiB image {image}) at {mount}", flush=True)
+        common = [args.config, "-q", f"storage.root={mount}", f"modelload.buffer_size={args.buffer}"]
+        run([MPIEXEC, "-n", "2", MPIBENCH, "run", *common, "workload=datagen", "storage.type=direct_fs",
+             "-o", os.path.join(mount, "datagen.json")])
+        print("\n| reader | storage | load | iteration | device read bytes | model bytes | device / model "
+              "| needed bytes | device / needed | served from memory |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for reader, storage in (("mmap", "local_fs"), ("read", "local_fs"), ("direct", "direct_fs")):
+            path = os.path.join(args.results or mount, f"modelload-loop-{reader}.json")
+            run([MPIEXEC, "-n", "2", MPIBENCH, "run", *common, f"storage.type={storage}",
+                 f"modelload.reader={reader}", "-o", path])
+            with open(path, encoding="utf-8") as handle:
+                m = json.load(handle)["modelload"]
+            for r in m["loads"]:
+                dev = r["device_read_bytes"]
+                served = r["served_from_memory"] if r["load"] == "warm" else "-"
+                print(f"| {reader} | {storage} | {r['load']} | {r['iteration']} | {dev} | {m['file_bytes']} | "
+                      f"{dev / m['file_bytes']:.4f} | {r['storage_bytes_needed']} | "
+                      f"{dev / r['storage_bytes_needed']:.4f} | {served} |", flush=True)
+    finally:
+        if mounted:
+            subprocess.run(["umount", mount], check=False)
+        subprocess.run(["losetup", "-d", device], check=False)
+        os.unlink(image)
+        shutil.rmtree(mount, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default=tempfile.gettempdir(), help="where the model is written (removed after)")
@@ -202,6 +249,9 @@ def main() -> None:
     parser.add_argument("--cases", default="mmap,read,direct")
     parser.add_argument("--output", help="JSON file for every raw value")
     parser.add_argument("--fuse", action="store_true", help="warm / cold through bindfs mounts instead (root)")
+    parser.add_argument("--loop", type=int, metavar="MIB",
+                        help="the device-truth demo on ext4 on a loop device of MIB MiB instead (root)")
+    parser.add_argument("--results", help="--loop: a folder to keep the result files in")
     parser.add_argument("--peer", nargs=2, metavar=("KIND", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer:
@@ -209,6 +259,10 @@ def main() -> None:
         return
     load_before = open("/proc/loadavg").read().split()[:3]
     print(f"uptime load before: {' '.join(load_before)}", flush=True)
+    if args.loop:
+        device_truth(args)
+        print(f"uptime load after: {' '.join(open('/proc/loadavg').read().split()[:3])}")
+        return
     root = tempfile.mkdtemp(prefix="modelload-peers-", dir=args.workdir)
     try:
         run([MPIEXEC, "-n", "2", MPIBENCH, "run", args.config, "-q", "workload=datagen", f"storage.root={root}",

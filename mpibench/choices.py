@@ -21,11 +21,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from mpibench.backends import backend_class
 from mpibench.config import AUTO, Config
 
 #: Filesystems on which O_DIRECT writes that extend a file serialize on the inode's lock.
 SERIALIZED_EXTENDING_WRITES = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs"})
-FILE_STORAGE = ("local_fs", "direct_fs")
 #: Smallest transfer written at depth > 1 into preallocated files. Each write into a
 #: preallocated (unwritten) extent that completes asynchronously (io_uring) has its extent
 #: converted by a kernel worker, one conversion per transfer; on a loaded machine depth 2
@@ -55,18 +55,13 @@ def decide(config: Config, depth: int, engine: str, fstype: str, cpus: int, rank
     `ranks` on it), its engine `engine`, on a filesystem of type `fstype`; `can_preallocate`:
     the workload preallocates the files it writes when asked."""
     auto = depth_setting(config) == AUTO
-    storage = config.storage.type
+    backend = backend_class(config.storage.type, config.storage.library)
     choices = IoChoices(read_depth=depth, write_depth=depth)
     record = choices.record
     if auto:
-        if storage == "local_fs":
-            why = "local_fs goes through the page cache, which absorbs writes and reads ahead: one I/O in flight"
-        elif storage == "null":
-            why = "null storage: one operation at a time, to measure mpibench's own cost per operation"
-        else:
-            why = f"{cpus} usable CPUs on the node / {ranks} rank(s) on it (1 to 16)"
+        why = backend.io_depth_reason(cpus, ranks)
         record["read_io_depth"] = {"value": depth, "why": why}
-    files = storage in FILE_STORAGE
+    files = backend.file_descriptors
     if auto and files and depth > 1 and fstype in SERIALIZED_EXTENDING_WRITES:
         small = can_preallocate and config.bandwidth.transfer_size < PREALLOCATE_MIN_TRANSFER
         if can_preallocate and not small:

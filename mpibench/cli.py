@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import stat
 import sys
-import threading
 import time
 import warnings
 from typing import Any, NoReturn
@@ -27,15 +25,14 @@ from mpibench.errors import (
     agreed,
     interrupt_in,
 )
+from mpibench.lifecycle import NOT_STARTED, RUN_STARTS_WITHIN_S, Lifecycle  # noqa: F401  (tests read the deadline here)
 
 MPI_COMMANDS = ("run", "plan", "preflight", "search")
 MAX_CONFIG_BYTES = 1024 * 1024  # a configuration is a few KiB; more is not one (and /dev/zero never ends)
 CONFIG_EXAMPLE = "e.g. mpibench {command} configs/quickstart.yaml (configs/ holds one per workload)"
 # Where a launcher puts the rank, so that only rank 0 speaks before MPI is up.
 LAUNCHER_RANK_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
-NOT_STARTED = "before the run started; nothing was measured"
 ROOT_SPEAKS_WITHIN_S = 10.0  # an interrupted rank waits this long for rank 0 to report and end the job
-RUN_STARTS_WITHIN_S = 20.0  # a rank that noted a signal before the run waits this long for it to start
 
 RUN_EXAMPLES = """\
 examples:
@@ -131,9 +128,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         return parser
     for name, module in _EXTRA_COMMANDS.items():
         if command in (None, name):
-            helper = _import_command(module)
-            if helper is not None:
-                helper.add_parser(sub)
+            _import_command(module).add_parser(sub)
     return parser
 
 
@@ -148,12 +143,10 @@ _EXTRA_COMMANDS = {"report": "mpibench.reporting", "compare": "mpibench.compare"
 
 
 def _import_command(module: str) -> Any:
-    try:
-        import importlib
+    """The module of a command that needs no MPI (its packages are required: no fallback)."""
+    import importlib
 
-        return importlib.import_module(module)
-    except ImportError:
-        return None
+    return importlib.import_module(module)
 
 
 def _print_error(exc: MpibenchError, debug: bool, rank: int | None = None) -> None:
@@ -172,19 +165,19 @@ def main(argv: list[str] | None = None) -> int:
 
     Its first act makes SIGINT and SIGTERM end the process with one line and exit 130
     instead of a KeyboardInterrupt traceback from the middle of an import: at once as one
-    process; under a launcher once MPI is up (see `_exit_now`). The run then takes the
+    process; under a launcher once MPI is up (see mpibench.lifecycle). The run then takes the
     signals over.
     """
-    _exit_on_signals(defer=_launcher_rank() is not None)
+    LIFECYCLE.rank_hint = _launcher_rank()
+    LIFECYCLE.boot()
     args = _parse(sys.argv[1:] if argv is None else argv)
     try:
         if args.command in MPI_COMMANDS:
             return _main_mpi(args)
-        if _EARLY_SIGNAL["pending"]:
-            _say(f"mpibench: error: interrupted by {_EARLY_SIGNAL['pending']}")
+        if LIFECYCLE.early:
+            _say(f"mpibench: error: interrupted by {LIFECYCLE.early}")
             return EXIT_INTERRUPTED
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        LIFECYCLE.plain()
         return int(args.handler(args))
     except BrokenPipeError:
         # Output piped into `head` and the like: stop quietly, as other Unix tools do.
@@ -241,99 +234,13 @@ def _say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-_EARLY_SIGNAL: dict[str, Any] = {"defer": False, "pending": None}
-_DEFERRED: dict[str, Any] = {}  # "name": a signal noted by _defer_interrupt; "comm": this rank's
-
-
-def _exit_on_signals(defer: bool) -> None:
-    """Until MPI is up, SIGINT/SIGTERM end the process with one line on rank 0 and exit 130.
-
-    With `defer` (under a launcher), the first signal is only noted: see `_exit_now`.
-    """
-    _EARLY_SIGNAL["defer"] = defer
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _exit_now)
-
-
-def _exit_now(signum: int, _frame: Any) -> None:
-    name = signal.Signals(signum).name
-    if _EARLY_SIGNAL["defer"] and _EARLY_SIGNAL["pending"] is None:
-        # Other ranks may already wait in MPI's start-up for this one, and a rank that
-        # exits before joining leaves them waiting for good (Hydra does not end them): the
-        # signal is acted on once MPI is up, where the whole job can be ended. A second
-        # signal does not wait.
-        _EARLY_SIGNAL["pending"] = name
-        return
-    # os._exit, and os.write rather than print: the signal may land inside an import or a
-    # write to stderr, and nothing of this process needs undoing yet.
-    if not _launcher_rank():
-        line = f"mpibench: error: interrupted by {name} {NOT_STARTED}\n"
-        try:
-            os.write(sys.stderr.fileno(), line.encode(errors="replace"))
-        except (OSError, ValueError):
-            pass
-    os._exit(EXIT_INTERRUPTED)
-
-
-def _ignore_signals() -> None:
-    """The job is ending on its own (or the run is measured): SIGINT/SIGTERM change nothing now.
-
-    This also keeps Python from restoring their default action while MPI shuts down at
-    exit, where a signal would kill the rank and the launcher report a bad termination.
-    """
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)
+#: this process's signal handling and its state (mpibench.lifecycle)
+LIFECYCLE = Lifecycle()
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                       line: str | None = None) -> str:
     return f"mpibench: warning: {message}\n"
-
-
-def _raise_interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-def _defer_interrupt(signum: int, _frame: Any) -> None:
-    """A rank other than 0, from MPI's start to the run's own handling: note the first
-    SIGINT/SIGTERM and go on. Where the launcher signalled the whole job, rank 0 ends it
-    (undoing its preflight) and this rank with it; a signal that reached only this rank
-    is carried into the run, which stops at its first check and cleans up (run.execute),
-    instead of ending the job while rank 0 is half-way through its preflight. A second
-    signal ends the job at once, and so does this rank if the run has not started
-    RUN_STARTS_WITHIN_S later (rank 0 stuck in its preflight, say on a hung filesystem,
-    where it cannot act on a signal of its own)."""
-    name = signal.Signals(signum).name
-    if "name" not in _DEFERRED and "noted" not in _DEFERRED:
-        _DEFERRED["name"] = _DEFERRED["noted"] = name
-        deadline = threading.Timer(RUN_STARTS_WITHIN_S, _run_not_started, (name,))
-        deadline.daemon = True  # a run that took the signal ends without waiting for it
-        deadline.start()
-        return
-    raise KeyboardInterrupt(name, "again")
-
-
-def _run_not_started(name: str) -> None:
-    """The deadline of a signal noted before the run: unless the run took it (or the rank
-    reported it), end the job with one line (a daemon timer's thread)."""
-    if _DEFERRED.pop("name", None) is None:  # taken (pop is atomic: only one side gets it)
-        return
-    comm = _DEFERRED["comm"]
-    print(f"mpibench: error: rank {comm.rank}: interrupted by {name} and the run did not start within "
-          f"{RUN_STARTS_WITHIN_S:.0f} s: aborting the job; the run directory may keep files, remove it by hand",
-          file=sys.stderr, flush=True)
-    comm.abort(EXIT_INTERRUPTED)
-
-
-def _redeliver_interrupt(unraisable: Any) -> None:
-    """sys.unraisablehook: a KeyboardInterrupt raised where Python cannot propagate it (a
-    weakref callback of the import system, a __del__) would be printed with a traceback
-    and lost; the signal is sent again instead, to be raised where the code handles it."""
-    if isinstance(unraisable.exc_value, KeyboardInterrupt):
-        name = unraisable.exc_value.args[0] if unraisable.exc_value.args else "SIGINT"
-        threading.Timer(0.001, os.kill, (os.getpid(), signal.Signals[name])).start()
-        return
-    sys.__unraisablehook__(unraisable)
 
 
 def _main_mpi(args: argparse.Namespace) -> int:
@@ -343,28 +250,22 @@ def _main_mpi(args: argparse.Namespace) -> int:
     debug = bool(args.debug)
     if not debug:  # a warning is one line, like an error; --debug keeps where it came from
         warnings.formatwarning = _one_line_warning
-    # MPI is up: on rank 0 (or as one process) a signal before the run starts now raises
-    # KeyboardInterrupt, so that the preflight undoes what it created and the job ends as
-    # one (the run has its own handling). The other ranks mostly wait for rank 0 here, and
-    # a signal that reached only one of them is carried into the run (_defer_interrupt).
-    sys.unraisablehook = _redeliver_interrupt
-    _DEFERRED["comm"] = comm
-    handler = _defer_interrupt if comm.size > 1 and not comm.is_root else _raise_interrupt
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
     try:
-        if _EARLY_SIGNAL["pending"]:  # a signal came while MPI was starting up
-            raise KeyboardInterrupt(_EARLY_SIGNAL["pending"])
+        # MPI is up (lifecycle WAITING): on rank 0 (or as one process) a signal raises
+        # KeyboardInterrupt, so that the preflight undoes what it created and the job ends
+        # as one; another rank notes it for the run. A signal noted while MPI was starting
+        # is raised now.
+        LIFECYCLE.wait_for_run(comm)
         code = _dispatch(args, comm)
-        noted = _DEFERRED.pop("name", None)
+        noted = LIFECYCLE.take_noted()
         if noted is not None:  # noted, and no run came to act on it (preflight, plan)
-            _ignore_signals()
+            LIFECYCLE.finish()
             print(f"mpibench: error: rank {comm.rank}: interrupted by {noted} {NOT_STARTED}",
                   file=sys.stderr, flush=True)
             return EXIT_INTERRUPTED
         return code
     except MpibenchError as exc:
-        _ignore_signals()
+        LIFECYCLE.finish()
         if comm.size > 1 and not exc.agreed:
             # Only this rank failed, outside any agreement: the others may be waiting for
             # it in a collective, so it speaks for itself and ends the whole job.
@@ -380,7 +281,7 @@ def _main_mpi(args: argparse.Namespace) -> int:
     except BrokenPipeError:
         raise
     except Exception as exc:  # a bug: say so on one line, and never leave other ranks waiting
-        _ignore_signals()
+        LIFECYCLE.finish()
         interrupt = interrupt_in(exc)
         if interrupt is not None:  # a signal inside an import can come wrapped
             return _interrupted(interrupt, comm)
@@ -394,7 +295,7 @@ def _main_mpi(args: argparse.Namespace) -> int:
             comm.abort(EXIT_IO)
         return EXIT_IO
     finally:
-        _ignore_signals()  # what is left is MPI's shutdown
+        LIFECYCLE.finish()  # what is left is MPI's shutdown
 
 
 def _interrupted(exc: KeyboardInterrupt, comm: Any) -> int:
@@ -405,8 +306,8 @@ def _interrupted(exc: KeyboardInterrupt, comm: Any) -> int:
     start-up (it first leaves rank 0, which the launcher signalled too, time to do that:
     ending the job at once could kill rank 0 before its line is out; should rank 0 not end
     it, this rank says so itself and ends it), or for a second signal after one it noted
-    (_defer_interrupt), which ends the job at once."""
-    _ignore_signals()
+    (Lifecycle, WAITING), which ends the job at once."""
+    LIFECYCLE.finish()
     name = exc.args[0] if exc.args else "SIGINT"
     if not comm.is_root and exc.args[1:] == ("again",):  # rank 0 may be half-way through its preflight
         print(f"mpibench: error: rank {comm.rank}: interrupted again by {name} before the run started: "
@@ -456,13 +357,13 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
     if args.command == "search":
         from mpibench.search import run_search
 
-        return run_search(config, args, comm, _DEFERRED, execute)
+        return run_search(config, args, comm, LIFECYCLE, execute)
     if args.command == "plan":
         if comm.is_root:
             _print_plan(config, args, comm)
         return 0
     if args.command == "preflight":
-        outcome = execute(config, comm, output=None, preflight_only=True, deferred=_DEFERRED)
+        outcome = execute(config, comm, output=None, preflight_only=True, lifecycle=LIFECYCLE)
         if comm.is_root and outcome is not None:
             pre = outcome["preflight"]
             for check in pre["checks"]:
@@ -484,9 +385,9 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
     # the meantime is kept, and the results go to a fresh name beside it (with a warning).
     try:
         document = execute(config, comm, output=None, progress=progress, restore_signals=False,
-                           deferred=_DEFERRED)
+                           lifecycle=LIFECYCLE)
     except MpibenchError as exc:
-        _ignore_signals()  # the run has ended: what it measured is written, whatever comes
+        LIFECYCLE.finish()  # the run has ended: what it measured is written, whatever comes
         partial = getattr(exc, "partial_result", None)
         if comm.is_root and partial is not None:
             written = _save(write_json_atomic, output, partial, args.force, "--output")
@@ -495,7 +396,7 @@ def _dispatch(args: argparse.Namespace, comm: Any) -> int:
                 print(phase_table(partial))
                 print(f"partial result (complete: false) written to {written}")
         raise
-    _ignore_signals()
+    LIFECYCLE.finish()
     if comm.is_root and document is not None:
         written = _save(write_json_atomic, output, document, args.force, "--output")
         csv_written = _save(write_csv, args.csv, document, args.force, "--csv") if args.csv else None
@@ -552,7 +453,7 @@ def _print_plan(config: Any, args: argparse.Namespace, comm: Any) -> None:
     plan = {"workload": config.workload, "ranks": size, "ranks_per_node": per_node, "nodes": num_nodes,
             "planned_bytes": planned, "buffers": buffers, "per_rank": ranks, "preflight_checks": checks,
             "totals": workload.describe_plan(config, size, -1, per_node, num_nodes).get("totals", {})
-            if hasattr(workload, "describe_totals") else {}}
+            if workload.describe_totals else {}}
     if args.json:
         print(json.dumps(plan, indent=1))
         return
@@ -583,29 +484,18 @@ def _plan_buffers(config: Any, workload: Any, size: int, per_node: int) -> dict[
     depth = resolve_io_depth(config, layout)
     per_rank, driver, _ = workload.buffer_bytes(config, size, per_node, depth)
     note = ""
-    if config.io.depth == AUTO and config.storage.type not in ("local_fs", "null") and config.workload in (
-            "bandwidth", "checkpoint"):
-        note = f"; io_depth auto is {depth} with {layout.node_cpus()} CPUs per node, as this process may use"
+    if config.io.depth == AUTO and config.workload in ("bandwidth", "checkpoint"):
+        note = (f"; io_depth auto is {depth} on {config.storage.type} with {layout.node_cpus()} CPUs per node, "
+                "as this process may use")
     return {"per_rank_bytes": per_rank, "per_node_bytes": per_rank * per_node, "sized_by": driver,
             "io_depth": depth, "note": note}
 
 
 def _preflight_checks(config: Any) -> list[str]:
-    storage = config.storage
-    if storage.type == "s3":
-        return ["AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are set (values never printed)",
-                "every endpoint answers a signed request within 3 s and accepts the credentials",
-                "the bucket exists (or is created with storage.create_bucket=true)",
-                "the run prefix <prefix>/mpibench-<run_id>/ holds no objects",
-                "a tiny object can be put, read and deleted under the run prefix (through s3dlio)"]
-    checks = ["storage.root exists and is a writable directory (the leaf is created if its parent exists)",
-              "free space covers the planned bytes",
-              "the I/O buffers of a node's ranks fit in its available memory (MemAvailable or the cgroup's limit)",
-              "the run directory mpibench-<run_id> does not exist yet, and is created"]
-    if storage.type == "direct_fs":
-        checks.append("O_DIRECT opens and transfers in the run directory; sizes are multiples of the "
-                      "direct-I/O alignment (statx STATX_DIOALIGN, else the logical block size, else 4096)")
-    return checks
+    """What the backend's preflight will check (Backend.preflight_checks)."""
+    from mpibench.backends import backend_class
+
+    return list(backend_class(config.storage.type, config.storage.library).preflight_checks)
 
 
 if __name__ == "__main__":  # pragma: no cover

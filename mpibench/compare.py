@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from mpibench.config import MOVED_KEYS
 from mpibench.errors import ConfigError, MpibenchError, ResultsError
 from mpibench.reporting import flatten, group_by_name, load_document, malformed, text_table
 
@@ -255,18 +254,12 @@ def _used(key: str, workload: str) -> bool:
     return any(key == used or key.startswith(f"{used}.") for used in WORKLOAD_SECTIONS.get(workload, ()))
 
 
-def _current_keys(flat: dict[str, Any]) -> dict[str, Any]:
-    """A file's flattened configuration under today's key names (files written before a
-    key moved, e.g. bandwidth.io_depth to io.depth)."""
-    return {MOVED_KEYS.get(key, key): value for key, value in flat.items()}
-
-
 def config_differences(base: dict[str, Any], other: dict[str, Any]) -> list[str]:
     """'key: base -> other' for what differs, what changes the measurement first: the workload,
     the ranks and nodes, the storage type and filesystem, then the keys of the sections both
     workloads read (storage first). Sections a workload does not read (their defaults) are left out."""
-    left = _current_keys(dict(flatten(base.get("config") or {})))
-    right = _current_keys(dict(flatten(other.get("config") or {})))
+    left = dict(flatten(base.get("config") or {}))
+    right = dict(flatten(other.get("config") or {}))
     env_a, env_b = base.get("environment") or {}, other.get("environment") or {}
     first = [("workload", left.get("workload"), right.get("workload")),
              ("ranks (world size)", env_a.get("world_size"), env_b.get("world_size")),
@@ -334,11 +327,11 @@ def compare_text(documents: list[tuple[str, dict[str, Any]]], alpha: float = 0.0
         rows = []
         for name in common:
             for i, metric in enumerate(METRICS):
-                base = base_samples[name][metric.key]
-                other = other_samples[name][metric.key]
-                if not base and not other:
+                base_values = base_samples[name][metric.key]
+                other_values = other_samples[name][metric.key]
+                if not base_values and not other_values:
                     continue
-                verdict = compare_metric(base, other, metric, alpha)
+                verdict = compare_metric(base_values, other_values, metric, alpha)
                 interval = (f"{verdict.ci_low:.2f}-{verdict.ci_high:.2f}"
                             if verdict.ci_low is not None and math.isfinite(verdict.ci_low) else "-")
                 rows.append([name if i == 0 else "", metric.label, f"{verdict.n_base}/{verdict.n_other}",

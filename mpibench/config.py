@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,8 @@ from mpibench.units import parse_size
 
 AUTO = "auto"
 WORKLOADS = ("bandwidth", "datagen", "train", "checkpoint", "kvcache", "metadata", "modelload")
-STORAGE_TYPES = ("local_fs", "direct_fs", "s3", "null")
+#: the storage types a configuration may name; mpibench.backends.register adds a new one
+STORAGE_TYPES: list[str] = ["local_fs", "direct_fs", "s3", "null"]
 LOCAL_SCHEMES = ("file://", "direct://")
 RUN_ID_MAX = 128
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
@@ -31,7 +33,7 @@ DATASET_FORMATS = ("npz", "hdf5", "raw", "jpeg", "tfrecord", "parquet")
 COMPRESSED_FORMATS = ("hdf5",)
 
 
-def _opt(default: Any, kind: str, *, choices: tuple[str, ...] = (), minimum: float | None = None,
+def _opt(default: Any, kind: str, *, choices: Sequence[str] = (), minimum: float | None = None,
          doc: str = "") -> Any:
     """Declare a config key: its default, how its value is read, and its allowed range."""
     meta = {"kind": kind, "choices": choices, "minimum": minimum, "doc": doc}
@@ -252,7 +254,8 @@ class ModelloadConfig:
     buffer_size: int = _opt(64 * 1024**2, "size", minimum=4096, doc="bytes per read and staging buffer per rank")
     s3_fetch: str = _opt("ranges", "enum", choices=("ranges", "objects"),
                          doc="s3 reader: one ranged GET per tensor slice, or every shard whole (its own "
-                             "tensors or not, in buffer_size GETs), as a download before the load")
+                             "tensors or not) in one GET into a shard-sized buffer, as a download "
+                             "before the load")
     backing_root: str | None = _opt(None, "optional_str",
                                     doc="a FUSE root's backing directory: its files are evicted too before "
                                         "a cold load")
@@ -278,6 +281,8 @@ class MetadataConfig:
                                "later phases use exactly the files created")
     read: bool = _opt(True, "bool", doc="read each file back (file_size bytes) after the stat phase")
     list: bool = _opt(False, "bool", doc="list the directories (readdir / S3 LIST) after the read phase")
+    list_page: int = _opt(1000, "int", minimum=1, doc="entries per page of a listing: S3 ListObjectsV2 MaxKeys "
+                          "(at most 1000), names handed out per readdir page on files")
     rename: bool = _opt(False, "bool", doc="rename each file in its directory before the remove phase (files only)")
     fsync: bool = _opt(False, "bool", doc="fsync each file before closing it in the create phase (mdtest -y)")
     preset: str | None = _opt(None, "optional_str", doc="name of the preset the configuration comes from "

@@ -19,8 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mpibench import buffers, choices, environment, faults
-from mpibench.backends.base import Backend
+from mpibench import buffers, choices, environment
+from mpibench.backends import backend_class
+from mpibench.backends.base import Backend, StoragePlan
 from mpibench.buffers import out_of_memory
 from mpibench.comm import CancelChannel, Comm, NodeLayout
 from mpibench.config import AUTO, Config
@@ -60,6 +61,7 @@ class PreflightInfo:
     checks: list[str] = field(default_factory=list)
     backend: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    plan: StoragePlan | None = None  # the backend's preflight (StoragePlan), what for_rank and undo take
 
 
 class StopWatchdog:
@@ -100,28 +102,17 @@ class StopWatchdog:
 
 
 def resolve_io_depth(config: Config, layout: NodeLayout) -> int:
-    """io.depth, with 'auto' sized from the node's usable CPUs over its ranks."""
+    """io.depth, with 'auto' the backend's default (Backend.default_io_depth)."""
     depth = config.io.depth
     if depth != AUTO:
         return int(depth)
-    if config.storage.type in ("local_fs", "null"):  # null: one operation at a time, its own cost
-        return 1
-    return max(1, min(16, layout.node_cpus() // max(1, layout.local_size)))
+    return backend_class(config.storage.type, config.storage.library).default_io_depth(layout)
 
 
 def resolve_threads(config: Config, layout: NodeLayout, in_flight: int) -> int:
-    """s3dlio runtime threads per rank: the node's usable CPUs divided by the ranks on it; on
-    S3 no more than the rank's requests in flight. More workers than requests only pass each
-    request from thread to thread: one 1 MiB GET at a time cost 12-27 % more client CPU with
-    two workers than with one (docs/performance.md, "The s3dlio runtime's workers"). Not so
-    for direct:// files, whose reads at depth 1 ran 7 % faster with two than with one.
-    `in_flight`: the workload's requests in flight per rank (Workload.requests_in_flight)."""
-    if config.storage.threads != AUTO:
-        return int(config.storage.threads)
-    cpus = max(1, layout.node_cpus() // max(1, layout.local_size))
-    if config.storage.type != "s3":
-        return cpus
-    return max(1, min(cpus, in_flight))
+    """A client library's runtime threads per rank (Backend.runtime_threads). `in_flight`: the
+    workload's requests in flight per rank (Workload.requests_in_flight)."""
+    return backend_class(config.storage.type, config.storage.library).runtime_threads(config, layout, in_flight)
 
 
 class RunContext:
@@ -149,12 +140,10 @@ class RunContext:
         self._next_poll = 0
         self.failure: MpibenchError | None = None
         # The node's first rank reads the block device counters of the root around each phase.
-        self.block_stat = (environment.block_stat_path(getattr(backend, "root", ""))
-                           if self.layout.local_rank == 0 and getattr(backend, "root", None) else None)
+        device_root = backend.local_root() if self.layout.local_rank == 0 else None
+        self.block_stat = environment.block_stat_path(device_root) if device_root else None
         self.watchdog = StopWatchdog(comm, backend.path_of(info.run_key))
-        self.faults = faults.parse()
-        self.fault: faults.Fault | None = None
-        faults.at_start(self.faults, comm.rank)
+        backend.begin("start", comm.rank)
 
     def key(self, relative: str) -> str:
         """The storage key of a file inside this run's directory."""
@@ -179,9 +168,7 @@ class RunContext:
         agree on errors; bandwidth = total bytes / (max end - min start).
         """
         rec = PhaseRecorder(name, iteration, self.config.metrics.interval)
-        if self.faults:
-            faults.before_phase(self.faults, self.comm.rank, name)
-            self.fault = faults.mid_phase(self.faults, self.comm.rank, name)
+        self.backend.begin(name, self.comm.rank)
         self.comm.idle_barrier()  # ranks still setting up (or rank 0 reducing) hold no core...
         self.comm.barrier()  # ...and this one lets every rank leave together
         block_before = environment.read_block_stat(self.block_stat)
@@ -271,7 +258,7 @@ class RunContext:
         total_hist.max_ns = max((e[3] for e in nonempty), default=0)
         phase = summarize_phase(rec.name, rec.iteration, ranks, total_hist,
                                 interval_s=self.config.metrics.interval, **meta)
-        annotate_storage(phase, self.config.storage.type, self.config.workload)
+        annotate_storage(phase, buffered=not self.backend.direct, workload=self.config.workload)
         self.phases.append(phase)
         return phase
 

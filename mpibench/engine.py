@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mpibench import uring
+from mpibench.backends import backend_class
 from mpibench.backends.base import complete_short, io_error
 from mpibench.buffers import DataPattern, aligned_buffer
 from mpibench.config import Config
@@ -24,8 +25,8 @@ if TYPE_CHECKING:
 
 
 def uses_files(config: Config) -> bool:
-    """True when the rank's I/O goes through file descriptors of its own (not s3dlio)."""
-    return config.storage.type in ("local_fs", "direct_fs") and config.storage.library == "native"
+    """True when the rank's I/O goes through file descriptors of its own (Backend.file_descriptors)."""
+    return backend_class(config.storage.type, config.storage.library).file_descriptors
 
 
 def resolve_io_engine(config: Config) -> str:
@@ -61,7 +62,7 @@ def transfer_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, p
     absolute = (offsets + base).tolist()
     writing = op == "write"
     bufs = ctx.buffers.take(writing, transfer_size, depth, pattern if writing else None)
-    fd = ctx.backend.fileno(handle) if depth > 1 and ctx.io_engine == "io_uring" else None
+    fd = ctx.backend.fd_for(handle) if depth > 1 and ctx.io_engine == "io_uring" else None
     if fd is not None:
         return uring.uring_region(ctx, rec, handle, fd, op, path, absolute, transfer_size, pattern,
                             bufs, verify=verify, deadline_ns=deadline_ns)
@@ -126,7 +127,7 @@ def _loop(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, path: str,
     backend's call (for POSIX files os.pwrite/os.preadv itself, no Python frame), one
     clock reading appended to the log (see OpLog: an operation's latency runs from the
     previous completion), one comparison of the bytes moved. Everything else (deadline,
-    stop notices, faults, folding the log) is done only when the clock passes
+    stop notices, folding the log) is done only when the clock passes
     `next_check`, at most every POLL_INTERVAL_NS, after which the clock is marked anew
     so that work never counts as an operation's latency.
     """
@@ -143,17 +144,10 @@ def _loop(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, path: str,
     note = entries.append  # one append per operation; folded every FLUSH_EVERY entries
     clock = time.perf_counter_ns
     threaded = stop is not None
-    fault = ctx.fault
-    never = 1 << 62
-    stop_at = deadline_ns or never
-
-    def next_check_after(now: int) -> int:
-        # Faults fire after a number of operations, so with one armed every operation checks.
-        return 0 if fault is not None else min(stop_at, now + POLL_INTERVAL_NS)
-
+    stop_at = deadline_ns or (1 << 62)
     offset = -1
     now = clock()
-    next_check = next_check_after(now)
+    next_check = min(stop_at, now + POLL_INTERVAL_NS)
     note(-now)
     try:
         for offset in offsets:
@@ -182,16 +176,13 @@ def _loop(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, path: str,
                     break
                 if len(entries) >= FLUSH_EVERY:
                     log.flush()
-                if fault is not None and log.ops >= fault.after_ops:
-                    injected, fault, ctx.fault = fault, None, None
-                    injected.trigger()
                 if threaded:
                     if stop.is_set():  # type: ignore[union-attr]
                         break
                 else:
                     ctx.check_stop(end)
                 now = clock()
-                next_check = next_check_after(now)
+                next_check = min(stop_at, now + POLL_INTERVAL_NS)
                 note(-now)
     except OSError as exc:  # the backend's call failed: name the file and the offset
         raise io_error(op, path, exc, offset) from None

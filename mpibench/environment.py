@@ -193,12 +193,9 @@ def collect(comm: Comm) -> dict[str, Any]:
         "python": platform.python_version(),
         "mpi4py": mpi4py_version(),
     }
-    try:
-        import numpy
+    import numpy
 
-        versions["numpy"] = numpy.__version__
-    except ImportError:  # pragma: no cover
-        pass
+    versions["numpy"] = numpy.__version__
     from importlib.metadata import version
 
     for package in ("s3dlio", "liburing"):

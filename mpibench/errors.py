@@ -61,7 +61,7 @@ def agreed(error: MpibenchError) -> MpibenchError:
     return error
 
 
-def _rebuild(cls: type, state: dict) -> MpibenchError:
+def _rebuild(cls: type[MpibenchError], state: dict) -> MpibenchError:
     error = cls.__new__(cls)
     Exception.__init__(error, state.get("message"), state.get("hint"))
     error.__dict__.update(state)

@@ -1,4 +1,5 @@
-"""Fault injection for the reliability tests, driven by the MPIBENCH_FAULT variable.
+"""Fault specs for the reliability tests, read from the MPIBENCH_FAULT variable (injected by
+the backend wrapper mpibench/backends/faulty.py).
 
 Never set in normal runs. Specs are separated by ';', fields by ':' after the action:
 

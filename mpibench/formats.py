@@ -106,7 +106,7 @@ def file_samples(ds: Any, index: int, record: int | None = None) -> np.ndarray:
     """The records of file `index` (samples x record bytes): seeded random, distinct per file."""
     record = record_size_of(ds, index) if record is None else record
     data = np.empty((ds.samples_per_file, record), dtype=np.uint8)
-    fill_random(memoryview(data.reshape(-1)), file_seed(ds.seed, index, _CONTENT_STREAM))
+    fill_random(data.reshape(-1).data, file_seed(ds.seed, index, _CONTENT_STREAM))
     return data
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from mpibench.results import S3_CACHE, phase_writes, write_cache_warning
+from mpibench.results import phase_writes
 from mpibench.units import format_size
 
 
@@ -31,7 +31,7 @@ def phase_table(document: dict[str, Any]) -> str:
             f"{phase['name'] + flag:<10}{phase['iteration']:>5}{phase['bytes']:>14}{phase['seconds']:>10.3f}"
             f"{phase['bandwidth_MiBps']:>11.1f}{phase['bandwidth_GBps']:>8.3f}{phase['ops_per_s']:>11.0f}"
             f"{_ms(lat.get('mean_s', 0)):>12}{_ms(lat.get('p50_s', 0)):>9}{_ms(lat.get('p99_s', 0)):>9}  "
-            f"{slow:<14}{cache_state(phase, storage_type(document)):<8}{amplification(phase):>15}"
+            f"{slow:<14}{cache_state(phase):<8}{amplification(phase):>15}"
         )
         warning = phase_warning(phase, document)
         if warning:
@@ -76,34 +76,31 @@ def client_cores(document: dict[str, Any], name: str) -> str:
 
 
 def storage_type(document: dict[str, Any]) -> str:
-    """The run's storage.type (local_fs, direct_fs, s3)."""
+    """The run's storage.type (local_fs, direct_fs, s3, null), for display."""
     return str(((document.get("config") or {}).get("storage") or {}).get("type", ""))
 
 
-def cache_state(phase: dict[str, Any], storage: str) -> str:
-    """The phase's cache state as shown: `object` for S3 (no client cache, not O_DIRECT), also
-    for files written before S3 phases were recorded so."""
-    state = str((phase.get("cache") or {}).get("state", "-"))
-    return S3_CACHE["state"] if storage == "s3" and state == "direct" else state
+def backend_record(document: dict[str, Any]) -> dict[str, Any]:
+    """What the run recorded about its storage (environment.backend; the loader migrates
+    older versions, so its traits are always there)."""
+    return dict((document.get("environment") or {}).get("backend") or {})
+
+
+def cache_state(phase: dict[str, Any]) -> str:
+    """The phase's cache state as recorded (direct, buffered, cold, warm, object, none)."""
+    return str((phase.get("cache") or {}).get("state", "-"))
 
 
 def phase_warning(phase: dict[str, Any], document: dict[str, Any]) -> str | None:
-    """The phase's recorded cache warning, else why a write phase may be the page cache's
-    (derived here for files written before such phases were flagged)."""
+    """The phase's recorded cache warning (a buffered write that may be the page cache's)."""
     warning = (phase.get("cache") or {}).get("warning")
-    if warning:
-        return str(warning)
-    return write_cache_warning(phase, storage_type(document), str((document.get("config") or {}).get("workload")))
+    return str(warning) if warning else None
 
 
 def upload_at_close(phase: dict[str, Any], document: dict[str, Any]) -> bool:
-    """An S3 write phase whose objects are multipart uploads fed transfer_size pieces: a write
-    call hands a buffer over, and most of the upload happens when the object is closed."""
-    if storage_type(document) != "s3" or not phase_writes(phase):
-        return False
-    object_size = ((document.get("config") or {}).get("bandwidth") or {}).get("object_size")
-    transfer = phase.get("transfer_size")
-    return not (object_size and transfer and int(object_size) <= int(transfer))
+    """A write phase on storage that uploads at close (S3 multipart uploads fed transfer_size
+    pieces): a write call hands a buffer over, and most of the upload happens at close."""
+    return bool(backend_record(document).get("uploads_at_close")) and phase_writes(phase)
 
 
 def huge_page_notes(document: dict[str, Any]) -> list[str]:
@@ -156,8 +153,7 @@ def run_header(document: dict[str, Any]) -> str:
     storage = cfg.get("storage", {})
     fs = env.get("filesystem", {})
     backend = env.get("backend", {})
-    s3 = storage.get("type") == "s3"
-    if s3:
+    if backend.get("object_store"):
         endpoints = storage.get("endpoints") or []
         where = (f", endpoints {', '.join(map(str, endpoints))} (spread over the ranks)" if len(endpoints) > 1
                  else f", endpoint {backend.get('endpoint') or fs.get('source') or '(AWS default)'}")
@@ -184,7 +180,7 @@ def run_header(document: dict[str, Any]) -> str:
         depth += auto_choices_note(document.get("auto_choices") or {})
         parts.append(
             f"transfer {format_size(bw.get('transfer_size', 0))}, block {format_size(bw.get('block_size', 0))} per rank, "
-            f"{bw.get('file_mode')}, {depth}, {bw.get('access')}, " + ("" if s3 else f"fsync {bw.get('fsync')}, ")
+            f"{bw.get('file_mode')}, {depth}, {bw.get('access')}, " + ("" if backend.get("object_store") else f"fsync {bw.get('fsync')}, ")
             + f"reorder_reads {bw.get('reorder_reads')}"
         )
     return "\n".join(parts)

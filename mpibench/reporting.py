@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 from mpibench.errors import MpibenchError, ResultsError
 from mpibench.metrics import LatencyHistogram
 from mpibench.report import (
+    backend_record,
     cache_state,
     huge_page_notes,
     phase_warning,
     run_header,
-    storage_type,
     upload_notes,
     workload_lines,
 )
@@ -39,6 +39,7 @@ from mpibench.results import (
     unsynced_write,
     write_text_atomic,
 )
+from mpibench.schema import validate_document
 from mpibench.units import MiB, format_size
 
 if TYPE_CHECKING:
@@ -61,13 +62,15 @@ FIGURES = {
 }
 KVCACHE_FIGURE = "kvcache_users.png"  # a kvcache run's figure beside the three every run has
 MODELLOAD_FIGURE = "modelload_cold_warm.png"  # a modelload run's cold and warm loads
+READERS_FIGURE = "modelload_readers.png"  # several modelload runs: cold vs warm per reader
 TITLES = {**FIGURES, KVCACHE_FIGURE: "kvcache: read latency and throughput against users",
-          MODELLOAD_FIGURE: "modelload: cold and warm loads"}
+          MODELLOAD_FIGURE: "modelload: cold and warm loads", READERS_FIGURE: "modelload: cold vs warm per reader"}
 
 REPORT_EXAMPLES = """\
 examples:
   mpibench report result.json
   mpibench report result.json --png figures/ --html report.html
+  mpibench report mmap.json read.json direct.json --html readers.html   # modelload: cold vs warm per reader
 """
 
 
@@ -78,7 +81,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Print a summary of a results file (bandwidth, IOPS, latency percentiles, stragglers, "
                     "cache state, repetitions) and optionally draw its figures.",
         epilog=REPORT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("result", metavar="RESULT.json", help="results file written by `mpibench run`")
+    parser.add_argument("result", metavar="RESULT.json", nargs="+",
+                        help="results file written by `mpibench run`; several modelload files (one per reader) "
+                             "give one cold-vs-warm view per reader across them")
     parser.add_argument("--html", metavar="REPORT.html", help="write one self-contained HTML page")
     parser.add_argument("--png", metavar="DIR", help="write the figures as PNG files into DIR (created if missing)")
     parser.add_argument("--force", action="store_true", help="overwrite existing HTML and PNG files")
@@ -88,6 +93,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_report(args: argparse.Namespace) -> int:
     """Handle `mpibench report`: print the summary, write the requested figures and page."""
+    if len(args.result) > 1:
+        return _report_readers(args)
+    args.result = args.result[0]
     try:
         document = load_document(args.result)
         if args.html:
@@ -115,15 +123,46 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_document(path: str) -> dict[str, Any]:
-    """Read a results file and check it against the schema (when jsonschema is installed)."""
-    document = load_results(path)
-    try:
-        import jsonschema  # noqa: F401
-    except ImportError:  # not installed: the loader's version check still applies
-        return document
-    from mpibench.schema import validate_document
+def _report_readers(args: argparse.Namespace) -> int:
+    """`mpibench report` of several modelload results: one cold-vs-warm table per reader across
+    them and one figure (READERS_FIGURE), as text, PNG and a page."""
+    from mpibench.workloads.modelload import check_comparable, figure_readers, readers_text
 
+    try:
+        documents = [(path, load_document(path)) for path in args.result]
+        check_comparable(documents)
+        if args.html:
+            _check_target(args.html, args.force)
+        png_paths = _png_targets(args.png, args.force, [READERS_FIGURE]) if args.png else []
+        try:
+            text = readers_text(documents)
+            print(text, flush=True)
+            figures = ({READERS_FIGURE: figure_png(figure_readers(documents, _new_figure(9.0, 4.0)))}
+                       if png_paths or args.html else {})
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ResultsError(f"a modelload results file is malformed ({type(exc).__name__}: {exc})",
+                               "python -m mpibench.schema FILE lists every place it breaks the results "
+                               "schema") from None
+        try:
+            for path, name in png_paths:
+                _write_bytes(path, figures[name])
+                print(f"figure written to {path}")
+            if args.html:
+                runs = ", ".join(str(doc.get("run_id")) for _, doc in documents)
+                write_text_atomic(args.html, _page(f"mpibench report: modelload runs {runs}", text, figures, ""))
+                print(f"report written to {args.html}")
+        except OSError as exc:
+            raise ResultsError(f"cannot write {exc.filename or 'the report'}: {exc.strerror}",
+                               "choose a writable place") from None
+    except MpibenchError as exc:
+        print(f"mpibench: error: {exc.line()}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    return 0
+
+
+def load_document(path: str) -> dict[str, Any]:
+    """Read a results file (migrated to the current version) and check it against the schema."""
+    document = load_results(path)
     try:
         validate_document(document, ranks_per_phase=SCHEMA_SAMPLE_RANKS)
     except ResultsError as exc:
@@ -438,7 +477,7 @@ def _hosts_section(phases: list[dict[str, Any]]) -> list[str]:
                         rows, left=(0, 6, 7))]
 
 
-def _reached(phase: dict[str, Any], storage: str, fstype: str) -> str:
+def _reached(phase: dict[str, Any], backend: dict[str, Any], fstype: str) -> str:
     """The share of the requested bytes that reached storage during the phase, in the phase's direction.
 
     Reads: /proc/self/io read_bytes. Writes: /proc/self/io write_bytes when the data was
@@ -448,9 +487,9 @@ def _reached(phase: dict[str, Any], storage: str, fstype: str) -> str:
     counted by design (S3, network filesystems).
     """
     requested = int(phase["bytes"])
-    if storage == "s3" or requested <= 0:
+    if not backend.get("kernel_counted") or requested <= 0:
         return "-"
-    if phase_writes(phase) and unsynced_write(phase, storage):
+    if phase_writes(phase) and unsynced_write(phase, not backend.get("direct")):
         device = device_bytes(phase)
         return f"{device[1] / requested * 100:.0f}% device" if device is not None else "? no fsync"
     stored = phase.get("storage_bytes") or {}
@@ -461,21 +500,21 @@ def _reached(phase: dict[str, Any], storage: str, fstype: str) -> str:
 
 
 def _cache_section(phases: list[dict[str, Any]], document: dict[str, Any]) -> list[str]:
-    storage = storage_type(document)
+    backend = backend_record(document)
     fstype = str((document.get("environment") or {}).get("filesystem", {}).get("fstype", ""))
     with_device = any(device_bytes(p) is not None for p in phases)
     rows = []
     for p in phases:
         cache = p.get("cache") or {}
         stored = p.get("storage_bytes") or {}
-        row = [_label(p), str(p["iteration"]), cache_state(p, storage), format_size(p["bytes"]),
+        row = [_label(p), str(p["iteration"]), cache_state(p), format_size(p["bytes"]),
                format_size(stored.get("read_bytes", 0)), format_size(stored.get("write_bytes", 0)),
-               _reached(p, storage, fstype)]
+               _reached(p, backend, fstype)]
         if with_device:
             device = device_bytes(p)
             row += [format_size(device[0]), format_size(device[1])] if device else ["-", "-"]
         how = str(cache.get("method", ""))
-        if unsynced_write(p, storage):
+        if unsynced_write(p, not backend.get("direct")):
             how += "; no fsync: data may still be in the page cache"
         rows.append([*row, how])
     header = ["phase", "iter", "cache", "requested", "storage read", "kernel written", "reached"]
@@ -788,16 +827,30 @@ def _html_table(pairs: list[tuple[str, str]]) -> str:
 
 def html_page(document: dict[str, Any], text: str, figures: dict[str, bytes]) -> str:
     """One self-contained HTML page: summary, figures (inline PNG), config, environment, preflight."""
-    title = f"mpibench report: run {document.get('run_id')}"
+    preflight = document.get("preflight") or {}
+    checks = "".join(f"<li>{html.escape(str(c))}</li>" for c in preflight.get("checks", []))
+    checks += "".join(f"<li class=\"warn\">warning: {html.escape(str(w))}</li>" for w in preflight.get("warnings", []))
+    status = "complete" if document.get("complete") else f"INCOMPLETE: {document.get('incomplete_reason')}"
+    lead = f"""<p>{html.escape(status)}; started {html.escape(str(document.get('started_at')))};
+results schema version {html.escape(str(document.get('schema_version')))}</p>
+"""
+    tail = f"""<h2>Configuration</h2>
+{_html_table(flatten(document.get('config') or {}))}
+<h2>Environment</h2>
+{_html_table(flatten(document.get('environment') or {}))}
+<h2>Preflight</h2>
+<ul>{checks}</ul>
+"""
+    return _page(f"mpibench report: run {document.get('run_id')}", text, figures, tail, lead)
+
+
+def _page(title: str, text: str, figures: dict[str, bytes], tail: str, lead: str = "") -> str:
+    """The self-contained HTML page around a summary text and its figures (inline PNG)."""
     images = "".join(
         f"<h2>{html.escape(TITLES.get(name, name))}</h2>"
         f"<img alt=\"{html.escape(TITLES.get(name, name))}\" src=\"data:image/png;base64,"
         f"{base64.b64encode(data).decode('ascii')}\">"
         for name, data in figures.items())
-    preflight = document.get("preflight") or {}
-    checks = "".join(f"<li>{html.escape(str(c))}</li>" for c in preflight.get("checks", []))
-    checks += "".join(f"<li class=\"warn\">warning: {html.escape(str(w))}</li>" for w in preflight.get("warnings", []))
-    status = "complete" if document.get("complete") else f"INCOMPLETE: {document.get('incomplete_reason')}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -810,16 +863,8 @@ th {{ background: #f6f8fa; font-weight: 600; }}
 .warn {{ color: #a00; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>{html.escape(status)}; started {html.escape(str(document.get('started_at')))};
-results schema version {html.escape(str(document.get('schema_version')))}</p>
-<h2>Summary</h2>
+{lead}<h2>Summary</h2>
 <pre>{html.escape(text)}</pre>
 {images}
-<h2>Configuration</h2>
-{_html_table(flatten(document.get('config') or {}))}
-<h2>Environment</h2>
-{_html_table(flatten(document.get('environment') or {}))}
-<h2>Preflight</h2>
-<ul>{checks}</ul>
-</body></html>
+{tail}</body></html>
 """

@@ -15,12 +15,22 @@ import tempfile
 import warnings
 from typing import Any
 
+import numpy as np
+
 from mpibench.errors import ResultsError
 from mpibench.metrics import LatencyHistogram
+from mpibench.phase_notes import (  # noqa: F401  (names the readers take from here)
+    FSYNC_KEYS,
+    WRITE_PHASES,
+    device_bytes,
+    phase_writes,
+    unsynced_write,
+    write_cache_warning,
+)
+from mpibench.schema_versions import SCHEMA_VERSION, migrate
 from mpibench.units import GiB, MiB
 
-SCHEMA_VERSION = 1
-KNOWN_SCHEMA_VERSIONS = (1,)
+KNOWN_SCHEMA_VERSIONS = tuple(range(1, SCHEMA_VERSION + 1))  # every one is migrated on load
 FRESH_NAME_TRIES = 1000  # names tried beside a results file that appeared during the run
 
 
@@ -119,70 +129,17 @@ def summarize_phase(name: str, iteration: int, ranks: list[dict[str, Any]],
     }
 
 
-WRITE_PHASES = ("write", "datagen")  # phase names that write (a phase recording `fsync` writes too)
-FSYNC_KEYS = {"bandwidth": "bandwidth.fsync", "checkpoint": "checkpoint.fsync", "metadata": "metadata.fsync"}
-S3_CACHE = {"state": "object", "method": "s3: no client cache, every request goes to the server"}
-NULL_CACHE = {"state": "none", "method": "null storage: no I/O reaches any storage; the figures are "
-                                         "mpibench's own cost per operation"}
-
-
-def phase_writes(phase: dict[str, Any]) -> bool:
-    """True for a phase that writes (bandwidth and checkpoint writes, datagen), False for one that reads."""
-    return phase.get("name") in WRITE_PHASES or "fsync" in phase
-
-
-def device_bytes(phase: dict[str, Any]) -> tuple[int, int] | None:
-    """(read, written) bytes of the block devices under the root during the phase, summed over
-    hosts (per node and counting every process of the node), or None when unknown."""
-    devices = [h["block_device"] for h in phase.get("hosts") or [] if h.get("block_device")]
-    if not devices:
-        return None
-    return (sum(int(d.get("read_bytes", 0)) for d in devices), sum(int(d.get("write_bytes", 0)) for d in devices))
-
-
-def unsynced_write(phase: dict[str, Any], storage_type: str) -> bool:
-    """A write phase whose data may still sit in the page cache when it ends: buffered
-    (local_fs) and not fsynced. /proc/self/io write_bytes counts its pages when they are
-    dirtied, not when they reach the device."""
-    state = (phase.get("cache") or {}).get("state")
-    return (storage_type == "local_fs" and phase_writes(phase) and phase.get("fsync") is False
-            and state in (None, "buffered"))
-
-
-def write_cache_warning(phase: dict[str, Any], storage_type: str, workload: str) -> str | None:
-    """Why a write phase's bandwidth may be the page cache's (written without fsync), or None."""
-    if not unsynced_write(phase, storage_type):
-        return None
-    requested = int(phase.get("bytes", 0))
-    device = device_bytes(phase)
-    if device is None:
-        verb, seen = "may include", "the block device's own counter is not available here"
-    else:
-        verb = "includes" if device[1] < requested else "may include"
-        seen = (f"{device[1]} of {requested} bytes reached the device during the phase, by the device's own "
-                "counter: per node, every process")
-    return (f"write phase on local_fs without fsync: the figure {verb} data left in the page cache ({seen}); "
-            f"set {FSYNC_KEYS.get(workload, 'fsync')}=true to measure the storage")
-
-
-def annotate_storage(phase: dict[str, Any], storage_type: str, workload: str) -> None:
-    """Say what a phase's storage figures mean where the workload's own record cannot:
-    an S3 phase's cache is `object` (no client cache, not O_DIRECT), a null-storage phase's
-    `none` (nothing reaches storage); a write phase left in
-    the page cache gets `cache.device_write_bytes` (the device's counter, or null) and a warning."""
+def annotate_storage(phase: dict[str, Any], buffered: bool, workload: str) -> None:
+    """A write phase left in the page cache of buffered storage gets
+    `cache.device_write_bytes` (the device's counter, or null) and a warning. (What the
+    cache means on other storage is the backend's cache_state, recorded by the workload.)
+    Every phase with device counters gets its amplification (annotate_amplification)."""
     annotate_amplification(phase)
-    cache = phase.get("cache")
-    if storage_type == "null" and cache is not None:
-        phase["cache"] = dict(NULL_CACHE)
-        return
-    if storage_type == "s3" and (cache or {}).get("state") == "direct":
-        phase["cache"] = dict(S3_CACHE)
-        return
-    warning = write_cache_warning(phase, storage_type, workload)
+    warning = write_cache_warning(phase, buffered, workload)
     if warning is None:
         return
     device = device_bytes(phase)
-    cache = dict(cache or {"state": "buffered", "method": "page cache"})
+    cache = dict(phase.get("cache") or {"state": "buffered", "method": "page cache"})
     cache["device_write_bytes"] = device[1] if device is not None else None
     cache["warning"] = warning
     phase["cache"] = cache
@@ -317,15 +274,10 @@ def _unlink_quietly(path: str) -> None:
 
 
 def _json_default(value: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(value, np.generic):
-            return value.item()
-        if isinstance(value, np.ndarray):
-            return value.tolist()
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
@@ -365,7 +317,8 @@ _EXAMPLES = {"--output": "result.json", "--csv": "result.csv"}
 
 
 def load_results(path: str) -> dict[str, Any]:
-    """Read a results file, refusing schema versions this mpibench does not know."""
+    """Read a results file, refusing schema versions this mpibench does not know, and bring
+    an older one to the current version (schema_versions.migrate)."""
     try:
         with open(path, encoding="utf-8") as handle:
             document = json.load(handle)
@@ -381,4 +334,4 @@ def load_results(path: str) -> dict[str, Any]:
             f"{path} has results schema version {version}, this mpibench reads {', '.join(map(str, KNOWN_SCHEMA_VERSIONS))}",
             "use the mpibench version that wrote it",
         )
-    return document
+    return migrate(document)

@@ -10,13 +10,12 @@ marked incomplete.
 from __future__ import annotations
 
 import secrets
-import signal
 import time
 import traceback
 from typing import Any
 
-from mpibench import buffers, environment, faults, uring
-from mpibench.backends import backend_class, make_backend
+from mpibench import buffers, environment, uring
+from mpibench.backends import backend_class
 from mpibench.backends.base import Backend
 from mpibench.comm import Comm, NodeLayout
 from mpibench.config import AUTO, Config
@@ -36,6 +35,7 @@ from mpibench.errors import (
     PreflightError,
     agreed,
 )
+from mpibench.lifecycle import Lifecycle, State
 from mpibench.plan import RUN_DIR_PREFIX
 from mpibench.results import SCHEMA_VERSION, summarize_repetitions, write_json_atomic
 from mpibench.units import format_size
@@ -113,22 +113,22 @@ def preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
         info.checks.append(memory)
     if config.huge_pages:
         info.checks.append(check_huge_pages())
-    backend_pre = getattr(cls, "preflight_storage", None)
-    if backend_pre is not None:
-        found = backend_pre(config, info.run_key, info.planned_bytes, layout, rank_threads(config, layout))
-        info.backend = found.get("backend", {})
-        info.checks.extend(found.get("checks", []))
-        info.alignment = found.get("alignment", 1)
-        info.alignment_source = found.get("alignment_source", "none")
-        info.created_root = found.get("created_root", False)
-        info.created_dirs = found.get("created_dirs", [])
-        info.free_bytes = found.get("free_bytes")
-        info.filesystem = found.get("filesystem", {})
-        info.warnings.extend(found.get("warnings", []))
+    plan = cls.preflight(config, info.run_key, info.planned_bytes, layout, workload.access_hints(config),
+                         rank_threads(config, layout))
+    info.plan = plan
+    info.backend = dict(plan.record)
+    info.checks.extend(plan.checks)
+    info.alignment = plan.alignment
+    info.alignment_source = plan.alignment_source
+    info.created_root = plan.created_root
+    info.created_dirs = list(plan.created_dirs)
+    info.free_bytes = plan.free_bytes
+    info.filesystem = dict(plan.filesystem)
+    info.warnings.extend(plan.warnings)
     try:
-        faults.before_phase(faults.parse(), 0, "preflight")  # tests: hold rank 0 here
+        backend = _make_rank_backend(config, info, layout)
+        backend.begin("preflight", 0)
         workload.check(config, size, info.alignment)
-        backend = make_backend(config.storage, **_backend_kwargs(config, info))
         workload.prepare(config, size, backend, info)
     except BaseException:
         _remove_run_dir(config, info)
@@ -136,55 +136,26 @@ def preflight(config: Config, size: int, layout: NodeLayout) -> PreflightInfo:
     return info
 
 
-def _backend_kwargs(config: Config, info: PreflightInfo) -> dict[str, Any]:
-    return {"alignment": info.alignment} if config.storage.type in ("local_fs", "direct_fs") else {}
-
-
 def _remove_run_dir(config: Config, info: PreflightInfo) -> None:
     """Undo what preflight created (the run directory, the root leaf and the parents it made)."""
-    cls = backend_class(config.storage.type, config.storage.library)
-    undo = getattr(cls, "undo_preflight", None)
-    if undo is not None:
-        undo(config, info.run_key, info.created_root, info.created_dirs)
-
-
-def install_signal_handlers(ctx_holder: dict[str, Any]) -> dict[int, Any]:
-    """SIGINT/SIGTERM stop the run gracefully: current phase ends, cleanup runs, exit 130.
-
-    Returns the previous handlers so the caller can put them back.
-    """
-
-    def handler(signum: int, _frame: Any) -> None:
-        ctx = ctx_holder.get("ctx")
-        name = signal.Signals(signum).name
-        if ctx is None:  # raising here could leave other ranks in a collective: the run sees it first thing
-            ctx_holder.setdefault("pending", name)
-            return
-        if ctx.interrupted is not None:
-            ctx.watchdog.abort(f"{name} during the graceful stop after {ctx.interrupted}")
-            return
-        ctx.interrupted = name
-        ctx.watchdog.arm(name)
-
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        previous[signum] = signal.signal(signum, handler)
-    return previous
+    if info.plan is not None:
+        backend_class(config.storage.type, config.storage.library).undo(config, info.plan)
 
 
 def execute(config: Config, comm: Comm, *, output: str | None, force: bool = False,
             progress: Any = None,
             preflight_only: bool = False, restore_signals: bool = True,
-            deferred: dict[str, Any] | None = None) -> dict[str, Any] | None:
+            lifecycle: Lifecycle | None = None) -> dict[str, Any] | None:
     """Run the configured workload on every rank; return the results document on rank 0.
 
-    `deferred["name"]`: a SIGINT/SIGTERM this rank noted before the run's own handlers
-    (cli._defer_interrupt); the run then stops at its first check, as for one during it.
-
-    Once the run's cleanup is over, SIGINT and SIGTERM are ignored while the results are
-    put together (what was measured is never lost to a late signal); the handlers found
-    at the start are put back before returning, unless `restore_signals` is false (the
-    CLI, which goes on ignoring them while it writes the results and MPI shuts down).
+    `lifecycle`: the process's signal handling (the CLI's; a library caller gets one of its
+    own). The run puts it in its RUNNING state: SIGINT/SIGTERM stop the run gracefully
+    (the current phase ends, cleanup runs, exit 130), and a signal this rank noted before
+    the run stops it at its first check. Once the run's cleanup is over it is FINISHING:
+    signals are ignored while the results are put together (what was measured is never
+    lost to a late signal); the handlers found at the start are put back before
+    returning, unless `restore_signals` is false (the CLI, which goes on ignoring them
+    while it writes the results and MPI shuts down).
     """
     layout = comm.layout()
     comm.sync_clocks()
@@ -196,21 +167,15 @@ def execute(config: Config, comm: Comm, *, output: str | None, force: bool = Fal
         comm.barrier()
         return {"preflight": info.__dict__}
     workload: Workload = get_workload(config.workload)
-    holder: dict[str, Any] = {"ctx": None}
-    previous_handlers = install_signal_handlers(holder)
-    noted = deferred.pop("name", None) if deferred is not None else None  # atomic: see cli._run_not_started
-    if noted is not None:  # it came before: the run stops at once, gracefully
-        holder.setdefault("pending", noted)
+    life = lifecycle if lifecycle is not None else Lifecycle(State.WAITING)
+    previous_handlers = life.start_run()
     failure: MpibenchError | None = None
     started = time.time()
     try:
         backend = _make_rank_backend(config, info, layout)
         ctx = RunContext(config, comm, info, backend, io_engine=resolve_io_engine(config), progress=progress,
                          can_preallocate=workload.preallocates_writes)
-        holder["ctx"] = ctx
-        if "pending" in holder:
-            ctx.interrupted = holder["pending"]
-            ctx.watchdog.arm(ctx.interrupted)
+        life.attach(ctx)
         try:
             workload.run(ctx)
         except MpibenchError as exc:
@@ -223,20 +188,15 @@ def execute(config: Config, comm: Comm, *, output: str | None, force: bool = Fal
         cleanup_error = _cleanup(ctx, workload)
         ctx.cancel.close()
     except BaseException:
-        _set_handlers(previous_handlers)
+        life.restore(previous_handlers)
         raise
-    _set_handlers(dict.fromkeys(previous_handlers, signal.SIG_IGN))
+    life.finish()
     try:
         return _document(config, comm, info, ctx, backend, workload, env, started, failure,
                          cleanup_error, output, force)
     finally:
         if restore_signals:
-            _set_handlers(previous_handlers)
-
-
-def _set_handlers(handlers: dict[int, Any]) -> None:
-    for signum, handler in handlers.items():
-        signal.signal(signum, handler)
+            life.restore(previous_handlers)
 
 
 def _document(config: Config, comm: Comm, info: PreflightInfo, ctx: RunContext, backend: Backend,
@@ -297,11 +257,12 @@ def io_buffers_record(config: Config, phases: list[dict[str, Any]]) -> dict[str,
 
 
 def _make_rank_backend(config: Config, info: PreflightInfo, layout: NodeLayout) -> Backend:
-    kwargs = _backend_kwargs(config, info)
-    cls = backend_class(config.storage.type, config.storage.library)
-    if hasattr(cls, "rank_options"):
-        kwargs.update(cls.rank_options(config, info.backend, layout, rank_threads(config, layout)))
-    return make_backend(config.storage, **kwargs)
+    """This rank's backend instance, from the preflight's plan (Backend.for_rank)."""
+    assert info.plan is not None
+    workload = get_workload(config.workload)
+    in_flight = workload.requests_in_flight(config, resolve_io_depth(config, layout))
+    return backend_class(config.storage.type, config.storage.library).for_rank(
+        config, info.plan, layout, workload.access_hints(config), in_flight)
 
 
 def _cleanup(ctx: RunContext, workload: Workload) -> MpibenchError | None:

@@ -12,6 +12,7 @@ from importlib import resources
 from typing import Any
 
 from mpibench.errors import MpibenchError, ResultsError
+from mpibench.schema_versions import SCHEMA_VERSION
 
 
 @functools.cache
@@ -57,7 +58,7 @@ def validate_document(document: Any, ranks_per_phase: int | None = None) -> None
         if len(parts) >= 4 and parts[0] == "phases" and parts[2] == "ranks" and kept:
             parts[3] = kept[parts[1]][parts[3]]
         message = error.message if len(error.message) <= 200 else error.message[:197] + "..."
-        raise ResultsError(f"results document does not match schema version 1 at {_path(parts)}: {message}",
+        raise ResultsError(f"results document does not match schema version {SCHEMA_VERSION} at {_path(parts)}: {message}",
                            "was it written by mpibench run, or edited by hand?")
 
 

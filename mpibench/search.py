@@ -89,7 +89,7 @@ def trial_row(k: int, hosts: int, doc: dict[str, Any], threshold: float) -> dict
             "passed": au is not None and au >= threshold}
 
 
-def run_search(config: Config, args: argparse.Namespace, comm: Comm, deferred: dict[str, Any],
+def run_search(config: Config, args: argparse.Namespace, comm: Comm, lifecycle: Any,
                execute: Callable[..., dict[str, Any] | None]) -> int:
     """Every rank: the trials, each a run of `execute` (the orchestrator, which only the CLI
     imports); rank 0: the table, the JSON and the figure."""
@@ -129,7 +129,7 @@ def run_search(config: Config, args: argparse.Namespace, comm: Comm, deferred: d
         if sub is not None:
             try:
                 doc = execute(dataclasses.replace(config, run_id=None), Comm(sub), output=None,
-                              deferred=deferred)
+                              lifecycle=lifecycle)
             except MpibenchError as exc:  # raised alike on every rank of the trial
                 failure = exc
             finally:

@@ -122,7 +122,6 @@ def uring_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, fd: int, op: 
     log = rec.new_log(transfer_size)
     note = log.entries.append  # -start then end per operation: a pair, see OpLog
     clock = time.perf_counter_ns
-    fault = ctx.fault
     stop_at = deadline_ns or (1 << 62)
     slot_offset = [0] * depth
     slot_start = [0] * depth  # negated: as the log stores a start
@@ -133,7 +132,7 @@ def uring_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, fd: int, op: 
         now = clock()
         free = list(range(depth))  # slots whose buffer is idle: refilled, in order, each round
         issuing = True
-        next_check = 0 if fault is not None else min(stop_at, now + POLL_INTERVAL_NS)
+        next_check = min(stop_at, now + POLL_INTERVAL_NS)
         while True:
             if issuing:
                 for slot in free:
@@ -196,11 +195,8 @@ def uring_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, fd: int, op: 
                     issuing = False  # what is in flight completes: the operations done stay a prefix
                 if len(log.entries) >= 2 * FLUSH_EVERY:
                     log.flush()
-                if fault is not None and log.ops >= fault.after_ops:
-                    injected, fault, ctx.fault = fault, None, None
-                    injected.trigger()
                 ctx.check_stop(now)
-                next_check = 0 if fault is not None else min(stop_at, now + POLL_INTERVAL_NS)
+                next_check = min(stop_at, now + POLL_INTERVAL_NS)
     except OSError as exc:
         _drain(ring, cqe, pending)
         raise io_error(op, path, exc, offset) from None

@@ -12,7 +12,7 @@ from mpibench import buffers, environment, faults, uring
 from mpibench.comm import Comm
 from mpibench.config import build_config
 from mpibench.plan import bandwidth_file, reorder_partner
-from mpibench.results import load_results, phase_bandwidth
+from mpibench.results import SCHEMA_VERSION, load_results, phase_bandwidth
 from mpibench.run import execute
 
 pytestmark = pytest.mark.mpi(min_size=2)
@@ -37,7 +37,7 @@ def bandwidth_config(root: str, kind: str, file_mode: str, **extra: object):
 
 
 def check_document(doc: dict, size: int) -> None:
-    assert doc["schema_version"] == 1 and doc["complete"] is True
+    assert doc["schema_version"] == SCHEMA_VERSION and doc["complete"] is True
     assert doc["environment"]["world_size"] == size
     phases = doc["phases"]
     assert [p["name"] for p in phases] == ["write", "read"] * ITERATIONS

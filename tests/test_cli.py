@@ -354,10 +354,10 @@ def test_a_signal_python_cannot_raise_is_not_lost():
     an interruption, without a traceback (both seen when Ctrl-C lands during imports)."""
     code = textwrap.dedent("""
         import signal, sys, time, weakref
-        from mpibench import cli
+        from mpibench import lifecycle
         from mpibench.errors import interrupt_in
-        sys.unraisablehook = cli._redeliver_interrupt
-        signal.signal(signal.SIGINT, cli._raise_interrupt)
+        sys.unraisablehook = lifecycle.redeliver_interrupt
+        signal.signal(signal.SIGINT, lifecycle.raise_interrupt)
         class Owner:
             pass
         owner = Owner()

@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from mpibench.backends import make_backend
+from mpibench.backends import backend_class
 from mpibench.config import StorageConfig, build_config
 from mpibench.errors import ConfigError
 from mpibench.kvtraffic import (
@@ -264,7 +264,7 @@ def test_local_fs_evict_drops_an_object_from_the_page_cache(tmp_path, synced):
     base = os.environ.get("MPIBENCH_TEST_DIR") or str(tmp_path)
     root = tempfile.mkdtemp(dir=base)
     try:
-        backend = make_backend(StorageConfig(type="local_fs", root=root))
+        backend = backend_class("local_fs", "native")(StorageConfig(type="local_fs", root=root))
         size = 384 * 1024
         handle = backend.open("kv.0", "w")
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from conftest import CONFIGS, run_cli, tree
 from s3fixture import PREFIX, assert_untouched, s3_fixture  # noqa: F401
 from test_reliability import jobs, launch, wait_for  # noqa: F401
 
+from mpibench.backends import posix_metadata
 from mpibench.backends.posix import PosixBackend
 from mpibench.comm import Comm
 from mpibench.config import load_config
@@ -64,7 +66,15 @@ def check_document(doc: dict, ranks: int) -> None:
         if phase["name"] in ("stat", "read", "rename", "remove"):
             # each rank works on exactly the files its partner created, and all are covered once
             assert sorted(r["files_of_rank"] for r in ranks_) == list(range(ranks))
-            assert [r["ops"] for r in ranks_] == [created[r["files_of_rank"]] for r in ranks_]
+            if phase["name"] == "remove" and phase["delete"]["mode"] == "batched":
+                # one request per max_keys files of one directory; every file removed
+                dirs, most = md["item_directories"], phase["delete"]["max_keys"]
+                assert [r["remove_files"] for r in ranks_] == [created[r["files_of_rank"]] for r in ranks_]
+                assert [r["ops"] for r in ranks_] == [sum(math.ceil(len(range(d, created[r["files_of_rank"]], dirs))
+                                                                    / most) for d in range(dirs))
+                                                      for r in ranks_]
+            else:
+                assert [r["ops"] for r in ranks_] == [created[r["files_of_rank"]] for r in ranks_]
         if phase["name"] == "read":
             assert phase["bytes"] == sum(created) * config["file_size"]
         if phase["name"] == "list":
@@ -74,6 +84,7 @@ def check_document(doc: dict, ranks: int) -> None:
     rows = {row["name"]: row for row in md["phases"]}
     for phase in doc["phases"]:
         assert rows[phase["name"]]["ops_per_s"] == phase["ops_per_s"]
+    assert rows["remove"]["files"] == sum(created)
 
 
 def run_preset(root: str, preset: str, kind: str, *overrides: str) -> tuple[object, dict]:
@@ -124,7 +135,7 @@ def test_every_phase_with_a_tree_and_the_names_on_disk(shared_tmpdir, monkeypatc
 
     def spy(op):
         def call(self, handle, name, *args, **kwargs):
-            seen[op].append(os.path.relpath(os.path.join(handle, name), root))
+            seen[op].append(os.path.relpath(self.where_in(handle, name), root))
             return originals[op](self, handle, name, *args, **kwargs)
         return call
 
@@ -139,6 +150,32 @@ def test_every_phase_with_a_tree_and_the_names_on_disk(shared_tmpdir, monkeypatc
     assert seen["remove"] == [f"{top}/d{i % 2}/{renamed_of(file_name(0, i))}" for i in range(10)]
     listing = next(p for p in doc["metadata"]["phases"] if p["name"] == "list")
     assert listing["entries"] == 10 and listing["ops"] == 2  # two leaf directories listed
+
+
+@pytest.mark.parametrize("budget", [None, 1, 0])
+def test_directories_by_descriptor_or_by_path_and_every_descriptor_closed(shared_tmpdir, monkeypatch, budget):
+    """Operations name entries relative to an open directory while the descriptor budget
+    lasts, by path beyond it; either way every phase runs and no descriptor stays open."""
+    if budget is not None:
+        monkeypatch.setattr(posix_metadata, "_dir_fd_budget", lambda: budget)
+    handles: list = []
+    original = PosixBackend.open_dir
+
+    def spy(self, key):
+        handles.append(original(self, key))
+        return handles[-1]
+
+    monkeypatch.setattr(PosixBackend, "open_dir", spy)
+    before = len(os.listdir("/proc/self/fd"))
+    _config, doc = run_preset(os.path.join(shared_tmpdir, "root"), "hard", "local_fs", "metadata.items=12",
+                              "metadata.depth=1", "metadata.branching=2", "metadata.rename=true")
+    check_document(doc, 1)
+    assert len(os.listdir("/proc/self/fd")) == before
+    by_fd = [h for h in handles if h[0] is not None]
+    assert len(handles) == 4  # two leaf directories: own (create) and the partner's (the rest)
+    assert len(by_fd) == (4 if budget is None else budget)
+    listing = next(p for p in doc["metadata"]["phases"] if p["name"] == "list")
+    assert listing["entries"] == 12
 
 
 def test_stonewall_never_stats_a_file_that_was_not_created(shared_tmpdir, monkeypatch):
@@ -195,10 +232,40 @@ def test_quick_presets_on_s3(s3, preset):
     listing = next(p for p in doc["metadata"]["phases"] if p["name"] == "list")
     assert listing["entries"] == items and listing["pages"] == 1
     assert doc["environment"]["backend"]["objects"]["object_size_bytes"] == doc["config"]["metadata"]["file_size"]
+    from mpibench.backends.base import StoragePlan
+    from mpibench.backends.base import StoragePlan
     from mpibench.backends.s3 import S3Backend
 
-    S3Backend.undo_preflight(config, f"mpibench-{doc['run_id']}", False)
+    S3Backend.undo(config, StoragePlan(run_key=f"mpibench-{doc['run_id']}"))
     assert_untouched(s3, before)
+
+
+@pytest.mark.s3
+def test_s3_list_by_pages_and_delete_in_batches(s3):
+    """LIST comes in ceil(n / list_page) pages with the time to the first; the store's
+    DeleteObjects (probed) removes exactly the run's objects, 1000 keys per request."""
+    before = s3.listing()
+    items, page = 2300, 250
+    config, doc = run_preset(s3.root, "easy", "s3", f"metadata.items={items}", f"metadata.list_page={page}",
+                             "metadata.read=false", "keep_files=true")
+    check_document(doc, 1)
+    listing = next(p for p in doc["phases"] if p["name"] == "list")
+    (rank,) = listing["ranks"]
+    assert rank["list_entries"] == items and rank["list_pages"] == math.ceil(items / page)
+    assert 0 < rank["first_page_s_max"] <= listing["seconds"]
+    remove = next(p for p in doc["phases"] if p["name"] == "remove")
+    assert remove["delete"]["mode"] == "batched" and remove["delete"]["max_keys"] == 1000
+    assert remove["ops"] == math.ceil(items / 1000) and remove["ranks"][0]["remove_files"] == items
+    row = next(p for p in doc["metadata"]["phases"] if p["name"] == "remove")
+    assert row["files"] == items and "DeleteObjects" in row["delete"]
+    assert any("DeleteObjects" in line for line in doc["preflight"]["checks"])
+    stored = {k for k in s3.listing(f"{PREFIX}/mpibench-{doc['run_id']}/") if not k.endswith(RUN_MARKER)}
+    assert stored == set()  # every object of the run, the probe's included, is gone
+    from mpibench.backends.base import StoragePlan
+    from mpibench.backends.s3 import S3Backend
+
+    S3Backend.undo(config, StoragePlan(run_key=f"mpibench-{doc['run_id']}"))
+    assert_untouched(s3, before)  # the objects that are not the run's are all there, unchanged
 
 
 def test_null_storage_measures_the_loop_alone():
@@ -313,3 +380,83 @@ def test_cli_table_json_and_csv(tmp_path):
     for row, phase in zip(rows, doc["phases"], strict=True):
         assert row["workload"] == "metadata" and int(row["ops"]) == phase["ops"]
         assert float(row["ops_per_s"]) == pytest.approx(phase["ops_per_s"], abs=1e-3)
+
+
+class _RefusingStore:
+    """A real HTTP front of the S3 fixture that answers DeleteObjects (POST ?delete) with
+    501 NotImplemented, as a store without it does, and passes every other request on."""
+
+    def __init__(self, endpoint: str) -> None:
+        import http.client
+        import http.server
+        import threading
+        import urllib.parse
+
+        target = urllib.parse.urlsplit(endpoint)
+        self.refused = 0
+        front = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _pass(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                query = urllib.parse.urlsplit(self.path).query
+                if self.command == "POST" and "delete" in urllib.parse.parse_qs(query, keep_blank_values=True):
+                    front.refused += 1
+                    answer = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>NotImplemented</Code>"
+                              b"<Message>DeleteObjects is not implemented</Message></Error>")
+                    self.send_response(501)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+                    return
+                upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                upstream.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
+                reply = upstream.getresponse()
+                data = reply.read()
+                self.send_response(reply.status)
+                for name, value in reply.getheaders():
+                    if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                upstream.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.s3
+def test_a_store_refusing_delete_objects_gets_one_delete_per_object(s3):
+    """The probe finds the refusal, says why, and leaves no probe object behind; on the
+    fixture itself it finds DeleteObjects working."""
+    from mpibench.backends.s3_pages import make_client, probe_delete_objects
+    from mpibench.config import build_config
+
+    storage = build_config({"workload": "metadata", "storage": {"type": "s3", "root": s3.root}}).storage
+    before = s3.listing()
+    prefix = f"{PREFIX}/probe-{os.getpid()}/"
+    direct = probe_delete_objects(make_client(storage, s3.endpoint, s3.region), s3.bucket, prefix)
+    assert direct["mode"] == "batched" and direct["max_keys"] == 1000
+    front = _RefusingStore(s3.endpoint)
+    try:
+        found = probe_delete_objects(make_client(storage, front.endpoint, s3.region), s3.bucket, prefix)
+    finally:
+        front.close()
+    assert front.refused == 1
+    assert found["mode"] == "single" and found["max_keys"] == 1 and found["method"] == "one DELETE per object"
+    assert "NotImplemented" in found["reason"]
+    assert s3.listing() == before  # the probe objects are gone, nothing else touched

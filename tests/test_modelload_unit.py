@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 
 import ml_dtypes  # noqa: F401  (numpy's bfloat16, which safetensors needs for framework="numpy")
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from conftest import run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from s3fixture import s3_fixture  # noqa: F401
 from safetensors import safe_open
 
 from mpibench.comm import Comm
@@ -194,3 +196,54 @@ def test_plan_lists_each_ranks_extents(tmp_path):
     o_proj = [e for e in ranks[1]["extents"] if e["tensor"].endswith("o_proj.weight")]
     assert ranks[0]["tensor_bytes"] == ranks[1]["tensor_bytes"]
     assert all(e["count"] > 1 and e["stride"] == 2 * e["length"] for e in o_proj)  # one half of every row
+
+
+@pytest.mark.s3
+def test_s3_objects_fetch_each_shard_in_one_get_per_load(s3, tmp_path):
+    """modelload.s3_fetch=objects on the real S3 server, through a recording gateway: every
+    rank GETs each shard whole exactly once per load (no ranged pieces, no HEAD before it)."""
+    from test_s3 import Forwarder
+
+    root = f"{s3.root}/modelload-objects"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"workload": "modelload", "storage": {"type": "s3", "root": root},
+                               "dataset": {"name": "m", "format": "safetensors"},
+                               "modelload": {**QUICK, "s3_fetch": "objects", "layout": "tensor_parallel"}}))
+    model = model_files("llama3-8b", 0.002, 16 * 10**6)
+    gateway = Forwarder(s3.endpoint)
+    try:
+        done = run_cli(1, "run", str(cfg), "workload=datagen", env=s3.cli_env(), timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        output = tmp_path / "r.json"
+        done = run_cli(2, "run", str(cfg), f"storage.endpoint={gateway.endpoint}", "--output", str(output),
+                       env=s3.cli_env(), timeout=180)
+        assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        gateway.close()
+        s3.delete(list(s3.listing(f"{root[len('s3://'):].split('/', 1)[1]}/")))
+    doc = json.loads(output.read_text())
+    loads = len(doc["phases"])
+    assert [p["name"] for p in doc["phases"]] == ["cold_load", "warm_load"]
+    for phase in doc["phases"]:  # each rank: every shard, one read each
+        assert phase["bytes"] == 2 * model.file_bytes and phase["ops"] == 2 * len(model.shards)
+    requests = [(method, path.partition("?")[0]) for method, path, _ in gateway.requests]
+    gets = Counter(path.rsplit("/", 1)[-1] for method, path in requests
+                   if method == "GET" and path.endswith(".safetensors"))
+    heads = Counter(path.rsplit("/", 1)[-1] for method, path in requests
+                    if method == "HEAD" and path.endswith(".safetensors"))
+    assert gets == {s.name: 2 * loads for s in model.shards}  # 2 ranks x (cold, warm)
+    assert heads == {s.name: 1 for s in model.shards}  # rank 0's preflight size check only, none in a load
+
+
+@pytest.mark.s3
+def test_s3_objects_refuses_a_shard_that_does_not_fit_in_memory(s3, tmp_path):
+    """The shard-sized buffer of s3_fetch=objects is in the memory preflight: one line, the fix."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"workload": "modelload", "storage": {"type": "s3", "root": s3.root},
+                               "dataset": {"name": "m", "format": "safetensors"},
+                               "modelload": {"model": "llama3-405b", "scale": 1.0, "shard_size": "100TB",
+                                             "s3_fetch": "objects"}}))
+    done = run_cli(1, "run", str(cfg), env=s3.cli_env(), timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert "the largest shard" in done.stderr and "use modelload.s3_fetch=ranges" in done.stderr

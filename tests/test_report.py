@@ -32,6 +32,9 @@ from mpibench.reporting import (
     stragglers,
     summary_text,
 )
+from mpibench.results import load_results
+from mpibench.schema import validate_document
+from mpibench.schema_versions import SCHEMA_VERSION, migrate
 from mpibench.units import MiB
 
 QUICK = os.path.join(CONFIGS, "quickstart.yaml")
@@ -255,6 +258,16 @@ def unsynced_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
                      "bandwidth.cache=warm", "bandwidth.iterations=1")
 
 
+def as_v1(document: dict) -> dict:
+    """The document as schema version 1 wrote it: no storage traits recorded (readers then
+    derived them from config.storage.type); the loader migrates it (schema_versions.migrate)."""
+    old = copy.deepcopy(document)
+    old["schema_version"] = 1
+    for key in ("kernel_counted", "object_store", "uploads_at_close"):
+        old["environment"]["backend"].pop(key, None)
+    return old
+
+
 def cache_rows(text: str) -> dict[str, list[str]]:
     """The rows of the report's cache table by phase name (cells split on runs of spaces)."""
     table = text.split("\nCache;")[1].split("\n\n")[0].splitlines()
@@ -280,11 +293,14 @@ def test_write_without_fsync_is_not_reported_as_reaching_storage(unsynced_path):
     assert row[6] != "100%"
     assert "no fsync" in row[-1]
     assert "kernel written" in text and "storage written" not in text
-    # A file written before the flag existed gets the same warning from the report.
-    legacy = copy.deepcopy(document)
+    # A version-1 file written before the flag existed gets the same warning when loaded.
+    legacy = as_v1(document)
     for phase in legacy["phases"]:
         if phase["name"] == "write":
             phase["cache"] = {"state": "buffered", "method": "page cache"}
+    legacy = migrate(legacy)
+    assert legacy["migrated_from"] == 1
+    validate_document(legacy)
     assert "write phase on local_fs without fsync" in summary_text(legacy)
     assert "write phase on local_fs without fsync" in phase_table(legacy)
 
@@ -311,9 +327,9 @@ def test_reached_counts_the_phase_direction(unsynced_path):
     read["storage_bytes"] = {"read_bytes": read["bytes"] // 4, "write_bytes": read["bytes"]}
     assert cache_rows(summary_text(document))["read"][6] == "25%"
     # Network I/O is not counted by the kernel: "-".
-    remote = copy.deepcopy(document)
+    remote = as_v1(document)  # a version-1 file: what s3 means comes from its storage type
     remote["config"]["storage"]["type"] = "s3"
-    assert cache_rows(summary_text(remote))["read"][6] == "-"
+    assert cache_rows(summary_text(migrate(remote)))["read"][6] == "-"
 
 
 @pytest.fixture(scope="module")
@@ -353,7 +369,8 @@ def test_report_prints_the_train_and_datagen_headlines(train_runs):
 
 
 def test_s3_header_and_upload_note(unsynced_path):
-    document = json.loads(unsynced_path.read_text())
+    written = as_v1(json.loads(unsynced_path.read_text()))  # as a version-1 file on S3 looked
+    document = written
     document["config"]["storage"].update(type="s3", root="s3://bench/mpibench")
     document["environment"]["filesystem"] = {"fstype": "s3", "source": "http://127.0.0.1:9000",
                                              "mount": "s3://bench"}
@@ -362,6 +379,8 @@ def test_s3_header_and_upload_note(unsynced_path):
     for phase in document["phases"]:
         phase["cache"] = {"state": "direct", "method": "s3"}  # as files written before "object" were
         phase.pop("fsync", None) if phase["name"] == "read" else None
+    document = migrate(written)
+    validate_document(document)
     header = run_header(document)
     assert "endpoint http://127.0.0.1:9000, bucket bench" in header
     assert "alignment" not in header and "fsync" not in header and " on None" not in header
@@ -372,5 +391,62 @@ def test_s3_header_and_upload_note(unsynced_path):
     assert "note: write: S3 multipart upload" in text and "note: read" not in text
     assert cache_rows(text)["write"][2] == "object"
     # One object per transfer: each write is a PUT, its latency is the request's.
-    document["config"]["bandwidth"]["object_size"] = document["config"]["bandwidth"]["transfer_size"]
-    assert "multipart" not in phase_table(document)
+    written["config"]["bandwidth"]["object_size"] = written["config"]["bandwidth"]["transfer_size"]
+    assert "multipart" not in phase_table(migrate(written))
+
+
+def test_a_version_1_file_loads_in_report_and_compare(tmp_path, unsynced_path):
+    """A file as schema version 1 wrote it (storage traits not recorded, the page-cache
+    warning not in the phase, queue depth under bandwidth.io_depth) is migrated on load:
+    report and compare read it as the current version, with the same warnings."""
+    current = json.loads(unsynced_path.read_text())
+    old = as_v1(current)
+    io = old["config"].pop("io")
+    old["config"]["bandwidth"].update(io_depth=io["depth"], io_engine=io["engine"])
+    for phase in old["phases"]:
+        for key in ("warning", "device_write_bytes"):
+            (phase.get("cache") or {}).pop(key, None)
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(old))
+    loaded = load_results(str(path))
+    assert loaded["schema_version"] == SCHEMA_VERSION and loaded["migrated_from"] == 1
+    assert loaded["config"]["io"] == io and "io_depth" not in loaded["config"]["bandwidth"]
+    assert loaded["environment"]["backend"]["kernel_counted"] is True
+    validate_document(loaded)
+    done = run_cli(0, "report", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "write phase on local_fs without fsync" in done.stdout
+    done = run_cli(0, "compare", str(path), str(unsynced_path))
+    assert done.returncode == 0, done.stderr
+    assert "config of B differs" not in done.stdout  # io_depth and io.depth are one key once migrated
+
+
+def test_modelload_files_give_cold_vs_warm_per_reader(tmp_path_factory, tmp_path):
+    """`mpibench report` of real 2-rank modelload results, one per reader: one cold-vs-warm
+    table per reader across them (medians recomputed from each file's loads) and the figure;
+    a file that is not a modelload result is refused in one line."""
+    config = os.path.join(CONFIGS, "llama3-8b-load-quick.yaml")
+    once = "modelload.iterations=1"
+    paths, _ = workload_runs(tmp_path_factory, "modelload-readers",
+                             (config, "workload=datagen", "storage.type=direct_fs"),
+                             (config, "modelload.reader=mmap", once), (config, "modelload.reader=read", once),
+                             (config, "storage.type=direct_fs", once))
+    files = [str(p) for p in paths[1:]]
+    done = run_cli(0, "report", *files, "--png", str(tmp_path / "png"), "--html", str(tmp_path / "r.html"))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    readers = [line.removeprefix("reader ") for line in lines if line.startswith("reader ")]
+    assert readers == ["mmap (private) on local_fs", "read on local_fs", "direct on direct_fs"]
+    for path in files:
+        doc = json.loads(Path(path).read_text())
+        for row in doc["modelload"]["loads"]:
+            [line] = [ln for ln in lines if ln.startswith(row["load"]) and ln.endswith(f"{os.path.basename(path)})")]
+            assert line.split()[1:3] == ["1", f"{row['bandwidth_GBps']:.3f}"]
+    assert sum("served from memory 1/1" in line for line in lines) == 2  # mmap and read: the page cache
+    assert sum("served from memory 0/1" in line for line in lines) == 1  # direct: the device again
+    assert (tmp_path / "png" / "modelload_readers.png").read_bytes().startswith(PNG_SIGNATURE)
+    page = (tmp_path / "r.html").read_text()
+    assert "modelload: cold vs warm per reader" in page and "data:image/png;base64," in page
+    done = run_cli(0, "report", files[0], str(paths[0]))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "is not a modelload result" in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -26,8 +26,8 @@ from s3fixture import PREFIX, assert_untouched, s3_fixture  # noqa: F401
 
 from mpibench.backends.s3 import (
     S3Backend,
+    check_access,
     check_bucket,
-    check_workload,
     classify,
     configured_endpoints,
     credential_source,
@@ -40,6 +40,7 @@ from mpibench.buffers import KEEP_HEAP
 from mpibench.config import StorageConfig, build_config
 from mpibench.errors import ConfigError, PreflightError
 from mpibench.s3server import signed_request
+from mpibench.workloads import get_workload
 
 S3_YAML = os.path.join(CONFIGS, "s3.yaml")
 MiB = 2**20
@@ -111,6 +112,11 @@ def test_server_errors_become_one_line():
     assert "\n" not in classify("first line\nsecond line")[0]
 
 
+def check_workload(config):
+    """The S3 backend's refusal of what the workload's access hints ask for."""
+    check_access(get_workload(config.workload).access_hints(config))
+
+
 def test_rules_object_storage_cannot_honour():
     def bw(**bandwidth):
         return build_config({"workload": "bandwidth", "storage": {"type": "s3", "root": "s3://b/p"},
@@ -121,6 +127,7 @@ def test_rules_object_storage_cannot_honour():
     with pytest.raises(ConfigError, match="out of order"):
         check_workload(bw(access="random"))
     check_workload(bw(access="random", object_size=MiB))  # one object per transfer: any order
+    # the backend sees the workload's neutral access hints, never its settings
     with pytest.raises(ConfigError, match="5 MiB"):
         build_config({"storage": {"type": "s3", "root": "s3://b/p", "part_size": "1MiB"}})
     with pytest.raises(ConfigError, match="object_size must divide"):

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from mpibench.backends.base import StoragePlan
 from mpibench.backends.s3dlio_direct import PART_SUFFIX, S3dlioDirectBackend
 from mpibench.comm import Comm
 from mpibench.config import build_config
@@ -53,7 +54,7 @@ def test_bandwidth_through_direct_uri(shared_tmpdir, transfer):
     backend.remove(f"mpibench-{run_id}/bandwidth/rank-{comm.rank:06d}.dat")
     comm.barrier()
     if comm.is_root:
-        S3dlioDirectBackend.undo_preflight(config, f"mpibench-{run_id}", True)
+        S3dlioDirectBackend.undo(config, StoragePlan(run_key=f"mpibench-{run_id}", created_root=True))
         assert not os.path.exists(root)
     comm.barrier()
 

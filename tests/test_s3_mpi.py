@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 from s3fixture import PREFIX, S3Server, assert_untouched, s3_fixture  # noqa: F401
 
+from mpibench.backends.base import StoragePlan
 from mpibench.backends.s3 import S3Backend
 from mpibench.comm import Comm
 from mpibench.config import build_config
@@ -57,7 +58,7 @@ def finish_kept_run(comm: Comm, s3: S3Server, config, doc: dict | None) -> None:
     """Delete a keep_files run's objects the way the end of a run does (rank 0)."""
     if comm.is_root:
         assert doc is not None
-        S3Backend.undo_preflight(config, f"mpibench-{doc['run_id']}", False)
+        S3Backend.undo(config, StoragePlan(run_key=f"mpibench-{doc['run_id']}"))
     comm.barrier()
 
 

@@ -51,7 +51,7 @@ def test_top_level_is_open_but_core_keys_required(document):
         with pytest.raises(ResultsError, match=f"'{key}' is a required property"):
             validate_document(broken)
     with pytest.raises(ResultsError, match="schema_version"):
-        validate_document(dict(document, schema_version=2))
+        validate_document(dict(document, schema_version=SCHEMA_VERSION + 1))
 
 
 def test_errors_name_the_place(document):
@@ -110,3 +110,17 @@ def test_cache_device_write_bytes(document):
     flagged["phases"][0]["cache"]["device_write_bytes"] = -1
     with pytest.raises(ResultsError, match="phases/0/cache"):
         validate_document(flagged)
+
+
+def test_every_version_has_its_history_and_a_migration():
+    """schema_versions.py and docs/results.md name every version; each older one has the
+    migration the loader applies to reach the next."""
+    from pathlib import Path
+
+    from mpibench.schema_versions import HISTORY, MIGRATIONS
+
+    assert sorted(HISTORY) == list(range(1, SCHEMA_VERSION + 1))
+    assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION))
+    table = (Path(__file__).resolve().parent.parent / "docs" / "results.md").read_text(encoding="utf-8")
+    for version in HISTORY:
+        assert f"\n| {version} | " in table

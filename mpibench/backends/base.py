@@ -1,9 +1,22 @@
-"""The one seam between the driver and the storage: a small Backend protocol.
+"""The one seam between the driver and the storage: the Backend protocol.
 
-The driver never knows which storage it talks to. A backend resolves keys (paths
-relative to the storage root, always inside the run directory or dataset folder) and
-moves bytes between page-aligned buffers and storage, returning the bytes it really
-moved. Errors are raised as BenchIOError carrying the path, offset and errno.
+The driver never knows which storage it talks to (as IOR's ior_aiori_t, fio's
+ioengine_ops). A backend class owns its whole life in a run:
+
+- rank 0: `preflight(...)` checks the storage and creates the run's directory or prefix,
+  returning a frozen StoragePlan that every rank receives; `undo(config, plan)` removes
+  what the preflight made;
+- every rank: `for_rank(config, plan, layout, hints, in_flight)` builds the rank's
+  instance (thread sizing, endpoint assignment); `default_io_depth(layout)` sizes
+  `io.depth: auto`;
+- during phases the instance resolves keys (paths relative to the storage root, always
+  inside the run directory or dataset folder) and moves bytes between page-aligned
+  buffers and storage, returning the bytes it really moved; errors are BenchIOError
+  carrying the path, offset and errno; `cache_state` says what a phase's figures mean.
+
+Workloads describe their access to it with neutral AccessHints; a backend never reads a
+workload's settings. Every method has a default, so a new backend overrides only what
+its storage does differently.
 """
 
 from __future__ import annotations
@@ -11,11 +24,58 @@ from __future__ import annotations
 import errno as errno_mod
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mpibench.config import StorageConfig
 from mpibench.errors import BenchIOError
+
+if TYPE_CHECKING:
+    from mpibench.comm import NodeLayout
+    from mpibench.config import Config
+
+#: a phase's cache record where nothing is cached on the client: set by the backend
+CacheRecord = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AccessHints:
+    """How a workload will use the storage, in the storage's own terms (no workload names).
+
+    shared_file: several ranks write one file; random_writes: writes land out of order;
+    transfer_size: the bytes of one I/O; object_size: split each rank's block of
+    block_size bytes into pieces of this size (object stores; None: one per file);
+    unit: what one file is to the workload (for the records: "file", "shard", ...).
+    """
+
+    shared_file: bool = False
+    random_writes: bool = False
+    transfer_size: int = 0
+    block_size: int = 0
+    object_size: int | None = None
+    unit: str = "file"
+
+
+@dataclass(frozen=True)
+class StoragePlan:
+    """What a backend's preflight checked and created (rank 0), broadcast to every rank.
+
+    `record`: what the results document records about the storage (environment.backend);
+    `endpoints`: the endpoints the ranks are spread over (object stores; empty elsewhere).
+    """
+
+    run_key: str
+    checks: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    alignment: int = 1
+    alignment_source: str = "none"
+    free_bytes: int | None = None
+    filesystem: Mapping[str, str] = field(default_factory=dict)
+    created_root: bool = False
+    created_dirs: tuple[str, ...] = ()  # made by the preflight, deepest first
+    record: Mapping[str, Any] = field(default_factory=dict)
+    endpoints: tuple[str, ...] = ()
 
 
 def io_error(op: str, path: str, exc: BaseException, offset: int | None = None) -> BenchIOError:
@@ -59,13 +119,70 @@ class Backend(ABC):
     name: ClassVar[str] = "abstract"
     #: True when reads bypass any client cache (O_DIRECT, object GETs).
     direct: ClassVar[bool] = False
-    #: True when write_at may be called at any offset (false: sequential appends only).
-    random_write: ClassVar[bool] = True
+    #: True when handles are file descriptors of this process (fd_for): io_uring can drive them.
+    file_descriptors: ClassVar[bool] = False
+    #: True when the kernel's /proc/self/io counts this storage's bytes (local files).
+    kernel_counted: ClassVar[bool] = False
+    #: The preflight's checks, as `mpibench plan` lists them before any I/O.
+    preflight_checks: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, storage: StorageConfig) -> None:
         self.storage = storage
         #: required alignment of buffers, offsets and lengths (1: none)
         self.alignment = 1
+        #: True when write_at may be called at any offset (false: sequential appends only)
+        self.random_write = True
+
+    # -- the run's life: rank 0's preflight, every rank's instance -------------------------
+    @classmethod
+    def preflight(cls, config: Config, run_key: str, planned_bytes: int, layout: NodeLayout,
+                  hints: AccessHints, threads: int) -> StoragePlan:
+        """Rank 0, before any benchmark I/O: check the storage, create the run's place in it."""
+        return StoragePlan(run_key=run_key)
+
+    @classmethod
+    def undo(cls, config: Config, plan: StoragePlan) -> None:
+        """Rank 0: remove what `preflight` created (at the end of the run, or when it fails)."""
+
+    @classmethod
+    def runtime_threads(cls, config: Config, layout: NodeLayout, in_flight: int) -> int:
+        """A client library's worker threads per rank (storage.threads; auto: the node's
+        usable CPUs over its ranks). `in_flight`: the workload's requests in flight per rank."""
+        if config.storage.threads != "auto":
+            return int(config.storage.threads)
+        return max(1, layout.node_cpus() // max(1, layout.local_size))
+
+    @classmethod
+    def default_io_depth(cls, layout: NodeLayout) -> int:
+        """io.depth auto: the I/Os a rank keeps in flight (the node's usable CPUs over its
+        ranks, at most 16)."""
+        return max(1, min(16, layout.node_cpus() // max(1, layout.local_size)))
+
+    @classmethod
+    def io_depth_reason(cls, cpus: int, ranks: int) -> str:
+        """Why default_io_depth is what it is (recorded in auto_choices)."""
+        return f"{cpus} usable CPUs on the node / {ranks} rank(s) on it (1 to 16)"
+
+    @classmethod
+    def for_rank(cls, config: Config, plan: StoragePlan, layout: NodeLayout, hints: AccessHints,
+                 in_flight: int) -> Backend:
+        """Every rank: its own instance for the run (after the preflight's plan)."""
+        backend = cls(config.storage)
+        backend.alignment = plan.alignment
+        return backend
+
+    def cache_state(self) -> CacheRecord | None:
+        """A phase's cache record where this storage decides it (no client cache: direct,
+        object, none); None where a client page cache sits in between, whose state
+        (buffered, warm, cold) the workload decides, evicting as it needs."""
+        if self.direct:
+            return {"state": "direct", "method": self.name}
+        return None
+
+    def begin(self, step: str, rank: int) -> None:
+        """The run's steps, as this rank reaches them: "start" (its context is set up),
+        "preflight" (rank 0, once the run's place exists), then each phase's name before its
+        start barrier. Nothing to do for a storage; a wrapper (backends/faulty.py) acts on it."""
 
     # -- files --------------------------------------------------------------------------
     @abstractmethod
@@ -80,7 +197,7 @@ class Backend(ABC):
     def read_at(self, handle: Any, buf: memoryview, offset: int) -> int:
         """Read up to len(buf) bytes at `offset`; return the bytes read (fewer at end of file)."""
 
-    def writer(self, handle: Any, view: memoryview) -> Any:
+    def writer(self, handle: Any, view: memoryview) -> Callable[[int], int]:
         """A function offset -> bytes written from `view` (the engine's hot path).
 
         It may write fewer bytes than len(view) (the engine finishes with write_at) and
@@ -88,7 +205,7 @@ class Backend(ABC):
         """
         return lambda offset: self.write_at(handle, view, offset)
 
-    def reader(self, handle: Any, view: memoryview, keep: bool = True) -> Any:
+    def reader(self, handle: Any, view: memoryview, keep: bool = True) -> Callable[[int], int]:
         """A function offset -> bytes read into `view` (short reads and OSError as for writer).
 
         keep=False: the caller never looks at the bytes (no verification), so a backend
@@ -96,8 +213,9 @@ class Backend(ABC):
         """
         return lambda offset: self.read_at(handle, view, offset)
 
-    def fileno(self, handle: Any) -> int | None:
-        """The file descriptor behind a handle, for io_uring; None when there is none."""
+    def fd_for(self, handle: Any) -> int | None:
+        """The file descriptor behind a handle (file_descriptors backends), for io_uring; None
+        when there is none."""
         return None
 
     def fsync(self, handle: Any) -> None:
@@ -144,9 +262,15 @@ class Backend(ABC):
         """A human-readable location of `key` for messages."""
         return key
 
+    def local_root(self) -> str | None:
+        """A local directory whose block device's counters describe this storage's I/O
+        (read around each phase), or None where the storage is not a local file system."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """What results record about this backend."""
-        return {"backend": self.name, "direct": self.direct, "alignment": self.alignment}
+        return {"backend": self.name, "direct": self.direct, "alignment": self.alignment,
+                "kernel_counted": self.kernel_counted}
 
     # -- whole objects --------------------------------------------------------------------
     def put(self, key: str, buf: memoryview, fsync: bool = False) -> int:
@@ -219,9 +343,19 @@ class Backend(ABC):
         """Remove entry `name` (a missing one is an error unless missing_ok)."""
         self.remove(f"{handle}/{name}")
 
-    def list_in(self, handle: Any) -> Iterator[list[str]]:
-        """The names in the directory, page by page, as the storage hands them out."""
+    def list_in(self, handle: Any, page: int) -> Iterator[list[str]]:
+        """The names in the directory, pages of up to `page` names as the storage hands them out."""
         raise NotImplementedError(f"{self.name} cannot list")
+
+    def probe_batch_delete(self, key: str) -> dict[str, Any] | None:
+        """Rank 0, before the run: whether entries can be removed many per request below `key`
+        ({"mode": "batched" or "single", "max_keys", "method", "reason"}); None: never."""
+        return None
+
+    def unlink_many_in(self, handle: Any, names: list[str]) -> None:
+        """Remove the entries `names` (at most probe_batch_delete's max_keys) in one request."""
+        for name in names:
+            self.unlink_in(handle, name)
 
     def where_in(self, handle: Any, name: str) -> str:
         """A human-readable location of entry `name` for messages."""

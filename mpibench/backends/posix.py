@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import errno
 import functools
 import json
@@ -11,10 +12,10 @@ import os
 import socket
 import time
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mpibench import environment
-from mpibench.backends.base import Backend, io_error
+from mpibench.backends.base import AccessHints, Backend, StoragePlan, io_error
 from mpibench.backends.posix_metadata import O_DIRECT, PosixMetadataOps
 from mpibench.buffers import aligned_buffer
 from mpibench.config import StorageConfig
@@ -22,6 +23,10 @@ from mpibench.errors import PreflightError
 from mpibench.pagecache import evict_file
 from mpibench.plan import RUN_MARKER
 from mpibench.units import format_size
+
+if TYPE_CHECKING:
+    from mpibench.comm import NodeLayout
+    from mpibench.config import Config
 
 #: kernel interfaces that look like directories but are no storage (statvfs says 0 B free)
 PSEUDO_FILESYSTEMS = frozenset({
@@ -78,6 +83,13 @@ class PosixBackend(PosixMetadataOps, Backend):
 
     name = "posix"
     open_flags = 0
+    file_descriptors = True
+    kernel_counted = True
+    preflight_checks: ClassVar[tuple[str, ...]] = (
+        "storage.root exists and is a writable directory (the leaf is created if its parent exists)",
+        "free space covers the planned bytes",
+        "the I/O buffers of a node's ranks fit in its available memory (MemAvailable or the cgroup's limit)",
+        "the run directory mpibench-<run_id> does not exist yet, and is created")
 
     def __init__(self, storage: StorageConfig, alignment: int = 1) -> None:
         super().__init__(storage)
@@ -92,6 +104,9 @@ class PosixBackend(PosixMetadataOps, Backend):
     def path_of(self, key: str) -> str:
         # os.path.join(root, key) without its per-call checks (a loader names every file)
         return key if key.startswith("/") else self._prefix + key
+
+    def local_root(self) -> str | None:
+        return self.root
 
     # -- preflight (rank 0 only) -------------------------------------------------------------
     @classmethod
@@ -160,17 +175,18 @@ class PosixBackend(PosixMetadataOps, Backend):
                 "filesystem": environment.filesystem_of(root), "checks": checks}
 
     @classmethod
-    def preflight_storage(cls, config: Any, run_key: str, planned_bytes: int, layout: Any,
-                          threads: int) -> dict[str, Any]:
+    def preflight(cls, config: Config, run_key: str, planned_bytes: int, layout: NodeLayout,
+                  hints: AccessHints, threads: int) -> StoragePlan:
         """Rank 0: check the root, create the run directory and its marker, probe O_DIRECT."""
         found = cls.preflight_root(config.storage, planned_bytes)
+        created = tuple(found["created_dirs"])
         run_dir = os.path.join(found["root"], run_key)
         try:
             limit = os.pathconf(found["root"], "PC_PATH_MAX")
         except (OSError, ValueError):
             limit = 4096
         if len(os.fsencode(run_dir)) + RUN_PATH_ROOM >= limit:
-            cls.remove_created(found["created_dirs"])
+            cls.remove_created(created)
             raise PreflightError(
                 f"run directory {run_dir} is {len(os.fsencode(run_dir))} bytes long: with the run's own "
                 f"file names its paths would pass the system's limit of {limit} bytes (PATH_MAX)",
@@ -178,7 +194,7 @@ class PosixBackend(PosixMetadataOps, Backend):
         try:
             os.mkdir(run_dir, 0o755)
         except OSError as exc:
-            cls.remove_created(found["created_dirs"])  # the run directory is not ours: left alone
+            cls.remove_created(created)  # the run directory is not ours: left alone
             if isinstance(exc, FileExistsError):
                 raise PreflightError(
                     f"run directory {run_dir} already exists",
@@ -186,6 +202,10 @@ class PosixBackend(PosixMetadataOps, Backend):
                 ) from None
             raise PreflightError(f"cannot create run directory {run_dir}: {exc.strerror}",
                                  _mkdir_hint(exc)) from None
+        plan = StoragePlan(run_key=run_key, free_bytes=found["free_bytes"], filesystem=found["filesystem"],
+                           created_root=found["created_root"], created_dirs=created,
+                           alignment_source="buffered I/O")
+        checks = list(found["checks"])
         try:
             try:
                 with open(os.path.join(run_dir, RUN_MARKER), "x", encoding="utf-8") as marker:
@@ -194,17 +214,15 @@ class PosixBackend(PosixMetadataOps, Backend):
             except OSError as exc:
                 raise PreflightError(f"cannot create the run marker in {run_dir}: {exc.strerror}",
                                      _mkdir_hint(exc)) from None
-            found["checks"].append(f"created run directory {run_dir}")
+            checks.append(f"created run directory {run_dir}")
             if cls.direct:
                 alignment, source = cls.probe_alignment(run_dir)
-                found["alignment"], found["alignment_source"] = alignment, source
-                found["checks"].append(f"O_DIRECT works in {run_dir}; alignment {alignment} bytes ({source})")
-            else:
-                found["alignment"], found["alignment_source"] = 1, "buffered I/O"
+                plan = dataclasses.replace(plan, alignment=alignment, alignment_source=source)
+                checks.append(f"O_DIRECT works in {run_dir}; alignment {alignment} bytes ({source})")
         except BaseException:
-            cls.undo_preflight(config, run_key, found["created_root"], found["created_dirs"])
+            cls.undo(config, plan)
             raise
-        return found
+        return dataclasses.replace(plan, checks=tuple(checks))
 
     @staticmethod
     def remove_created(created: Any) -> None:
@@ -216,8 +234,7 @@ class PosixBackend(PosixMetadataOps, Backend):
                 return  # not empty (something else is in it now): it and its parents stay
 
     @classmethod
-    def undo_preflight(cls, config: Any, run_key: str, created_root: bool,
-                       created_dirs: Any = ()) -> None:
+    def undo(cls, config: Config, plan: StoragePlan) -> None:
         """Remove the run directory's empty folders and marker, and the root leaf (with the
         parents storage.create_parents made) if we made it.
 
@@ -225,6 +242,7 @@ class PosixBackend(PosixMetadataOps, Backend):
         link that is not the run's own keeps its directory, and a warning says so.
         """
         root = cls(config.storage).root
+        run_key = plan.run_key
         run_dir = os.path.join(root, run_key)
         marker = os.path.join(run_dir, RUN_MARKER)
         if os.path.isdir(run_dir) and not os.path.islink(run_dir):
@@ -250,8 +268,8 @@ class PosixBackend(PosixMetadataOps, Backend):
                 warnings.warn(f"run directory {run_dir} kept: it holds entries the run did not create "
                               f"or could not remove: {leftovers}",
                               stacklevel=2)
-        if created_root:
-            cls.remove_created(list(created_dirs) or [root])
+        if plan.created_root:
+            cls.remove_created(list(plan.created_dirs) or [root])
 
     @classmethod
     def probe_alignment(cls, directory: str) -> tuple[int, str]:
@@ -354,7 +372,7 @@ class PosixBackend(PosixMetadataOps, Backend):
         into `view` whatever `keep` says."""
         return functools.partial(os.preadv, handle.fd, [view])
 
-    def fileno(self, handle: _PosixHandle) -> int | None:
+    def fd_for(self, handle: _PosixHandle) -> int | None:
         return handle.fd
 
     def fsync(self, handle: _PosixHandle) -> None:
@@ -477,6 +495,15 @@ class LocalFsBackend(PosixBackend):
     name = "local_fs"
     direct = False
 
+    @classmethod
+    def default_io_depth(cls, layout: NodeLayout) -> int:
+        """One I/O at a time: buffered I/O goes through the page cache, which a queue does not feed."""
+        return 1
+
+    @classmethod
+    def io_depth_reason(cls, cpus: int, ranks: int) -> str:
+        return "local_fs goes through the page cache, which absorbs writes and reads ahead: one I/O in flight"
+
 
 class DirectFsBackend(PosixBackend):
     """O_DIRECT I/O: aligned buffers, offsets and lengths; no page cache."""
@@ -484,6 +511,9 @@ class DirectFsBackend(PosixBackend):
     name = "direct_fs"
     direct = True
     open_flags = O_DIRECT
+    preflight_checks = (*PosixBackend.preflight_checks,
+                        "O_DIRECT opens and transfers in the run directory; sizes are multiples of the "
+                        "direct-I/O alignment (statx STATX_DIOALIGN, else the logical block size, else 4096)")
 
     def evict(self, key: str, *, synced: bool = False) -> bool:
         return True

@@ -24,18 +24,23 @@ goes out straight from our aligned buffer with no bounce copy.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import os
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import s3dlio
 
-from mpibench.backends.base import Backend, io_error
+from mpibench.backends.base import AccessHints, Backend, StoragePlan, io_error
 from mpibench.backends.posix import DirectFsBackend
 from mpibench.buffers import keep_freed_heap
 from mpibench.config import StorageConfig
 from mpibench.errors import BenchIOError, ConfigError
+
+if TYPE_CHECKING:
+    from mpibench.comm import NodeLayout
+    from mpibench.config import Config
 
 PART_SUFFIX = ".part"
 
@@ -100,7 +105,7 @@ class S3dlioDirectBackend(DirectFsBackend):
 
     name = "s3dlio_direct"
     direct = True
-    random_write = True  # every write is its own whole-file put
+    file_descriptors = False  # every write is its own whole-file put through s3dlio
 
     # The native backend's per-call fast paths use file descriptors; ours go through s3dlio.
     writer = Backend.writer
@@ -111,7 +116,7 @@ class S3dlioDirectBackend(DirectFsBackend):
         configure_threads(threads)
 
     def describe(self) -> dict[str, Any]:
-        from mpibench.backends.s3 import library_version
+        from mpibench.backends.s3_client import library_version
 
         return {**super().describe(), "library": "s3dlio", "library_version": library_version(),
                 "uri_scheme": "direct://", "malloc": keep_freed_heap(),
@@ -119,23 +124,27 @@ class S3dlioDirectBackend(DirectFsBackend):
                 "layout": "one write: one file; several writes: a folder of one file per write"}
 
     @classmethod
-    def preflight_storage(cls, config: Any, run_key: str, planned_bytes: int, layout: Any,
-                          threads: int) -> dict[str, Any]:
+    def preflight(cls, config: Config, run_key: str, planned_bytes: int, layout: NodeLayout,
+                  hints: AccessHints, threads: int) -> StoragePlan:
         """The native direct_fs checks (root, free space, our own O_DIRECT probe), plus ours."""
-        if config.workload == "bandwidth" and config.bandwidth.file_mode == "shared":
-            raise ConfigError("bandwidth.file_mode=shared is not possible with storage.library=s3dlio: "
+        if hints.shared_file:
+            raise ConfigError("a shared file is not possible with storage.library=s3dlio: "
                               "direct:// writes whole files, so ranks cannot share one",
                               "use bandwidth.file_mode=per_rank, or storage.library=native")
-        found = super().preflight_storage(config, run_key, planned_bytes, layout, threads)
-        found["checks"].append("s3dlio direct:// puts whole files from page-aligned buffers whose sizes are "
-                               f"multiples of {found['alignment']} bytes (no bounce copy)")
-        found.setdefault("backend", {})["library"] = "s3dlio"
-        return found
+        plan = super().preflight(config, run_key, planned_bytes, layout, hints, threads)
+        return dataclasses.replace(
+            plan, record={**plan.record, "library": "s3dlio"},
+            checks=(*plan.checks, "s3dlio direct:// puts whole files from page-aligned buffers whose sizes "
+                    f"are multiples of {plan.alignment} bytes (no bounce copy)"))
 
     @classmethod
-    def rank_options(cls, config: Any, info_backend: dict[str, Any], layout: Any, threads: int) -> dict[str, Any]:
-        """s3dlio runtime threads per rank (run.resolve_threads)."""
-        return {"threads": threads}
+    def for_rank(cls, config: Config, plan: StoragePlan, layout: NodeLayout, hints: AccessHints,
+                 in_flight: int) -> Backend:
+        """The rank's instance with s3dlio's runtime threads (runtime_threads)."""
+        return cls(config.storage, plan.alignment, cls.runtime_threads(config, layout, in_flight))
+
+    def fd_for(self, handle: Any) -> int | None:
+        return None  # s3dlio opens its own files
 
     def _uri(self, path: str) -> str:
         return "direct://" + path
@@ -164,7 +173,7 @@ class S3dlioDirectBackend(DirectFsBackend):
             return _ReadHandle(path, size, offsets, sizes, paths)
         return _ReadHandle(path, st.st_size)
 
-    def write_at(self, handle: _WriteHandle, buf: memoryview, offset: int) -> int:
+    def write_at(self, handle: Any, buf: memoryview, offset: int) -> int:
         with handle.cond:
             if handle.mode is None and offset == 0:
                 handle.mode = "plain"
@@ -206,7 +215,7 @@ class S3dlioDirectBackend(DirectFsBackend):
             raise io_error("make parts folder", path, exc) from None
         handle.mode = "parts"
 
-    def truncate(self, handle: _WriteHandle, size: int) -> None:
+    def truncate(self, handle: Any, size: int) -> None:
         """Cut the file (the padding of an O_DIRECT write) to `size` bytes."""
         try:
             if handle.mode == "plain":
@@ -222,7 +231,7 @@ class S3dlioDirectBackend(DirectFsBackend):
         except OSError as exc:
             raise io_error("truncate", handle.path, exc) from None
 
-    def fsync(self, handle: _WriteHandle) -> None:
+    def fsync(self, handle: Any) -> None:
         """fsync every file written through the handle (and the parts folder)."""
         targets = sorted(handle.unsynced)
         if handle.mode == "parts":
@@ -242,7 +251,7 @@ class S3dlioDirectBackend(DirectFsBackend):
         pass  # every put already completed
 
     # -- reading -----------------------------------------------------------------------------
-    def read_at(self, handle: _ReadHandle, buf: memoryview, offset: int) -> int:
+    def read_at(self, handle: Any, buf: memoryview, offset: int) -> int:
         if handle.offsets is None:
             return self._read_range(handle.path, buf, offset, handle.size)
         done = 0

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mpibench.backends.base import io_error
+from mpibench.backends.base import AccessHints, io_error
 from mpibench.buffers import DataPattern, buffer_footprint
 from mpibench.choices import fallocate
 from mpibench.config import Config
@@ -71,6 +72,12 @@ class BandwidthWorkload(Workload):
         if config.bandwidth.object_size == config.bandwidth.transfer_size:
             return io_depth
         return super().requests_in_flight(config, io_depth)
+
+    def access_hints(self, config: Config) -> AccessHints:
+        """A shared file or one per rank, in order or at random, split into objects or not."""
+        bw = config.bandwidth
+        return AccessHints(shared_file=bw.file_mode == "shared", random_writes=bw.access == "random",
+                           transfer_size=bw.transfer_size, block_size=bw.block_size, object_size=bw.object_size)
 
     def check(self, config: Config, size: int, alignment: int) -> None:
         bw = config.bandwidth
@@ -149,8 +156,8 @@ class BandwidthWorkload(Workload):
                 comm.barrier()  # every writer has closed its file before anyone evicts
                 evicted = ctx.backend.evict(ctx.key(theirs.key))
             phase = ctx.phase("read", iteration,
-                              lambda rec, offsets=read_offsets: self._one_file(
-                                  ctx, rec, "read", theirs.key, theirs.offset, offsets, read_pattern),
+                              functools.partial(self._one_file, ctx, op="read", key=theirs.key, base=theirs.offset,
+                                                offsets=read_offsets, pattern=read_pattern),
                               expected_bytes=bw.block_size * comm.size,
                               cache=dict(cache, evicted=evicted) if evicted is not None else cache,
                               file_mode=bw.file_mode, transfer_size=bw.transfer_size,
@@ -186,13 +193,15 @@ class BandwidthWorkload(Workload):
             ctx.backend.sync_filesystem()
 
     def _write_cache(self, ctx: RunContext) -> dict[str, Any]:
-        if ctx.backend.direct:
-            return {"state": "direct", "method": ctx.backend.name}
+        own = ctx.backend.cache_state()
+        if own is not None:
+            return own
         return {"state": "buffered", "method": "page cache" + (", fsync before close" if ctx.config.bandwidth.fsync else "")}
 
     def _cache_state(self, ctx: RunContext) -> dict[str, Any]:
-        if ctx.backend.direct:
-            return {"state": "direct", "method": ctx.backend.name}
+        own = ctx.backend.cache_state()
+        if own is not None:
+            return own
         if ctx.config.bandwidth.cache == "warm":
             return {"state": "warm", "method": "no eviction: the page cache may serve the reads"}
         return {"state": "cold", "method": "posix_fadvise(POSIX_FADV_DONTNEED) by the reading rank before the phase"}
@@ -261,7 +270,7 @@ def preallocate(ctx: RunContext, key: str, offset: int, length: int) -> None:
     path = backend.path_of(key)
     handle = backend.open(key, "w")
     try:
-        fd = backend.fileno(handle)
+        fd = backend.fd_for(handle)
         try:
             reason = fallocate(fd, offset, length) if fd is not None else "the backend has no file descriptor"
             if reason is None:

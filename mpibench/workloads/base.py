@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from mpibench.backends.base import AccessHints
 from mpibench.config import Config
 
 if TYPE_CHECKING:
@@ -15,6 +16,8 @@ class Workload:
     """The steps every workload provides to the driver (defaults do nothing)."""
 
     name = "abstract"
+    #: True when describe_plan(rank=-1) gives the run's totals (`mpibench plan` shows them)
+    describe_totals = False
     #: preallocates the files it writes when ctx.choices.preallocate says so (mpibench.choices)
     preallocates_writes = False
 
@@ -32,6 +35,12 @@ class Workload:
         gives s3dlio's runtime no more workers than that): by default each of io_depth
         streams may be a multipart upload with storage.parts_in_flight parts on the way."""
         return io_depth * config.storage.parts_in_flight
+
+    def access_hints(self, config: Config) -> AccessHints:
+        """How this workload uses the storage, for the backend's preflight and instance
+        (shared file, random writes, transfer and object size): by default each rank
+        writes its own files front to back."""
+        return AccessHints()
 
     def check(self, config: Config, size: int, alignment: int) -> None:
         """Rank 0: rules that depend on the rank count or the storage's alignment."""

@@ -14,12 +14,14 @@ shards of emulated ranks r, r + size, r + 2 size, ... (round robin).
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mpibench.backends.base import AccessHints
 from mpibench.buffers import DataPattern, buffer_footprint
 from mpibench.config import Config
 from mpibench.context import broadcast_outcome
@@ -113,6 +115,10 @@ class CheckpointWorkload(Workload):
         return (count * buffer_footprint(unit, config.huge_pages),
                 f"checkpoint.transfer_size x (2 x io_depth {io_depth} + 2)",
                 "lower checkpoint.transfer_size or io.depth, or run fewer ranks per node")
+
+    def access_hints(self, config: Config) -> AccessHints:
+        """Each rank writes its own shard files front to back."""
+        return AccessHints(unit="shard")
 
     def check(self, config: Config, size: int, alignment: int) -> None:
         ck = config.checkpoint
@@ -218,7 +224,7 @@ class CheckpointWorkload(Workload):
         for n in range(reads):
             work = ctx.setup(lambda c=n: self._content(ctx, c, theirs, "read"))
             cache = self._evict(ctx, n, theirs)
-            phase = ctx.phase("read", n, lambda rec, w=work, c=n: self._shards(ctx, rec, "read", c, w, verify),
+            phase = ctx.phase("read", n, functools.partial(self._shards, ctx, op="read", n=n, work=work, verify=verify),
                               expected_bytes=total, checkpoint=n, cache=cache, written_by=partner,
                               verified=verify, **meta)
             if phase is not None:
@@ -226,15 +232,17 @@ class CheckpointWorkload(Workload):
             del work
 
     def _write_cache(self, ctx: RunContext) -> dict[str, Any]:
-        if ctx.backend.direct:
-            return {"state": "direct", "method": ctx.backend.name}
+        own = ctx.backend.cache_state()
+        if own is not None:
+            return own
         return {"state": "buffered", "method": "page cache" + (", fsync before close" if ctx.config.checkpoint.fsync
                                                                else ", no fsync")}
 
     def _evict(self, ctx: RunContext, n: int, shards: list[Shard]) -> dict[str, Any]:
         backend = ctx.backend
-        if backend.direct:
-            return {"state": "direct", "method": backend.name}
+        own = backend.cache_state()
+        if own is not None:
+            return own
         evicted = all([backend.evict(shard_key(ctx, n, s)) for s in shards])
         everywhere = bool(ctx.comm.allreduce_min(1 if evicted else 0))
         return {"state": "cold", "evicted": everywhere,

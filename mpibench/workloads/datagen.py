@@ -28,6 +28,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from mpibench.backends.base import AccessHints
 from mpibench.buffers import buffer_footprint
 from mpibench.config import Config
 from mpibench.context import broadcast_outcome
@@ -131,6 +132,10 @@ class DatagenWorkload(Workload):
         return ((3 * producers + 1) * buffer_footprint(size_bound(ds, 0, ds.record_size), config.huge_pages),
                 f"dataset.record_size x samples_per_file x ({3 * producers + 1} files in memory)",
                 "lower dataset.record_size or dataset.samples_per_file, or run fewer ranks per node")
+
+    def access_hints(self, config: Config) -> AccessHints:
+        """The dataset's files, each written front to back by one rank."""
+        return AccessHints(unit="dataset file")
 
     def check(self, config: Config, size: int, alignment: int) -> None:
         if (writer := model_writer(config)) is not None:

@@ -468,8 +468,9 @@ class KvcacheWorkload(Workload):
                 ctx.setup(state.remove_all)
 
     def _cache(self, ctx: RunContext) -> dict[str, Any]:
-        if ctx.backend.direct:
-            return {"state": "direct", "method": ctx.backend.name}
+        own = ctx.backend.cache_state()
+        if own is not None:
+            return own
         return {"state": "cold", "method": "posix_fadvise(POSIX_FADV_DONTNEED) on each object before it is read; "
                                            "fsync after each object written" if ctx.config.kvcache.fsync else
                 "posix_fadvise(POSIX_FADV_DONTNEED) on each object before it is read; no fsync"}

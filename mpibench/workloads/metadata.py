@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mpibench.backends.base import AccessHints
 from mpibench.buffers import aligned_buffer, buffer_footprint
 from mpibench.config import Config
 from mpibench.context import POLL_INTERVAL_NS
@@ -65,12 +66,18 @@ class _RankState:
     renaming: bool = False  # the rename phase began: a file may have either name
     files_removed: bool = False  # the remove phase completed on every rank
     tree_removed: bool = False
+    handles: list[Any] = field(default_factory=list)  # open directory handles, closed at the end
 
 
 class MetadataWorkload(Workload):
     """Create, stat, read, list, rename and remove metadata.items files per rank."""
 
     name = "metadata"
+
+    def access_hints(self, config: Config) -> AccessHints:
+        """Small whole files, each created, stat'ed, read and removed by one request."""
+        return AccessHints(unit="file (PUT, HEAD, GET, LIST, DELETE one request each)",
+                           object_size=config.metadata.file_size)
 
     def __init__(self) -> None:
         self._states: weakref.WeakKeyDictionary[Any, _RankState] = weakref.WeakKeyDictionary()
@@ -103,6 +110,13 @@ class MetadataWorkload(Workload):
                 f"unless metadata.deadline stops it first")
         elif free is not None:
             info.checks.append(f"{free} free inodes cover the {entries} files and directories the run may create")
+        batch = backend.probe_batch_delete(f"{info.run_key}/{MD_DIR}")
+        if batch is not None:
+            info.backend["metadata_delete"] = batch  # every rank's remove phase follows it
+            if batch["mode"] == "batched":
+                info.checks.append(f"metadata: the store deletes with {batch['method']} (probed)")
+            else:
+                info.warnings.append(f"metadata: {batch['reason']}: the remove phase sends {batch['method']}")
 
     def describe_plan(self, config: Config, size: int, rank: int, ranks_per_node: int,
                       num_nodes: int) -> dict[str, Any]:
@@ -149,7 +163,9 @@ class MetadataWorkload(Workload):
             ctx.phase("mkdir", 0, lambda rec: self._ops(ctx, rec, "mkdir", made, key_op(backend.mkdir), len(made),
                                                         ""), **common)
         own = ctx.setup(lambda: handles(tree_top(md.layout, rank)))
+        state.handles.extend(own)
         theirs = ctx.setup(lambda: handles(tree_top(md.layout, partner)))
+        state.handles.extend(theirs)
         create = functools.partial(backend.create_in, buf=write_view, fsync=md.fsync)
         started = [0]
         try:
@@ -179,9 +195,17 @@ class MetadataWorkload(Workload):
                 ctx, rec, "rename", theirs, lambda handle, name: rename(handle, name, renamed_of(name)), count,
                 prefix, files_of=partner), **common)
             prefix = renamed_of(prefix)
-        ctx.phase("remove", 0, lambda rec: self._ops(ctx, rec, "remove", theirs, backend.unlink_in, count, prefix,
-                                                     files_of=partner), **common)
+        batch = ctx.info.backend.get("metadata_delete") or {"mode": "single", "max_keys": 1,
+                                                            "method": "one request per entry"}
+        if batch["mode"] == "batched":
+            ctx.phase("remove", 0, lambda rec: self._remove_batched(ctx, rec, theirs, count, prefix, partner,
+                                                                    int(batch["max_keys"])),
+                      delete=batch, **common)
+        else:
+            ctx.phase("remove", 0, lambda rec: self._ops(ctx, rec, "remove", theirs, backend.unlink_in, count,
+                                                         prefix, files_of=partner), delete=batch, **common)
         state.files_removed = True
+        self._close_dirs(backend, state)
         if backend.has_directories:
             gone = made[::-1]
             ctx.phase("rmdir", 0, lambda rec: self._ops(ctx, rec, "rmdir", gone, key_op(backend.rmdir), len(gone),
@@ -196,7 +220,7 @@ class MetadataWorkload(Workload):
 
         `expect`: what each call must return (bytes written or read, the size stat'ed).
         The per-operation path is the backend's call, one clock reading and two appends;
-        the deadline, stop notices, faults and folding the log are looked at only every
+        the deadline, stop notices and folding the log are looked at only every
         POLL_INTERVAL_NS, after which the clock is marked anew so that work never counts
         as an operation's latency. `started[0]`: how many calls were begun (for the cleanup).
         """
@@ -204,7 +228,6 @@ class MetadataWorkload(Workload):
         entries, sizes = log.entries, log.sizes
         note, note_size = entries.append, sizes.append
         clock = time.perf_counter_ns
-        fault = ctx.fault
         never = 1 << 62
         stop_at = rec.t0_ns + deadline_ns if deadline_ns else never
         dirs = len(handles)
@@ -212,7 +235,7 @@ class MetadataWorkload(Workload):
             rec.extra["files_of_rank"] = files_of
         i = -1
         now = clock()
-        next_check = 0 if fault is not None else min(stop_at, now + POLL_INTERVAL_NS)
+        next_check = min(stop_at, now + POLL_INTERVAL_NS)
         note(-now)
         try:
             for i in range(count):
@@ -230,12 +253,9 @@ class MetadataWorkload(Workload):
                         break
                     if len(entries) >= 2 * FLUSH_EVERY:
                         log.flush()
-                    if fault is not None and i + 1 >= fault.after_ops:
-                        injected, fault, ctx.fault = fault, None, None
-                        injected.trigger()
                     ctx.check_stop(end)
                     now = clock()
-                    next_check = 0 if fault is not None else min(stop_at, now + POLL_INTERVAL_NS)
+                    next_check = min(stop_at, now + POLL_INTERVAL_NS)
                     note(-now)
         except BenchIOError as exc:
             if exc.errno in FULL_ERRNOS:
@@ -256,6 +276,31 @@ class MetadataWorkload(Workload):
                 rec.extra["files_created"] = done
                 rec.extra["stonewall_deadline_s"] = deadline_ns / 1e9
 
+    def _remove_batched(self, ctx: RunContext, rec: PhaseRecorder, handles: list[Any], count: int, prefix: str,
+                        files_of: int, max_keys: int) -> None:
+        """Remove files 0..count-1 of `files_of` with requests of up to max_keys entries of one
+        directory each; each request is one operation (its latency), remove_files counts the files."""
+        backend = ctx.backend
+        log = rec.new_log()
+        clock = time.perf_counter_ns
+        dirs = len(handles)
+        removed = requests = 0
+        rec.extra["files_of_rank"] = files_of
+        try:
+            for d, handle in enumerate(handles):
+                names = [f"{prefix}{i}" for i in range(d, count, dirs)]
+                for at in range(0, len(names), max_keys):
+                    ctx.check_stop()
+                    chunk = names[at:at + max_keys]
+                    start = clock()
+                    backend.unlink_many_in(handle, chunk)
+                    log.record(0, start, clock())
+                    removed += len(chunk)
+                    requests += 1
+        finally:
+            rec.files += removed
+            rec.extra.update(remove_ops=requests, remove_files=removed, delete_requests=requests)
+
     def _list(self, ctx: RunContext, rec: PhaseRecorder, handles: list[Any]) -> None:
         """List each directory whole: one operation per listing, with its pages, its entries
         and the time to its first page."""
@@ -268,7 +313,7 @@ class MetadataWorkload(Workload):
             ctx.check_stop()
             start = clock()
             first_ns = 0
-            for page in backend.list_in(handle):
+            for page in backend.list_in(handle, ctx.config.metadata.list_page):
                 if not first_ns:
                     first_ns = clock() - start
                 pages += 1
@@ -291,16 +336,26 @@ class MetadataWorkload(Workload):
         rank = ctx.comm.rank
         dirs = item_dirs(md.depth, md.branching, md.items_at == "leaves")
         top = tree_top(md.layout, rank)
+        self._close_dirs(backend, state)
         if not state.files_removed and state.created:
             own = [backend.open_dir(ctx.key(f"{top}/{d}" if d else top)) for d in dirs]
-            for i in range(state.created):
-                handle = own[i % len(dirs)]
-                backend.unlink_in(handle, file_name(rank, i), missing_ok=True)
-                if state.renaming:
-                    backend.unlink_in(handle, renamed_of(file_name(rank, i)), missing_ok=True)
+            state.handles.extend(own)
+            try:
+                for i in range(state.created):
+                    handle = own[i % len(dirs)]
+                    backend.unlink_in(handle, file_name(rank, i), missing_ok=True)
+                    if state.renaming:
+                        backend.unlink_in(handle, renamed_of(file_name(rank, i)), missing_ok=True)
+            finally:
+                self._close_dirs(backend, state)
         if backend.has_directories and not state.tree_removed and md.layout == "unique":
             for key in tree_owner_dirs(md.layout, rank, md.depth, md.branching)[::-1]:
                 backend.remove_dir(ctx.key(key))
+
+    @staticmethod
+    def _close_dirs(backend: Backend, state: _RankState) -> None:
+        while state.handles:
+            backend.close_dir(state.handles.pop())
 
     def cleanup_shared(self, ctx: RunContext) -> None:
         md = ctx.config.metadata
@@ -331,6 +386,10 @@ class MetadataWorkload(Workload):
                    "ops_per_s": phase["ops_per_s"], "latency_mean_s": lat.get("mean_s", 0.0),
                    "latency_p50_s": lat.get("p50_s", 0.0), "latency_p99_s": lat.get("p99_s", 0.0),
                    "latency_max_s": lat.get("max_s", 0.0), "stonewalled": phase.get("stonewalled", False)}
+            if phase["name"] == "remove" and phase.get("delete"):
+                files = sum(int(r.get("remove_files", r.get("remove_ops", 0))) for r in phase["ranks"])
+                row.update(delete=phase["delete"]["method"], files=files,
+                           files_per_s=files / phase["seconds"] if phase["seconds"] > 0 else 0.0)
             if phase["name"] == "list":
                 ranks = phase["ranks"]
                 listings = sum(int(r.get("list_dirs", 0)) for r in ranks)
@@ -358,6 +417,8 @@ class MetadataWorkload(Workload):
                          f"min {min(created)} / max {max(created)} (later phases use exactly these)")
         for row in m["phases"]:
             extra = ""
+            if row["name"] == "remove" and row.get("files") is not None and row["files"] != row["ops"]:
+                extra = f"; {row['files']} entries ({row['files_per_s']:.0f}/s) by {row['delete']}"
             if row["name"] == "list":
                 extra = (f"; {row['entries']} entries ({row['entries_per_s']:.0f}/s) in {row['pages']} page(s), "
                          f"first page after {row['first_page_s_mean'] * 1e3:.3f} ms (mean)")

@@ -21,7 +21,8 @@ loader hands tensors to a device:
 - ``read``: pread of each tensor's extent (each piece of a strided slice);
 - ``direct``: O_DIRECT reads of the extents rounded out to the alignment and merged
   where they touch (native, or s3dlio's direct:// with storage.library=s3dlio);
-- ``s3``: one ranged GET per tensor slice (from its first to its last byte).
+- ``s3``: one ranged GET per tensor slice (from its first to its last byte), or with
+  s3_fetch=objects each shard whole in one GET into a shard-sized buffer.
 
 Per rank and load: time to the first tensor and to all, bytes touched (headers, and
 what alignment or a covering range adds), tensor bytes, major and minor page faults
@@ -44,7 +45,7 @@ import numpy as np
 from mpibench import environment
 from mpibench.buffers import aligned_buffer, buffer_footprint
 from mpibench.config import Config, modelload_reader
-from mpibench.errors import BenchIOError, ConfigError, PreflightError
+from mpibench.errors import BenchIOError, ConfigError, PreflightError, ResultsError
 from mpibench.formats import check_dataset_name
 from mpibench.metrics import OpLog, PhaseRecorder
 from mpibench.pagecache import errno_name, evict_file, probe_mount, resident_bytes
@@ -123,7 +124,6 @@ class _Load:
         self.log: OpLog = rec.new_log()
         self.first_tensor: float | None = None
         self.header_bytes = 0
-        self.head_end = 0
         self.shards = {s.name: s for s in model.shards}
 
     def run(self) -> None:
@@ -144,7 +144,9 @@ class _Load:
             try:
                 t = time.perf_counter()
                 if self.reader == "mmap":
-                    self._mmap(backend.fileno(handle), shard, extents, path)
+                    self._mmap(_fd(backend, handle), shard, extents, path)
+                elif _whole_objects(self.ctx.config):
+                    self._object(handle, shard, path)
                 else:
                     self._check_header(shard, self._read_header(handle, shard, path), path)
                     if self.reader == "read":
@@ -207,7 +209,6 @@ class _Load:
             data += bytes(self.view[:min(got, need - done)])
             done += got
         self.header_bytes += done
-        self.head_end = done  # where the next read of this shard may start
         return data
 
     # -- the readers --
@@ -226,16 +227,19 @@ class _Load:
                     fill += e.length
             self._tensor_done()
 
+    def _object(self, handle: Any, shard: ShardFile, path: str) -> None:
+        """The whole shard in one GET (no range, no HEAD) into the shard-sized buffer, then its header checked."""
+        view = self.view[:shard.file_bytes]
+        t0 = time.perf_counter_ns()
+        got = self.ctx.backend.read_object(handle, view)
+        self.log.record(got, t0, time.perf_counter_ns())
+        self.ctx.check_stop()
+        self.header_bytes += shard.data_start
+        self._check_header(shard, bytes(view[:shard.data_start]), path)
+        self._tensor_done()  # every tensor of the shard arrived with it
+
     def _ranges(self, handle: Any, shard: ShardFile, extents: list[Extent], path: str) -> None:
         size = len(self.buf)
-        if self.ctx.config.modelload.s3_fetch == "objects":  # the whole shard, after its header
-            first_end = extents[0].end
-            start = min(self.head_end, shard.file_bytes)
-            for at in range(start, shard.file_bytes, size):
-                self._read_exact(handle, self.view[:min(size, shard.file_bytes - at)], at, path)
-                if self.first_tensor is None and at + size >= first_end:
-                    self._tensor_done()
-            return
         for offset, length in covering_runs(extents):
             for at in range(offset, offset + length, size):
                 self._read_exact(handle, self.view[:min(size, offset + length - at)], at, path)
@@ -302,6 +306,18 @@ class _Load:
 
 
 # -- the workload -----------------------------------------------------------------------------------
+def _fd(backend: Any, handle: Any) -> int:
+    """The file descriptor the mmap reader maps (the config check keeps mmap to files)."""
+    fd = backend.fd_for(handle)
+    assert fd is not None, "the mmap reader needs a backend whose handles are files"
+    return int(fd)
+
+
+def _whole_objects(config: Config) -> bool:
+    """The s3 reader fetching every shard whole, in one GET into a buffer of its size."""
+    return modelload_reader(config) == "s3" and config.modelload.s3_fetch == "objects"
+
+
 def _stats(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
@@ -315,6 +331,12 @@ class ModelloadWorkload(Workload):
     describe_totals = True
 
     def buffer_bytes(self, config: Config, size: int, ranks_per_node: int, io_depth: int) -> tuple[int, str, str]:
+        if _whole_objects(config):
+            largest = max(s.file_bytes for s in model_of(config).shards)
+            return (buffer_footprint(max(config.modelload.buffer_size, largest), config.huge_pages),
+                    f"the largest shard, {format_size(largest)}, in one GET (modelload.s3_fetch=objects)",
+                    "use modelload.s3_fetch=ranges, or write the model with a smaller modelload.shard_size, "
+                    "or run fewer ranks per node")
         return (buffer_footprint(config.modelload.buffer_size, config.huge_pages), "modelload.buffer_size",
                 "lower modelload.buffer_size, or run fewer ranks per node")
 
@@ -388,8 +410,9 @@ class ModelloadWorkload(Workload):
             # The FUSE mount has no block device of its own: count the backing directory's.
             ctx.block_stat = environment.block_stat_path(ml.backing_root)
 
-        def staging() -> mmap.mmap:
-            buf = aligned_buffer(ml.buffer_size)
+        def staging() -> mmap.mmap:  # a whole shard for s3_fetch=objects (sized in buffer_bytes' preflight)
+            whole = [s.file_bytes for s in model.shards] if _whole_objects(config) else []
+            buf = aligned_buffer(max([ml.buffer_size, *whole]))
             np.frombuffer(buf, dtype=np.uint8)[::PAGE] = 0  # faulted in now, not in the load
             return buf
 
@@ -635,6 +658,97 @@ def figure_cold_warm(document: dict[str, Any], figure: Any) -> Any:
         axes.legend()
     figure.suptitle(f"modelload {m['model']}: reader {m['reader']}, {m['layout']}, {m['world_size']} rank(s)")
     return figure
+
+
+def _reader_key(document: dict[str, Any]) -> str:
+    """A results document's reader as the cross-file view names it (storage, s3 fetch or mmap mapping)."""
+    m = document["modelload"]
+    config = document.get("config") or {}
+    ml = config.get("modelload") or {}
+    how = {"mmap": ml.get("mmap_mapping"), "s3": f"{ml.get('s3_fetch')} GETs"}.get(m["reader"])
+    storage = (config.get("storage") or {}).get("type", "?")
+    return f"{m['reader']}{f' ({how})' if how else ''} on {storage}"
+
+
+def readers_text(documents: list[tuple[str, dict[str, Any]]]) -> str:
+    """`mpibench report A.json B.json ...` of modelload results: one cold-vs-warm table per reader
+    across the files (medians over each file's loads; every figure recomputes from its rows)."""
+    m0 = documents[0][1]["modelload"]
+    scaled = f" SCALED by {m0['scale']:g}" if m0["scaled"] else ""
+    lines = [f"modelload {m0['model']}{scaled}: {m0['shards']} shard(s), {format_size(m0['file_bytes'])} "
+             f"({m0['file_bytes']} bytes); cold vs warm per reader, {len(documents)} results file(s)"]
+    by_reader: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for path, doc in documents:
+        by_reader.setdefault(_reader_key(doc), []).append((path, doc))
+    header = (f"{'load':<6}{'loads':>6}{'GB/s':>9}{'GiB/s':>9}{'first s':>9}{'all s':>8}{'dev read':>12}"
+              f"{'dev/needed':>11}  cache  (run)")
+    for reader, group in by_reader.items():
+        lines += ["", f"reader {reader}", header, "-" * len(header)]
+        for path, doc in group:
+            m = doc["modelload"]
+            for label in ("cold", "warm"):
+                rows = [r for r in m["loads"] if r["load"] == label]
+                if not rows:
+                    continue
+                dev = [r["device_read_bytes"] for r in rows if r["device_read_bytes"] is not None]
+                ratio = [r["device_read_bytes"] / r["storage_bytes_needed"] for r in rows
+                         if r["device_read_bytes"] is not None and r["storage_bytes_needed"]]
+                if label == "cold":
+                    verdict = f"cold, confirmed {sum(1 for r in rows if r['confirmed'])}/{len(rows)}"
+                else:
+                    verdict = f"served from memory {sum(1 for r in rows if r['served_from_memory'])}/{len(rows)}"
+                lines.append(
+                    f"{label:<6}{len(rows):>6}{statistics.median(r['bandwidth_GBps'] for r in rows):>9.3f}"
+                    f"{statistics.median(r['bandwidth_GiBps'] for r in rows):>9.3f}"
+                    f"{statistics.median(r['first_tensor_s'].get('max', 0.0) for r in rows):>9.3f}"
+                    f"{statistics.median(r['all_tensors_s'].get('max', 0.0) for r in rows):>8.3f}"
+                    f"{format_size(int(statistics.median(dev))) if dev else 'n/a':>12}"
+                    f"{f'{statistics.median(ratio):.3f}' if ratio else 'n/a':>11}  {verdict}  "
+                    f"({doc.get('run_id')}, {m['layout']}, {m['world_size']} rank(s), {os.path.basename(path)})")
+            if m.get("warm_over_cold"):
+                lines.append(f"warm / cold GB/s (medians): {m['warm_over_cold']:.2f}")
+    lines += ["", "medians over each file's loads; GB/s over bytes touched; first/all s: the slowest rank's; "
+                  "dev read: the block device's bytes per load (n/a on S3); dev/needed: over the bytes the load "
+                  "needed from storage (the node's pages once; each rank's own for direct)"]
+    return "\n".join(lines)
+
+
+def figure_readers(documents: list[tuple[str, dict[str, Any]]], figure: Any) -> Any:
+    """The cross-file figure: median GB/s and time to first tensor per reader, cold beside warm."""
+    speed, first = figure.subplots(1, 2)
+    names = [f"{_reader_key(doc)}\n{doc.get('run_id')}" for _, doc in documents]
+    xs = list(range(len(documents)))
+    for offset, label, color in ((-0.2, "cold", "#4477aa"), (0.2, "warm", "#ee6677")):
+        rows = [[r for r in doc["modelload"]["loads"] if r["load"] == label] for _, doc in documents]
+        speed.bar([x + offset for x in xs], [statistics.median(r["bandwidth_GBps"] for r in g) if g else 0.0
+                                             for g in rows], 0.4, label=label, color=color)
+        first.bar([x + offset for x in xs], [statistics.median(r["first_tensor_s"].get("max", 0.0) for r in g) * 1e3
+                                             if g else 0.0 for g in rows], 0.4, label=label, color=color)
+    for axes, ylabel in ((speed, "GB/s over bytes touched (median)"),
+                         (first, "time to first tensor, ms (slowest rank, median)")):
+        axes.set_xticks(xs, names, fontsize=7)
+        axes.set_ylabel(ylabel)
+        axes.legend()
+    m = documents[0][1]["modelload"]
+    figure.suptitle(f"modelload {m['model']}: cold vs warm per reader")
+    return figure
+
+
+def check_comparable(documents: list[tuple[str, dict[str, Any]]]) -> None:
+    """Several files are reported together only as modelload loads of one model, or a ResultsError."""
+    first: tuple[Any, ...] | None = None
+    for path, doc in documents:
+        m = doc.get("modelload") or {}
+        if not m.get("loads"):
+            raise ResultsError(f"{path} is not a modelload result: several files are reported together only as "
+                               "modelload cold vs warm per reader", "give one file, or compare two with mpibench "
+                               "compare")
+        model = (m["model"], m["scale"], m["file_bytes"])
+        if first is not None and model != first:
+            raise ResultsError(f"{path} loads {m['model']} at scale {m['scale']:g} ({m['file_bytes']} bytes), the "
+                               f"first file {first[0]} at scale {first[1]:g} ({first[2]} bytes)",
+                               "report together only the loads of one model")
+        first = first or model
 
 
 WORKLOAD = ModelloadWorkload()

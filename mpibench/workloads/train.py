@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mpibench.backends.base import AccessHints
 from mpibench.buffers import aligned_buffer, buffer_footprint
 from mpibench.choices import read_threads
 from mpibench.config import Config
@@ -264,7 +265,7 @@ class _EpochLoader:
         stats["files"] += 1
         stats["index_sum"] += index
         stats["index_sumsq"] += index * index
-        stats["index_hash"] = (stats["index_hash"] + index_hash(index, self.hash_key)) & MASK64
+        stats["index_hash"] = (int(stats["index_hash"]) + index_hash(index, self.hash_key)) & MASK64
 
     def _rows_ready(self, position: int, rows: int) -> None:
         """A row group of the file at `position` is read: its rows can go into batches."""
@@ -480,6 +481,10 @@ class TrainWorkload(Workload):
                 + (" x 2 (decoded)" if decoded else ""),
                 "lower train.read_threads or dataset.record_size, or run fewer ranks per node")
 
+    def access_hints(self, config: Config) -> AccessHints:
+        """The dataset's files, each written front to back by one rank."""
+        return AccessHints(unit="dataset file")
+
     def check(self, config: Config, size: int, alignment: int) -> None:
         check_dataset_name(config.dataset.name)
 
@@ -561,8 +566,9 @@ class TrainWorkload(Workload):
     def _cache(self, ctx: RunContext, files: EpochShare) -> dict[str, Any]:
         """Evict this epoch's files (train.cache=cold on local_fs) and say how the cache stands."""
         backend = ctx.backend
-        if backend.direct:
-            return {"state": "direct", "method": backend.name}
+        own = backend.cache_state()
+        if own is not None:
+            return own
         if ctx.config.train.cache == "warm":
             return {"state": "warm", "method": "none: reads may be served from the page cache"}
         evicted = True
