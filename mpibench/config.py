@@ -161,7 +161,9 @@ class TrainConfig:
                          "the first is a warm-up and the others are measured (MLPerf: 6)")
     batch_size: int | None = _opt(None, "optional_int", minimum=1, maximum=10**7,
                                   doc="samples per batch per rank (default: the accelerator's published batch, else 4)")
-    read_threads: int = _opt(4, "int", minimum=1, maximum=4096, doc="reader threads per rank")
+    read_threads: int | str = _opt(AUTO, "int_or_auto", minimum=1, maximum=4096,
+                                   doc="reader threads per rank (auto: 1 on files expected in the page cache "
+                                       "with no compute to overlap, else 4; mpibench.choices)")
     shuffle: str = _opt("file", "enum", choices=("off", "file", "sample"),
                         doc="seeded order, new each epoch")
     computation_time: float | None = _opt(None, "optional_float", minimum=0.0, maximum=DAY_S,

@@ -25,6 +25,7 @@ import mmap
 import struct
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ import numpy as np
 
 from mpibench.buffers import aligned_buffer, file_seed, fill_random
 from mpibench.errors import ConfigError, MpibenchError, VerifyError
-from mpibench.plan import RUN_DIR_PREFIX, file_name, round_up
+from mpibench.plan import RUN_DIR_PREFIX, file_name, file_names, round_up
 
 EXTENSIONS = {"npz": "npz", "hdf5": "hdf5", "raw": "bin", "jpeg": "jpeg", "tfrecord": "tfrecord",
               "parquet": "parquet"}
@@ -52,6 +53,11 @@ LABEL_CLASSES = 1000
 def file_key(ds: Any, index: int) -> str:
     """Storage key of dataset file `index` (relative to storage.root)."""
     return f"{ds.name}/{file_name(index, ds.num_files, EXTENSIONS[ds.format], ds.num_subfolders)}"
+
+
+def file_keys(ds: Any) -> Callable[[int], str]:
+    """file_key of any index of the dataset, as one function made once (for a loader)."""
+    return file_names(ds.num_files, EXTENSIONS[ds.format], ds.num_subfolders, prefix=f"{ds.name}/")
 
 
 def manifest_key(ds: Any) -> str:

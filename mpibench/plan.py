@@ -8,7 +8,7 @@ evaluated only on the indices a rank owns.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,11 +171,18 @@ def epoch_files(num_files: int, size: int, rank: int, epoch: int, shuffle: bool,
 
 def file_name(index: int, num_files: int, ext: str, num_subfolders: int) -> str:
     """The deterministic relative name of dataset file `index` (no listing needed)."""
+    return file_names(num_files, ext, num_subfolders)(index)
+
+
+def file_names(num_files: int, ext: str, num_subfolders: int, prefix: str = "") -> Callable[[int], str]:
+    """file_name of any index, as one function made once (`prefix` put before each name):
+    a loader naming every file saves the format's parsing per file."""
     width = max(7, len(str(num_files)))
-    name = f"img_{index:0{width}d}_of_{num_files:0{width}d}.{ext}"
+    pattern = f"img_{{:0{width}d}}_of_{num_files:0{width}d}.{ext}"
     if num_subfolders > 0:
-        return f"{index % num_subfolders:05d}/{name}"
-    return name
+        named = pattern.format
+        return lambda index: f"{prefix}{index % num_subfolders:05d}/{named(index)}"
+    return (prefix + pattern).format
 
 
 @dataclass(frozen=True)

@@ -152,3 +152,36 @@ def test_explicit_depth_is_not_preallocated(tmp_path):
     assert set(doc["auto_choices"]) == {"io_engine"}  # the engine alone was left at auto
     assert not any(p.get("preallocated") for p in doc["phases"])
     assert {p["io_depth"] for p in doc["phases"]} == {2}
+
+
+def train_config(kind: str = "local_fs", cache: str = "warm", **train: object):
+    return build_config({"workload": "train", "storage": {"type": kind, "root": "/x"},
+                         "train": {"cache": cache, **train}})
+
+
+def test_train_reads_cached_files_without_compute_in_one_thread():
+    cfg = train_config()
+    assert choices.read_threads(cfg) == 1
+    got = choices.decide(cfg, 1, "io_uring", "ext4", cpus=2, ranks=1, can_preallocate=False)
+    assert got.record["read_threads"]["value"] == 1 and "GIL" in got.record["read_threads"]["why"]
+
+
+@pytest.mark.parametrize("cfg", [
+    train_config(cache="cold"),                       # evicted: the threads overlap the device's waits
+    train_config(computation_time=0.01),              # a compute to overlap
+    train_config(model="unet3d", accelerator="h100"),  # the accelerator's compute
+    train_config(kind="direct_fs"),                   # O_DIRECT: never from the page cache
+])
+def test_train_keeps_reader_threads_where_waits_overlap(cfg):
+    assert choices.read_threads(cfg) == choices.READ_THREADS_OVERLAP == 4
+    got = choices.decide(cfg, 1, "io_uring", "ext4", cpus=2, ranks=1, can_preallocate=False)
+    assert got.record["read_threads"]["value"] == 4 and "overlap" in got.record["read_threads"]["why"]
+
+
+def test_train_read_threads_the_user_gave_are_not_choices():
+    cfg = train_config(read_threads=3)
+    assert choices.read_threads(cfg) == 3
+    got = choices.decide(cfg, 1, "io_uring", "ext4", cpus=2, ranks=1, can_preallocate=False)
+    assert "read_threads" not in got.record
+    other = choices.decide(config("/x"), 1, "io_uring", "ext4", cpus=2, ranks=1, can_preallocate=True)
+    assert "read_threads" not in other.record  # not a train run

@@ -29,6 +29,7 @@ from mpibench.formats import (
 )
 from mpibench.plan import epoch_files
 from mpibench.run import check_huge_pages, execute
+from mpibench.schema import validate_document
 from mpibench.workloads import get_workload
 from mpibench.workloads.datagen import check_dataset_name
 from mpibench.workloads.train import (
@@ -273,6 +274,40 @@ def test_datagen_then_train_one_rank(tmp_path):
     with pytest.raises(PreflightError, match="num_files=9 \\(config says 10\\)"):
         execute(_config(root, "train", dataset={**DS, "num_files": 10}), comm, output=None)
     assert sorted(os.listdir(root)) == ["ds"]
+
+
+def test_train_reads_cached_files_in_the_rank_thread(tmp_path, monkeypatch):
+    """train.read_threads auto on warm local_fs without compute: one reader, the rank's own
+    thread (no reader thread started), every file read once; the choice is in the result."""
+    import threading
+
+    root = str(tmp_path / "root")
+    comm = one_rank()
+    ds = {"name": "ds", "num_files": 11, "samples_per_file": 2, "record_size": 512, "format": "npz"}
+    execute(_config(root, "datagen", dataset=ds), comm, output=None)
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    train = {"epochs": 2, "batch_size": 3, "cache": "warm", "computation_time": 0}
+    doc = execute(_config(root, "train", dataset=ds, train=train, verify=True), comm, output=None)
+    t = doc["train"]
+    assert t["every_file_once"] and t["bytes_match_dataset"] and t["read_threads"] == 1
+    assert [e["files"] for e in t["epochs"]] == [11, 11] and t["samples"] == 44
+    assert doc["auto_choices"]["read_threads"]["value"] == 1
+    assert not [name for name in started if name.startswith("train-reader")]
+    validate_document(doc)
+    # With a compute to overlap, the automatic choice keeps its reader threads.
+    started.clear()
+    doc = execute(_config(root, "train", dataset=ds, train={**train, "computation_time": 0.001}), comm,
+                  output=None)
+    assert doc["train"]["every_file_once"] and doc["auto_choices"]["read_threads"]["value"] == 4
+    readers = Counter(n for n in started if n.startswith("train-reader"))
+    assert readers == {f"train-reader-{i}": 2 for i in range(4)}  # 4 reader threads in each of 2 epochs
 
 
 def test_au_counts_the_configured_compute_not_the_oversleep(tmp_path, monkeypatch):

@@ -42,6 +42,7 @@ import numpy as np
 
 from mpibench.backends.base import READ_FOREIGN, AccessHints
 from mpibench.buffers import aligned_buffer, buffer_footprint
+from mpibench.choices import read_threads
 from mpibench.config import Config
 from mpibench.context import broadcast_outcome
 from mpibench.environment import memory_total_bytes
@@ -50,6 +51,7 @@ from mpibench.formats import (
     MANIFEST_VERSION,
     decode,
     file_key,
+    file_keys,
     manifest_key,
     manifest_mismatch,
     record_sizes,
@@ -211,6 +213,7 @@ class _EpochLoader:
         self.stopping = False
         self.errors: list[BaseException] = []
         self.hash_key = index_hash_key(ctx.config.seed, iteration)
+        self.key_of = file_keys(ds)
 
     def first_batch(self, position: int) -> int:
         """The first batch that needs the file at `position` of the epoch order."""
@@ -218,10 +221,6 @@ class _EpochLoader:
 
     def read_loop(self, slot: int, stats: dict[str, float], log: Any) -> None:
         """A reader thread: take the next file in order when the prefetch window allows it."""
-        backend = self.ctx.backend
-        buf = self.buffers[slot]
-        verify = self.ctx.config.verify
-        sample_shuffle = self.tc.shuffle == "sample"
         try:
             while True:
                 with self.cond:
@@ -232,25 +231,7 @@ class _EpochLoader:
                         return
                     position = self.next_file
                     self.next_file += 1
-                index = int(self.files[position])
-                key = file_key(self.ds, index)
-                if self.ds.format == "parquet":  # the columns read, fetched row group by row group
-                    self._read_parquet(backend, key, index, position, stats, log, verify)
-                else:
-                    buf, nbytes = self._read_file(backend, key, buf, stats, log)
-                    self.buffers[slot] = buf
-                if self.ds.format != "parquet" and (self.tc.decode or verify):  # verifying means parsing
-                    t = time.perf_counter()
-                    order = None
-                    if sample_shuffle and self.ds.samples_per_file > 1:
-                        order = np.random.default_rng([self.shuffle_seed, self.epoch, index]).permutation(
-                            self.ds.samples_per_file)
-                    decode(self.ds, index, buf, nbytes, backend.path_of(key), verify=verify, sample_order=order)
-                    stats["decode_s"] += time.perf_counter() - t
-                stats["files"] += 1
-                stats["index_sum"] += index
-                stats["index_sumsq"] += index * index
-                stats["index_hash"] = (int(stats["index_hash"]) + index_hash(index, self.hash_key)) & MASK64
+                self.load(position, slot, stats, log)
                 with self.cond:
                     self.partial.pop(position, None)
                     self.done.add(position)
@@ -264,6 +245,31 @@ class _EpochLoader:
                 self.stopping = True
                 self.cond.notify_all()
                 self.ready.notify()
+
+    def load(self, position: int, slot: int, stats: dict[str, float], log: Any) -> None:
+        """Read (and decode, as configured) the file at `position` of the epoch order into
+        the buffer of `slot`; count its index in `stats`."""
+        backend = self.ctx.backend
+        verify = self.ctx.config.verify
+        index = self.files[position]
+        key = self.key_of(index)
+        if self.ds.format == "parquet":  # the columns read, fetched row group by row group
+            self._read_parquet(backend, key, index, position, stats, log, verify)
+        else:
+            buf, nbytes = self._read_file(backend, key, self.buffers[slot], stats, log)
+            self.buffers[slot] = buf
+            if self.tc.decode or verify:  # verifying means parsing
+                t = time.perf_counter()
+                order = None
+                if self.tc.shuffle == "sample" and self.ds.samples_per_file > 1:
+                    order = np.random.default_rng([self.shuffle_seed, self.epoch, index]).permutation(
+                        self.ds.samples_per_file)
+                decode(self.ds, index, buf, nbytes, backend.path_of(key), verify=verify, sample_order=order)
+                stats["decode_s"] += time.perf_counter() - t
+        stats["files"] += 1
+        stats["index_sum"] += index
+        stats["index_sumsq"] += index * index
+        stats["index_hash"] = (int(stats["index_hash"]) + index_hash(index, self.hash_key)) & MASK64
 
     def _rows_ready(self, position: int, rows: int) -> None:
         """A row group of the file at `position` is read: its rows can go into batches."""
@@ -337,12 +343,17 @@ class _EpochLoader:
         bs = self.eff.batch_size
         compute = self.eff.computation_time
         batches = math.ceil(self.total_samples / bs) if self.total_samples else 0
-        threads_n = min(tc.read_threads, self.n)
+        threads_n = max(1, min(read_threads(ctx.config), self.n))
         stats = [dict.fromkeys(("open_s", "transfer_s", "close_s", "decode_s", "files",
                                 "index_sum", "index_sumsq", "index_hash"), 0) for _ in range(threads_n)]
         logs = [rec.new_log() for _ in range(threads_n)]
-        threads = [threading.Thread(target=self.read_loop, args=(i, stats[i], logs[i]), daemon=True,
-                                    name=f"train-reader-{i}") for i in range(threads_n)]
+        # One reader and no compute to overlap: the rank's own thread reads each batch's
+        # files when it needs them. A reader thread would only hand every file over (two
+        # thread wake-ups per batch, each a wait for a CPU on a busy node).
+        inline = threads_n == 1 and compute <= 0
+        threads = [] if inline else [
+            threading.Thread(target=self.read_loop, args=(i, stats[i], logs[i]), daemon=True,
+                             name=f"train-reader-{i}") for i in range(threads_n)]
         for thread in threads:
             thread.start()
         measured_s = wait_after_first = 0.0  # the emulated compute's real (slept) time
@@ -352,18 +363,15 @@ class _EpochLoader:
             for batch in range(batches):
                 needed = min((batch + 1) * bs, self.total_samples)  # samples, in epoch order
                 t = time.perf_counter()
-                with self.cond:
-                    self.current_batch = batch
-                    if self.next_file < self.n and self.first_batch(self.next_file) <= batch + tc.prefetch:
-                        self.cond.notify_all()  # the window takes in the next file
-                while True:
-                    with self.cond:
-                        if self.errors:
-                            raise self.errors[0]
-                        if self.samples_ready() >= needed:
-                            break
-                        self.ready.wait(COMPUTE_SLICE_S)  # woken by the readers; the timeout tests for a stop
-                    ctx.check_stop()
+                if inline:  # nothing to hand over, nobody to wake
+                    files_needed = -(-needed // self.ds.samples_per_file)
+                    for position in range(self.prefix, files_needed):
+                        self.load(position, 0, stats[0], logs[0])
+                        self.partial.pop(position, None)
+                        ctx.check_stop()
+                    self.prefix = self.next_file = max(self.prefix, files_needed)
+                else:
+                    self.wait_for(batch, needed)
                 waited = time.perf_counter() - t
                 measured_s += self._compute()
                 done_batches += 1
@@ -410,6 +418,22 @@ class _EpochLoader:
         if self.errors:
             raise self.errors[0]
 
+    def wait_for(self, batch: int, needed: int) -> None:
+        """Let the readers run up to `prefetch` batches past `batch`; wait until the first
+        `needed` samples in epoch order are ready (or a reader failed, or the run is stopped)."""
+        with self.cond:
+            self.current_batch = batch
+            if self.next_file < self.n and self.first_batch(self.next_file) <= batch + self.tc.prefetch:
+                self.cond.notify_all()  # the window takes in the next file
+        while True:
+            with self.cond:
+                if self.errors:
+                    raise self.errors[0]
+                if self.samples_ready() >= needed:
+                    return
+                self.ready.wait(COMPUTE_SLICE_S)  # woken by the readers; the timeout tests for a stop
+            self.ctx.check_stop()
+
     def _compute(self) -> float:
         """Emulate the accelerator's step: sleep computation_time, testing for a stop notice;
         return the time it really took (at least computation_time: sleeps overshoot)."""
@@ -449,13 +473,13 @@ class TrainWorkload(Workload):
     buffers_sized_by_input = True  # the largest file of the dataset sizes the buffers
 
     def requests_in_flight(self, config: Config, io_depth: int) -> int:
-        return config.train.read_threads  # each reader thread reads one file at a time
+        return read_threads(config)  # each reader thread reads one file at a time
 
     def buffer_bytes(self, config: Config, size: int, ranks_per_node: int, io_depth: int) -> tuple[int, str, str]:
         # Per rank: one buffer of the largest file per reader thread that has a file to
         # read (read_buffers) and, decoding, the arrays parsed from it.
         ds, tc = config.dataset, config.train
-        threads = max(1, min(tc.read_threads, -(-ds.num_files // size)))
+        threads = max(1, min(read_threads(config), -(-ds.num_files // size)))
         largest = ds.record_size
         for first in range(0, ds.num_files if ds.record_size_stdev else 0, 1 << 20):  # a slice at a time
             indices = np.arange(first, min(ds.num_files, first + (1 << 20)), dtype=np.int64)
@@ -530,7 +554,7 @@ class TrainWorkload(Workload):
 
             load_libraries(ds.format)  # an import inside the first epoch would be timed
         buffers = ctx.setup(lambda: read_buffers(
-            ds, tc.read_threads, (share(r, e) for r in range(tc.runs) for e in range(tc.epochs)),
+            ds, read_threads(config), (share(r, e) for r in range(tc.runs) for e in range(tc.epochs)),
             backend.alignment))
         for run in range(tc.runs):
             for epoch in range(tc.epochs):
@@ -543,7 +567,7 @@ class TrainWorkload(Workload):
                                   expected_bytes=total_bytes, cache=cache, epoch=epoch, run=run,
                                   shuffle_seed=tc.seed + run,
                                   dataset_bytes=total_bytes, batch_size=eff.batch_size,
-                                  computation_time=eff.computation_time, read_threads=tc.read_threads,
+                                  computation_time=eff.computation_time, read_threads=read_threads(config),
                                   prefetch=tc.prefetch, shuffle=tc.shuffle, decode=tc.decode,
                                   verified=config.verify, dataset_rule=rule)
                 if phase is not None:
@@ -635,7 +659,7 @@ class TrainWorkload(Workload):
             # what the emulated compute's sleeps really took, per batch and above the configured time
             "compute_measured_s_per_batch": measured / batches if batches else None,
             "compute_overshoot_pct": 100.0 * (measured - nominal) / nominal if nominal > 0 else None,
-            "read_threads": tc.read_threads,
+            "read_threads": read_threads(ctx.config),
             "prefetch": tc.prefetch,
             "shuffle": tc.shuffle,
             "ranks": ctx.comm.size,
