@@ -339,7 +339,7 @@ class _EpochLoader:
 
     def run(self) -> None:
         """Read and compute every batch of this rank's share; fill rec.extra."""
-        ctx, rec, tc = self.ctx, self.rec, self.tc
+        ctx, rec = self.ctx, self.rec
         bs = self.eff.batch_size
         compute = self.eff.computation_time
         batches = math.ceil(self.total_samples / bs) if self.total_samples else 0
