@@ -74,11 +74,14 @@ def test_file_names():
     assert renamed_of(name_prefix(2)) + "1" == "moved.2.1" and name_prefix(2) + "7" == file_name(2, 7)
 
 
-@pytest.mark.parametrize("depth,branching", [(30, 2), (65, 1)])
-def test_tree_too_large_is_refused(depth, branching):
+@pytest.mark.parametrize("depth,branching,message", [
+    (30, 2, "lower metadata.depth or metadata.branching"),
+    (65, 1, "metadata.depth' must be at most 64"),  # the key's own range comes first
+])
+def test_tree_too_large_is_refused(depth, branching, message):
     from mpibench.config import build_config
     from mpibench.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="lower metadata.depth or metadata.branching"):
+    with pytest.raises(ConfigError, match=message):
         build_config({"workload": "metadata", "storage": {"root": "/tmp/x"},
                       "metadata": {"depth": depth, "branching": branching}})

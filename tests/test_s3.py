@@ -524,13 +524,15 @@ def test_s3_server_command(tmp_path):
     try:
         env = {}
         deadline = time.monotonic() + 60
-        while len(env) < 4 and time.monotonic() < deadline:
+        while len(env) < 5 and time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line:
                 break
             name, _, value = line.strip().removeprefix("export ").partition("=")
             env[name] = value
-        assert set(env) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION"}, env
+        assert set(env) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                            "AWS_REGION"}, env
+        assert env["AWS_ENDPOINT_URL_S3"] == env["AWS_ENDPOINT_URL"]
         status, _, _ = signed_request(env["AWS_ENDPOINT_URL"], "GET", "/demo", query={"list-type": "2"},
                                       access_key=env["AWS_ACCESS_KEY_ID"], secret_key=env["AWS_SECRET_ACCESS_KEY"],
                                       region=env["AWS_REGION"], timeout=5)
