@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -82,14 +82,25 @@ def transfer_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, p
             errors.append(exc)
             stop.set()
 
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(depth)]
+    run_workers(depth, worker, stop, errors, ctx.check_stop)
+    return sum(moved)
+
+
+def run_workers(count: int, target: Callable[[int], None], stop: threading.Event,
+                errors: list[BaseException], poll: Callable[[], None] | None) -> None:
+    """Run target(slot) on `count` daemon threads and wait for them, calling `poll` (the run's
+    stop check) every 5 ms. On an exception in this thread every worker is told to stop
+    (`stop`) and joined before it propagates; then the first error a worker handed over in
+    `errors` is raised."""
+    threads = [threading.Thread(target=target, args=(i,), daemon=True) for i in range(count)]
     for thread in threads:
         thread.start()
     try:
         for thread in threads:
             while thread.is_alive():
                 thread.join(timeout=0.005)
-                ctx.check_stop()
+                if poll is not None:
+                    poll()
     except BaseException:
         stop.set()
         for thread in threads:
@@ -97,7 +108,6 @@ def transfer_region(ctx: RunContext, rec: PhaseRecorder, handle: Any, op: str, p
         raise
     if errors:
         raise errors[0]
-    return sum(moved)
 
 
 def region_depth(ctx: RunContext, op: str, transfers: int) -> int:

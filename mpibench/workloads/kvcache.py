@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from mpibench.backends.base import io_error
 from mpibench.buffers import DataPattern, aligned_buffer, buffer_footprint
 from mpibench.config import Config
+from mpibench.engine import run_workers
 from mpibench.errors import BenchIOError, VerifyError
 from mpibench.kvtraffic import (
     GENERATION_S,
@@ -328,22 +329,7 @@ class _Step:
                 errors.append(exc)
                 stop.set()
 
-        threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(self.workers)]
-        for thread in threads:
-            thread.start()
-        try:
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(timeout=0.005)
-                    if rec is not None:
-                        self.ctx.check_stop()
-        except BaseException:
-            stop.set()
-            for thread in threads:
-                thread.join()
-            raise
-        if errors:
-            raise errors[0]
+        run_workers(self.workers, worker, stop, errors, self.ctx.check_stop if rec is not None else None)
         total = Counters()
         for c in counters:
             total.add(c)
